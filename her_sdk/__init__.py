@@ -1,0 +1,79 @@
+"""her_sdk: game characters that think before they act.
+
+    from her_sdk import Character, Scene, load_model
+
+    model = load_model()  # the embedded default model, offline
+    mara = Character(name="Mara", profile="Gate captain of Vell.", goals="keep the gate shut",
+                     model=model)
+    scene = Scene([mara], player="Traveler")
+    scene.say("Traveler", "Let me through, I have papers.")
+    reply = scene.turn("Mara")  # .speech, .actions (public); .plan, .thoughts (private)
+
+Importing this package is cheap: engines (llama.cpp, gRPC, torch) load only when used.
+"""
+
+from __future__ import annotations
+
+from ._backends._base import Backend, CancelToken, Sampling, TextStream
+from ._backends._mock import MockBackend
+from ._character import Character, Reply, TurnStream
+from ._errors import (
+    Cancelled,
+    ConfigError,
+    ContextOverflowError,
+    GenerationError,
+    HerError,
+    InvalidModelError,
+    MissingDependencyError,
+    ModelError,
+    ModelNotFoundError,
+    StateError,
+)
+from ._model import load_model
+from ._persona import Persona
+from ._scene import Event, Scene
+from ._version import __version__
+from .format import Delta, Heard, Segment, Turn, TurnParser, build_grammar, parse_turn
+
+__all__ = [
+    "Backend",
+    "CancelToken",
+    "Cancelled",
+    "Character",
+    "ConfigError",
+    "ContextOverflowError",
+    "Delta",
+    "Event",
+    "GenerationError",
+    "Heard",
+    "HerError",
+    "InvalidModelError",
+    "LlamaBackend",
+    "MissingDependencyError",
+    "MockBackend",
+    "ModelError",
+    "ModelNotFoundError",
+    "Persona",
+    "Reply",
+    "Sampling",
+    "Scene",
+    "Segment",
+    "StateError",
+    "TextStream",
+    "Turn",
+    "TurnParser",
+    "TurnStream",
+    "__version__",
+    "build_grammar",
+    "load_model",
+    "parse_turn",
+]
+
+
+def __getattr__(name: str):
+    # LlamaBackend lives behind the `llama` extra; resolve it lazily so import stays cheap.
+    if name == "LlamaBackend":
+        from ._backends._llama import LlamaBackend
+
+        return LlamaBackend
+    raise AttributeError(f"module 'her_sdk' has no attribute {name!r}")

@@ -1,0 +1,114 @@
+"""MockBackend: a scripted backend for tests, yours and ours (as httpx ships MockTransport).
+
+The handler sees the fully rendered prompt, so a test can assert on exactly what a character
+was shown, and returns the raw model output, which is then streamed in small chunks so that
+parsing and streaming run as they would on a real model.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from .._errors import ConfigError, GenerationError
+from ._base import Backend, CancelToken, Sampling, TextStream, cut_at_stop
+
+__all__ = ["MockBackend"]
+
+_CHUNK = re.compile(r".{1,4}", re.S)
+
+
+class MockBackend(Backend):
+    """A backend whose output comes from `handler(prompt) -> str`.
+
+    `handler` may also be a list of outputs, returned in order (one per call). Every rendered
+    prompt is recorded in `prompts`. `chunk_delay` (seconds) slows streaming down, for tests of
+    cancellation and concurrency. Grammars are accepted and ignored.
+
+        backend = MockBackend(lambda prompt: "<system_thinking>Be curt.</system_thinking>Mara: No.")
+        mara = Character(name="Mara", model=backend)
+    """
+
+    name = "mock"
+    prefills = False  # the handler returns whole turns, plan tag included
+
+    def __init__(
+        self,
+        handler: Callable[[str], str] | Sequence[str],
+        *,
+        prompt_style: str = "chatml",
+        n_ctx: int = 8192,
+        chunk_delay: float = 0.0,
+    ) -> None:
+        if callable(handler):
+            self._handler = handler
+        elif isinstance(handler, Sequence) and not isinstance(handler, str):
+            outputs = list(handler)
+            lock = threading.Lock()
+
+            def scripted(_prompt: str) -> str:
+                with lock:
+                    if not outputs:
+                        raise GenerationError("MockBackend: the scripted outputs are used up")
+                    return outputs.pop(0)
+
+            self._handler = scripted
+        else:
+            raise ConfigError("MockBackend needs a callable or a list of outputs")
+        if prompt_style not in ("chatml", "fewshot"):
+            raise ConfigError("MockBackend prompt_style must be 'chatml' or 'fewshot'")
+        self.prompt_style = prompt_style
+        self.n_ctx = n_ctx
+        self.chunk_delay = chunk_delay
+        self.prompts: list[str] = []
+        self.tokens_generated = 0  # total chunks streamed, across calls
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        # About four characters a token, like the chunks below.
+        return (len(text) + 3) // 4
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        stop: Sequence[str] = (),
+        sampling: Sampling | None = None,
+        grammar: str | None = None,
+        cancel: CancelToken | None = None,
+    ) -> TextStream:
+        sampling = sampling or Sampling()
+        with self._lock:
+            self.prompts.append(prompt)
+        try:
+            out = self._handler(prompt)
+        except GenerationError:
+            raise
+        except Exception as exc:  # a user's handler failing is a generation failure
+            raise GenerationError(f"MockBackend handler failed: {exc!r}") from exc
+        if not isinstance(out, str):
+            raise GenerationError("MockBackend handler must return a str")
+        text, _ = cut_at_stop(out, stop)
+        stream = TextStream(iter(()), prompt_tokens=self.count_tokens(prompt))
+        stream._pieces = self._pieces(text, sampling.max_tokens, cancel, stream)
+        return stream
+
+    def _pieces(
+        self, text: str, max_tokens: int, cancel: CancelToken | None, stream: TextStream
+    ) -> Iterator[str]:
+        stream.finish_reason = "stop"
+        for n, piece in enumerate(_CHUNK.findall(text)):
+            if cancel is not None and cancel.cancelled:
+                stream.finish_reason = "cancelled"
+                return
+            if n >= max_tokens:
+                stream.finish_reason = "length"
+                return
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
+            stream.completion_tokens += 1
+            with self._lock:
+                self.tokens_generated += 1
+            yield piece

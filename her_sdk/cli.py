@@ -1,0 +1,219 @@
+"""The `her` command line (typer + rich; installed by the `cli` extra).
+
+    her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
+    her chat --character FILE [--as NAME]                   talk to one character yourself
+    her --version
+
+Each command imports what it needs when it runs, so `her --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+try:
+    import typer
+    from rich.console import Console
+except ImportError:  # pragma: no cover - exercised only without the cli extra
+    from ._errors import MissingDependencyError
+
+    raise MissingDependencyError("typer and rich", "cli") from None
+
+from ._errors import HerError
+from ._version import __version__
+
+app = typer.Typer(
+    name="her",
+    help="her_sdk: game characters that think before they act.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STYLE = {"plan": "dim magenta", "thought": "italic cyan", "action": "yellow", "speech": "bold"}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"her_sdk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _fail(exc: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def _load(model: Path | None):
+    from ._model import load_model
+
+    with console.status("Loading model…" if model else "Preparing the embedded model…"):
+        return load_model(model)
+
+
+class _Printer:
+    """Streams one turn's deltas: a line per section, styled by channel."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.channel: str | None = None
+
+    def delta(self, channel: str, text: str) -> None:
+        if channel != self.channel:
+            self._end()
+            self.channel = channel
+            head = {"plan": "  plan: ", "thought": "  thinks: ", "action": "  (", "speech": "  “"}
+            console.print(head[channel], style=STYLE[channel], end="")
+            text = text.lstrip()
+        console.print(text, style=STYLE[channel], end="", markup=False)
+
+    def _end(self) -> None:
+        if self.channel is not None:
+            tail = {"action": ")", "speech": "”"}.get(self.channel, "")
+            console.print(tail, style=STYLE[self.channel])
+        self.channel = None
+
+    def finish(self) -> None:
+        self._end()
+
+
+def _play_turn(scene, name: str, show_thoughts: bool) -> None:
+    console.print(f"[bold green]{name}[/]")
+    printer = _Printer(name)
+    stream = scene.stream(name, private=show_thoughts)
+    for delta in stream:
+        printer.delta(delta.channel, delta.text)
+    printer.finish()
+    reply = stream.reply
+    if reply is not None and not reply.speech and not reply.actions:
+        console.print("  [dim](says nothing)[/]")
+
+
+@app.command()
+def demo(
+    show_thoughts: Annotated[
+        bool, typer.Option("--show-thoughts", help="Also show each NPC's private plan and thoughts.")
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 7,
+) -> None:
+    """Play a short offline scene: a gate captain, a smuggler and a scripted traveler."""
+    from ._demo import PLAYER, SCRIPT, build_demo_scene
+
+    try:
+        backend = _load(model)
+        scene = build_demo_scene(backend, seed=seed)
+        console.rule(f"[bold]{scene.name}")
+        for kind, text, action in SCRIPT:
+            if kind == "narrate":
+                scene.narrate(text)
+                console.print(f"[dim italic]{text}[/]")
+            elif kind == "say":
+                scene.say(PLAYER, text, action)
+                act = f"[yellow]({action})[/] " if action else ""
+                console.print(f"[bold blue]{PLAYER}[/]\n  {act}[bold]“{text}”[/]")
+            else:
+                _play_turn(scene, text, show_thoughts)
+        console.rule()
+        if not show_thoughts:
+            console.print("[dim]Run `her demo --show-thoughts` to see what they were thinking.[/]")
+    except HerError as exc:
+        _fail(exc)
+
+
+def _character_from_file(path: Path, model):
+    from ._character import Character
+    from ._persona import Persona
+    from ._state import load_character
+
+    if path.suffix.lower() == ".png":
+        return Character(persona=Persona.from_card(path), model=model)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    if isinstance(data, dict) and data.get("kind") == "character":
+        return load_character(path, model=model)
+    if isinstance(data, dict) and ("spec" in data or "data" in data):
+        return Character(persona=Persona.from_card(data), model=model)
+    if isinstance(data, dict):
+        import msgspec
+
+        try:
+            persona = msgspec.convert(data, Persona)
+        except msgspec.ValidationError as exc:
+            raise typer.BadParameter(f"{path}: not a persona: {exc}") from None
+        return Character(persona=persona, model=model)
+    raise typer.BadParameter(f"{path}: expected a JSON object")
+
+
+@app.command()
+def chat(
+    character: Annotated[
+        Path,
+        typer.Option(
+            "--character", help="Persona JSON, Character Card (JSON/PNG) or a saved character."
+        ),
+    ],
+    as_name: Annotated[str, typer.Option("--as", help="Your name in the scene.")] = "Traveler",
+    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file.")] = None,
+    show_thoughts: Annotated[bool, typer.Option("--show-thoughts")] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Save the character here when you leave.")
+    ] = None,
+) -> None:
+    """Talk to a character. Lines starting with '*' are actions; /quit leaves."""
+    from ._scene import Scene
+
+    try:
+        backend = _load(model)
+        npc = _character_from_file(character, backend)
+        scene = Scene([npc], player=as_name)
+        console.print(f"You are [bold blue]{as_name}[/], talking to [bold green]{npc.name}[/].")
+        console.print("[dim]Type a line; '*waves' for an action; /quit to leave.[/]")
+        while True:
+            try:
+                line = console.input(f"[bold blue]{as_name}>[/] ").strip()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line.startswith("*"):
+                scene.say(as_name, "", line.lstrip("*").strip())
+            else:
+                scene.say(as_name, line)
+            _play_turn(scene, npc.name, show_thoughts)
+        if save is not None:
+            npc.save(str(save))
+            console.print(f"[dim]saved {npc.name} to {save}[/]")
+    except HerError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
