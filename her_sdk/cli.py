@@ -2,6 +2,7 @@
 
     her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
+    her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
     her --version
 
 Each command imports what it needs when it runs, so `her --help` stays instant.
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover - exercised only without the cli extra
 
     raise MissingDependencyError("typer and rich", "cli") from None
 
-from ._errors import HerError
+from ._errors import ConfigError, HerError
 from ._version import __version__
 
 app = typer.Typer(
@@ -204,6 +205,85 @@ def chat(
         if save is not None:
             npc.save(str(save))
             console.print(f"[dim]saved {npc.name} to {save}[/]")
+    except HerError as exc:
+        _fail(exc)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0: all).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: pick a free one).")] = 50051,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="HER_SERVER_TOKEN",
+            help="Require `authorization: Bearer TOKEN` on every call (or $HER_SERVER_TOKEN).",
+        ),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
+    expose_thoughts: Annotated[
+        bool,
+        typer.Option("--expose-thoughts", help="Let clients ask for plans and inner thoughts."),
+    ] = False,
+    n_threads: Annotated[
+        int | None, typer.Option("--n-threads", help="CPU threads for the model.")
+    ] = None,
+    max_message_bytes: Annotated[
+        int, typer.Option("--max-message-bytes", help="Largest gRPC message.")
+    ] = 4 * 1024 * 1024,
+    max_text_chars: Annotated[
+        int, typer.Option("--max-text-chars", help="Longest text field in a request.")
+    ] = 8000,
+    max_characters: Annotated[
+        int, typer.Option("--max-characters", help="Most characters alive at once.")
+    ] = 1000,
+    max_scenes: Annotated[int, typer.Option("--max-scenes", help="Most scenes alive at once.")] = 100,
+    max_workers: Annotated[
+        int, typer.Option("--max-workers", help="Server threads (one per running call).")
+    ] = 128,
+    drain_seconds: Annotated[
+        float, typer.Option("--drain-seconds", help="On SIGTERM, time for in-flight calls.")
+    ] = 30.0,
+) -> None:
+    """Serve characters and scenes over gRPC (protos/her/v1/her.proto) for game engines."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from .server import ServerSettings, serve
+
+    try:
+        settings = ServerSettings(
+            host=host, port=port, model=model, n_threads=n_threads, token=token,
+            tls_cert=tls_cert, tls_key=tls_key, expose_thoughts=expose_thoughts,
+            max_message_bytes=max_message_bytes, max_text_chars=max_text_chars,
+            max_characters=max_characters, max_scenes=max_scenes, max_workers=max_workers,
+            drain_seconds=drain_seconds,
+        )
+    except ValidationError as exc:
+        _fail(ConfigError("; ".join(e["msg"] for e in exc.errors())))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    def ready(server) -> None:
+        scheme = "TLS" if settings.tls_cert else "plaintext"
+        auth = "bearer token" if settings.token else "no auth"
+        thoughts = "exposed on request" if settings.expose_thoughts else "never sent"
+        err_console.print(
+            f"[bold green]her serve[/] listening on {server.target} ({scheme}, {auth}; "
+            f"private thoughts {thoughts}). Ctrl-C or SIGTERM drains and stops."
+        )
+
+    try:
+        err_console.print("[dim]Loading the model…[/]")
+        serve(settings, ready=ready)
     except HerError as exc:
         _fail(exc)
 

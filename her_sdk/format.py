@@ -608,29 +608,18 @@ def render_template(
 
 # A short scene in another setting, teaching a base model the shape of a HER turn by example.
 FEWSHOT_PREAMBLE = """\
-The following is a role-play script. Before each of a character's lines, the actor's private \
-plan is written inside <system_thinking></system_thinking>, in the third person. Then comes the \
-character's name and the line itself, which mixes inner thoughts inside \
-<role_thinking></role_thinking> (heard by no one), visible actions inside \
-<role_action></role_action>, and spoken words as plain text. Each line ends with a newline.
+A role-play script. Before each of a character's lines comes the actor's private plan inside \
+<system_thinking></system_thinking>, in the third person. Then the character's name and line: \
+inner thoughts inside <role_thinking></role_thinking> (heard by no one), visible actions inside \
+<role_action></role_action>, spoken words as plain text. One line per turn.
 
-### Example scene: The Salt Road Inn
-Brannoc, an innkeeper who owes money to the guild, faces Ysolde, the guild's collector.
-===Conversation Start===
-
-Ysolde: <role_action>drops a ledger on the bar</role_action>Your name is in here three times, \
-Brannoc.
-<system_thinking>Brannoc fears the guild but must not show it; he stalls with hospitality and \
-tries to learn what she knows.</system_thinking>Brannoc: <role_thinking>Three times. She has \
-seen the spring accounts.</role_thinking><role_action>slides a cup of cider toward her\
-</role_action>Three times? Then you will want a drink before the fourth.
-Ysolde: I do not drink on duty. Pay by the new moon, or the guild takes the inn.
-<system_thinking>He is cornered; he bargains with a half-truth about the poor harvest.\
-</system_thinking>Brannoc: The harvest was poor, you know that. <role_thinking>If she asks for \
-the strongbox, I am finished.</role_thinking><role_action>wipes the counter slowly\
-</role_action>Give me until the first frost and you will have every coin.
-Environment: The fire cracks. Outside, a cart rattles past.
-Ysolde: <role_action>taps the ledger twice</role_action>First frost. Not a day later.
+### Example
+Ysolde: <role_action>drops a ledger on the bar</role_action>You owe the guild forty crowns.
+<system_thinking>Brannoc is afraid but hides it; he stalls and tries to learn what she \
+knows.</system_thinking>Brannoc: <role_thinking>She has seen the spring accounts.\
+</role_thinking><role_action>pours her a cup of cider</role_action>Forty? Sit, have a drink first.
+Environment: The fire cracks.
+Ysolde: I do not drink on duty.
 
 ### Scene
 """
@@ -764,9 +753,10 @@ def build_grammar(
         rules.append(f'action ::= "<role_action>" ({alts}) "</role_action>"')
     else:
         rules.append('action ::= "<role_action>" atext "</role_action>"')
-    # First character of every free text is not a space so sections do not start blank.
-    rules.append(f"ptext ::= [^<\\n ] [^<\\n]{{0,{max_plan_chars - 1}}}")
-    rules.append(f"ttext ::= [^<\\n ] [^<\\n]{{0,{max_thought_chars - 1}}}")
-    rules.append(f"atext ::= [^<\\n ] [^<\\n]{{0,{max_action_chars - 1}}}")
+    # Sections hold at least one character; leading spaces are allowed because most tokens of
+    # SentencePiece vocabularies begin with one, and refusing them would force slow resampling.
+    rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")
+    rules.append(f"ttext ::= [^<\\n] [^<\\n]{{0,{max_thought_chars - 1}}}")
+    rules.append(f"atext ::= [^<\\n] [^<\\n]{{0,{max_action_chars - 1}}}")
     rules.append(f"speech ::= [^<\\n] [^<\\n]{{0,{max_speech_chars - 1}}}")
     return "\n".join(rules) + "\n"

@@ -37,6 +37,8 @@ from ._base import Backend, CancelToken, Sampling, TextStream, stop_holdback
 
 __all__ = ["LlamaBackend", "cpu_has_amx"]
 
+_TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data layout
+
 log = logging.getLogger("her_sdk")
 
 
@@ -86,7 +88,8 @@ def cpu_has_amx() -> bool:
 class LlamaBackend(Backend):
     """A GGUF model on llama.cpp. Keyword arguments follow llama.cpp's own flag names.
 
-    - `n_ctx`: context window (tokens); `n_batch`: prompt tokens evaluated per decode call.
+    - `n_ctx`: context window (tokens); `n_batch`: prompt tokens per decode call, which is also
+      the granularity at which a cached prompt prefix is re-used (see `_prepare`).
     - `n_threads` / `n_threads_batch`: CPU threads for generation / prompt; default all cores.
     - `n_gpu_layers`: layers to offload when llama.cpp was built with a GPU backend.
     - `lora_path`: a GGUF LoRA adapter applied at load time.
@@ -100,7 +103,7 @@ class LlamaBackend(Backend):
         model_path: str | os.PathLike[str],
         *,
         n_ctx: int = 4096,
-        n_batch: int = 512,
+        n_batch: int = 64,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
@@ -129,6 +132,7 @@ class LlamaBackend(Backend):
         mparams.n_gpu_layers = n_gpu_layers
         if use_extra_bufts is None:
             use_extra_bufts = not cpu_has_amx()
+        self.use_extra_bufts = use_extra_bufts
         if hasattr(mparams, "use_extra_bufts"):
             mparams.use_extra_bufts = use_extra_bufts
         elif cpu_has_amx():  # a build too old to switch repacking off: refuse, do not crash
@@ -169,6 +173,7 @@ class LlamaBackend(Backend):
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._canonical = 0  # how many of them were evaluated as a prompt (see _prepare)
 
         self.bos_token = self._piece(lib.llama_vocab_bos(self._vocab), special=True)
         self.eos_token = self._piece(lib.llama_vocab_eos(self._vocab), special=True)
@@ -269,63 +274,102 @@ class LlamaBackend(Backend):
         return chain
 
     def _decode(self, tokens: list[int], start_pos: int) -> None:
-        """Evaluate `tokens` at positions start_pos.. in n_batch chunks; logits for the last."""
+        """Evaluate `tokens` at positions start_pos.., in batches that never cross a multiple of
+        n_batch; logits only for the last token."""
         lib = self._lib
         batch = self._batch
-        for off in range(0, len(tokens), self.n_batch):
-            chunk = tokens[off : off + self.n_batch]
-            batch.n_tokens = len(chunk)
+        off = 0
+        while off < len(tokens):
+            pos0 = start_pos + off
+            size = min(len(tokens) - off, self.n_batch - pos0 % self.n_batch)
+            chunk = tokens[off : off + size]
+            batch.n_tokens = size
             for i, t in enumerate(chunk):
                 batch.token[i] = t
-                batch.pos[i] = start_pos + off + i
+                batch.pos[i] = pos0 + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = False
-            batch.logits[len(chunk) - 1] = True
+            batch.logits[size - 1] = True
             rc = lib.llama_decode(self._ctx, batch)
             if rc != 0:
-                self._cached = self._cached[: start_pos + off]
+                self._cached = self._cached[:pos0]
+                self._canonical = min(self._canonical, pos0)
                 raise GenerationError(f"llama_decode failed with code {rc}")
             self._cached.extend(chunk)
+            off += size
 
     def _prepare(self, tokens: list[int]) -> None:
-        """Make the KV cache hold `tokens`, re-using the longest cached prefix."""
+        """Make the KV cache hold `tokens`, re-using the longest cached prefix.
+
+        Reproducibility: a seeded turn must give the same text whether the prompt was cached or
+        not. So every prompt is evaluated the same way — batches aligned to multiples of
+        n_batch, and the last token alone — and only cache entries computed that way are
+        re-used (tokens generated one by one are not).
+        """
         keep = 0
-        limit = min(len(self._cached), len(tokens) - 1)  # always evaluate >= 1 token
+        limit = min(self._canonical, len(tokens) - 1)
         while keep < limit and self._cached[keep] == tokens[keep]:
             keep += 1
+        # Only whole aligned batches are bit-identical to a cold evaluation.
+        keep -= keep % self.n_batch
         if not self._lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
             keep = 0
             self._lib.llama_memory_clear(self._mem, True)
         self._cached = self._cached[:keep]
-        self._decode(tokens[keep:], keep)
+        self._decode(tokens[keep:-1], keep)
+        self._canonical = (len(tokens) - 1) // self.n_batch * self.n_batch
+        self._decode(tokens[-1:], len(tokens) - 1)
 
-    def _grammar_allows(self, grammar, token: int) -> bool:
+    def _grammar_check(self, grammar):
+        """A reusable one-candidate check: does the grammar allow this token next?"""
         lib = self._lib
-        one = lib.llama_token_data(token, 1.0, 0.0)
+        one = lib.llama_token_data(0, 0.0, 0.0)
         arr = lib.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
-        lib.llama_sampler_apply(grammar, ctypes.byref(arr))
-        return one.logit != float("-inf")
+        arr_ref = ctypes.byref(arr)
+        apply = lib.llama_sampler_apply
+        neg_inf = float("-inf")
+
+        def allows(token: int) -> bool:
+            one.id = token
+            one.logit = 1.0
+            arr.size = 1
+            apply(grammar, arr_ref)
+            return one.logit != neg_inf
+
+        return allows
 
     def _sample_constrained(self, chain, grammar) -> int:
-        """Full-vocabulary grammar pass, used only when the free pick was illegal."""
+        """Grammar-aware resampling, used only when the free pick was illegal.
+
+        The grammar is applied to the 256 most likely tokens first (one cheap pass); the whole
+        vocabulary is scanned only if none of those is legal.
+        """
         import numpy as np
 
         lib = self._lib
         n = self._n_vocab
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(n,))
-        data = (lib.llama_token_data * n)()
-        view = np.frombuffer(data, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
-        view["id"] = np.arange(n, dtype=np.int32)
-        view["logit"] = logits
-        arr = lib.llama_token_data_array(data, n, -1, False)
-        lib.llama_sampler_apply(grammar, ctypes.byref(arr))
-        lib.llama_sampler_apply(chain, ctypes.byref(arr))
-        if arr.selected < 0 or arr.selected >= arr.size:
-            raise GenerationError("grammar left no legal token")
-        token = arr.data[arr.selected].id
-        lib.llama_sampler_accept(chain, token)
-        return token
+        for ids in (np.argpartition(logits, -256)[-256:] if n > 256 else None, None):
+            if ids is None:
+                ids = np.arange(n, dtype=np.int32)
+            m = len(ids)
+            data = (lib.llama_token_data * m)()
+            view = np.frombuffer(data, dtype=_TOKEN_DATA)
+            view["id"] = ids
+            view["logit"] = logits[ids]
+            arr = lib.llama_token_data_array(data, m, -1, False)
+            lib.llama_sampler_apply(grammar, ctypes.byref(arr))
+            if not np.isfinite(view["logit"]).any():
+                if m == n:
+                    break
+                continue
+            lib.llama_sampler_apply(chain, ctypes.byref(arr))
+            if 0 <= arr.selected < arr.size:
+                token = int(arr.data[arr.selected].id)
+                lib.llama_sampler_accept(chain, token)
+                return token
+        raise GenerationError("the grammar left no legal token")
 
     def _generate(
         self,
@@ -344,14 +388,15 @@ class LlamaBackend(Backend):
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 pending = ""  # text held back because it may begin a stop string
                 pos = len(tokens)
+                allows = self._grammar_check(grammar) if grammar is not None else None
                 stream.finish_reason = "length"
                 for _ in range(sampling.max_tokens):
                     if cancel is not None and cancel.cancelled:
                         stream.finish_reason = "cancelled"
                         break
                     token = lib.llama_sampler_sample(chain, self._ctx, -1)
-                    if grammar is not None:
-                        if self._grammar_allows(grammar, token):
+                    if allows is not None:
+                        if allows(token):
                             lib.llama_sampler_accept(grammar, token)
                         else:
                             token = self._sample_constrained(chain, grammar)
@@ -391,6 +436,7 @@ class LlamaBackend(Backend):
             self._check_open()
             self._lib.llama_memory_clear(self._mem, True)
             self._cached = []
+            self._canonical = 0
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)

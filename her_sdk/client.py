@@ -1,0 +1,317 @@
+"""A small Python client for a her_sdk gRPC server (`her serve`), returning in-process types.
+
+    from her_sdk.client import Client
+
+    with Client("127.0.0.1:50051") as her:
+        mara = her.create_character("Mara", profile="Gate captain of Vell.", goals="keep the gate shut")
+        scene = her.create_scene([mara], players=["Traveler"])
+        scene.say("Traveler", "Let me through, I have papers.")
+        reply = scene.turn("Mara")            # a her_sdk.Reply, as Scene.turn returns in-process
+        for delta in scene.stream("Mara"):    # her_sdk.Delta pieces as they are generated
+            print(delta.channel, delta.text)
+
+Turns return `her_sdk.Reply`, deltas `her_sdk.Delta`, events `her_sdk.Event`. Private channels
+(plan, thoughts) arrive only if you ask (`private=True`, the default of `turn`) and the server runs
+with `--expose-thoughts`. A failed call raises `ServerError` (a HerError) carrying the gRPC status
+`code` name. This is a client only: no model, no game logic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ._errors import HerError, MissingDependencyError
+from ._character import Reply
+from ._scene import Event
+from .format import Delta, Segment
+
+try:
+    import grpc
+
+    from .server._pb import pb, pb_grpc
+except ImportError:
+    raise MissingDependencyError("grpcio and protobuf", "grpc") from None
+
+__all__ = ["Client", "RemoteScene", "RemoteTurnStream", "ServerError"]
+
+_CHANNEL = {pb.CHANNEL_PLAN: "plan", pb.CHANNEL_THOUGHT: "thought", pb.CHANNEL_ACTION: "action",
+            pb.CHANNEL_SPEECH: "speech"}
+_KIND = {pb.EVENT_KIND_SPEECH: "speech", pb.EVENT_KIND_NARRATION: "narration",
+         pb.EVENT_KIND_TURN: "turn"}
+
+
+class ServerError(HerError):
+    """A call failed; `code` is the gRPC status name ("NOT_FOUND", ...), `details` its message."""
+
+    def __init__(self, code: str, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code}: {details}")
+
+
+def _error(exc: grpc.RpcError) -> ServerError:
+    code = exc.code() if hasattr(exc, "code") else None
+    return ServerError(code.name if code else "UNKNOWN", exc.details() if code else str(exc))
+
+
+def _event(e: pb.Event) -> Event:
+    return Event(index=e.index, kind=_KIND.get(e.kind, "speech"), speaker=e.speaker,
+                 speech=e.speech, actions=list(e.actions), perceivers=list(e.perceivers))
+
+
+def _reply(s: pb.TurnSummary) -> Reply:
+    return Reply(
+        character=s.character,
+        speech=s.speech,
+        actions=list(s.actions),
+        plan=s.plan,
+        thoughts=list(s.thoughts),
+        segments=[Segment(_CHANNEL[g.channel], g.text) for g in s.segments],
+        raw=s.raw,
+        finish_reason=s.finish_reason,
+        prompt_tokens=s.prompt_tokens,
+        completion_tokens=s.completion_tokens,
+        first_token_s=s.first_token_ms / 1000 if s.HasField("first_token_ms") else None,
+        first_speech_s=s.first_speech_ms / 1000 if s.HasField("first_speech_ms") else None,
+        total_s=s.total_ms / 1000,
+    )
+
+
+class Client:
+    """Connection to a her_sdk server.
+
+    - `target`: "host:port".
+    - `token`: bearer token if the server runs with `--token`.
+    - `root_certificates`: PEM CA (bytes or a path) for a TLS server; `tls=True` uses the system
+      roots.
+    - `timeout`: default deadline in seconds for every call (None: no deadline).
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | str | os.PathLike[str] | None = None,
+        timeout: float | None = 60.0,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        if root_certificates is not None and not isinstance(root_certificates, bytes):
+            root_certificates = Path(root_certificates).read_bytes()
+        if tls or root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, creds, options=list(options))
+        else:
+            self.channel = grpc.insecure_channel(target, options=list(options))
+        self.stub = pb_grpc.HerServiceStub(self.channel)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        try:
+            return getattr(self.stub, method)(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    # -- characters ---------------------------------------------------------------------------
+
+    def create_character(
+        self,
+        name: str | None = None,
+        *,
+        card: dict | str | None = None,
+        source: str = "",
+        profile: str = "",
+        background: str = "",
+        scenario: str = "",
+        goals: str = "",
+        secrets: str = "",
+        relationships: dict[str, str] | None = None,
+        others: dict[str, str] | None = None,
+        plan: bool | None = None,
+        actions: Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        max_memory: int | None = None,
+    ) -> str:
+        """Create a character from persona fields or a Character Card (dict or JSON); its id."""
+        settings = pb.CharacterSettings(
+            plan=plan, allowed_actions=list(actions or []), max_tokens=max_tokens,
+            temperature=temperature, seed=seed, max_memory=max_memory,
+        )
+        if card is not None:
+            import json
+
+            text = card if isinstance(card, str) else json.dumps(card)
+            req = pb.CreateCharacterRequest(card_json=text, settings=settings)
+        else:
+            persona = pb.Persona(
+                name=name or "", source=source, profile=profile, background=background,
+                scenario=scenario, goals=goals, secrets=secrets,
+                relationships=relationships or {}, others=others or {},
+            )
+            req = pb.CreateCharacterRequest(persona=persona, settings=settings)
+        return self._call("CreateCharacter", req).id
+
+    def get_character(self, character_id: str) -> pb.Character:
+        return self._call("GetCharacter", pb.GetCharacterRequest(character_id=character_id))
+
+    def delete_character(self, character_id: str) -> None:
+        self._call("DeleteCharacter", pb.DeleteCharacterRequest(character_id=character_id))
+
+    # -- scenes -------------------------------------------------------------------------------
+
+    def create_scene(
+        self,
+        characters: Sequence[str] = (),
+        players: Sequence[str] | str = (),
+        *,
+        name: str = "",
+        seed: int | None = None,
+    ) -> RemoteScene:
+        """A scene with these character ids and player names."""
+        players = [players] if isinstance(players, str) else list(players)
+        req = pb.CreateSceneRequest(
+            name=name, character_ids=list(characters), players=players, seed=seed
+        )
+        return RemoteScene(self, self._call("CreateScene", req).id)
+
+    def scene(self, scene_id: str) -> RemoteScene:
+        return RemoteScene(self, scene_id)
+
+    def load_scene(self, data: bytes) -> RemoteScene:
+        """A new scene from `RemoteScene.save()` bytes (characters get new ids)."""
+        return RemoteScene(self, self._call("LoadScene", pb.LoadSceneRequest(data=data)).id)
+
+
+class RemoteScene:
+    """A scene on the server, with the methods of `her_sdk.Scene` that a game calls."""
+
+    def __init__(self, client: Client, scene_id: str) -> None:
+        self.client = client
+        self.id = scene_id
+
+    def __repr__(self) -> str:
+        return f"RemoteScene({self.id!r})"
+
+    def info(self, *, events: bool = False, viewer: str | None = None) -> pb.Scene:
+        req = pb.GetSceneRequest(scene_id=self.id, include_events=events, viewer=viewer or "")
+        return self.client._call("GetScene", req)
+
+    @property
+    def events(self) -> list[Event]:
+        return [_event(e) for e in self.info(events=True).events]
+
+    def transcript(self, viewer: str | None = None) -> list[Event]:
+        return [_event(e) for e in self.info(events=True, viewer=viewer).events]
+
+    def add(self, character_id: str) -> None:
+        self.client._call(
+            "AddParticipant", pb.AddParticipantRequest(scene_id=self.id, character_id=character_id)
+        )
+
+    def add_player(self, name: str) -> None:
+        self.client._call("AddParticipant", pb.AddParticipantRequest(scene_id=self.id, player=name))
+
+    def say(
+        self,
+        speaker: str,
+        text: str = "",
+        action: str | Sequence[str] | None = None,
+        *,
+        to: Sequence[str] | None = None,
+    ) -> Event:
+        actions = [action] if isinstance(action, str) else list(action or [])
+        req = pb.SayRequest(
+            scene_id=self.id, speaker=speaker, text=text, actions=actions, to=list(to or [])
+        )
+        return _event(self.client._call("Say", req))
+
+    def narrate(self, text: str, *, to: Sequence[str] | None = None) -> Event:
+        req = pb.NarrateRequest(scene_id=self.id, text=text, to=list(to or []))
+        return _event(self.client._call("Narrate", req))
+
+    def stream(
+        self,
+        who: str | None = None,
+        *,
+        private: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        actions: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> RemoteTurnStream:
+        """Start the turn of `who` (default: the scene's next speaker); iterate for Deltas."""
+        req = pb.TurnRequest(
+            scene_id=self.id, character=who or "", include_private=private,
+            max_tokens=max_tokens, temperature=temperature, seed=seed,
+            allowed_actions=list(actions or []),
+        )
+        call = self.client.stub.Turn(
+            req, timeout=timeout or self.client.timeout, metadata=self.client._metadata
+        )
+        return RemoteTurnStream(call)
+
+    def turn(self, who: str | None = None, **options) -> Reply:
+        """Generate the turn of `who` and return its Reply (private parts if the server allows)."""
+        options.setdefault("private", True)
+        return self.stream(who, **options).wait()
+
+    def save(self) -> bytes:
+        return self.client._call("SaveScene", pb.SaveSceneRequest(scene_id=self.id)).data
+
+    def delete(self, *, keep_characters: bool = False) -> None:
+        req = pb.DeleteSceneRequest(scene_id=self.id, keep_characters=keep_characters)
+        self.client._call("DeleteScene", req)
+
+
+class RemoteTurnStream:
+    """Deltas of a remote turn as they arrive; `reply` is set after the last one."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+        self.reply: Reply | None = None
+        self._iter = self._deltas()
+
+    def _deltas(self) -> Iterator[Delta]:
+        try:
+            for msg in self._call:
+                for d in msg.deltas:
+                    yield Delta(_CHANNEL[d.channel], d.text)
+                if msg.HasField("summary"):
+                    self.reply = _reply(msg.summary)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    def __iter__(self) -> Iterator[Delta]:
+        return self._iter
+
+    def __next__(self) -> Delta:
+        return next(self._iter)
+
+    def cancel(self) -> None:
+        """Stop the turn; the server stops generating before its next token."""
+        self._call.cancel()
+
+    def wait(self) -> Reply:
+        for _ in self._iter:
+            pass
+        if self.reply is None:
+            raise ServerError("INTERNAL", "the turn stream ended without a summary")
+        return self.reply

@@ -1,0 +1,322 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_SPEECH: _ClassVar[EventKind]
+    EVENT_KIND_NARRATION: _ClassVar[EventKind]
+    EVENT_KIND_TURN: _ClassVar[EventKind]
+
+class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANNEL_UNSPECIFIED: _ClassVar[Channel]
+    CHANNEL_PLAN: _ClassVar[Channel]
+    CHANNEL_THOUGHT: _ClassVar[Channel]
+    CHANNEL_ACTION: _ClassVar[Channel]
+    CHANNEL_SPEECH: _ClassVar[Channel]
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_SPEECH: EventKind
+EVENT_KIND_NARRATION: EventKind
+EVENT_KIND_TURN: EventKind
+CHANNEL_UNSPECIFIED: Channel
+CHANNEL_PLAN: Channel
+CHANNEL_THOUGHT: Channel
+CHANNEL_ACTION: Channel
+CHANNEL_SPEECH: Channel
+
+class Persona(_message.Message):
+    __slots__ = ("name", "source", "profile", "background", "scenario", "goals", "secrets", "relationships", "others")
+    class RelationshipsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OthersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    GOALS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    RELATIONSHIPS_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    profile: str
+    background: str
+    scenario: str
+    goals: str
+    secrets: str
+    relationships: _containers.ScalarMap[str, str]
+    others: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., profile: _Optional[str] = ..., background: _Optional[str] = ..., scenario: _Optional[str] = ..., goals: _Optional[str] = ..., secrets: _Optional[str] = ..., relationships: _Optional[_Mapping[str, str]] = ..., others: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CharacterSettings(_message.Message):
+    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    plan: bool
+    allowed_actions: _containers.RepeatedScalarFieldContainer[str]
+    max_tokens: int
+    temperature: float
+    seed: int
+    max_memory: int
+    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ...) -> None: ...
+
+class CreateCharacterRequest(_message.Message):
+    __slots__ = ("persona", "card_json", "settings")
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    persona: Persona
+    card_json: str
+    settings: CharacterSettings
+    def __init__(self, persona: _Optional[_Union[Persona, _Mapping]] = ..., card_json: _Optional[str] = ..., settings: _Optional[_Union[CharacterSettings, _Mapping]] = ...) -> None: ...
+
+class Character(_message.Message):
+    __slots__ = ("id", "persona", "scene_id", "turns_taken", "memory_items")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    TURNS_TAKEN_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    persona: Persona
+    scene_id: str
+    turns_taken: int
+    memory_items: int
+    def __init__(self, id: _Optional[str] = ..., persona: _Optional[_Union[Persona, _Mapping]] = ..., scene_id: _Optional[str] = ..., turns_taken: _Optional[int] = ..., memory_items: _Optional[int] = ...) -> None: ...
+
+class GetCharacterRequest(_message.Message):
+    __slots__ = ("character_id",)
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    def __init__(self, character_id: _Optional[str] = ...) -> None: ...
+
+class DeleteCharacterRequest(_message.Message):
+    __slots__ = ("character_id",)
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    def __init__(self, character_id: _Optional[str] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateSceneRequest(_message.Message):
+    __slots__ = ("name", "character_ids", "players", "seed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PLAYERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    character_ids: _containers.RepeatedScalarFieldContainer[str]
+    players: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., character_ids: _Optional[_Iterable[str]] = ..., players: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Participant(_message.Message):
+    __slots__ = ("character_id", "name")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    name: str
+    def __init__(self, character_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("index", "kind", "speaker", "speech", "actions", "perceivers")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PERCEIVERS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    kind: EventKind
+    speaker: str
+    speech: str
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    perceivers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., speaker: _Optional[str] = ..., speech: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., perceivers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Scene(_message.Message):
+    __slots__ = ("id", "name", "characters", "players", "event_count", "events", "seed")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    PLAYERS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    characters: _containers.RepeatedCompositeFieldContainer[Participant]
+    players: _containers.RepeatedScalarFieldContainer[str]
+    event_count: int
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    seed: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., characters: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., players: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class GetSceneRequest(_message.Message):
+    __slots__ = ("scene_id", "include_events", "viewer")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    include_events: bool
+    viewer: str
+    def __init__(self, scene_id: _Optional[str] = ..., include_events: _Optional[bool] = ..., viewer: _Optional[str] = ...) -> None: ...
+
+class DeleteSceneRequest(_message.Message):
+    __slots__ = ("scene_id", "keep_characters")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    keep_characters: bool
+    def __init__(self, scene_id: _Optional[str] = ..., keep_characters: _Optional[bool] = ...) -> None: ...
+
+class AddParticipantRequest(_message.Message):
+    __slots__ = ("scene_id", "character_id", "player")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    character_id: str
+    player: str
+    def __init__(self, scene_id: _Optional[str] = ..., character_id: _Optional[str] = ..., player: _Optional[str] = ...) -> None: ...
+
+class SayRequest(_message.Message):
+    __slots__ = ("scene_id", "speaker", "text", "actions", "to")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    speaker: str
+    text: str
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, scene_id: _Optional[str] = ..., speaker: _Optional[str] = ..., text: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., to: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NarrateRequest(_message.Message):
+    __slots__ = ("scene_id", "text", "to")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    text: str
+    to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, scene_id: _Optional[str] = ..., text: _Optional[str] = ..., to: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TurnRequest(_message.Message):
+    __slots__ = ("scene_id", "character", "include_private", "max_tokens", "temperature", "seed", "allowed_actions")
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    character: str
+    include_private: bool
+    max_tokens: int
+    temperature: float
+    seed: int
+    allowed_actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Delta(_message.Message):
+    __slots__ = ("channel", "text")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    text: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("channel", "text")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    text: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class TurnSummary(_message.Message):
+    __slots__ = ("character", "speech", "actions", "plan", "thoughts", "segments", "finish_reason", "prompt_tokens", "completion_tokens", "first_token_ms", "first_speech_ms", "total_ms", "private_included", "raw")
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    THOUGHTS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SPEECH_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    character: str
+    speech: str
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    plan: str
+    thoughts: _containers.RepeatedScalarFieldContainer[str]
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_ms: float
+    first_speech_ms: float
+    total_ms: float
+    private_included: bool
+    raw: str
+    def __init__(self, character: _Optional[str] = ..., speech: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., thoughts: _Optional[_Iterable[str]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., first_token_ms: _Optional[float] = ..., first_speech_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., private_included: _Optional[bool] = ..., raw: _Optional[str] = ...) -> None: ...
+
+class TurnResponse(_message.Message):
+    __slots__ = ("deltas", "summary")
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    deltas: _containers.RepeatedCompositeFieldContainer[Delta]
+    summary: TurnSummary
+    def __init__(self, deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ..., summary: _Optional[_Union[TurnSummary, _Mapping]] = ...) -> None: ...
+
+class SaveSceneRequest(_message.Message):
+    __slots__ = ("scene_id",)
+    SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    scene_id: str
+    def __init__(self, scene_id: _Optional[str] = ...) -> None: ...
+
+class SaveSceneResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class LoadSceneRequest(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

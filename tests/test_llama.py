@@ -1,0 +1,200 @@
+"""The llama.cpp backend on the real embedded model (Gemma-3-270M, Q4_K_M).
+
+These tests run real inference (a few seconds each); they need the `llama` extra, which
+`make test` installs.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from her_sdk import (  # noqa: E402
+    Character,
+    InvalidModelError,
+    ModelNotFoundError,
+    Scene,
+    load_model,
+)
+from her_sdk._backends import _llama  # noqa: E402
+from her_sdk._demo import PLAYER, build_demo_scene  # noqa: E402
+from her_sdk._model import default_model_path  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_model(n_ctx=2048)
+    yield m
+    m.close()
+
+
+def test_default_model_is_assembled_once_and_loads(model):
+    path = default_model_path()
+    assert path.exists() and path.stat().st_size > 200_000_000
+    assert default_model_path() == path  # second call reuses the cache
+    assert model.prompt_style == "fewshot"  # a base model without a chat template
+    assert model.n_threads >= 1 and model.count_tokens("Hello there") > 1
+
+
+def scene_with(model, seed=11):
+    scene = build_demo_scene(model, seed=seed)
+    scene.narrate("Night at the north gate. Rain.")
+    scene.say(PLAYER, "Let me through, captain. I have papers from the duke.")
+    return scene
+
+
+TURN_RE = re.compile(r"^<system_thinking>[^<\n]+</system_thinking>Mara: (.*)$", re.S)
+
+
+def test_grammar_constrained_turns_parse_and_never_leak(model):
+    for seed in range(6):
+        scene = scene_with(model)
+        mara = scene.characters["Mara"]
+        stream = scene.stream("Mara", seed=seed, max_tokens=200)
+        public = "".join(d.text for d in stream)
+        reply = stream.reply
+        assert TURN_RE.match(reply.raw), reply.raw
+        assert reply.plan, reply.raw
+        assert reply.speech or reply.actions, reply.raw
+        for private in [reply.plan, *reply.thoughts]:
+            assert private not in public
+            assert private not in reply.speech and all(private not in a for a in reply.actions)
+        assert "<" not in reply.speech and all("<" not in a for a in reply.actions)
+        jory_prompt = scene.characters["Jory"].prompt().text
+        for private in [reply.plan, *reply.thoughts]:
+            assert private not in jory_prompt
+        del mara
+
+
+def test_same_seed_same_turn_even_with_a_cold_cache(model):
+    a = scene_with(model).turn("Mara", seed=3, max_tokens=60).raw
+    model.reset()
+    b = scene_with(model).turn("Mara", seed=3, max_tokens=60).raw
+    assert a == b
+
+
+def test_reloaded_scene_continues_exactly(model, tmp_path):
+    scene = scene_with(model, seed=21)
+    scene.turn("Mara", max_tokens=80)
+    scene.turn("Jory", max_tokens=80)
+    scene.save(str(tmp_path / "s.json"))
+    expected = scene.turn("Mara", max_tokens=80).raw
+    loaded = Scene.load(str(tmp_path / "s.json"), model=model)
+    model.reset()
+    assert loaded.turn("Mara", max_tokens=80).raw == expected
+
+
+def test_cancel_stops_real_generation(model):
+    scene = scene_with(model)
+    stream = scene.stream("Mara", private=True, max_tokens=200)
+    for n, _ in enumerate(stream):
+        if n == 2:
+            stream.cancel()
+    assert stream.reply.finish_reason == "cancelled"
+    assert stream.reply.completion_tokens < 12
+
+
+def test_turn_without_plan_starts_with_speech_or_action(model):
+    c = Character(name="Mara", profile="Gate captain.", model=model, plan=False)
+    c.hear("Traveler", "Open the gate.")
+    r = c.reply(seed=1, max_tokens=60)
+    assert r.plan == "" and r.raw.startswith("Mara: ")
+    assert r.first_speech_s is None or r.first_speech_s < r.total_s + 1e-6
+
+
+def test_actions_are_restricted_to_the_legal_set(model):
+    legal = ["opens the gate", "keeps the gate shut"]
+    c = Character(name="Mara", profile="Gate captain.", model=model, actions=legal)
+    c.hear("Traveler", "Open the gate!", action="bangs on the gate")
+    for seed in range(3):
+        r = c.reply(seed=seed, max_tokens=160)
+        assert set(r.actions) <= set(legal), r.raw
+
+
+def test_amx_cpus_load_without_weight_repacking(monkeypatch):
+    monkeypatch.setattr(_llama, "cpu_has_amx", lambda: True)
+    m = load_model(n_ctx=256)
+    try:
+        assert m.use_extra_bufts is False
+        c = Character(name="Mara", model=m, grammar=False)
+        c.hear("P", "Hi")
+        c.reply(seed=0, max_tokens=8)  # batched prompt decode: the path that crashed
+    finally:
+        m.close()
+
+
+# -- bad model files: clear errors naming the file, never a crash ----------------------------
+
+
+def _load_in_subprocess(path) -> subprocess.CompletedProcess:
+    code = (
+        "import sys\nfrom her_sdk import load_model, HerError\n"
+        f"try:\n    load_model({str(path)!r})\n"
+        "except HerError as e:\n    print(type(e).__name__, e); sys.exit(3)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _gguf_header(kv: dict[str, str], n_tensors: int = 0) -> bytes:
+    out = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kv))
+    for k, v in kv.items():
+        kb, vb = k.encode(), v.encode()
+        out += struct.pack("<Q", len(kb)) + kb + struct.pack("<I", 8)
+        out += struct.pack("<Q", len(vb)) + vb
+    return out
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="nope.gguf"):
+        load_model(tmp_path / "nope.gguf")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "match"),
+    [
+        ("notes.gguf", lambda src: b"these are not the weights you are looking for" * 10,
+         "bad magic"),
+        ("tiny.gguf", lambda src: b"GGUF", "bytes"),
+        ("adapter.gguf",
+         lambda src: _gguf_header({"general.type": "adapter", "general.architecture": "llama"}),
+         "not a model"),
+        ("empty.gguf", lambda src: _gguf_header({"general.architecture": "llama"}),
+         "no tensors"),
+        ("truncated.gguf", lambda src: src.read_bytes()[: 30_000_000], "truncated"),
+    ],
+)
+def test_bad_model_files_give_clear_errors(tmp_path, name, make, match):
+    path = tmp_path / name
+    path.write_bytes(make(default_model_path()))
+    with pytest.raises(InvalidModelError, match=match) as info:
+        load_model(path)
+    assert str(path) in str(info.value) and info.value.path == str(path)
+
+
+def test_corrupted_model_never_crashes_the_process(tmp_path):
+    data = bytearray(default_model_path().read_bytes())
+    # Scribble over the tensor table and the start of the weights.
+    for off in range(6_000_000, 6_200_000, 97):
+        data[off] = (data[off] * 31 + 7) % 256
+    for off in range(2_000, 400_000, 13):
+        data[off] ^= 0x5A
+    path = tmp_path / "corrupt.gguf"
+    path.write_bytes(bytes(data))
+    res = _load_in_subprocess(path)
+    assert res.returncode in (0, 3), (res.returncode, res.stderr[-2000:])
+    if res.returncode == 3:
+        assert "corrupt.gguf" in res.stdout
+
+
+def test_lora_must_be_an_adapter(tmp_path):
+    with pytest.raises(InvalidModelError, match="not a adapter"):
+        load_model(lora=default_model_path(), n_ctx=256)
