@@ -37,7 +37,10 @@ def raw_llama(path: str, n_ctx: int):
 
         llama_cpp.llama_cpp.llama_model_default_params = patched
     return llama_cpp.Llama(
-        model_path=path, n_ctx=n_ctx, n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(),
+        model_path=path,
+        n_ctx=n_ctx,
+        n_threads=os.cpu_count(),
+        n_threads_batch=os.cpu_count(),
         verbose=False,
     )
 
@@ -51,8 +54,16 @@ def raw_run(llm, prompt: str, tokens: int, seed: int, cold: bool) -> tuple[float
     first = None
     n = 0
     for _ in llm.create_completion(
-        prompt, max_tokens=tokens, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-        repeat_penalty=1.1, seed=seed, stream=True, stop=[],
+        prompt,
+        max_tokens=tokens,
+        temperature=0.8,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        seed=seed,
+        stream=True,
+        stop=[],
     ):
         n += 1
         if first is None:
@@ -98,26 +109,37 @@ def main() -> None:
     free = [sdk_run(mara, args.tokens, 100 + i, cold=False)[1] for i in range(args.runs)]
     raw = [raw_run(llm, prompt, args.tokens, 100 + i, cold=False)[1] for i in range(args.runs)]
     sdk_tps, raw_tps = statistics.median(free), statistics.median(raw)
-    print(f"\ngeneration tokens/s  raw llama-cpp-python {raw_tps:6.1f}   Character {sdk_tps:6.1f}"
-          f"   ratio {sdk_tps / raw_tps:.3f}  (target >= 0.97)")
+    print(
+        f"\ngeneration tokens/s  raw llama-cpp-python {raw_tps:6.1f}   Character {sdk_tps:6.1f}"
+        f"   ratio {sdk_tps / raw_tps:.3f}  (target >= 0.97)"
+    )
 
     # 2. Cost of the structure guarantee.
     mara.grammar = True
     constrained = [sdk_run(mara, args.tokens, 100 + i, cold=False)[1] for i in range(args.runs)]
     con_tps = statistics.median(constrained)
-    print(f"grammar: constrained {con_tps:6.1f} tok/s vs free {sdk_tps:6.1f}"
-          f"   cost {100 * (1 - con_tps / sdk_tps):.1f}%  (target <= 15%)")
+    print(
+        f"grammar: constrained {con_tps:6.1f} tok/s vs free {sdk_tps:6.1f}"
+        f"   cost {100 * (1 - con_tps / sdk_tps):.1f}%  (target <= 15%)"
+    )
 
     # 3. Time to first speech token without a plan, cold cache, vs raw first token.
-    fast = Character(persona=mara.persona, model=backend, plan=False, grammar=True,
-                     sampling=Sampling(max_tokens=args.tokens))
+    fast = Character(
+        persona=mara.persona,
+        model=backend,
+        plan=False,
+        grammar=True,
+        sampling=Sampling(max_tokens=args.tokens),
+    )
     fast.memory = list(mara.memory)
     fast_prompt = fast.prompt().text
     ttfs = [sdk_run(fast, 24, 200 + i, cold=True)[0] for i in range(args.runs)]
     raw_first = [raw_run(llm, fast_prompt, 1, 200 + i, cold=True)[0] for i in range(args.runs)]
     a, b = statistics.median(ttfs), statistics.median(raw_first)
-    print(f"first speech token (no plan, cold): Character {1000 * a:.0f} ms vs raw first token "
-          f"{1000 * b:.0f} ms   ratio {a / b:.2f}  (target <= 1.5)")
+    print(
+        f"first speech token (no plan, cold): Character {1000 * a:.0f} ms vs raw first token "
+        f"{1000 * b:.0f} ms   ratio {a / b:.2f}  (target <= 1.5)"
+    )
     print(f"prompt: {backend.count_tokens(fast_prompt)} tokens")
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

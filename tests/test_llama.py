@@ -140,8 +140,7 @@ def _load_in_subprocess(path) -> subprocess.CompletedProcess:
         f"try:\n    load_model({str(path)!r})\n"
         "except HerError as e:\n    print(type(e).__name__, e); sys.exit(3)\n"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def _gguf_header(kv: dict[str, str], n_tensors: int = 0) -> bytes:
@@ -154,22 +153,26 @@ def _gguf_header(kv: dict[str, str], n_tensors: int = 0) -> bytes:
 
 
 def test_missing_model_file(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="nope.gguf"):
+    with pytest.raises(ModelNotFoundError, match=r"nope\.gguf"):
         load_model(tmp_path / "nope.gguf")
 
 
 @pytest.mark.parametrize(
     ("name", "make", "match"),
     [
-        ("notes.gguf", lambda src: b"these are not the weights you are looking for" * 10,
-         "bad magic"),
+        (
+            "notes.gguf",
+            lambda src: b"these are not the weights you are looking for" * 10,
+            "bad magic",
+        ),
         ("tiny.gguf", lambda src: b"GGUF", "bytes"),
-        ("adapter.gguf",
-         lambda src: _gguf_header({"general.type": "adapter", "general.architecture": "llama"}),
-         "not a model"),
-        ("empty.gguf", lambda src: _gguf_header({"general.architecture": "llama"}),
-         "no tensors"),
-        ("truncated.gguf", lambda src: src.read_bytes()[: 30_000_000], "truncated"),
+        (
+            "adapter.gguf",
+            lambda src: _gguf_header({"general.type": "adapter", "general.architecture": "llama"}),
+            "not a model",
+        ),
+        ("empty.gguf", lambda src: _gguf_header({"general.architecture": "llama"}), "no tensors"),
+        ("truncated.gguf", lambda src: src.read_bytes()[:30_000_000], "truncated"),
     ],
 )
 def test_bad_model_files_give_clear_errors(tmp_path, name, make, match):
@@ -196,5 +199,5 @@ def test_corrupted_model_never_crashes_the_process(tmp_path):
 
 
 def test_lora_must_be_an_adapter(tmp_path):
-    with pytest.raises(InvalidModelError, match="not a adapter"):
+    with pytest.raises(InvalidModelError, match=r"not a adapter"):
         load_model(lora=default_model_path(), n_ctx=256)

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from her_sdk import Character, MockBackend, Persona, Scene, StateError
-from her_sdk import _state
+from her_sdk import Character, MockBackend, Persona, Scene, StateError, _state
 
 
 def seeded_backend() -> MockBackend:
@@ -17,15 +16,17 @@ def seeded_backend() -> MockBackend:
 
     def handler(prompt: str) -> str:
         h = hashlib.sha256(prompt.encode()).hexdigest()[:8]
-        return f"<system_thinking>plan {h}</system_thinking>X: <role_thinking>t {h}</role_thinking>say {h}"
+        return (
+            f"<system_thinking>plan {h}</system_thinking>X: "
+            f"<role_thinking>t {h}</role_thinking>say {h}"
+        )
 
     return MockBackend(handler)
 
 
 def build(backend):
     a = Character(name="Mara", profile="captain", goals="gate", model=backend, seed=5)
-    b = Character(name="Jory", profile="smuggler", model=backend,
-                  relationships={"Mara": "wary"})
+    b = Character(name="Jory", profile="smuggler", model=backend, relationships={"Mara": "wary"})
     return Scene([a, b], player="P", name="gate", seed=42)
 
 
@@ -52,14 +53,23 @@ def test_scene_round_trip_continues_exactly(tmp_path):
 
 
 def test_character_round_trip(tmp_path):
-    c = Character(persona=Persona(name="Mara", secrets="s", others={"J": "x"}),
-                  model=seeded_backend(), plan=False, actions=["open the gate"])
+    c = Character(
+        persona=Persona(name="Mara", secrets="s", others={"J": "x"}),
+        model=seeded_backend(),
+        plan=False,
+        actions=["open the gate"],
+    )
     c.hear("P", "hi", action="waves")
     c.reply()
     c.save(str(tmp_path / "c.json"))
     d = Character.load(str(tmp_path / "c.json"), model=seeded_backend())
     assert (d.persona, d.memory, d.plan, d.actions, d.turns_taken) == (
-        c.persona, c.memory, c.plan, c.actions, c.turns_taken)
+        c.persona,
+        c.memory,
+        c.plan,
+        c.actions,
+        c.turns_taken,
+    )
 
 
 def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
