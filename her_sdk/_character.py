@@ -104,7 +104,8 @@ class TurnStream:
 
     def close(self) -> None:
         """Stop early and release the model; safe to call at any time."""
-        self._cancel.cancel()
+        if self.reply is None:
+            self._cancel.cancel()
         self._gen.close()
 
     def wait(self) -> Reply:

@@ -50,6 +50,7 @@ class Scene:
         reply = scene.turn("Mara")
 
     `seed` makes every turn in the scene reproducible, also after save and load.
+    `max_events` bounds the public log kept in `events` (characters remember on their own).
     """
 
     def __init__(
@@ -59,15 +60,27 @@ class Scene:
         *,
         name: str = "",
         seed: int | None = None,
+        max_events: int = 10_000,
     ) -> None:
+        characters = list(characters)
+        players = [player] if isinstance(player, str) else list(player or [])
+        names = [c.name for c in characters if isinstance(c, Character)] + players
+        if len(set(names)) != len(names):
+            raise ConfigError("names in a scene must be unique")
+        for c in characters:  # validate everything before attaching anything
+            if isinstance(c, Character) and c.scene is not None:
+                raise ConfigError(f"{c.name!r} is already in another scene")
+        if max_events < 1:
+            raise ConfigError("max_events must be >= 1")
         self.name = name
         self.seed = seed
+        self.max_events = max_events
         self.characters: dict[str, Character] = {}
         self.players: list[str] = []
         self.events: list[Event] = []
         self.clock = 0  # counts events; drives per-turn seeds
         self._lock = threading.RLock()
-        for who in [player] if isinstance(player, str) else list(player or []):
+        for who in players:
             self.add_player(who)
         for c in characters:
             self.add(c)
@@ -137,15 +150,14 @@ class Scene:
         with self._lock:
             perceivers = self._audience(speaker if speaker != ENVIRONMENT else None, to)
             event = Event(
-                index=len(self.events),
+                index=self.clock,
                 kind=kind,
                 speaker=speaker,
                 speech=speech,
                 actions=actions,
                 perceivers=perceivers,
             )
-            self.events.append(event)
-            self.clock += 1
+            self._append(event)
             heard = Heard(speaker=speaker, speech=speech, actions=actions)
             for name in perceivers:
                 c = self.characters.get(name)
@@ -156,6 +168,12 @@ class Scene:
                 else:
                     c._remember(heard)
             return event
+
+    def _append(self, event: Event) -> None:
+        self.events.append(event)
+        self.clock += 1
+        if len(self.events) > self.max_events:
+            del self.events[: len(self.events) - self.max_events]
 
     def say(
         self,
@@ -192,15 +210,14 @@ class Scene:
         with self._lock:
             perceivers = self.present
             event = Event(
-                index=len(self.events),
+                index=self.clock,
                 kind="turn",
                 speaker=character.name,
                 speech=public.speech,
                 actions=public.actions,
                 perceivers=perceivers,
             )
-            self.events.append(event)
-            self.clock += 1
+            self._append(event)
             heard = Heard(speaker=character.name, speech=public.speech, actions=public.actions)
             for name in perceivers:
                 other = self.characters.get(name)

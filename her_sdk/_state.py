@@ -48,6 +48,7 @@ class SceneState(msgspec.Struct, kw_only=True):
     name: str = ""
     seed: int | None = None
     clock: int = 0
+    max_events: int = 10_000
     players: list[str] = msgspec.field(default_factory=list)
     characters: list[CharacterState] = msgspec.field(default_factory=list)
     events: list[Event] = msgspec.field(default_factory=list)
@@ -157,6 +158,7 @@ def dump_scene(scene: Scene) -> bytes:
             name=scene.name,
             seed=scene.seed,
             clock=scene.clock,
+            max_events=scene.max_events,
             players=list(scene.players),
             characters=[_character_state(c) for c in scene.characters.values()],
             events=list(scene.events),
@@ -185,7 +187,7 @@ def scene_from_bytes(
 def _scene_from_state(
     s: SceneState, model: Backend | None, models: dict[str, Backend] | None
 ) -> Scene:
-    scene = Scene(name=s.name, seed=s.seed)
+    scene = Scene(name=s.name, seed=s.seed, max_events=s.max_events)
     for p in s.players:
         scene.add_player(p)
     for cs in s.characters:

@@ -235,3 +235,20 @@ def test_mock_handler_failures_are_generation_errors():
 
     with pytest.raises(GenerationError):
         Character(name="Mara", model=MockBackend(boom)).reply()
+
+
+def test_public_log_is_bounded_and_indices_keep_counting():
+    c = Character(name="Mara", model=MockBackend(lambda p: "Mara: ok"))
+    scene = Scene([c], player="P", max_events=20)
+    for i in range(50):
+        scene.say("P", f"hi {i}")
+    assert len(scene.events) == 20
+    assert scene.events[-1].index == 49 and scene.events[0].index == 30
+
+
+def test_failed_scene_construction_attaches_nothing():
+    a = Character(name="A")
+    b = Character(name="A")
+    with pytest.raises(ConfigError):
+        Scene([a, b])
+    assert a.scene is None and b.scene is None

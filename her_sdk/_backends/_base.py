@@ -71,6 +71,7 @@ class TextStream:
     def __init__(self, pieces: Iterator[str], prompt_tokens: int = 0) -> None:
         self._pieces = pieces
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0  # prompt tokens re-used from the engine's cache
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.started = time.perf_counter()

@@ -94,6 +94,8 @@ class LlamaBackend(Backend):
     - `n_gpu_layers`: layers to offload when llama.cpp was built with a GPU backend.
     - `lora_path`: a GGUF LoRA adapter applied at load time.
     - `use_extra_bufts`: weight repacking; default on except on CPUs with AMX (see module doc).
+    - `cache_slots`: saved prompt states kept for other characters (each a copy of their KV
+      cache), so many characters on one model each resume from their own cached persona.
     - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot").
     - `verbose`: let llama.cpp print its own logs to stderr.
     """
@@ -109,6 +111,7 @@ class LlamaBackend(Backend):
         n_gpu_layers: int = 0,
         lora_path: str | os.PathLike[str] | None = None,
         use_extra_bufts: bool | None = None,
+        cache_slots: int = 4,
         prompt_style: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -173,6 +176,8 @@ class LlamaBackend(Backend):
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._slots: list[_Slot] = []  # parked sequence states, least recently used first
+        self.cache_slots = cache_slots
         self._canonical = 0  # how many of them were evaluated as a prompt (see _prepare)
 
         self.bos_token = self._piece(lib.llama_vocab_bos(self._vocab), special=True)
@@ -299,27 +304,62 @@ class LlamaBackend(Backend):
             self._cached.extend(chunk)
             off += size
 
-    def _prepare(self, tokens: list[int]) -> None:
+    def _prepare(self, tokens: list[int]) -> int:
         """Make the KV cache hold `tokens`, re-using the longest cached prefix.
 
         Reproducibility: a seeded turn must give the same text whether the prompt was cached or
         not. So every prompt is evaluated the same way — batches aligned to multiples of
-        n_batch, and the last token alone — and only cache entries computed that way are
-        re-used (tokens generated one by one are not).
+        n_batch, and the last token alone — and only whole aligned batches computed that way
+        are re-used (tokens generated one by one are not).
+
+        Several characters on one model: when another saved state shares a longer prefix with
+        this prompt (the same character's previous turn), the live state is parked in a slot
+        and that one restored, so a character does not re-read its persona every turn.
+        Returns how many prompt tokens came from the cache.
         """
-        keep = 0
-        limit = min(self._canonical, len(tokens) - 1)
-        while keep < limit and self._cached[keep] == tokens[keep]:
-            keep += 1
-        # Only whole aligned batches are bit-identical to a cold evaluation.
-        keep -= keep % self.n_batch
+        nb = self.n_batch
+        live = _common_prefix(self._cached, tokens, min(self._canonical, len(tokens) - 1))
+        best, best_i = live - live % nb, -1
+        for i, slot in enumerate(self._slots):
+            c = _common_prefix(slot.tokens, tokens, min(slot.canonical, len(tokens) - 1))
+            if c - c % nb > best:
+                best, best_i = c - c % nb, i
+        if best_i >= 0:
+            slot = self._slots.pop(best_i)
+            self._park()
+            self._restore(slot)
+        keep = best
+        if best_i < 0 and keep + nb <= self._canonical:
+            self._park()  # this prompt diverges early: keep the live state for its owner
         if not self._lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
             keep = 0
             self._lib.llama_memory_clear(self._mem, True)
         self._cached = self._cached[:keep]
         self._decode(tokens[keep:-1], keep)
-        self._canonical = (len(tokens) - 1) // self.n_batch * self.n_batch
+        self._canonical = (len(tokens) - 1) // nb * nb
         self._decode(tokens[-1:], len(tokens) - 1)
+        return keep
+
+    def _park(self) -> None:
+        """Save the live sequence into a slot (dropping the least recently used)."""
+        if self.cache_slots <= 0 or self._canonical < self.n_batch:
+            return
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if lib.llama_state_seq_get_data(self._ctx, buf, size, 0) != size:
+            return
+        self._slots.append(_Slot(list(self._cached), self._canonical, buf))
+        del self._slots[: max(0, len(self._slots) - self.cache_slots)]
+
+    def _restore(self, slot: _Slot) -> None:
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._mem, 0, -1, -1)
+        if lib.llama_state_seq_set_data(self._ctx, slot.state, len(slot.state), 0) == 0:
+            lib.llama_memory_clear(self._mem, True)
+            self._cached, self._canonical = [], 0
+            return
+        self._cached, self._canonical = slot.tokens, slot.canonical
 
     def _grammar_check(self, grammar):
         """A reusable one-candidate check: does the grammar allow this token next?"""
@@ -384,7 +424,7 @@ class LlamaBackend(Backend):
         with self._lock:
             chain = self._make_chain(sampling)
             try:
-                self._prepare(tokens)
+                stream.cached_tokens = self._prepare(tokens)
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 pending = ""  # text held back because it may begin a stop string
                 pos = len(tokens)
@@ -437,6 +477,7 @@ class LlamaBackend(Backend):
             self._lib.llama_memory_clear(self._mem, True)
             self._cached = []
             self._canonical = 0
+            self._slots.clear()
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -463,6 +504,23 @@ class LlamaBackend(Backend):
 
     def __repr__(self) -> str:
         return f"LlamaBackend({str(self.path)!r}, n_ctx={self.n_ctx}, style={self.prompt_style!r})"
+
+
+class _Slot:
+    __slots__ = ("canonical", "state", "tokens")
+
+    def __init__(self, tokens: list[int], canonical: int, state) -> None:
+        self.tokens = tokens
+        self.canonical = canonical
+        self.state = state
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    limit = min(limit, len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _detect_style(info: GGUFInfo) -> str:
