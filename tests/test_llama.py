@@ -217,3 +217,11 @@ def test_each_character_resumes_from_its_own_cached_state(model):
     assert first.cached_tokens == 0
     assert again.cached_tokens >= n - 2 * model.n_batch  # Mara's persona was not re-read
     assert a == b  # and the restored state computes exactly what a cold one did
+
+
+def test_invalid_grammar_is_a_config_error(model):
+    from her_sdk import ConfigError, Sampling
+
+    with pytest.raises(ConfigError, match="GBNF"):
+        list(model.stream("hello", grammar="root ::= ( [a-", sampling=Sampling(max_tokens=2)))
+    assert "".join(model.stream("The gate", sampling=Sampling(max_tokens=2, seed=1)))

@@ -247,15 +247,8 @@ class LlamaBackend(Backend):
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens; the context window is {self.n_ctx}"
             )
-        grammar_ptr = None
-        if grammar:
-            grammar_ptr = self._lib.llama_sampler_init_grammar(
-                self._vocab, grammar.encode("utf-8"), b"root"
-            )
-            if not grammar_ptr:
-                raise ConfigError("invalid GBNF grammar (llama.cpp rejected it)")
         stream = TextStream(iter(()), prompt_tokens=len(tokens))
-        stream._pieces = self._generate(tokens, list(stop), sampling, grammar_ptr, cancel, stream)
+        stream._pieces = self._generate(tokens, list(stop), sampling, grammar, cancel, stream)
         return stream
 
     def _make_chain(self, s: Sampling):
@@ -416,12 +409,20 @@ class LlamaBackend(Backend):
         tokens: list[int],
         stop: list[str],
         sampling: Sampling,
-        grammar,
+        grammar_text: str | None,
         cancel: CancelToken | None,
         stream: TextStream,
     ) -> Iterator[str]:
         lib = self._lib
         with self._lock:
+            # Samplers are made here, not in stream(), so an unstarted stream owns nothing.
+            grammar = None
+            if grammar_text:
+                grammar = lib.llama_sampler_init_grammar(
+                    self._vocab, grammar_text.encode("utf-8"), b"root"
+                )
+                if not grammar:
+                    raise ConfigError("invalid GBNF grammar (llama.cpp rejected it)")
             chain = self._make_chain(sampling)
             try:
                 stream.cached_tokens = self._prepare(tokens)
