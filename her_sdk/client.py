@@ -3,7 +3,7 @@
     from her_sdk.client import Client
 
     with Client("127.0.0.1:50051") as her:
-        mara = her.create_character("Mara", profile="Gate captain of Vell.", goals="keep the gate shut")
+        mara = her.create_character("Mara", profile="Gate captain.", goals="keep the gate shut")
         scene = her.create_scene([mara], players=["Traveler"])
         scene.say("Traveler", "Let me through, I have papers.")
         reply = scene.turn("Mara")            # a her_sdk.Reply, as Scene.turn returns in-process
@@ -22,8 +22,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ._errors import HerError, MissingDependencyError
 from ._character import Reply
+from ._errors import HerError, MissingDependencyError
 from ._scene import Event
 from .format import Delta, Segment
 
@@ -36,10 +36,17 @@ except ImportError:
 
 __all__ = ["Client", "RemoteScene", "RemoteTurnStream", "ServerError"]
 
-_CHANNEL = {pb.CHANNEL_PLAN: "plan", pb.CHANNEL_THOUGHT: "thought", pb.CHANNEL_ACTION: "action",
-            pb.CHANNEL_SPEECH: "speech"}
-_KIND = {pb.EVENT_KIND_SPEECH: "speech", pb.EVENT_KIND_NARRATION: "narration",
-         pb.EVENT_KIND_TURN: "turn"}
+_CHANNEL = {
+    pb.CHANNEL_PLAN: "plan",
+    pb.CHANNEL_THOUGHT: "thought",
+    pb.CHANNEL_ACTION: "action",
+    pb.CHANNEL_SPEECH: "speech",
+}
+_KIND = {
+    pb.EVENT_KIND_SPEECH: "speech",
+    pb.EVENT_KIND_NARRATION: "narration",
+    pb.EVENT_KIND_TURN: "turn",
+}
 
 
 class ServerError(HerError):
@@ -57,8 +64,14 @@ def _error(exc: grpc.RpcError) -> ServerError:
 
 
 def _event(e: pb.Event) -> Event:
-    return Event(index=e.index, kind=_KIND.get(e.kind, "speech"), speaker=e.speaker,
-                 speech=e.speech, actions=list(e.actions), perceivers=list(e.perceivers))
+    return Event(
+        index=e.index,
+        kind=_KIND.get(e.kind, "speech"),
+        speaker=e.speaker,
+        speech=e.speech,
+        actions=list(e.actions),
+        perceivers=list(e.perceivers),
+    )
 
 
 def _reply(s: pb.TurnSummary) -> Reply:
@@ -151,8 +164,12 @@ class Client:
     ) -> str:
         """Create a character from persona fields or a Character Card (dict or JSON); its id."""
         settings = pb.CharacterSettings(
-            plan=plan, allowed_actions=list(actions or []), max_tokens=max_tokens,
-            temperature=temperature, seed=seed, max_memory=max_memory,
+            plan=plan,
+            allowed_actions=list(actions or []),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_memory=max_memory,
         )
         if card is not None:
             import json
@@ -161,9 +178,15 @@ class Client:
             req = pb.CreateCharacterRequest(card_json=text, settings=settings)
         else:
             persona = pb.Persona(
-                name=name or "", source=source, profile=profile, background=background,
-                scenario=scenario, goals=goals, secrets=secrets,
-                relationships=relationships or {}, others=others or {},
+                name=name or "",
+                source=source,
+                profile=profile,
+                background=background,
+                scenario=scenario,
+                goals=goals,
+                secrets=secrets,
+                relationships=relationships or {},
+                others=others or {},
             )
             req = pb.CreateCharacterRequest(persona=persona, settings=settings)
         return self._call("CreateCharacter", req).id
@@ -259,8 +282,12 @@ class RemoteScene:
     ) -> RemoteTurnStream:
         """Start the turn of `who` (default: the scene's next speaker); iterate for Deltas."""
         req = pb.TurnRequest(
-            scene_id=self.id, character=who or "", include_private=private,
-            max_tokens=max_tokens, temperature=temperature, seed=seed,
+            scene_id=self.id,
+            character=who or "",
+            include_private=private,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
             allowed_actions=list(actions or []),
         )
         call = self.client.stub.Turn(

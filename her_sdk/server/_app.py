@@ -148,9 +148,7 @@ class HerServer:
         self.close()
 
 
-def serve(
-    settings: ServerSettings, *, model: Backend | None = None, ready=None
-) -> None:
+def serve(settings: ServerSettings, *, model: Backend | None = None, ready=None) -> None:
     """Run a server until SIGTERM or SIGINT, then drain in-flight calls and return.
 
     `ready(server)` is called once it listens (the CLI prints the address).

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
-from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -246,7 +246,9 @@ class HerServicer(pb_grpc.HerServiceServicer):
             members = [self._character(cid) for cid in request.character_ids]
             if len(self.scenes) >= self.settings.max_scenes:
                 raise LimitExceeded(f"the server holds {self.settings.max_scenes} scenes")
-            scene = Scene(name=request.name, seed=request.seed if request.HasField("seed") else None)
+            scene = Scene(
+                name=request.name, seed=request.seed if request.HasField("seed") else None
+            )
             try:
                 for name in request.players:
                     scene.add_player(name)
@@ -436,4 +438,3 @@ def _summary_msg(r: Reply, private: bool) -> pb.TurnSummary:
     if r.first_speech_s is not None:
         msg.first_speech_ms = r.first_speech_s * 1000.0
     return msg
-

@@ -186,8 +186,9 @@ class HerServiceServicer:
     def Turn(self, request, context):
         """Generate one NPC turn, streamed: TurnResponse messages carrying Deltas as they are
         generated; the last one carries the TurnSummary; then the stream ends with OK. Deltas arrive
-        in order and concatenate, per channel, to the turn's text. Turns of different characters run concurrently
-        (the model engine schedules them); two turns of the same character run one after the other.
+        in order and concatenate, per channel, to the turn's text. Turns of different characters run
+        concurrently (the model engine schedules them); two turns of the same character run one after
+        the other.
         Cancelling the call or passing its deadline stops generation before the next token; what was
         generated until then is kept as the character's turn.
         Errors: INVALID_ARGUMENT (bad sampling value, empty scene), NOT_FOUND (unknown scene, or no

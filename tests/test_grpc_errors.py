@@ -1,0 +1,193 @@
+"""Bad input -> the status code her.proto documents, for every rpc; no UNKNOWN ever."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from _grpc_util import running
+
+from her_sdk import MockBackend
+from her_sdk.server._pb import pb, pb_grpc
+
+TEXT = 100  # max_text_chars of the server under test
+MSG = 64 * 1024  # max_message_bytes
+BIG = "x" * (TEXT + 1)
+MISSING_C = "c-" + "0" * 32
+MISSING_S = "s-" + "0" * 32
+
+OK = grpc.StatusCode.OK
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+def api():
+    with running(max_text_chars=TEXT, max_message_bytes=MSG, max_characters=6, max_scenes=3) as s:
+        channel = grpc.insecure_channel(s.target)
+        stub = pb_grpc.HerServiceStub(channel)
+        cid = stub.CreateCharacter(pb.CreateCharacterRequest(persona=pb.Persona(name="Mara"))).id
+        sid = stub.CreateScene(pb.CreateSceneRequest(character_ids=[cid], players=["T"])).id
+        yield stub, cid, sid, s
+        channel.close()
+
+
+def call(stub, method: str, request) -> grpc.StatusCode:
+    try:
+        result = getattr(stub, method)(request, timeout=10)
+        if method == "Turn":
+            list(result)
+        return OK
+    except grpc.RpcError as exc:
+        assert exc.code() != grpc.StatusCode.UNKNOWN, exc.details()
+        return exc.code()
+
+
+def cases(cid: str, sid: str):
+    """(rpc, request, expected status) — empty, oversized and unknown-id requests of each rpc."""
+    P = pb.Persona
+    return [
+        # CreateCharacter
+        ("CreateCharacter", pb.CreateCharacterRequest(), INVALID),
+        ("CreateCharacter", pb.CreateCharacterRequest(persona=P()), INVALID),
+        ("CreateCharacter", pb.CreateCharacterRequest(persona=P(name="A", profile=BIG)), EXHAUSTED),
+        (
+            "CreateCharacter",
+            pb.CreateCharacterRequest(persona=P(name="A", others={"B": BIG})),
+            EXHAUSTED,
+        ),
+        ("CreateCharacter", pb.CreateCharacterRequest(card_json="x" * MSG), EXHAUSTED),
+        ("CreateCharacter", pb.CreateCharacterRequest(card_json="{not json"), INVALID),
+        ("CreateCharacter", pb.CreateCharacterRequest(card_json='{"data": {}}'), INVALID),
+        ("CreateCharacter", pb.CreateCharacterRequest(persona=P(name="a:b")), INVALID),
+        (
+            "CreateCharacter",
+            pb.CreateCharacterRequest(
+                persona=P(name="A"), settings=pb.CharacterSettings(temperature=-1)
+            ),
+            INVALID,
+        ),
+        (
+            "CreateCharacter",
+            pb.CreateCharacterRequest(
+                persona=P(name="A"), settings=pb.CharacterSettings(max_memory=1)
+            ),
+            INVALID,
+        ),
+        # GetCharacter / DeleteCharacter
+        ("GetCharacter", pb.GetCharacterRequest(), INVALID),
+        ("GetCharacter", pb.GetCharacterRequest(character_id=BIG), EXHAUSTED),
+        ("GetCharacter", pb.GetCharacterRequest(character_id=MISSING_C), NOT_FOUND),
+        ("DeleteCharacter", pb.DeleteCharacterRequest(), INVALID),
+        ("DeleteCharacter", pb.DeleteCharacterRequest(character_id=BIG), EXHAUSTED),
+        ("DeleteCharacter", pb.DeleteCharacterRequest(character_id=MISSING_C), NOT_FOUND),
+        # CreateScene (an empty scene is valid: participants can be added later)
+        ("CreateScene", pb.CreateSceneRequest(name=BIG), EXHAUSTED),
+        ("CreateScene", pb.CreateSceneRequest(players=["p"] * 300), EXHAUSTED),
+        ("CreateScene", pb.CreateSceneRequest(character_ids=[MISSING_C]), NOT_FOUND),
+        ("CreateScene", pb.CreateSceneRequest(character_ids=[cid]), INVALID),  # in another scene
+        ("CreateScene", pb.CreateSceneRequest(players=["bad:name"]), INVALID),
+        ("CreateScene", pb.CreateSceneRequest(players=["Ann", "Ann"]), INVALID),
+        # GetScene / DeleteScene / SaveScene
+        ("GetScene", pb.GetSceneRequest(), INVALID),
+        ("GetScene", pb.GetSceneRequest(scene_id=BIG), EXHAUSTED),
+        ("GetScene", pb.GetSceneRequest(scene_id=MISSING_S), NOT_FOUND),
+        ("DeleteScene", pb.DeleteSceneRequest(), INVALID),
+        ("DeleteScene", pb.DeleteSceneRequest(scene_id=BIG), EXHAUSTED),
+        ("DeleteScene", pb.DeleteSceneRequest(scene_id=MISSING_S), NOT_FOUND),
+        ("SaveScene", pb.SaveSceneRequest(), INVALID),
+        ("SaveScene", pb.SaveSceneRequest(scene_id=BIG), EXHAUSTED),
+        ("SaveScene", pb.SaveSceneRequest(scene_id=MISSING_S), NOT_FOUND),
+        # AddParticipant
+        ("AddParticipant", pb.AddParticipantRequest(), INVALID),
+        ("AddParticipant", pb.AddParticipantRequest(scene_id=sid), INVALID),
+        ("AddParticipant", pb.AddParticipantRequest(scene_id=sid, player=BIG), EXHAUSTED),
+        ("AddParticipant", pb.AddParticipantRequest(scene_id=MISSING_S, player="Ann"), NOT_FOUND),
+        (
+            "AddParticipant",
+            pb.AddParticipantRequest(scene_id=sid, character_id=MISSING_C),
+            NOT_FOUND,
+        ),
+        ("AddParticipant", pb.AddParticipantRequest(scene_id=sid, player="Mara"), INVALID),
+        # Say / Narrate
+        ("Say", pb.SayRequest(), INVALID),
+        ("Say", pb.SayRequest(scene_id=sid, speaker="T"), INVALID),  # nothing said or done
+        ("Say", pb.SayRequest(scene_id=sid, speaker="T", text=BIG), EXHAUSTED),
+        ("Say", pb.SayRequest(scene_id=sid, speaker="T", actions=[BIG]), EXHAUSTED),
+        ("Say", pb.SayRequest(scene_id=MISSING_S, speaker="T", text="hi"), NOT_FOUND),
+        ("Say", pb.SayRequest(scene_id=sid, speaker="Nobody", text="hi"), INVALID),
+        ("Say", pb.SayRequest(scene_id=sid, speaker="T", text="hi", to=["Nobody"]), INVALID),
+        ("Narrate", pb.NarrateRequest(), INVALID),
+        ("Narrate", pb.NarrateRequest(scene_id=sid), INVALID),
+        ("Narrate", pb.NarrateRequest(scene_id=sid, text=BIG), EXHAUSTED),
+        ("Narrate", pb.NarrateRequest(scene_id=MISSING_S, text="Rain."), NOT_FOUND),
+        # Turn
+        ("Turn", pb.TurnRequest(), INVALID),
+        ("Turn", pb.TurnRequest(scene_id=BIG), EXHAUSTED),
+        ("Turn", pb.TurnRequest(scene_id=sid, character=BIG), EXHAUSTED),
+        ("Turn", pb.TurnRequest(scene_id=MISSING_S), NOT_FOUND),
+        ("Turn", pb.TurnRequest(scene_id=sid, character="Nobody"), NOT_FOUND),
+        ("Turn", pb.TurnRequest(scene_id=sid, character="Mara", max_tokens=0), INVALID),
+        ("Turn", pb.TurnRequest(scene_id=sid, character="Mara", temperature=-2), INVALID),
+        # LoadScene
+        ("LoadScene", pb.LoadSceneRequest(), INVALID),
+        ("LoadScene", pb.LoadSceneRequest(data=b"\x00garbage"), INVALID),
+        ("LoadScene", pb.LoadSceneRequest(data=b'{"kind": "scene", "version": 99}'), INVALID),
+        ("LoadScene", pb.LoadSceneRequest(data=b"x" * MSG), EXHAUSTED),
+    ]
+
+
+def test_bad_input_table(api):
+    stub, cid, sid, _ = api
+    wrong = []
+    for method, request, expected in cases(cid, sid):
+        got = call(stub, method, request)
+        if got != expected:
+            wrong.append(f"{method}({request}) -> {got.name}, documented {expected.name}")
+    assert not wrong, "\n".join(wrong)
+    # Nothing was half-created by the failures.
+    info = stub.GetScene(pb.GetSceneRequest(scene_id=sid))
+    assert [p.name for p in info.characters] == ["Mara"] and list(info.players) == ["T"]
+    assert stub.GetCharacter(pb.GetCharacterRequest(character_id=cid)).scene_id == sid
+
+
+def test_count_limits_are_resource_exhausted(api):
+    stub, _, sid, _ = api
+    made = []
+    with pytest.raises(grpc.RpcError) as e:
+        for i in range(10):
+            req = pb.CreateCharacterRequest(persona=pb.Persona(name=f"N{i}"))
+            made.append(stub.CreateCharacter(req).id)
+    assert e.value.code() == EXHAUSTED and len(made) == 5  # 6 in all, Mara included
+    for cid in made:
+        stub.DeleteCharacter(pb.DeleteCharacterRequest(character_id=cid))
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in range(5):
+            stub.CreateScene(pb.CreateSceneRequest())
+    assert e.value.code() == EXHAUSTED
+    data = stub.SaveScene(pb.SaveSceneRequest(scene_id=sid)).data
+    assert call(stub, "LoadScene", pb.LoadSceneRequest(data=data)) == EXHAUSTED  # 3 scenes
+
+
+def test_engine_failure_is_internal_and_unexpected_errors_are_not_unknown(caplog):
+    def broken(prompt: str) -> str:
+        raise RuntimeError("engine on fire")
+
+    with running(MockBackend(broken)) as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.HerServiceStub(channel)
+        cid = stub.CreateCharacter(pb.CreateCharacterRequest(persona=pb.Persona(name="Mara"))).id
+        sid = stub.CreateScene(pb.CreateSceneRequest(character_ids=[cid], players=["T"])).id
+        assert call(stub, "Turn", pb.TurnRequest(scene_id=sid)) == grpc.StatusCode.INTERNAL
+
+        # A bug in a handler (simulated) is INTERNAL with a generic message, logged in full.
+        def bug(*a, **k):
+            raise ZeroDivisionError("secret internals")
+
+        server.servicer._scene_msg = bug
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetScene(pb.GetSceneRequest(scene_id=sid), timeout=5)
+        assert e.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in e.value.details()
+        assert "ZeroDivisionError" in caplog.text
+        channel.close()
