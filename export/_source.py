@@ -81,7 +81,9 @@ def merge_lora(model, adapter_dir: str | Path):
         raise MissingDependencyError("peft", "export") from None
     adir = Path(adapter_dir).expanduser()
     if not (adir / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"{adir} is not a PEFT adapter (no adapter_config.json)", str(adir))
+        raise ModelNotFoundError(
+            f"{adir} is not a PEFT adapter (no adapter_config.json)", str(adir)
+        )
     return PeftModel.from_pretrained(model, adir).merge_and_unload()
 
 

@@ -67,15 +67,28 @@ def load_model(
     - `load_model()`: the embedded default (Gemma-3-270M), offline.
     - `load_model("model.gguf")`: any GGUF model through llama.cpp; `lora=` applies a GGUF
       LoRA adapter. Keyword arguments go to `LlamaBackend` (n_ctx, n_threads, n_gpu_layers, ...).
+    - `load_model("folder/")` with `genai_config.json` inside: an ONNX Runtime GenAI model
+      (`her export onnx`); keyword arguments go to `OnnxBackend`.
 
     A missing file raises `ModelNotFoundError`; a file that is not a loadable model raises
     `InvalidModelError`. Both name the file.
     """
-    from ._backends._llama import LlamaBackend
-
     model_path = Path(path).expanduser() if path is not None else default_model_path()
     if model_path.is_dir():
+        if (model_path / "genai_config.json").is_file():
+            # An ONNX Runtime GenAI folder (`her export onnx`).
+            from ._backends._onnx import OnnxBackend
+
+            if lora is not None:
+                raise InvalidModelError(
+                    "lora= applies to GGUF models; merge the adapter at export "
+                    "(her export onnx --lora)", str(model_path)
+                )
+            return OnnxBackend(model_path, **kwargs)
         raise InvalidModelError(
-            f"{model_path} is a directory; pass the path of a .gguf file", str(model_path)
+            f"{model_path} is a directory; pass the path of a .gguf file or an ONNX model "
+            "folder (with genai_config.json)", str(model_path)
         )
+    from ._backends._llama import LlamaBackend
+
     return LlamaBackend(model_path, lora_path=lora, **kwargs)

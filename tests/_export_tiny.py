@@ -89,16 +89,39 @@ def spm_tokenizer(out: Path, kind: str):
         normalization_rule_name="identity", minloglevel=2,
     )
     text.unlink()
+    Path(str(prefix) + ".vocab").unlink()
+    Path(str(prefix) + ".model").rename(out / "tokenizer.model")
+    # transformers 5 converts a SentencePiece model only in from_pretrained (the constructor
+    # with vocab_file= builds an empty tokenizer).
     if kind == "gemma":
-        tok = GemmaTokenizer(vocab_file=str(prefix) + ".model")
+        tok = GemmaTokenizer.from_pretrained(out)
         tok.chat_template = GEMMA_TEMPLATE
     else:
-        tok = LlamaTokenizer(vocab_file=str(prefix) + ".model", legacy=False)
+        tok = LlamaTokenizer.from_pretrained(out)
         tok.chat_template = LLAMA_TEMPLATE
-    return tok, Path(str(prefix) + ".model")
+    return tok, out / "tokenizer.model"
 
 
-def build(arch: str, out: Path, *, seed: int = 0, std: float = 0.1) -> Path:
+def _train(model, tok, steps: int) -> None:
+    """A few optimizer steps on the corpus, so that predictions have real margins (quantized
+    files are judged by top-1 agreement; a random model's argmax is a coin toss)."""
+    import torch
+
+    ids = tok("\n".join(corpus()[-40:]), return_tensors="pt")["input_ids"][0]
+    seq = 128
+    chunks = [ids[i : i + seq] for i in range(0, len(ids) - seq, seq // 2)]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = torch.stack([chunks[(step * 4 + j) % len(chunks)] for j in range(4)])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def build(arch: str, out: Path, *, seed: int = 0, std: float = 0.02, steps: int = 30) -> Path:
     """Write a tiny `arch` checkpoint ("qwen3", "qwen2", "llama", "gemma3") into `out`."""
     import shutil
 
@@ -147,6 +170,7 @@ def build(arch: str, out: Path, *, seed: int = 0, std: float = 0.1) -> Path:
                 p.add_(torch.randn_like(p) * 0.1)
             if name.endswith("bias"):
                 p.normal_(0, std)
+    _train(model, tok, steps)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(out)
     tok.save_pretrained(out)
