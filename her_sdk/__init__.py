@@ -53,6 +53,8 @@ __all__ = [
     "MockBackend",
     "ModelError",
     "ModelNotFoundError",
+    "OnnxBackend",
+    "OpenAIBackend",
     "Persona",
     "Reply",
     "Sampling",
@@ -71,9 +73,17 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # LlamaBackend lives behind the `llama` extra; resolve it lazily so import stays cheap.
+    # Engine backends live behind extras; resolve them lazily so `import her_sdk` stays cheap.
     if name == "LlamaBackend":
         from ._backends._llama import LlamaBackend
 
         return LlamaBackend
+    if name == "OnnxBackend":
+        from ._backends._onnx import OnnxBackend
+
+        return OnnxBackend
+    if name == "OpenAIBackend":
+        from ._backends._openai import OpenAIBackend
+
+        return OpenAIBackend
     raise AttributeError(f"module 'her_sdk' has no attribute {name!r}")

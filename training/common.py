@@ -43,8 +43,14 @@ EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 
 def require_train_extra() -> None:
     """Raise MissingDependencyError naming the `train` extra when its packages are absent."""
-    for mod, pkg in (("torch", "torch"), ("transformers", "transformers"), ("trl", "trl"),
-                     ("peft", "peft"), ("datasets", "datasets"), ("yaml", "pyyaml")):
+    for mod, pkg in (
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("trl", "trl"),
+        ("peft", "peft"),
+        ("datasets", "datasets"),
+        ("yaml", "pyyaml"),
+    ):
         try:
             __import__(mod)
         except ImportError:
@@ -88,8 +94,12 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None,
-                overrides: list[str] | dict | None = None, **explicit: Any) -> T:
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | dict | None = None,
+    **explicit: Any,
+) -> T:
     """Build config dataclass `cls` from a YAML file, then overrides, then explicit kwargs."""
     import yaml
 
@@ -141,8 +151,13 @@ class ModelSpec:
     gguf_file: str | None = None
 
 
-def resolve_model(model: str, *, gguf_file: str | None = None, tiny: dict | None = None,
-                  work_dir: str | os.PathLike | None = None) -> ModelSpec:
+def resolve_model(
+    model: str,
+    *,
+    gguf_file: str | None = None,
+    tiny: dict | None = None,
+    work_dir: str | os.PathLike | None = None,
+) -> ModelSpec:
     if model == "tiny":
         from .tiny import build_tiny_model
 
@@ -205,15 +220,25 @@ def _dtype(name: str):
     import torch
 
     if name in (None, "auto"):
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
     try:
         return getattr(torch, name)
     except AttributeError:
         raise ConfigError(f"unknown dtype {name!r}") from None
 
 
-def load_causal_lm(spec: ModelSpec, *, dtype: str = "auto", quantize_4bit: bool = False,
-                   attn_implementation: str | None = None, model_cls=None):
+def load_causal_lm(
+    spec: ModelSpec,
+    *,
+    dtype: str = "auto",
+    quantize_4bit: bool = False,
+    attn_implementation: str | None = None,
+    model_cls=None,
+):
     """Load a causal LM (or `model_cls`, e.g. a sequence classifier for reward models)."""
     from transformers import AutoModelForCausalLM
 
@@ -231,7 +256,9 @@ def load_causal_lm(spec: ModelSpec, *, dtype: str = "auto", quantize_4bit: bool 
         except ImportError:
             raise MissingDependencyError("bitsandbytes (QLoRA, CUDA only)", "train") from None
         kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     model = cls.from_pretrained(spec.path, **kw)
@@ -240,12 +267,25 @@ def load_causal_lm(spec: ModelSpec, *, dtype: str = "auto", quantize_4bit: bool 
     return model
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules: Any, task_type: str = "CAUSAL_LM",
-                modules_to_save: list[str] | None = None):
+def lora_config(
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: Any,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      task_type=task_type, modules_to_save=modules_to_save, bias="none")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+        bias="none",
+    )
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:

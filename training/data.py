@@ -52,14 +52,14 @@ __all__ = [
     "ConvertReport",
     "Entry",
     "convert_file",
+    "convert_records",
     "decode_her",
     "load_records",
     "persona_from_system_prompt",
     "read_jsonl",
     "render_sample",
-    "convert_records",
-    "trl_columns",
     "scene_samples",
+    "trl_columns",
     "write_jsonl",
 ]
 
@@ -182,7 +182,9 @@ def render_sample(
     plan = bool(target.plan)
     messages = build_messages(persona, history, plan=plan, keep_plans=False)
     prompt = [{"role": m.role, "content": m.content} for m in messages]
-    completion = [{"role": "assistant", "content": render_turn(target, persona.name, keep_plan=True)}]
+    completion = [
+        {"role": "assistant", "content": render_turn(target, persona.name, keep_plan=True)}
+    ]
     return prompt, completion
 
 
@@ -323,6 +325,8 @@ class ConvertOptions:
     exclude: frozenset[str] = frozenset()
     max_profile_chars: int = 0  # 0: keep whole profiles
     max_other_chars: int = 300
+    max_background_chars: int = 0  # 0: keep the whole plot summary
+    max_scenario_chars: int = 0  # 0: keep the whole scenario
     seed: int = 0
 
 
@@ -333,14 +337,20 @@ def _coser_dialogue(dialogues: Any) -> list[Entry]:
     for d in dialogues:
         if not isinstance(d, dict) or not isinstance(d.get("character"), str):
             raise BadRecord("bad dialogue line: expected {character, message}")
-        msg = d.get("message")
+        # HER's dialogue layout keeps the tagged turn and its plan in their own fields.
+        msg = d.get("enhanced_standard_format") or d.get("standard_format") or d.get("message")
         if not isinstance(msg, str):
             raise BadRecord("bad dialogue line: message is not text")
+        plan = d.get("sys_thinking") or d.get("system_thinking")
+        if isinstance(plan, str) and plan.strip() and "<system_think" not in msg:
+            msg = f"<system_thinking>{plan.strip()}</system_thinking>{msg}"
         out.append(_line_entry(d["character"], msg))
     return out
 
 
-def _coser_test_record(rec: dict, opts: ConvertOptions) -> tuple[dict, list[Entry], dict]:
+def _coser_test_record(
+    rec: dict, opts: ConvertOptions, source: str = "coser"
+) -> tuple[dict, list[Entry], dict]:
     book = _text(rec.get("book")) or "unknown"
     key = coser_scene_key(book, rec.get("i_p", "?"), rec.get("i_c", "?"))
     entries = _coser_dialogue(rec.get("dialogues"))
@@ -366,12 +376,12 @@ def _coser_test_record(rec: dict, opts: ConvertOptions) -> tuple[dict, list[Entr
             name,
             source=book,
             profile=_short(_text(profiles.get(name)), opts.max_profile_chars),
-            background=_text(plot.get("summary")),
-            scenario=_text(rec.get("scenario")),
+            background=_short(_text(plot.get("summary")), opts.max_background_chars),
+            scenario=_short(_text(rec.get("scenario")), opts.max_scenario_chars),
             goals=motivations.get(name, ""),
             others={k: v for k, v in others.items() if v},
         )
-    return {"source": "coser", "book": book, "scene": key}, entries, personas
+    return {"source": source, "book": book, "scene": key}, entries, personas
 
 
 def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iterator[tuple]:
@@ -410,8 +420,8 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
                         name,
                         source=book,
                         profile=_short(_text(prof.get("profile")), opts.max_profile_chars),
-                        background=_text(plot.get("summary")),
-                        scenario=_text(conv.get("scenario")),
+                        background=_short(_text(plot.get("summary")), opts.max_background_chars),
+                        scenario=_short(_text(conv.get("scenario")), opts.max_scenario_chars),
                         goals=motivations.get(name, ""),
                         others={
                             o: _short(desc[o], opts.max_other_chars)
@@ -434,10 +444,19 @@ def _book_name_from_path(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _HEADER = re.compile(r"^===\s*(.+?)\s*===\s*$", re.M)
-_PLAN_BLOCK = re.compile(r"^\s*<\s*system_think(?:ing)?\s*>.*?<\s*/\s*system_think(?:ing)?\s*>", re.S)
+_PLAN_BLOCK = re.compile(
+    r"^\s*<\s*system_think(?:ing)?\s*>.*?<\s*/\s*system_think(?:ing)?\s*>", re.S
+)
 _LABEL = re.compile(r"^\s*([^\s<>\[\]():\n][^<>\[\]():\n]{0,47}):")
-_ROLE = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-         "assistant": "assistant", "model": "assistant", "bot": "assistant"}
+_ROLE = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+}
 
 
 def persona_from_system_prompt(text: str, name: str) -> Persona:
@@ -482,12 +501,16 @@ def persona_from_system_prompt(text: str, name: str) -> Persona:
             fields["goals"].append(body)
         elif "plot" in title or "background" in title or "story" in title:
             fields["background"].append(body)
-        elif "profile" in title and (name.lower() in title or "character" in title or "'s" not in title):
+        elif "profile" in title and (
+            name.lower() in title or "character" in title or "'s" not in title
+        ):
             fields["profile"].append(body)
         else:
             fields["profile"].append(f"{h.group(1)}:\n{body}")
     others = {k: v for k, v in others.items() if not any(c in k for c in "<>\n:[]()")}
-    return _persona(name, source=source, others=others, **{k: "\n\n".join(v) for k, v in fields.items()})
+    return _persona(
+        name, source=source, others=others, **{k: "\n\n".join(v) for k, v in fields.items()}
+    )
 
 
 def _messages_of(rec: dict) -> list[tuple[str, str]]:
@@ -555,7 +578,12 @@ def _chat_record(rec: dict, source: str, index: int) -> tuple[dict, list[Entry],
                 raise BadRecord(f"mixed speakers: assistant speaks as {label!r} and {name!r}")
             entries.append(Entry(name, parse_turn(content, name=name), True))
     persona = persona_from_system_prompt(system, name)
-    book = _text(rec.get("book")) or _text(rec.get("source")) or _text(rec.get("world")) or persona.source
+    book = (
+        _text(rec.get("book"))
+        or _text(rec.get("source"))
+        or _text(rec.get("world"))
+        or persona.source
+    )
     scene = _text(rec.get("id")) or _text(rec.get("scene")) or ""
     if not scene:
         digest = hashlib.sha1(json.dumps(msgs, ensure_ascii=False).encode()).hexdigest()[:12]
@@ -571,13 +599,26 @@ _NOT_ROLEPLAY = re.compile(r"not role-play|no assistant turn|no character", re.I
 # ---------------------------------------------------------------------------------------------
 
 
-def assign_split(key: str, opts: ConvertOptions) -> str:
-    h = int(hashlib.sha1(f"{opts.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    if h < opts.test_ratio:
-        return "test"
-    if h < opts.test_ratio + opts.eval_ratio:
-        return "eval"
-    return "train"
+def _rank(key: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+
+
+def assign_splits(keys: Iterable[str], opts: ConvertOptions) -> dict[str, str]:
+    """Split keys (scenes or books) by a seeded hash order: the first `test_ratio` of them go to
+    test, the next `eval_ratio` to eval (at least one each when the ratio is > 0 and there are
+    enough keys), the rest to train. Deterministic for a given set of keys and seed."""
+    order = sorted(set(keys), key=lambda k: _rank(k, opts.seed))
+    n = len(order)
+
+    def count(ratio: float) -> int:
+        return 0 if ratio <= 0 or n < 2 else max(1, round(ratio * n))
+
+    n_test = count(opts.test_ratio)
+    n_eval = min(count(opts.eval_ratio), max(0, n - n_test - 1))
+    out = {}
+    for i, k in enumerate(order):
+        out[k] = "test" if i < n_test else "eval" if i < n_test + n_eval else "train"
+    return out
 
 
 def load_exclude(paths: Sequence[str | Path]) -> frozenset[str]:
@@ -604,7 +645,12 @@ def iter_scenes(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
     records = load_records(path)
-    if source == "coser" and len(records) == 1 and isinstance(records[0], dict) and "plots" in records[0]:
+    if (
+        source == "coser"
+        and len(records) == 1
+        and isinstance(records[0], dict)
+        and "plots" in records[0]
+    ):
         book = dict(records[0])
         book.setdefault("book", _book_name_from_path(Path(path)))
         try:
@@ -617,10 +663,8 @@ def iter_scenes(
         try:
             if not isinstance(rec, dict):
                 raise BadRecord("not an object: the record is not a JSON object")
-            if source == "coser":
-                yield _coser_test_record(rec, opts)
-            elif "dialogues" in rec:  # HER's dialogue layout (CoSER-like with tagged messages)
-                yield _coser_test_record(rec, opts)
+            if source == "coser" or "dialogues" in rec:  # CoSER, or HER's dialogue layout
+                yield _coser_test_record(rec, opts, source)
             else:
                 yield _chat_record(rec, source, i)
         except Exception as exc:
@@ -637,12 +681,16 @@ def convert_records(
     opts = opts or ConvertOptions()
     report = ConvertReport()
     samples: list[dict] = []
+    scenes = []
     for meta, entries, personas in iter_scenes(source, path, opts, report):
         if meta["scene"] in opts.exclude:
             report.excluded_scenes += 1
             continue
-        split_key = meta["book"] if opts.split_by == "book" else meta["scene"]
-        meta = {**meta, "split": assign_split(split_key, opts)}
+        scenes.append((meta, entries, personas))
+    group = "book" if opts.split_by == "book" else "scene"
+    splits = assign_splits((m[group] for m, _, _ in scenes), opts)
+    for meta, entries, personas in scenes:
+        meta = {**meta, "split": splits[meta[group]]}
         report.scenes += 1
         try:
             scene = list(scene_samples(entries, personas, meta=meta, report=report))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -43,7 +44,7 @@ from her_sdk.format import (
     render_turn,
 )
 
-from .data import decode_her, read_jsonl, render_sample
+from .data import decode_her, encode_her, read_jsonl, render_sample
 
 __all__ = ["SynthReport", "mock_teacher", "synth_plans", "teacher_from_spec", "validate_plan"]
 
@@ -117,7 +118,9 @@ def teacher_prompt(persona: Persona, history: list[Heard | Turn], reply: Turn) -
         f"=== {persona.name}'s actual reply ===\n{render_turn(reply, persona.name)}\n\n"
         f"Write {persona.name}'s plan for this reply."
     )
-    return render_chatml([Message("system", TEACHER_SYSTEM), Message("user", user)], "<system_thinking>")
+    return render_chatml(
+        [Message("system", TEACHER_SYSTEM), Message("user", user)], "<system_thinking>"
+    )
 
 
 def extract_plan(text: str) -> str:
@@ -127,7 +130,7 @@ def extract_plan(text: str) -> str:
 
 
 _WORD = re.compile(r"[a-z0-9']+")
-_FIRST_PERSON = re.compile(r"\b(I|I'm|I'll|I've|I'd|me|my|mine|myself)\b")
+_FIRST_PERSON = re.compile(r"\b(I|I'm|I'll|I've|I'd)\b|\b(?i:me|my|mine|myself)\b")
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
 _USER = re.compile(r"\b(the user|user's|users?|as an ai|language model|the assistant)\b", re.I)
 _THIRD = re.compile(r"\b(he|she|they|his|her|their|him|them|hers|theirs)\b", re.I)
@@ -194,9 +197,15 @@ class SynthReport:
     rejections: Counter = field(default_factory=Counter)  # every failed attempt, by reason
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "resumed": self.resumed, "kept": self.kept,
-                "passthrough": self.passthrough, "dropped": dict(self.dropped),
-                "attempts": self.attempts, "rejections": dict(self.rejections)}
+        return {
+            "total": self.total,
+            "resumed": self.resumed,
+            "kept": self.kept,
+            "passthrough": self.passthrough,
+            "dropped": dict(self.dropped),
+            "attempts": self.attempts,
+            "rejections": dict(self.rejections),
+        }
 
 
 class _Timeout(Exception):
@@ -210,8 +219,9 @@ def _generate(backend: Backend, prompt: str, sampling: Sampling, timeout: float 
 
     def work() -> None:
         try:
-            stream = backend.stream(prompt, stop=["</system_thinking>", *CHATML_STOP],
-                                    sampling=sampling, cancel=cancel)
+            stream = backend.stream(
+                prompt, stop=["</system_thinking>", *CHATML_STOP], sampling=sampling, cancel=cancel
+            )
             parts = []
             for piece in stream:
                 parts.append(piece)
@@ -293,16 +303,24 @@ def synth_plans(
             return row, None, 0
         reply = Turn.from_segments(s for s in target.segments if s.channel != "plan")
         prompt = teacher_prompt(persona, history, reply)
-        known = "\n".join([render_system_prompt(persona, plan=False),
-                           _history_text(persona, history), render_turn(reply, persona.name)])
+        known = "\n".join(
+            [
+                render_system_prompt(persona, plan=False),
+                _history_text(persona, history),
+                render_turn(reply, persona.name),
+            ]
+        )
         turn = int(row.get("turn", 0))
         future = "\n".join(t for k, t in futures_by_scene.get(row.get("scene", ""), []) if k > turn)
         reason = "no attempt"
         tries = 0
         for attempt in range(retries + 1):
             tries += 1
-            sampling = Sampling(max_tokens=max_tokens, temperature=temperature,
-                                seed=(hash(row.get("id")) + attempt) & 0x7FFFFFFF)
+            sampling = Sampling(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=(zlib.crc32(str(row.get("id")).encode()) + attempt) & 0x7FFFFFFF,
+            )
             try:
                 text = _generate(teacher, prompt, sampling, timeout)
             except _Timeout:
@@ -316,25 +334,37 @@ def synth_plans(
                     report.rejections[reason] += 1
                 continue
             plan = extract_plan(text)
-            bad = validate_plan(plan, persona.name, known=known, future=future,
-                                min_words=min_words, max_words=max_words)
+            bad = validate_plan(
+                plan,
+                persona.name,
+                known=known,
+                future=future,
+                min_words=min_words,
+                max_words=max_words,
+            )
             if bad is None:
                 planned = Turn.from_segments([Segment("plan", plan), *reply.segments])
                 prompt_msgs, completion = render_sample(persona, history, planned)
-                her = dict(row["her"], target=json.loads(json.dumps(
-                    {"plan": planned.plan, "thoughts": planned.thoughts, "actions": planned.actions,
-                     "speech": planned.speech,
-                     "segments": [[s.channel, s.text] for s in planned.segments]})))
-                new = {**row, "plan": True, "plan_source": getattr(teacher, "name", "teacher"),
-                       "prompt": prompt_msgs, "completion": completion, "her": her}
+                her = encode_her(persona, history, planned)
+                new = {
+                    **row,
+                    "plan": True,
+                    "plan_source": getattr(teacher, "name", "teacher"),
+                    "prompt": prompt_msgs,
+                    "completion": completion,
+                    "her": her,
+                }
                 return new, None, tries
             reason = bad
             with lock:
                 report.rejections[reason] += 1
         return None, reason, tries
 
-    with open(out, "a", encoding="utf-8") as fout, open(rejected, "a", encoding="utf-8") as frej, \
-            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    with (
+        open(out, "a", encoding="utf-8") as fout,
+        open(rejected, "a", encoding="utf-8") as frej,
+        ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
+    ):
         pending = set()
         it = iter(todo)
 

@@ -51,7 +51,7 @@ from .common import (
     resolve_model,
 )
 
-__all__ = ["SFTRunConfig", "SFTResult", "build_trainer", "run_sft"]
+__all__ = ["SFTResult", "SFTRunConfig", "build_trainer", "run_sft"]
 
 log = logging.getLogger("her_sdk.training.sft")
 
@@ -155,7 +155,9 @@ class _LogLines:
                 if not logs or not state.is_world_process_zero:
                     return
                 keys = ("loss", "eval_loss", "learning_rate", "grad_norm", "train_loss")
-                parts = [f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float))]
+                parts = [
+                    f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float))
+                ]
                 if parts:
                     log.info("step %d/%d %s", state.global_step, state.max_steps, " ".join(parts))
 
@@ -183,26 +185,36 @@ def build_trainer(cfg: SFTRunConfig):
         eval_rows = load_rows(cfg.eval_file, None)
     else:
         eval_rows = load_rows(cfg.train_file, cfg.eval_split)
+    train_rows, dropped = _fits(tokenizer, train_rows, cfg.max_length)
+    eval_rows, dropped_eval = _fits(tokenizer, eval_rows, cfg.max_length)
     if cfg.max_train_samples:
         train_rows = train_rows[: cfg.max_train_samples]
     if cfg.max_eval_samples:
         eval_rows = eval_rows[: cfg.max_eval_samples]
-    train_rows, dropped = _fits(tokenizer, train_rows, cfg.max_length)
-    eval_rows, dropped_eval = _fits(tokenizer, eval_rows, cfg.max_length)
     if not train_rows:
         raise ConfigError(
             f"no training samples in {cfg.train_file} (split {cfg.train_split!r}, "
             f"max_length {cfg.max_length}, {dropped} too long)"
         )
     if dropped or dropped_eval:
-        log.warning("dropped %d train / %d eval samples longer than %d tokens",
-                    dropped, dropped_eval, cfg.max_length)
+        log.warning(
+            "dropped %d train / %d eval samples longer than %d tokens",
+            dropped,
+            dropped_eval,
+            cfg.max_length,
+        )
 
-    model = load_causal_lm(spec, dtype=cfg.dtype, quantize_4bit=cfg.peft == "qlora",
-                           attn_implementation=cfg.attn_implementation)
+    model = load_causal_lm(
+        spec,
+        dtype=cfg.dtype,
+        quantize_4bit=cfg.peft == "qlora",
+        attn_implementation=cfg.attn_implementation,
+    )
     peft_config = None
     if cfg.peft != "none":
-        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        peft_config = lora_config(
+            cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+        )
     has_eval = bool(eval_rows)
     use_cpu = not torch.cuda.is_available()
     args = SFTConfig(
@@ -218,7 +230,6 @@ def build_trainer(cfg: SFTRunConfig):
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         packing=cfg.packing,
         completion_only_loss=cfg.completion_only_loss,
         max_length=cfg.max_length,
@@ -234,6 +245,8 @@ def build_trainer(cfg: SFTRunConfig):
         deepspeed=cfg.deepspeed,
         use_cpu=use_cpu,
         dataloader_num_workers=0,
+        # Passed only when on: transformers 5 warns that the name is deprecated.
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         **cfg.trl_args,
     )
     trainer = SFTTrainer(
@@ -245,8 +258,11 @@ def build_trainer(cfg: SFTRunConfig):
         peft_config=peft_config,
         callbacks=[_LogLines()],
     )
-    info = {"train_samples": len(train_rows), "eval_samples": len(eval_rows),
-            "dropped_long": dropped + dropped_eval}
+    info = {
+        "train_samples": len(train_rows),
+        "eval_samples": len(eval_rows),
+        "dropped_long": dropped + dropped_eval,
+    }
     return trainer, info
 
 

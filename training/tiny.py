@@ -56,10 +56,21 @@ _SPEECH = [
     "Keep your voice down.",
     "The bell rings at midnight.",
 ]
-_ACTIONS = ["crosses her arms", "leans on the counter", "glances at the door", "taps the ledger",
-            "steps closer", "wipes the table slowly"]
-_THOUGHTS = ["I do not trust this one.", "If they find the letter, I am finished.",
-             "Stay calm. Smile.", "This could be useful.", "Something is wrong here."]
+_ACTIONS = [
+    "crosses her arms",
+    "leans on the counter",
+    "glances at the door",
+    "taps the ledger",
+    "steps closer",
+    "wipes the table slowly",
+]
+_THOUGHTS = [
+    "I do not trust this one.",
+    "If they find the letter, I am finished.",
+    "Stay calm. Smile.",
+    "This could be useful.",
+    "Something is wrong here.",
+]
 _PLANS = [
     "{n} should stay guarded and answer with a question; {n} distrusts strangers.",
     "{n} is cornered, so {n} bargains with a half-truth and keeps the secret hidden.",
@@ -80,7 +91,9 @@ def _synthetic_turn(rng: random.Random, name: str, plan: bool) -> Turn:
     return Turn.from_segments(segs)
 
 
-def synthetic_samples(n: int = 64, *, seed: int = 0, plan: bool = True, eval_every: int = 5) -> list[dict]:
+def synthetic_samples(
+    n: int = 64, *, seed: int = 0, plan: bool = True, eval_every: int = 5
+) -> list[dict]:
     """`n` HER samples from random little scenes (two characters, narration, plans on targets).
 
     Every `eval_every`-th scene goes to the "eval" split, so a held-out loss can be measured.
@@ -94,17 +107,32 @@ def synthetic_samples(n: int = 64, *, seed: int = 0, plan: bool = True, eval_eve
         a, b = rng.sample(_NAMES, 2)
         place = rng.choice(_PLACES)
         personas = {
-            who: Persona(name=who, source="the Vell chronicles", profile=f"{who} keeps watch at {place}.",
-                         scenario=f"{a} and {b} meet at {place}.", goals=f"{who} wants the truth.")
+            who: Persona(
+                name=who,
+                source="the Vell chronicles",
+                profile=f"{who} keeps watch at {place}.",
+                scenario=f"{a} and {b} meet at {place}.",
+                goals=f"{who} wants the truth.",
+            )
             for who in (a, b)
         }
-        entries = [Entry(ENVIRONMENT, Turn.from_segments([Segment("speech", f"Rain falls on {place}.")]), False)]
+        entries = [
+            Entry(
+                ENVIRONMENT,
+                Turn.from_segments([Segment("speech", f"Rain falls on {place}.")]),
+                False,
+            )
+        ]
         for k in range(rng.randint(3, 6)):
             who = a if k % 2 == 0 else b
             entries.append(Entry(who, _synthetic_turn(rng, who, plan)))
         split = "eval" if eval_every and scene_no % eval_every == eval_every - 1 else "train"
-        meta = {"source": "synthetic", "book": "synthetic", "scene": f"synthetic#{seed}#{scene_no}",
-                "split": split}
+        meta = {
+            "source": "synthetic",
+            "book": "synthetic",
+            "scene": f"synthetic#{seed}#{scene_no}",
+            "split": split,
+        }
         out.extend(scene_samples(entries, personas, meta=meta, report=ConvertReport()))
         scene_no += 1
     return out[:n]
@@ -184,9 +212,16 @@ def build_tiny_model(
 
     out = Path(output_dir)
     spec = {
-        "arch": arch, "vocab_size": vocab_size, "hidden_size": hidden_size, "num_layers": num_layers,
-        "num_heads": num_heads, "num_kv_heads": num_kv_heads, "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings, "seed": seed, **config_overrides,
+        "arch": arch,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "seed": seed,
+        **config_overrides,
     }
     stamp = out / "tiny_spec.json"
     if stamp.exists() and not list(texts):
