@@ -55,10 +55,9 @@ TURN_RE = re.compile(r"^<system_thinking>[^<\n]+</system_thinking>Mara: (.*)$", 
 
 
 def test_grammar_constrained_turns_parse_and_never_leak(model):
-    for seed in range(6):
+    for seed in range(4):
         scene = scene_with(model)
-        mara = scene.characters["Mara"]
-        stream = scene.stream("Mara", seed=seed, max_tokens=200)
+        stream = scene.stream("Mara", seed=seed, max_tokens=160)
         public = "".join(d.text for d in stream)
         reply = stream.reply
         assert TURN_RE.match(reply.raw), reply.raw
@@ -71,7 +70,6 @@ def test_grammar_constrained_turns_parse_and_never_leak(model):
         jory_prompt = scene.characters["Jory"].prompt().text
         for private in [reply.plan, *reply.thoughts]:
             assert private not in jory_prompt
-        del mara
 
 
 def test_same_seed_same_turn_even_with_a_cold_cache(model):
