@@ -107,7 +107,8 @@ def _play_turn(scene, name: str, show_thoughts: bool) -> None:
 @app.command()
 def demo(
     show_thoughts: Annotated[
-        bool, typer.Option("--show-thoughts", help="Also show each NPC's private plan and thoughts.")
+        bool,
+        typer.Option("--show-thoughts", help="Also show each NPC's private plan and thoughts."),
     ] = False,
     model: Annotated[
         Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
@@ -244,7 +245,9 @@ def serve(
     max_characters: Annotated[
         int, typer.Option("--max-characters", help="Most characters alive at once.")
     ] = 1000,
-    max_scenes: Annotated[int, typer.Option("--max-scenes", help="Most scenes alive at once.")] = 100,
+    max_scenes: Annotated[
+        int, typer.Option("--max-scenes", help="Most scenes alive at once.")
+    ] = 100,
     max_workers: Annotated[
         int, typer.Option("--max-workers", help="Server threads (one per running call).")
     ] = 128,
@@ -261,10 +264,19 @@ def serve(
 
     try:
         settings = ServerSettings(
-            host=host, port=port, model=model, n_threads=n_threads, token=token,
-            tls_cert=tls_cert, tls_key=tls_key, expose_thoughts=expose_thoughts,
-            max_message_bytes=max_message_bytes, max_text_chars=max_text_chars,
-            max_characters=max_characters, max_scenes=max_scenes, max_workers=max_workers,
+            host=host,
+            port=port,
+            model=model,
+            n_threads=n_threads,
+            token=token,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            expose_thoughts=expose_thoughts,
+            max_message_bytes=max_message_bytes,
+            max_text_chars=max_text_chars,
+            max_characters=max_characters,
+            max_scenes=max_scenes,
+            max_workers=max_workers,
             drain_seconds=drain_seconds,
         )
     except ValidationError as exc:
@@ -286,6 +298,200 @@ def serve(
         serve(settings, ready=ready)
     except HerError as exc:
         _fail(exc)
+
+
+# -- training: `her data convert|synth-plans`, `her train sft` (`train rm|rl` below) ------
+
+data_app = typer.Typer(
+    help="HER training data: convert datasets, synthesize plans.", no_args_is_help=True
+)
+train_app = typer.Typer(help="Train HER models (needs the `train` extra).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help="Input layout: coser, her or sharegpt.")],
+    input_path: Annotated[Path, typer.Argument(help="JSON or JSONL input file.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL (trl prompt/completion).")],
+    eval_ratio: Annotated[
+        float, typer.Option("--eval-ratio", help="Share of scenes held out.")
+    ] = 0.0,
+    test_ratio: Annotated[float, typer.Option("--test-ratio")] = 0.0,
+    split_by: Annotated[str, typer.Option("--split-by", help="scene or book.")] = "scene",
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option("--exclude", help="Scenes to leave out: a CoSER test set or a list of keys."),
+    ] = None,
+    max_profile_chars: Annotated[int, typer.Option("--max-profile-chars")] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Convert CoSER / HER / ShareGPT records into one SFT sample per character turn."""
+    from her_sdk.training.data import SOURCES, ConvertOptions, convert_file, load_exclude
+
+    if source not in SOURCES:
+        raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}")
+    if split_by not in ("scene", "book"):
+        raise typer.BadParameter("--split-by must be scene or book")
+    opts = ConvertOptions(
+        eval_ratio=eval_ratio,
+        test_ratio=test_ratio,
+        split_by=split_by,
+        exclude=load_exclude(exclude or []),
+        max_profile_chars=max_profile_chars,
+        seed=seed,
+    )
+    try:
+        report = convert_file(source, input_path, out, opts)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    r = report.as_dict()
+    console.print(
+        f"{r['samples']} samples from {r['scenes']} scenes ({r['records']} records) -> {out}\n"
+        f"splits {r['splits']}  excluded scenes {r['excluded_scenes']}  skipped {r['skipped']}"
+    )
+    if report.bad_total():
+        err_console.print(f"[yellow]{report.bad_total()} bad records[/] {r['bad']}")
+        for line in r["bad_examples"]:
+            err_console.print(f"  [dim]{line}[/]")
+
+
+@data_app.command("synth-plans")
+def data_synth_plans(
+    input_path: Annotated[Path, typer.Argument(help="JSONL from `her data convert`.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL (appended; resumable).")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            "--teacher", help="mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH"
+        ),
+    ],
+    concurrency: Annotated[int, typer.Option("--concurrency")] = 4,
+    retries: Annotated[int, typer.Option("--retries")] = 2,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per teacher call.")] = 120.0,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="At most this many new samples.")
+    ] = None,
+) -> None:
+    """Ask a teacher for the third-person plan behind each known reply; keep the valid ones."""
+    from rich.progress import Progress
+
+    from her_sdk.training.plans import synth_plans, teacher_from_spec
+
+    try:
+        backend = teacher_from_spec(teacher)
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("plans", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = synth_plans(
+                input_path,
+                out,
+                backend,
+                concurrency=concurrency,
+                retries=retries,
+                timeout=timeout,
+                temperature=temperature,
+                limit=limit,
+                progress=progress,
+            )
+    except (HerError, OSError) as exc:
+        _fail(exc)
+    r = report.as_dict()
+    console.print(
+        f"kept {r['kept']} (+{r['passthrough']} already planned), "
+        f"dropped {sum(r['dropped'].values())} "
+        f"{r['dropped']}, resumed past {r['resumed']} of {r['total']} -> {out}"
+    )
+    if r["rejections"]:
+        console.print(f"[dim]rejected attempts: {r['rejections']}[/]")
+
+
+@train_app.command(
+    "sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def train_sft(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/).")],
+    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+) -> None:
+    """Supervised fine-tuning (trl SFTTrainer, LoRA/QLoRA/full). Extra args: key=value overrides."""
+    import logging
+
+    from her_sdk.training.common import load_config
+    from her_sdk.training.sft import SFTRunConfig, run_sft
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(SFTRunConfig, config, list(ctx.args), output_dir=output_dir)
+        result = run_sft(cfg)
+    except HerError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result.as_dict()))
+
+
+# -- issue 6: `her train rm` (reward model / judge) and `her train rl` (GRPO of the policy) ------
+
+
+@train_app.command(
+    "rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def train_rm(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rm_*).")],
+    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+) -> None:
+    """Train the HER reward model (pairwise judge): SFT on verdicts, optional RL of the judge.
+    Extra args: key=value overrides (e.g. train.max_steps=2 rl_steps=4)."""
+    import logging
+
+    from her_sdk.training.common import load_config
+    from her_sdk.training.rm import RMRunConfig, run_rm
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(RMRunConfig, config, list(ctx.args), output_dir=output_dir)
+        result = run_rm(cfg)
+    except HerError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result.as_dict()))
+
+
+@train_app.command(
+    "rl", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def train_rl(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rl_*).")],
+    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+) -> None:
+    """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
+    Extra args: key=value overrides (e.g. judge=hf:runs/rm max_steps=10)."""
+    import logging
+
+    from her_sdk.training.common import load_config
+    from her_sdk.training.rl import RLRunConfig, run_rl
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(RLRunConfig, config, list(ctx.args), output_dir=output_dir)
+        result = run_rl(cfg)
+    except HerError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result.as_dict()))
+
+
+# -- her export ... (the `export` extra; commands live in her_sdk.export.cli) ------------------
+try:
+    from her_sdk.export.cli import export_app as _export_app
+
+    app.add_typer(_export_app, name="export")
+except ImportError:  # pragma: no cover - her_sdk.export is part of the same wheel
+    pass
 
 
 def main() -> None:

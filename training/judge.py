@@ -1,0 +1,468 @@
+"""The HER reward model as a generative pairwise judge: prompt renderer, verdict parser, `Judge`.
+
+    from her_sdk import MockBackend
+    from her_sdk.training.judge import Judge
+    from her_sdk.training.pairs import heuristic_judge
+    judge = Judge(MockBackend(heuristic_judge))          # or any her_sdk Backend (HTTP, GGUF, HF)
+    cmp = judge.compare(persona, history, rollout_text, reference_turn)
+    cmp.score            # 1.0 rollout wins, 0.5 tie, 0.0 loses (both orders combined), None abstain
+
+The judge sees the character sheet, the conversation as the character perceived it, and two
+candidate next turns (`cand_1`, `cand_2`) with plans stripped and inner thoughts kept. It names
+the principles that apply (`principles.yaml`), compares the candidates on each, and ends with a
+JSON object whose `better_response` is `cand_1`, `cand_2` or `tie`; a candidate that violates a
+negative principle loses to one that violates none (the parser enforces this from the JSON's
+`violations` too). Position bias is controlled by judging both orders and averaging.
+
+`parse_verdict` never raises: text it cannot read gives None (the caller retries, then
+abstains). This module renders and parses; it does not train (see `rm.py`) or build data
+(see `pairs.py`). All HER formatting comes from `her_sdk.format`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from her_sdk import Backend, Persona, Sampling
+from her_sdk.format import (
+    CHATML_STOP,
+    TAG,
+    Heard,
+    Message,
+    Turn,
+    render_chatml,
+    render_perception,
+    render_system_prompt,
+    render_template,
+    render_turn,
+)
+
+from .principles import PrincipleSet, load_principles
+
+__all__ = [
+    "OUTCOMES",
+    "Comparison",
+    "Judge",
+    "Verdict",
+    "candidate_text",
+    "judge_messages",
+    "parse_verdict",
+    "render_judge_prompt",
+    "render_verdict",
+]
+
+OUTCOMES = ("cand_1", "cand_2", "tie")
+SLOTS = ("cand_1", "cand_2")
+
+JUDGE_SYSTEM = """\
+You judge role-play. You are shown a character sheet, the conversation so far as the character \
+perceived it, and two candidate next turns for the character: cand_1 and cand_2. In a turn, \
+<role_thinking> holds the character's private first-person thoughts (heard by no one), \
+<role_action> visible actions, and plain text is speech.
+
+Judge with these principles ((+) a quality to reward, (-) a fault):
+{principles}
+
+Answer in this shape:
+Applicable: the ids of the principles that matter for this comparison.
+cand_1: the negative principles it violates (or none), then one short comparison.
+cand_2: the same.
+Last line: a JSON object {{"principles": [ids], \
+"violations": {{"cand_1": [ids], "cand_2": [ids]}}, \
+"better_response": "cand_1" | "cand_2" | "tie"}}.
+A candidate that violates a negative principle loses to one that violates none. Judge the \
+content, not the order or the length of the candidates."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+_CHAT_SPECIAL = re.compile(r"<\|[^<>]{0,40}\|>")
+
+
+def candidate_text(candidate: Turn | str, name: str) -> str:
+    """A candidate as the judge sees it: plan stripped, thoughts, actions and speech kept.
+
+    A `Turn` is rendered by `her_sdk.format.render_turn`. Raw text (a rollout, a corrupted
+    turn) is kept as written, broken tags included, so the judge can see format faults; only a
+    leading plan section is removed.
+    """
+    if isinstance(candidate, Turn):
+        return render_turn(candidate, name, keep_plan=False)
+    text = _CHAT_SPECIAL.sub("", str(candidate)).strip()
+    close = f"</{TAG['plan']}>"
+    if close in text:
+        text = text.split(close, 1)[1]
+    elif text.startswith(f"<{TAG['plan']}>"):
+        text = ""  # an unclosed plan: everything is private; nothing to judge but its absence
+    text = text.strip()
+    return text or "(empty turn)"
+
+
+def _sheet(persona: Persona) -> str:
+    return render_system_prompt(persona, plan=False).split("\n\n===Requirements===")[0]
+
+
+def _transcript(persona: Persona, history: Sequence[Heard | Turn], max_items: int | None) -> str:
+    items = list(history)[-max_items:] if max_items else list(history)
+    lines = [
+        render_turn(h, persona.name) if isinstance(h, Turn) else render_perception(h) for h in items
+    ]
+    return "\n".join(lines) or "(the scene has just begun)"
+
+
+def _principle_lines(principles: PrincipleSet, detail: str) -> str:
+    if detail == "full":
+        return "\n".join(f"- {p.full()}" for p in principles)
+    return "\n".join(f"- {p.brief()}" for p in principles)
+
+
+def judge_messages(
+    persona: Persona,
+    history: Sequence[Heard | Turn],
+    cand_1: Turn | str,
+    cand_2: Turn | str,
+    *,
+    principles: PrincipleSet | None = None,
+    detail: str = "brief",
+    max_history: int | None = 12,
+) -> list[dict]:
+    """The judge's chat messages (system + user), as dicts (trl's conversational format)."""
+    ps = principles if principles is not None else load_principles()
+    system = JUDGE_SYSTEM.format(principles=_principle_lines(ps, detail))
+    user = (
+        f"=== Character sheet ===\n{_sheet(persona)}\n\n"
+        f"=== Conversation so far ===\n{_transcript(persona, history, max_history)}\n\n"
+        f"=== cand_1 ===\n{candidate_text(cand_1, persona.name)}\n\n"
+        f"=== cand_2 ===\n{candidate_text(cand_2, persona.name)}\n\n"
+        f"Which is the better next turn for {persona.name}?"
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> str:
+    """Judge messages as prompt text for `backend` (ChatML unless it has its own template)."""
+    msgs = [Message(m["role"], m["content"]) for m in messages]
+    if backend is not None and backend.prompt_style == "template" and backend.chat_template:
+        return render_template(
+            msgs, backend.chat_template, bos_token=backend.bos_token, eos_token=backend.eos_token
+        )
+    return render_chatml(msgs)
+
+
+def render_verdict(
+    better: str,
+    principles: Sequence[str],
+    violations: dict[str, Sequence[str]],
+    notes: dict[str, str] | None = None,
+) -> str:
+    """A verdict in the judge's answer shape (training target for the generative judge)."""
+    if better not in OUTCOMES:
+        raise ValueError(f"better must be one of {OUTCOMES}")
+    notes = notes or {}
+    lines = [f"Applicable: {', '.join(principles) or 'none'}."]
+    for slot in SLOTS:
+        v = list(violations.get(slot, []))
+        lines.append(
+            f"{slot}: violates {', '.join(v) if v else 'none'}."
+            + (f" {notes[slot]}" if notes.get(slot) else "")
+        )
+    payload = {
+        "principles": list(principles),
+        "violations": {s: list(violations.get(s, [])) for s in SLOTS},
+        "better_response": better,
+    }
+    lines.append(json.dumps(payload))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    better: str  # "cand_1" | "cand_2" | "tie"
+    principles: list[str] = field(default_factory=list)
+    violations: dict[str, list[str]] = field(default_factory=dict)
+    overridden: bool = False  # the negative-principle rule changed the stated winner
+    stated: str | None = None  # what the text said before the rule was applied
+    raw: str = ""
+
+
+_ALIASES = {
+    "cand_1": "cand_1",
+    "cand1": "cand_1",
+    "candidate_1": "cand_1",
+    "candidate1": "cand_1",
+    "1": "cand_1",
+    "a": "cand_1",
+    "response_1": "cand_1",
+    "first": "cand_1",
+    "cand_2": "cand_2",
+    "cand2": "cand_2",
+    "candidate_2": "cand_2",
+    "candidate2": "cand_2",
+    "2": "cand_2",
+    "b": "cand_2",
+    "response_2": "cand_2",
+    "second": "cand_2",
+    "tie": "tie",
+    "draw": "tie",
+    "equal": "tie",
+    "both": "tie",
+    "none": "tie",
+    "neither": "tie",
+}
+_BETTER_RE = re.compile(r"""["']?better[_ ]response["']?\s*[:=]\s*["']?\s*([A-Za-z_ ]*\d?)""", re.I)
+
+
+def _outcome(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    key = re.sub(r"[\s\-]+", "_", value.strip().lower()).strip("_\"'.")
+    return _ALIASES.get(key)
+
+
+def _json_objects(text: str) -> list[str]:
+    """Balanced `{...}` substrings, last first (the verdict ends the answer)."""
+    out, stack = [], []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            start = stack.pop()
+            if not stack:
+                out.append(text[start : i + 1])
+    return out[::-1]
+
+
+def _load_obj(s: str) -> dict | None:
+    for attempt in (s, re.sub(r",\s*([}\]])", r"\1", s)):
+        try:
+            obj = json.loads(attempt)
+        except (json.JSONDecodeError, ValueError):
+            try:  # single quotes, True/None: a Python literal
+                obj = ast.literal_eval(attempt)
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def _ids(x: Any) -> list[str]:
+    if isinstance(x, str):
+        return [t for t in re.split(r"[\s,;]+", x) if t and t.lower() != "none"]
+    if isinstance(x, (list, tuple)):
+        return [str(t).strip() for t in x if str(t).strip()]
+    return []
+
+
+def parse_verdict(text: Any, principles: PrincipleSet | None = None) -> Verdict | None:
+    """The verdict in a judge's answer, or None when there is none to read. Never raises.
+
+    Reads the last JSON object that has `better_response` (tolerating code fences, single
+    quotes, trailing commas and aliases such as "Candidate 2" or "B"), else a bare
+    `better_response: X` line. When `violations` names negative principles for exactly one
+    candidate, that candidate loses whatever the stated winner (HER's rule); when both violate,
+    the stated winner stands.
+    """
+    try:
+        return _parse(text if isinstance(text, str) else str(text), principles)
+    except Exception:  # a parser of model output must not take a training run down
+        return None
+
+
+def _parse(text: str, principles: PrincipleSet | None) -> Verdict | None:
+    text = text[-20000:]  # verdicts end the answer; bound the work on runaway generations
+    obj: dict | None = None
+    for chunk in _json_objects(text):
+        cand = _load_obj(chunk)
+        if cand is not None and any(k.lower().replace(" ", "_") == "better_response" for k in cand):
+            obj = {k.lower().replace(" ", "_"): v for k, v in cand.items()}
+            break
+    if obj is not None:
+        stated = _outcome(obj.get("better_response"))
+    else:
+        matches = _BETTER_RE.findall(text)
+        stated = _outcome(matches[-1]) if matches else None
+        obj = {}
+    if stated is None:
+        return None
+    viol_raw = obj.get("violations") if isinstance(obj.get("violations"), dict) else {}
+    violations = {}
+    for k, v in viol_raw.items():
+        slot = _outcome(k)
+        if slot in SLOTS:
+            violations[slot] = _ids(v)
+    negative = principles.negative_ids() if principles is not None else None
+
+    def bad(slot: str) -> bool:
+        ids = violations.get(slot, [])
+        return any(i in negative for i in ids) if negative is not None else bool(ids)
+
+    better = stated
+    b1, b2 = bad("cand_1"), bad("cand_2")
+    if b1 and not b2:
+        better = "cand_2"
+    elif b2 and not b1:
+        better = "cand_1"
+    return Verdict(
+        better=better,
+        principles=_ids(obj.get("principles")),
+        violations=violations,
+        overridden=better != stated,
+        stated=stated,
+        raw=text,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging
+# ---------------------------------------------------------------------------------------------
+
+
+def _score_for_first(v: Verdict, first_slot: str) -> float:
+    if v.better == "tie":
+        return 0.5
+    return 1.0 if v.better == first_slot else 0.0
+
+
+@dataclass
+class Comparison:
+    """Both-order judgment of candidate `a` against `b`. `score` is a's: 1 win, .5 tie, 0 loss."""
+
+    score: float | None
+    verdicts: list[Verdict | None]
+
+    @property
+    def consistent(self) -> bool:
+        """Both orders gave a verdict and they agree on the winner (no position flip)."""
+        vs = self.verdicts
+        if len(vs) != 2 or vs[0] is None or vs[1] is None:
+            return False
+        return _score_for_first(vs[0], "cand_1") == _score_for_first(vs[1], "cand_2")
+
+
+class Judge:
+    """A generative pairwise judge running on any her_sdk Backend.
+
+    `retries`: extra attempts when an answer has no readable verdict (then it abstains).
+    `detail`: "brief" (principle ids and names; small judges) or "full" (definitions too).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        principles: PrincipleSet | None = None,
+        detail: str = "brief",
+        retries: int = 1,
+        max_tokens: int = 384,
+        temperature: float = 0.0,
+        max_history: int | None = 12,
+        concurrency: int = 4,
+    ) -> None:
+        self.backend = backend
+        self.principles = principles if principles is not None else load_principles()
+        self.detail = detail
+        self.retries = retries
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.max_history = max_history
+        self.concurrency = concurrency
+        self.calls = 0
+        self.abstained = 0
+
+    def prompt(
+        self,
+        persona: Persona,
+        history: Sequence[Heard | Turn],
+        cand_1: Turn | str,
+        cand_2: Turn | str,
+    ) -> str:
+        msgs = judge_messages(
+            persona,
+            history,
+            cand_1,
+            cand_2,
+            principles=self.principles,
+            detail=self.detail,
+            max_history=self.max_history,
+        )
+        return render_judge_prompt(msgs, self.backend)
+
+    def _generate(self, prompt: str, attempt: int) -> str:
+        # Retries sample a little so that a deterministic failure is not simply repeated.
+        temp = self.temperature if attempt == 0 else max(self.temperature, 0.7)
+        sampling = Sampling(max_tokens=self.max_tokens, temperature=temp)
+        stream = self.backend.stream(prompt, stop=list(CHATML_STOP), sampling=sampling)
+        try:
+            return "".join(stream)
+        finally:
+            stream.close()
+
+    def verdict(
+        self,
+        persona: Persona,
+        history: Sequence[Heard | Turn],
+        cand_1: Turn | str,
+        cand_2: Turn | str,
+    ) -> Verdict | None:
+        """One order. Retries unreadable answers; returns None (abstains) after that.
+        A backend error counts as an unreadable answer."""
+        prompt = self.prompt(persona, history, cand_1, cand_2)
+        for attempt in range(self.retries + 1):
+            self.calls += 1
+            try:
+                text = self._generate(prompt, attempt)
+            except Exception:
+                continue
+            v = parse_verdict(text, self.principles)
+            if v is not None:
+                return v
+        self.abstained += 1
+        return None
+
+    def compare(
+        self,
+        persona: Persona,
+        history: Sequence[Heard | Turn],
+        a: Turn | str,
+        b: Turn | str,
+        *,
+        both_orders: bool = True,
+    ) -> Comparison:
+        """Judge a against b (and b against a); a's score averaged over readable verdicts."""
+        v1 = self.verdict(persona, history, a, b)
+        verdicts = [v1]
+        scores = [] if v1 is None else [_score_for_first(v1, "cand_1")]
+        if both_orders:
+            v2 = self.verdict(persona, history, b, a)
+            verdicts.append(v2)
+            if v2 is not None:
+                scores.append(_score_for_first(v2, "cand_2"))
+        return Comparison(sum(scores) / len(scores) if scores else None, verdicts)
+
+    def compare_many(
+        self,
+        items: Sequence[tuple[Persona, Sequence[Heard | Turn], Any, Any]],
+        *,
+        both_orders: bool = True,
+    ) -> list[Comparison]:
+        """`compare` over many (persona, history, a, b), concurrently (HTTP judges batch)."""
+        if self.concurrency <= 1 or len(items) <= 1:
+            return [self.compare(*it, both_orders=both_orders) for it in items]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda it: self.compare(*it, both_orders=both_orders), items))
