@@ -31,7 +31,7 @@ SCRIPT: list[tuple[str, str, str | None]] = [
 ]
 
 
-def build_demo_scene(model: Backend, seed: int | None = 7) -> Scene:
+def build_demo_scene(model: Backend, seed: int | None = 2) -> Scene:
     mara = Character(
         name="Mara",
         source="the border town of Vell",

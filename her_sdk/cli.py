@@ -72,11 +72,12 @@ class _Printer:
     def __init__(self, name: str) -> None:
         self.name = name
         self.channel: str | None = None
+        self.segment = -1
 
-    def delta(self, channel: str, text: str) -> None:
-        if channel != self.channel:
+    def delta(self, channel: str, text: str, segment: int = 0) -> None:
+        if channel != self.channel or segment != self.segment:
             self._end()
-            self.channel = channel
+            self.channel, self.segment = channel, segment
             head = {"plan": "  plan: ", "thought": "  thinks: ", "action": "  (", "speech": "  “"}
             console.print(head[channel], style=STYLE[channel], end="")
             text = text.lstrip()
@@ -97,7 +98,7 @@ def _play_turn(scene, name: str, show_thoughts: bool) -> None:
     printer = _Printer(name)
     stream = scene.stream(name, private=show_thoughts)
     for delta in stream:
-        printer.delta(delta.channel, delta.text)
+        printer.delta(delta.channel, delta.text, delta.segment)
     printer.finish()
     reply = stream.reply
     if reply is not None and not reply.speech and not reply.actions:
@@ -113,7 +114,7 @@ def demo(
     model: Annotated[
         Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 7,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 2,
 ) -> None:
     """Play a short offline scene: a gate captain, a smuggler and a scripted traveler."""
     from ._demo import PLAYER, SCRIPT, build_demo_scene

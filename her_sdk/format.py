@@ -92,10 +92,15 @@ class Segment(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Delta(msgspec.Struct, frozen=True):
-    """A piece of streamed text on one channel, as the parser recognised it."""
+    """A piece of streamed text on one channel, as the parser recognised it.
+
+    `segment` numbers the sections of the turn: it grows whenever a new section begins, so a UI
+    can tell two actions in a row apart (deltas with the same number belong together).
+    """
 
     channel: str
     text: str
+    segment: int = 0
 
     @property
     def private(self) -> bool:
@@ -218,15 +223,16 @@ class TurnParser:
             return
         if channel in PUBLIC_CHANNELS and self._expect_label and text.strip():
             self._expect_label = False
-        if out and out[-1].channel == channel:
-            out[-1] = Delta(channel, out[-1].text + text)
-        else:
-            out.append(Delta(channel, text))
         if self._segments and self._segments[-1][0] == channel and not self._new_segment:
             self._segments[-1][1] += text
         else:
             self._segments.append([channel, text])
             self._new_segment = False
+        index = len(self._segments) - 1
+        if out and out[-1].channel == channel and out[-1].segment == index:
+            out[-1] = Delta(channel, out[-1].text + text, index)
+        else:
+            out.append(Delta(channel, text, index))
 
     _new_segment = True
     _after_plan = False
@@ -242,6 +248,9 @@ class TurnParser:
         if channel == "plan":
             self._expect_label = True
             self._after_plan = True
+        elif self._name:
+            # Models sometimes repeat their own "NAME:" after an action or thought.
+            self._expect_label = True
 
     def _use_brackets(self) -> bool:
         return self._coser if self._coser is not None else not self._seen_tag
