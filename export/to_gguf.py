@@ -466,7 +466,9 @@ def export_gguf(
         write_gguf(model, tok, out, outtype=outtype, name=name, src=Path(src))
         summary["convert_s"] = time.perf_counter() - t0
     else:
-        # Quantize from a float file in the source's precision (f32 when it is f32).
+        # Quantize from a 16-bit float file (bf16 sources stay bf16): as llama.cpp's own
+        # workflow does; an f32 intermediate doubles the bytes written and read for no
+        # measurable gain once the weights are quantized to 8 bits or fewer.
         base_type = _float_base(src)
         with tempfile.TemporaryDirectory(prefix="her-gguf-", dir=out.parent) as tmp:
             mid = Path(tmp) / f"model-{base_type}.gguf"
@@ -487,7 +489,7 @@ def export_gguf(
 def _float_base(src: str | Path) -> str:
     cfg = json.loads((Path(src) / "config.json").read_text())
     dt = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
-    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(dt, "f32")
+    return "bf16" if dt == "bfloat16" else "f16"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -412,87 +412,67 @@ def data_synth_plans(
         console.print(f"[dim]rejected attempts: {r['rejections']}[/]")
 
 
-@train_app.command(
-    "sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+def _train_stage(config_cls: type, run, ctx: typer.Context, config: Path, output_dir) -> None:
+    """Load `config` (with key=value overrides from the command line), run the stage, print."""
+    import logging
+
+    from her_sdk.training.common import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = run(load_config(config_cls, config, list(ctx.args), output_dir=output_dir))
+    except HerError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result.as_dict()))
+
+
+_OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+_OutputDir = Annotated[str | None, typer.Option("--output_dir", "--output-dir")]
+
+
+@train_app.command("sft", context_settings=_OVERRIDES)
 def train_sft(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/).")],
-    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+    output_dir: _OutputDir = None,
 ) -> None:
     """Supervised fine-tuning (trl SFTTrainer, LoRA/QLoRA/full). Extra args: key=value overrides."""
-    import logging
-
-    from her_sdk.training.common import load_config
     from her_sdk.training.sft import SFTRunConfig, run_sft
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_config(SFTRunConfig, config, list(ctx.args), output_dir=output_dir)
-        result = run_sft(cfg)
-    except HerError as exc:
-        _fail(exc)
-    console.print_json(json.dumps(result.as_dict()))
+    _train_stage(SFTRunConfig, run_sft, ctx, config, output_dir)
 
 
-# -- issue 6: `her train rm` (reward model / judge) and `her train rl` (GRPO of the policy) ------
-
-
-@train_app.command(
-    "rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+@train_app.command("rm", context_settings=_OVERRIDES)
 def train_rm(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rm_*).")],
-    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+    output_dir: _OutputDir = None,
 ) -> None:
     """Train the HER reward model (pairwise judge): SFT on verdicts, optional RL of the judge.
     Extra args: key=value overrides (e.g. train.max_steps=2 rl_steps=4)."""
-    import logging
-
-    from her_sdk.training.common import load_config
     from her_sdk.training.rm import RMRunConfig, run_rm
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_config(RMRunConfig, config, list(ctx.args), output_dir=output_dir)
-        result = run_rm(cfg)
-    except HerError as exc:
-        _fail(exc)
-    console.print_json(json.dumps(result.as_dict()))
+    _train_stage(RMRunConfig, run_rm, ctx, config, output_dir)
 
 
-@train_app.command(
-    "rl", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+@train_app.command("rl", context_settings=_OVERRIDES)
 def train_rl(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rl_*).")],
-    output_dir: Annotated[str | None, typer.Option("--output_dir", "--output-dir")] = None,
+    output_dir: _OutputDir = None,
 ) -> None:
     """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
     Extra args: key=value overrides (e.g. judge=hf:runs/rm max_steps=10)."""
-    import logging
-
-    from her_sdk.training.common import load_config
     from her_sdk.training.rl import RLRunConfig, run_rl
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_config(RLRunConfig, config, list(ctx.args), output_dir=output_dir)
-        result = run_rl(cfg)
-    except HerError as exc:
-        _fail(exc)
-    console.print_json(json.dumps(result.as_dict()))
+    _train_stage(RLRunConfig, run_rl, ctx, config, output_dir)
 
 
 # -- her export ... (the `export` extra; commands live in her_sdk.export.cli) ------------------
-try:
-    from her_sdk.export.cli import export_app as _export_app
+# export.cli imports only typer at module level; its heavy imports run inside the commands.
+from her_sdk.export.cli import export_app as _export_app  # noqa: E402
 
-    app.add_typer(_export_app, name="export")
-except ImportError:  # pragma: no cover - her_sdk.export is part of the same wheel
-    pass
+app.add_typer(_export_app, name="export")
 
 
 def main() -> None:
