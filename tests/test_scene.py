@@ -252,3 +252,15 @@ def test_failed_scene_construction_attaches_nothing():
     with pytest.raises(ConfigError):
         Scene([a, b])
     assert a.scene is None and b.scene is None
+
+
+def test_private_text_stays_out_of_logs_at_default_and_info_level(world, caplog):
+    import logging
+
+    scene, *_ = world
+    with caplog.at_level(logging.INFO):
+        scene.say("Traveler", "What are you thinking?")
+        scene.turn("Mara")
+        list(scene.stream("Mara", private=True))
+    for private in (MARA_PLAN, MARA_THOUGHT, MARA_SECRET):
+        assert private not in caplog.text
