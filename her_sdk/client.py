@@ -320,7 +320,7 @@ class RemoteTurnStream:
         try:
             for msg in self._call:
                 for d in msg.deltas:
-                    yield Delta(_CHANNEL[d.channel], d.text)
+                    yield Delta(_CHANNEL[d.channel], d.text, d.segment)
                 if msg.HasField("summary"):
                     self.reply = _reply(msg.summary)
         except grpc.RpcError as exc:

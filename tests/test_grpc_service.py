@@ -45,6 +45,13 @@ def test_turn_streams_public_deltas_then_matches_in_process_reply():
     local.say("Traveler", "Let me through.", "shows papers")
     want = local.turn("Mara", private=False)
     assert (reply.speech, reply.actions) == (want.speech, want.actions)
+    # Deltas carry the same section numbers over the wire as in-process.
+    local.say("Traveler", "Let me through.", "shows papers")
+    local_deltas = list(local.stream("Mara"))
+    assert sorted({(d.channel, d.segment) for d in deltas}) == sorted(
+        {(d.channel, d.segment) for d in local_deltas}
+    )
+    assert len({d.segment for d in deltas}) >= 2
 
 
 def test_private_channels_need_request_and_server_flag():

@@ -349,7 +349,11 @@ class HerServicer(pb_grpc.HerServiceServicer):
                             break
                         if isinstance(item, BaseException):
                             raise item
-                        deltas.append(pb.Delta(channel=CHANNEL[item.channel], text=item.text))
+                        deltas.append(
+                            pb.Delta(
+                                channel=CHANNEL[item.channel], text=item.text, segment=item.segment
+                            )
+                        )
                         try:
                             item = queue.get_nowait()
                         except Empty:

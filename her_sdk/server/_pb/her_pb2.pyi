@@ -248,12 +248,14 @@ class TurnRequest(_message.Message):
     def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("channel", "text")
+    __slots__ = ("channel", "text", "segment")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     text: str
-    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., text: _Optional[str] = ...) -> None: ...
+    segment: int
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., text: _Optional[str] = ..., segment: _Optional[int] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("channel", "text")
