@@ -52,9 +52,7 @@ def arch_of(config: Any) -> str:
     for a in archs:
         if a in SUPPORTED:
             return SUPPORTED[a]
-    raise ConfigError(
-        f"unsupported architecture {archs or '?'}; supported: {', '.join(SUPPORTED)}"
-    )
+    raise ConfigError(f"unsupported architecture {archs or '?'}; supported: {', '.join(SUPPORTED)}")
 
 
 def load_source(src: str | Path, *, lora: str | Path | None = None, dtype: str = "float32"):
@@ -64,10 +62,10 @@ def load_source(src: str | Path, *, lora: str | Path | None = None, dtype: str =
 
     path = _check_dir(src)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), attn_implementation="eager"
+        path, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True
     )
     arch_of(model.config)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if lora is not None:
         model = merge_lora(model, lora)
     model.eval()

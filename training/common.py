@@ -173,7 +173,7 @@ def resolve_model(
         return ModelSpec(str(p.parent), p.name)
     if gguf_file:
         return ModelSpec(str(p), gguf_file)
-    return ModelSpec(model)  # a directory, or a hub id that is already in the local cache
+    return ModelSpec(model)  # a directory, or a hub id already in the local cache (no download)
 
 
 def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
@@ -185,7 +185,10 @@ def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
 
     from .tiny import CHATML_TEMPLATE
 
-    kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    # local_files_only: a hub id must already be in the local cache; nothing is downloaded.
+    kw: dict[str, Any] = {"local_files_only": True}
+    if spec.gguf_file:
+        kw["gguf_file"] = spec.gguf_file
     tok = AutoTokenizer.from_pretrained(spec.path, **kw)
     if chat_template == "chatml":
         tok.chat_template = CHATML_TEMPLATE
@@ -243,7 +246,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     cls = model_cls or AutoModelForCausalLM
-    kw: dict[str, Any] = {"dtype": _dtype(dtype)}
+    kw: dict[str, Any] = {"dtype": _dtype(dtype), "local_files_only": True}  # never download
     if spec.gguf_file:
         kw["gguf_file"] = spec.gguf_file
     if attn_implementation:

@@ -47,7 +47,7 @@ class TransformersBackend(Backend):
             if (Path(spec.path) / "adapter_config.json").exists():
                 from peft import AutoPeftModelForCausalLM
 
-                model = AutoPeftModelForCausalLM.from_pretrained(spec.path)
+                model = AutoPeftModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
             else:
                 model = load_causal_lm(spec, dtype=dtype)
         if tokenizer is None:
