@@ -339,6 +339,7 @@ def test_chatml_prompt_and_prefill():
 
 
 def test_model_chat_template_is_used():
+    pytest.importorskip("jinja2", reason="jinja2 comes with the llama extra")
     template = (
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
         "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
