@@ -22,8 +22,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .._errors import (
     ConfigError,
     ContextOverflowError,
@@ -192,6 +190,8 @@ class OnnxBackend(Backend):
         cancel: CancelToken | None,
         stream: TextStream,
     ) -> Iterator[str]:
+        import numpy as np  # comes with onnxruntime-genai; imported here to keep import light
+
         with self._lock:
             gen = self._og.Generator(self._model, self._params(len(tokens), sampling))
             try:
