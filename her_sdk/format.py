@@ -771,5 +771,6 @@ def build_grammar(
     rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")
     rules.append(f"ttext ::= [^<\\n] [^<\\n]{{0,{max_thought_chars - 1}}}")
     rules.append(f"atext ::= [^<\\n] [^<\\n]{{0,{max_action_chars - 1}}}")
-    rules.append(f"speech ::= [^<\\n] [^<\\n]{{0,{max_speech_chars - 1}}}")
+    # Speech opens with a word, not stray punctuation (small models like to emit a lone ".").
+    rules.append(f'speech ::= " "? [^<\\n .,;:!?] [^<\\n]{{0,{max(max_speech_chars - 2, 0)}}}')
     return "\n".join(rules) + "\n"

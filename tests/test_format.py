@@ -394,7 +394,7 @@ def test_grammar_is_valid_gbnf_in_every_mode():
 
 def test_grammar_caps_and_actions():
     g = build_grammar("Mara", max_plan_chars=50, max_speech_chars=20, actions=["draw sword"])
-    assert "{0,49}" in g and "{0,19}" in g
+    assert "{0,49}" in g and "{0,18}" in g  # speech: optional space + first char + 18
     assert '"draw sword"' in g
     with pytest.raises(ValueError):
         build_grammar("Mara", max_plan_chars=0)
