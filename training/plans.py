@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, CancelToken, ConfigError, MockBackend, Persona, Sampling
+from her_sdk import Backend, CancelToken, ConfigError, MockBackend, Persona, Sampling, parse_turn
 from her_sdk.format import (
     CHATML_STOP,
     Heard,
@@ -124,9 +124,8 @@ def teacher_prompt(persona: Persona, history: list[Heard | Turn], reply: Turn) -
 
 
 def extract_plan(text: str) -> str:
-    text = re.sub(r"^\s*<\s*system_thinking\s*>", "", text)
-    text = text.split("</system_thinking>")[0]
-    return " ".join(text.split())
+    """The plan in a teacher's answer, which starts inside the prefilled `<system_thinking>`."""
+    return " ".join(parse_turn(text, start="plan").plan.split())
 
 
 _WORD = re.compile(r"[a-z0-9']+")

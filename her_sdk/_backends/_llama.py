@@ -118,6 +118,7 @@ class LlamaBackend(Backend):
         self._model = None
         self._ctx = None
         self._batch = None
+        self._last_tokens: tuple[bool, str, list[int]] | None = None
         self.info: GGUFInfo = read_gguf_info(model_path)
         path = self.info.path
         if n_ctx < 64 or n_batch < 1:
@@ -212,6 +213,16 @@ class LlamaBackend(Backend):
         return buf.raw[:n]
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        # A Character counts its prompt's tokens and then streams the same prompt: keep the
+        # last result so a turn tokenizes its prompt once.
+        last = self._last_tokens
+        if last is not None and last[0] == add_special and last[1] == text:
+            return list(last[2])
+        tokens = self._tokenize(text, add_special)
+        self._last_tokens = (add_special, text, tokens)
+        return list(tokens)
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
         raw = text.encode("utf-8")
         n_max = len(raw) + 8
         arr = (self._lib.llama_token * n_max)()
