@@ -22,13 +22,13 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 demo: $(VENV)/.demo-installed
 	$(BIN)/her demo
 
-test: $(VENV)/.test-installed
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/runtime.py

@@ -39,11 +39,12 @@ sys.path.insert(0, str(ROOT))
 JUDGE_PRINCIPLES = ["CD1", "RD2", "AD2", "DI1", "DI2", "DD2", "OQ1", "WC1"]
 
 
-def judge_model(args) -> dict:
+def judge_sft_options(args) -> dict:
     """SFT options of the judge: Gemma-3-270M + LoRA, or a small Qwen3 trained from scratch."""
     if args.judge_model == "tiny":
         return {
-            "model": "tiny",
+            "model_name_or_path": "tiny",
+            "dtype": "float32",
             "tiny": {
                 "vocab_size": 1024,
                 "hidden_size": 64,
@@ -53,16 +54,16 @@ def judge_model(args) -> dict:
                 "intermediate_size": 128,
             },
             "max_length": 2048,
-            "peft": "none",
+            "use_peft": False,
             "per_device_train_batch_size": 4,
             "learning_rate": 5e-3,
         }
     return {
-        "model": args.judge_model,
+        "model_name_or_path": args.judge_model,
         "chat_template": "chatml",
         "dtype": "float32",
         "max_length": 1024,
-        "peft": "lora",
+        "use_peft": True,
         "lora_r": 16,
         "lora_alpha": 32,
         "lora_dropout": 0.0,
@@ -81,11 +82,11 @@ def judge_model(args) -> dict:
 
 
 def judge_part(args, work: Path) -> dict:
-    from her_sdk.training.common import load_config
-    from her_sdk.training.rm import RMRunConfig, run_rm
+    from her_sdk.training.launch import parse_stage
+    from her_sdk.training.rm import run_rm
 
-    cfg = load_config(
-        RMRunConfig,
+    (cfg,) = parse_stage(
+        "rm",
         None,
         {
             "output_dir": str(work / "rm"),
@@ -96,7 +97,7 @@ def judge_part(args, work: Path) -> dict:
             "eval_max_tokens": 110,
             "eval_batch_size": 8,
             "train": {
-                **judge_model(args),
+                **judge_sft_options(args),
                 "max_steps": args.judge_steps,
                 "gradient_accumulation_steps": 1,
                 "lr_scheduler_type": "constant",
@@ -104,6 +105,8 @@ def judge_part(args, work: Path) -> dict:
                 "save_steps": 10_000,
                 "eval_before": False,
                 "max_eval_samples": 8,
+                "bf16": False,
+                "activation_checkpointing": False,
                 "seed": 0,
             },
         },
@@ -143,18 +146,20 @@ def score(rows, texts, funcs, weights) -> dict:
 
 
 def policy_part(args, work: Path) -> dict:
-    from her_sdk.training.common import load_causal_lm, load_config, load_tokenizer, resolve_model
+    from her_sdk.training.common import load_causal_lm, load_tokenizer, resolve_model
     from her_sdk.training.hf_backend import TransformersBackend
-    from her_sdk.training.rl import RLRunConfig, build_grpo_trainer, build_rewards, policy_rows
+    from her_sdk.training.launch import parse_stage
+    from her_sdk.training.rl import build_grpo_trainer, build_rewards, policy_rows
     from her_sdk.training.tiny import synthetic_samples
 
-    cfg = load_config(
-        RLRunConfig,
+    cfg, model_args, train_args = parse_stage(
+        "rl",
         ROOT / "training/configs/rl_gemma3_270m.yaml",
         {
+            "model_name_or_path": "embedded:gemma-3-270m",
             "output_dir": str(work / "rl"),
             "dtype": args.policy_dtype,
-            "judge": args.rl_judge,
+            "judge_model": args.rl_judge,
             "max_steps": args.rl_steps,
             "num_generations": 4,
             "per_device_train_batch_size": 4,
@@ -164,13 +169,13 @@ def policy_part(args, work: Path) -> dict:
             "save_steps": 10_000,
         },
     )
-    spec = resolve_model(cfg.model, gguf_file=cfg.gguf_file)
+    spec = resolve_model(model_args.model_name_or_path, gguf_file=cfg.gguf_file)
     tok = load_tokenizer(spec, cfg.chat_template)
     data = synthetic_samples(args.samples + 200, seed=7)
     train = policy_rows([s for s in data if s["split"] == "train"][: args.samples], plan=cfg.plan)
     held = policy_rows([s for s in data if s["split"] == "eval"][: args.rollouts], plan=cfg.plan)
     funcs, weights = build_rewards(cfg)
-    model = load_causal_lm(spec, dtype=cfg.dtype)  # loaded once: rollouts, GRPO, rollouts
+    model = load_causal_lm(spec, dtype=model_args.dtype)  # loaded once: rollouts, GRPO, rollouts
 
     t = time.perf_counter()
     before = score(
@@ -180,7 +185,8 @@ def policy_part(args, work: Path) -> dict:
     print(f"policy before: {json.dumps(before)}", flush=True)
     t = time.perf_counter()
     trainer = build_grpo_trainer(
-        cfg, train, funcs, weights, model_spec=spec, tokenizer=tok, model=model
+        cfg, model_args, train_args, train, funcs, weights, model_spec=spec, tokenizer=tok,
+        model=model,
     )
     trainer.train()
     train_s = round(time.perf_counter() - t, 1)

@@ -9,12 +9,17 @@ Prints, each measured in this one run (median of --runs):
 - time to the first *speech* token of a turn without a plan vs raw first token, both reading the
   whole prompt from a cold cache (target <= 1.5x);
 - peak memory (RSS) of this process.
+
+`npc_mind_costs(backend)` (run with --npc) measures what game-ready minds add to a turn: recall
+from a long-term memory of 1000 items, and the secrets guard (targets: each <= 5% of a turn).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import random
 import resource
 import statistics
 import time
@@ -76,10 +81,10 @@ def sdk_run(character: Character, tokens: int, seed: int, cold: bool) -> tuple[f
     """(first speech seconds, generation tokens/s after the first token, tokens)."""
     if cold:
         character.model.reset()
-    memory = list(character.memory)
+    memory, long_term = list(character.memory), copy.deepcopy(character.long_term)
     stream = character.stream(private=True, seed=seed, max_tokens=tokens)
     reply = stream.wait()
-    character.memory = memory  # keep the prompt identical across runs
+    character.memory, character.long_term = memory, long_term  # the same prompt every run
     gen = reply.total_s - (reply.first_token_s or 0)
     return (
         reply.first_speech_s if reply.first_speech_s is not None else float("nan"),
@@ -88,14 +93,110 @@ def sdk_run(character: Character, tokens: int, seed: int, cold: bool) -> tuple[f
     )
 
 
+def _turn_s(character: Character, tokens: int, seed: int) -> tuple[float, object]:
+    memory, long_term = list(character.memory), copy.deepcopy(character.long_term)
+    t0 = time.perf_counter()
+    reply = character.reply(seed=seed, max_tokens=tokens)
+    elapsed = time.perf_counter() - t0
+    character.memory, character.long_term = memory, long_term
+    return elapsed, reply
+
+
+def npc_mind_costs(backend, runs: int = 5, tokens: int = 96) -> None:
+    """Per-turn cost of long-term memory recall and of the secrets guard on `backend`."""
+    from her_sdk._secrets import SecretsGuard
+
+    scene = build_demo_scene(backend)
+    scene.say(PLAYER, "Let me through, captain. Your brother said you would understand.")
+    mara = scene.characters["Mara"]
+    rng = random.Random(0)
+    words = [
+        "gate", "duke", "rain", "brother", "cart", "wine", "papers", "road", "Essen", "guard",
+        "night", "river", "coin", "key", "smuggler", "rifles", "seal", "captain", "husband",
+        "orders", "dawn", "tavern", "horse", "letter",
+    ]  # fmt: skip
+    for i in range(1000):  # a long play history
+        mara.long_term.add(f"Traveler: {' '.join(rng.choices(words, k=12))} ({i})")
+
+    # Recall alone, in Python: what the turn computes before it renders the prompt.
+    t = []
+    for _ in range(runs * 20):
+        t0 = time.perf_counter()
+        mara._recalled(touch=False)
+        t.append(time.perf_counter() - t0)
+    recall_s = statistics.median(t)
+
+    # Whole turns with and without recall (the recalled lines also lengthen the prompt). One
+    # warm-up turn of each first, so neither side pays for the cold prompt.
+    for recall in (5, 0):
+        mara.recall = recall
+        _turn_s(mara, tokens, 299)
+    with_recall, without = [], []
+    for i in range(runs):
+        mara.recall = 5
+        with_recall.append(_turn_s(mara, tokens, 300 + i)[0])
+        mara.recall = 0
+        without.append(_turn_s(mara, tokens, 300 + i)[0])
+    mara.recall = 5
+    a, b = statistics.median(with_recall), statistics.median(without)
+    print(
+        f"memory recall (1000 memories): {1000 * recall_s:.2f} ms in Python; turn "
+        f"{1000 * a:.0f} ms with recall vs {1000 * b:.0f} ms without: "
+        f"{100 * (a / b - 1):+.1f}%  (target <= 5%)"
+    )
+
+    # The guard: feed a real turn's deltas through it, and whole turns with and without it.
+    mara.recall = 0
+    turn_s, reply = _turn_s(mara, tokens, 400)
+    deltas = list(parse_deltas(reply.raw))
+    t = []
+    for _ in range(runs * 20):
+        guard = SecretsGuard([mara.persona.secrets])
+        t0 = time.perf_counter()
+        for d in deltas:
+            guard.feed(d)
+        guard.close()
+        t.append(time.perf_counter() - t0)
+    guard_s = statistics.median(t)
+    on, off = [], []
+    for guard_on in (True, False):
+        mara.guard_secrets = guard_on
+        _turn_s(mara, tokens, 499)
+    for i in range(runs):
+        mara.guard_secrets = True
+        on.append(_turn_s(mara, tokens, 500 + i)[0])
+        mara.guard_secrets = False
+        off.append(_turn_s(mara, tokens, 500 + i)[0])
+    a, b = statistics.median(on), statistics.median(off)
+    print(
+        f"secrets guard: {1000 * guard_s:.2f} ms per turn in Python "
+        f"({100 * guard_s / turn_s:.2f}% of a {1000 * turn_s:.0f} ms turn); turn {1000 * a:.0f} ms "
+        f"on vs {1000 * b:.0f} ms off: {100 * (a / b - 1):+.1f}%  (target <= 5%)"
+    )
+
+
+def parse_deltas(raw: str):
+    from her_sdk import TurnParser
+
+    parser = TurnParser("Mara")
+    pieces = [raw[i : i + 4] for i in range(0, len(raw), 4)]  # about a token each
+    for piece in pieces:
+        yield from parser.feed(piece)
+    yield from parser.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--npc", action="store_true", help="only the costs of memory and the guard")
     args = ap.parse_args()
 
     backend = load_model(args.model)
+    if args.npc:
+        npc_mind_costs(backend, args.runs, args.tokens)
+        return
     path = str(backend.path)
     scene = build_demo_scene(backend)
     scene.say(PLAYER, "Let me through, captain. I carry papers sealed by the duke himself.")

@@ -1,6 +1,6 @@
 """Short LoRA SFT of Gemma-3-270M on CoSER samples: held-out NLL and format validity, before/after.
 
-    .venv/bin/python benchmarks/sft_gemma.py --data /work/shared/data/coser --steps 8
+    .venv/bin/python benchmarks/sft_gemma.py --data ../shared/data/coser --steps 8
 
 Converts the CoSER book files found in `--data` (King_Lear.json, Othello.json, …; the scenes of
 example_test_set.json are excluded), holds out whole scenes, loads the SDK's embedded Gemma GGUF
@@ -95,7 +95,7 @@ def sample_replies(model, tok, rows, max_new_tokens: int, seed: int) -> list[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/coser")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "coser"))
     ap.add_argument("--work", default=None)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
@@ -107,9 +107,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from her_sdk.training.common import EMBEDDED_GEMMA
+    from her_sdk.training.common import EMBEDDED_GEMMA, parse_config
     from her_sdk.training.data import ConvertOptions, convert_records, load_exclude, write_jsonl
-    from her_sdk.training.sft import SFTRunConfig, build_trainer
+    from her_sdk.training.sft import build_trainer, config_types
 
     data = Path(args.data)
     books = sorted(
@@ -139,13 +139,13 @@ def main() -> None:
     write_jsonl(train_file, rows)
 
     t0 = time.perf_counter()
-    cfg = SFTRunConfig(
-        model=EMBEDDED_GEMMA,
+    cfg = dict(
+        model_name_or_path=EMBEDDED_GEMMA,
         chat_template="chatml",
         dtype="float32",
         train_file=str(train_file),
         max_length=args.max_length,
-        peft="lora",
+        use_peft=True,
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.0,
@@ -170,8 +170,10 @@ def main() -> None:
         eval_before=False,
         seed=0,
         max_eval_samples=args.eval_samples,
+        bf16=False,
+        activation_checkpointing=False,
     )
-    trainer, info = build_trainer(cfg)
+    trainer, info = build_trainer(*parse_config(config_types(), None, cfg))
     load_s = time.perf_counter() - t0
     tok, model = trainer.processing_class, trainer.model
     eval_rows = [

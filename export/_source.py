@@ -14,7 +14,15 @@ from typing import Any
 
 from her_sdk._errors import ConfigError, MissingDependencyError, ModelNotFoundError
 
-__all__ = ["SUPPORTED", "arch_of", "import_torch", "load_config", "load_source", "save_merged"]
+__all__ = [
+    "SUPPORTED",
+    "arch_of",
+    "import_torch",
+    "load_source",
+    "merge_lora",
+    "read_hf_config",
+    "save_merged",
+]
 
 # transformers architecture -> llama.cpp architecture name
 SUPPORTED = {
@@ -43,7 +51,8 @@ def _check_dir(src: str | Path) -> Path:
     return p
 
 
-def load_config(src: str | Path) -> dict[str, Any]:
+def read_hf_config(src: str | Path) -> dict[str, Any]:
+    """The checkpoint's `config.json` as a dict (ModelNotFoundError if `src` is not one)."""
     return json.loads((_check_dir(src) / "config.json").read_text())
 
 

@@ -55,9 +55,7 @@ def _show(summary: dict) -> None:
 
 
 def _run(fn) -> None:
-    from her_sdk._errors import HerError
-
-    from .verify import VerificationError
+    from her_sdk._errors import HerError, VerificationError
 
     try:
         summary = fn()
@@ -101,12 +99,16 @@ def gguf_lora_cmd(
     ] = None,
     verify: Verify = True,
     tolerance: Tol = None,
+    plan: Annotated[
+        bool,
+        typer.Option("--plan/--no-plan", help="Trained to plan before each turn (her.plan)."),
+    ] = True,
 ) -> None:
     """Write a LoRA adapter as a GGUF adapter (load_model(base, lora=FILE))."""
     from .to_gguf import export_gguf_lora
 
     _run(lambda: export_gguf_lora(adapter, base, out, verify=verify, base_gguf=base_gguf,
-                                  tolerance=tolerance))
+                                  plan=plan, tolerance=tolerance))
 
 
 @export_app.command("onnx")

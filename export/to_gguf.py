@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
+from her_sdk.format import FORMAT_VERSION_KEY, HER_FORMAT_VERSION
 
 from ._source import arch_of, import_torch, load_source
 
@@ -37,9 +38,6 @@ __all__ = [
     "quantize_gguf",
     "write_gguf",
 ]
-
-# Version of the HER dual-layer turn format the exported model was trained on (her_sdk.format).
-HER_FORMAT_VERSION = 1
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
 # name -> llama_ftype (llama.h); all that llama.cpp quantizes without an importance matrix.
@@ -376,7 +374,9 @@ def _add_tensor(w, gguf, name: str, data: np.ndarray, outtype: str) -> None:
 
 
 def _her_metadata(w, extra: dict | None = None) -> None:
-    w.add_uint32("her.format_version", HER_FORMAT_VERSION)
+    # The HER format version (her_sdk.format) the model was trained on; the runtime refuses a
+    # version newer than its own. Written into full models and adapters alike.
+    w.add_uint32(FORMAT_VERSION_KEY, HER_FORMAT_VERSION)
     w.add_bool("her.dual_layer", True)
     for k, v in (extra or {}).items():
         if isinstance(v, bool):
@@ -504,6 +504,7 @@ def export_gguf_lora(
     *,
     verify: bool = True,
     base_gguf: str | Path | None = None,
+    plan: bool = True,
     **verify_kw,
 ) -> dict:
     """Write a PEFT LoRA adapter as a GGUF adapter for llama.cpp (`load_model(base, lora=)`).
@@ -511,6 +512,8 @@ def export_gguf_lora(
     Only the low-rank matrices are written (A as rank x in, B as out x rank, f32); llama.cpp
     computes `W x + (alpha / r) * B A x`. With `verify`, the adapter is applied to `base_gguf`
     (or to an f32 GGUF of `base` written for the check) and compared with the merged model.
+    `plan=False` records (`her.plan`) that the adapter was trained on turns without a plan, so
+    characters on it do not ask for one.
     """
     gguf = _gguf()
     torch = import_torch()
@@ -551,7 +554,7 @@ def export_gguf_lora(
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     w.add_name(adir.name)
-    _her_metadata(w)
+    _her_metadata(w, {"plan": plan})
     for mod, ab in sorted(pairs.items()):
         if set(ab) != {"a", "b"}:
             raise ConfigError(f"adapter module {mod} lacks lora_A or lora_B")

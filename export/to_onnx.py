@@ -23,7 +23,7 @@ from typing import Any
 
 from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
 
-from ._source import import_torch, load_config, load_source, save_merged
+from ._source import import_torch, load_source, read_hf_config, save_merged
 
 __all__ = ["PRECISIONS", "export_onnx"]
 
@@ -105,7 +105,7 @@ def _copy_chat_template(src: Path, out: Path) -> None:
 
 
 def _her_metadata(out: Path) -> None:
-    from .to_gguf import HER_FORMAT_VERSION
+    from her_sdk.format import HER_FORMAT_VERSION
 
     (out / "her.json").write_text(
         json.dumps({"format_version": HER_FORMAT_VERSION, "dual_layer": True}) + "\n"
@@ -124,7 +124,7 @@ def export_onnx(
 ) -> dict:
     """Export a checkpoint (plus an optional LoRA adapter, merged) to an ONNX model folder."""
     import_torch()
-    cfg = load_config(src)
+    cfg = read_hf_config(src)
     if not cfg.get("architectures"):
         raise ConfigError(f"{src}/config.json names no architecture")
     t0 = time.perf_counter()

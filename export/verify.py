@@ -9,9 +9,9 @@ for ONNX) and compared with the transformers model on a fixed prompt set rendere
 - greedy agreement: fraction of 16 greedily generated tokens before the first divergence;
 - perplexity of the held-out HER text, source vs export.
 
-A report (JSON and a markdown table) is written beside the output; `VerificationError` (with
-the reason) is raised when a limit for the type is broken. This is a parity check, not a
-quality benchmark: random-weight test models pass it as well as trained ones.
+A report (JSON and a markdown table) is written beside the output; `VerificationError` (a
+`her_sdk.ModelError`, with the reason) is raised when a limit for the type is broken. This is a
+parity check, not a quality benchmark: random-weight test models pass it as well as trained ones.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from her_sdk._errors import ModelError
+from her_sdk._errors import VerificationError
 
 __all__ = [
     "LIMITS",
     "LlamaScorer",
     "OnnxScorer",
     "VerificationError",
+    "check_metrics",
     "heldout_texts",
     "prompt_texts",
     "verify_gguf",
@@ -39,12 +40,8 @@ __all__ = [
 ]
 
 
-class VerificationError(ModelError):
-    """The exported file does not compute what the source model computes."""
-
-
 # type -> (max |logit diff| or None, min top-1 agreement, max perplexity ratio export/source).
-# The logit limit is for logits up to 10 in magnitude and grows linearly above (see judge).
+# The logit limit is for logits up to 10 in magnitude and grows linearly above (see check_metrics).
 LIMITS: dict[str, tuple[float | None, float, float]] = {
     "f32": (1e-3, 0.99, 1.001),
     "fp32": (1e-3, 0.99, 1.001),
@@ -128,15 +125,22 @@ def prompt_texts(tok) -> list[str]:
     return texts
 
 
+def _closed(messages: list, reply: str) -> str:
+    """A whole conversation ending with `reply` as a finished assistant turn (ChatML)."""
+    from her_sdk.format import CHATML_STOP, render_chatml
+
+    return render_chatml(messages, reply) + CHATML_STOP[0]  # CHATML_STOP[0] is <|im_end|>
+
+
 def heldout_texts() -> list[str]:
     """Held-out HER-format conversations (not in any prompt), for perplexity."""
     from her_sdk import Persona
-    from her_sdk.format import Heard, Segment, Turn, build_messages, render_chatml, render_turn
+    from her_sdk.format import Heard, Segment, Turn, build_messages, render_turn
 
     out = []
     persona, history, turn = _scene()
     msgs = build_messages(persona, history[:2])
-    out.append(render_chatml(msgs, render_turn(turn, persona.name, keep_plan=True)) + "<|im_end|>")
+    out.append(_closed(msgs, render_turn(turn, persona.name, keep_plan=True)))
     brannoc = Persona(
         name="Brannoc",
         source="the Salt Road",
@@ -160,7 +164,7 @@ def heldout_texts() -> list[str]:
         Heard(speaker="Environment", speech="The fire cracks; a dog barks outside."),
     ]
     msgs = build_messages(brannoc, hist)
-    out.append(render_chatml(msgs, render_turn(reply, "Brannoc", keep_plan=True)) + "<|im_end|>")
+    out.append(_closed(msgs, render_turn(reply, "Brannoc", keep_plan=True)))
     return out
 
 
@@ -427,7 +431,9 @@ def compare(
     }
 
 
-def judge(metrics: dict[str, Any], kind: str, *, tolerance: float | None = None) -> list[str]:
+def check_metrics(
+    metrics: dict[str, Any], kind: str, *, tolerance: float | None = None
+) -> list[str]:
     """Reasons the export fails its limits (empty list: it passes)."""
     max_diff, min_top1, max_ppl = LIMITS.get(kind, (None, 0.5, 1.5))
     if tolerance is not None:
@@ -509,7 +515,7 @@ def _run(
         metrics = compare(model, tok, scorer, max_len=max_len, greedy_tokens=greedy_tokens)
     finally:
         scorer.close()
-    failures = judge(metrics, kind, tolerance=tolerance)
+    failures = check_metrics(metrics, kind, tolerance=tolerance)
     report = {
         "path": str(path),
         "type": kind,

@@ -9,62 +9,92 @@
     scene.say("Traveler", "Let me through, I have papers.")
     reply = scene.turn("Mara")  # .speech, .actions (public); .plan, .thoughts (private)
 
-Importing this package is cheap: engines (llama.cpp, gRPC, torch) load only when used.
+Every error it raises on purpose is a `HerError`; the subclasses exported here are the whole
+hierarchy (`her_sdk._errors`). Importing this package is cheap: engines (llama.cpp, gRPC, torch)
+load only when used.
 """
 
 from __future__ import annotations
 
+from ._actions import Action, Call, InvalidCall, Target, Text
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._mock import MockBackend
 from ._character import Character, Reply, TurnStream
 from ._errors import (
+    AuthenticationError,
+    BackendHTTPError,
+    BackendUnavailableError,
     Cancelled,
     ConfigError,
     ContextOverflowError,
+    DataError,
     GenerationError,
     HerError,
     InvalidModelError,
+    LimitExceededError,
     MissingDependencyError,
     ModelError,
     ModelNotFoundError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
     StateError,
+    VerificationError,
 )
+from ._memory import MemoryItem
 from ._model import load_model
 from ._persona import Persona
 from ._scene import Event, Scene
+from ._secrets import BlockedReveal
 from ._version import __version__
 from .format import Delta, Heard, Segment, Turn, TurnParser, build_grammar, parse_turn
 
 __all__ = [
+    "Action",
+    "AuthenticationError",
     "Backend",
+    "BackendHTTPError",
+    "BackendUnavailableError",
+    "BlockedReveal",
+    "Call",
     "CancelToken",
     "Cancelled",
     "Character",
     "ConfigError",
     "ContextOverflowError",
+    "DataError",
     "Delta",
     "Event",
     "GenerationError",
     "Heard",
     "HerError",
+    "InvalidCall",
     "InvalidModelError",
+    "LimitExceededError",
     "LlamaBackend",
+    "MemoryItem",
     "MissingDependencyError",
     "MockBackend",
     "ModelError",
     "ModelNotFoundError",
+    "NotFoundError",
     "OnnxBackend",
     "OpenAIBackend",
+    "PermissionDeniedError",
     "Persona",
     "Reply",
     "Sampling",
     "Scene",
     "Segment",
+    "ServerError",
     "StateError",
+    "Target",
+    "Text",
     "TextStream",
     "Turn",
     "TurnParser",
     "TurnStream",
+    "VerificationError",
     "__version__",
     "build_grammar",
     "load_model",

@@ -3,18 +3,24 @@
 Used before a file ever reaches llama.cpp: it proves the file is a complete GGUF model (magic,
 version, metadata, tensor table, tensor data within the file) and reads the metadata the runtime
 needs (architecture, chat template, `her.*` keys). A corrupt or truncated file becomes an
-`InvalidModelError` naming the file instead of whatever the engine would do with it.
+`InvalidModelError` naming the file instead of whatever the engine would do with it; so does a
+HER model (or adapter) written for a newer HER format than this runtime's (`her.format_version`,
+see `her_sdk.format.HER_FORMAT_VERSION`). A file without that key is not a HER model and loads.
 Array values are skipped, not decoded, except short ones; this is not a general GGUF library
 (the export step uses PyPI's `gguf` for that).
 """
 
 from __future__ import annotations
 
+import math
 import mmap
+import os
+import re
 import struct
 from pathlib import Path
 
 from ._errors import InvalidModelError, ModelNotFoundError
+from .format import FORMAT_VERSION_KEY, format_version_problem
 
 __all__ = ["GGUFInfo", "read_gguf_info"]
 
@@ -97,6 +103,12 @@ class GGUFInfo:
     def name(self) -> str:
         return str(self.metadata.get("general.name", self.path.stem))
 
+    @property
+    def her_format_version(self) -> int | None:
+        """The HER format version the model was exported for; None for a non-HER model."""
+        v = self.metadata.get(FORMAT_VERSION_KEY)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
 
 class _Reader:
     def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
@@ -153,11 +165,12 @@ class _Reader:
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
-def read_gguf_info(path: str | Path, *, kind: str = "model") -> GGUFInfo:
+def read_gguf_info(path: str | os.PathLike[str], *, kind: str = "model") -> GGUFInfo:
     """Validate `path` as a GGUF file of `kind` ("model" or "adapter") and return its metadata.
 
     Raises `ModelNotFoundError` if it does not exist and `InvalidModelError` if it is not a
-    complete GGUF model (wrong magic, truncated, an adapter instead of a model, ...).
+    complete GGUF model (wrong magic, truncated, an adapter instead of a model, a newer HER
+    format version, ...).
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -197,18 +210,23 @@ def _parse(buf: mmap.mmap, p: Path, size: int, kind: str) -> GGUFInfo:
     if found != kind:
         hint = " (a LoRA adapter loads with load_model(base, lora=...))" if kind == "model" else ""
         raise InvalidModelError(f"{p}: this GGUF is a {found!r}, not a {kind}{hint}", str(p))
+    problem = format_version_problem(meta.get(FORMAT_VERSION_KEY))
+    if problem is not None:
+        raise InvalidModelError(f"{p}: {problem}", str(p))
     if n_tensors == 0:
         raise r.fail("it holds no tensors")
     alignment = meta.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise r.fail("bad alignment")
     end = 0
+    shapes: dict[str, tuple[int, ...]] = {}
     for _ in range(n_tensors):
-        r.string(keep=False)
+        tname = r.string()
         (n_dims,) = r.take("<I")
         if n_dims > 8:
             raise r.fail("a tensor has too many dimensions")
         dims = r.take(f"<{n_dims}Q")
+        shapes[tname] = dims
         (ggml_type,) = r.take("<I")
         (offset,) = r.take("<Q")
         block = _GGML_BLOCK.get(ggml_type)
@@ -221,4 +239,87 @@ def _parse(buf: mmap.mmap, p: Path, size: int, kind: str) -> GGUFInfo:
     data_start = r.pos + (-r.pos % alignment)
     if data_start + end > size:
         raise r.fail(f"truncated: tensor data needs {data_start + end} bytes, the file has {size}")
+    if kind == "model":
+        problem = _hparam_problem(meta, shapes)
+        if problem is not None:
+            raise InvalidModelError(f"{p}: bad model hyper-parameter: {problem}", str(p))
     return GGUFInfo(p, version, meta, n_tensors)
+
+
+# llama.cpp asserts (aborts the process) on some hyper-parameter values instead of failing the
+# load: a layer count of 0 or above its fixed maximum, a NaN epsilon (on the first decode), a
+# head count of 0. These are checked here, with the tensor shapes they must agree with.
+_MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.")
+
+
+def _hparam_problem(meta: dict[str, object], shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Why the model's hyper-parameters would crash the engine, or None. Only keys that are
+    present are checked (a missing one is an error llama.cpp reports itself)."""
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        return None
+    pre = f"{arch}."
+
+    def whole(key: str, lo: int, hi: int = 2**31 - 1) -> int | str | None:
+        v = meta.get(pre + key)
+        if v is None or isinstance(v, list):  # absent, or per-layer values
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"{pre}{key} is {v!r}, not an integer in [{lo}, {hi}]"
+        return v
+
+    for key, value in meta.items():
+        if not key.startswith(pre):
+            continue
+        values = [
+            x
+            for x in (value if isinstance(value, list) else [value])
+            if isinstance(x, (int, float)) and not isinstance(x, bool)
+        ]
+        if any(not math.isfinite(x) for x in values):
+            return f"{key} is {value!r}, not a finite number"
+        if key.endswith("epsilon") and not all(0 < x < 1 for x in values):
+            return f"{key} is {value!r}, not in (0, 1)"
+        if key.endswith(("rope.freq_base", "rope.freq_scale")) and not all(x > 0 for x in values):
+            return f"{key} is {value!r}, not positive"
+
+    checked: dict[str, int] = {}
+    min_heads = 0 if arch.startswith("mamba") or "rwkv" in arch else 1  # attention-free models
+    for key, lo, hi in (
+        ("block_count", 1, _MAX_LAYERS),
+        ("embedding_length", 1, 1 << 20),
+        ("context_length", 1, 1 << 30),
+        ("feed_forward_length", 1, 1 << 24),
+        ("attention.head_count", min_heads, 1 << 16),
+        ("attention.head_count_kv", min_heads, 1 << 16),
+        ("attention.key_length", 1, 1 << 16),
+        ("attention.value_length", 1, 1 << 16),
+    ):
+        got = whole(key, lo, hi)
+        if isinstance(got, str):
+            return got
+        if got is not None:
+            checked[key] = got
+    heads, kv = checked.get("attention.head_count"), checked.get("attention.head_count_kv")
+    if heads and kv and heads % kv:
+        return f"{pre}attention.head_count_kv ({kv}) does not divide head_count ({heads})"
+
+    # Consistency with the tensors the file holds.
+    layers = {int(m.group(1)) for name in shapes if (m := _BLOCK_RE.match(name))}
+    n_layer = checked.get("block_count")
+    if n_layer is not None and layers and max(layers) + 1 != n_layer:
+        return f"{pre}block_count is {n_layer}, but the file holds {max(layers) + 1} layers"
+    n_embd = checked.get("embedding_length")
+    embd = shapes.get("token_embd.weight")
+    if n_embd is not None and embd and embd[0] != n_embd:
+        return f"{pre}embedding_length is {n_embd}, but token_embd.weight has rows of {embd[0]}"
+    q = shapes.get("blk.0.attn_q.weight")
+    if n_embd and heads and q is not None and len(q) == 2:
+        head_dim = checked.get("attention.key_length", n_embd // heads)
+        if q[0] != n_embd or q[1] != heads * head_dim:
+            return (
+                f"{pre}attention.head_count ({heads}) and key_length ({head_dim}) do not match "
+                f"blk.0.attn_q.weight {list(q)}"
+            )
+    return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -19,6 +21,8 @@ import msgspec
 from ._errors import ConfigError
 
 __all__ = ["Persona"]
+
+MAX_CARD_FILE_BYTES = 32 * 1024 * 1024  # cards are small JSON, or a PNG portrait carrying one
 
 
 class Persona(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -47,49 +51,92 @@ class Persona(msgspec.Struct, kw_only=True, omit_defaults=True):
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("a persona needs a non-empty name")
-        if any(c in self.name for c in "<>\n:[]()"):
+        if any(c in self.name for c in "<>\n\r:[]()=") or "\0" in self.name:
             raise ConfigError(
-                f"character name {self.name!r} may not contain '<', '>', ':', brackets or newlines"
+                f"character name {self.name!r} may not contain '<', '>', ':', '=', brackets or "
+                "line breaks"
             )
         self.name = self.name.strip()
+        texts = [v for f in self.__struct_fields__ if isinstance(v := getattr(self, f), str)]
+        for mapping in (self.relationships, self.others):
+            texts.extend(k + v for k, v in mapping.items())
+        if any("\0" in t for t in texts):
+            raise ConfigError(f"the persona of {self.name!r} contains a NUL character")
 
     # -- Character Card V2/V3 import --------------------------------------------------------
 
     @classmethod
     def from_card(cls, card: dict | str | bytes | Path) -> Persona:
-        """A persona from a Character Card V1/V2/V3: a dict, JSON text, or a .json/.png path."""
-        if isinstance(card, Path) or (isinstance(card, str) and not card.lstrip().startswith("{")):
-            card = _read_card_file(Path(card))
+        """A persona from a Character Card V1/V2/V3: a dict, JSON text (str or bytes), or a Path.
+
+        A str is always JSON text, never a file name: a card that arrives over the network can
+        never make the process read one of its files. Read a card file with `from_card_file`
+        (a `Path` here does the same).
+        """
+        if isinstance(card, Path):
+            return cls.from_card_file(card)
         if isinstance(card, (str, bytes)):
+            if (b"\0" in card) if isinstance(card, bytes) else ("\0" in card):
+                raise ConfigError("character card JSON may not contain NUL characters")
             try:
                 card = json.loads(card)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"character card is not valid JSON: {exc}") from None
+            except UnicodeDecodeError:
+                raise ConfigError("character card is not UTF-8 JSON text") from None
+            except RecursionError:
+                raise ConfigError("character card JSON is nested too deeply") from None
         if not isinstance(card, dict):
             raise ConfigError("character card must be a JSON object")
-        data = card.get("data") if isinstance(card.get("data"), dict) else card
-        name = str(data.get("name") or "").strip()
-        if not name:
-            raise ConfigError("character card has no name")
+        inner = card.get("data")
+        data: dict = inner if isinstance(inner, dict) else card
 
         def text(key: str) -> str:
             value = data.get(key) or ""
+            if not isinstance(value, str):
+                raise ConfigError(f"character card field {key!r} must be a string")
+            if "\0" in value:
+                raise ConfigError(f"character card field {key!r} contains a NUL character")
+            return value
+
+        name = text("name").strip()
+        if not name:
+            raise ConfigError("character card has no name")
+
+        def field(key: str) -> str:
             # Cards use {{char}}/{{user}} placeholders; the player is "the other person" here.
-            return str(value).replace("{{char}}", name).replace("{{user}}", "the traveler").strip()
+            return text(key).replace("{{char}}", name).replace("{{user}}", "the traveler").strip()
 
-        profile = "\n\n".join(p for p in (text("description"), text("personality")) if p)
-        return cls(
-            name=name,
-            profile=profile,
-            scenario=text("scenario"),
-        )
+        profile = "\n\n".join(p for p in (field("description"), field("personality")) if p)
+        return cls(name=name, profile=profile, scenario=field("scenario"))
+
+    @classmethod
+    def from_card_file(
+        cls, path: str | os.PathLike[str], *, max_bytes: int = MAX_CARD_FILE_BYTES
+    ) -> Persona:
+        """A persona from a Character Card file: JSON, or PNG with a `chara`/`ccv3` text chunk.
+
+        Only a regular file of at most `max_bytes` is read (not a device, pipe or directory).
+        """
+        return cls.from_card(_read_card_file(Path(path), max_bytes))
 
 
-def _read_card_file(path: Path) -> str:
+def _read_card_file(path: Path, max_bytes: int) -> str:
     try:
-        raw = path.read_bytes()
+        # Open without blocking (a FIFO would wait for a writer), then check what it is.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ConfigError(f"cannot read character card {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"character card {path} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if info.st_size > max_bytes:
+            raise ConfigError(f"character card {path} is larger than {max_bytes} bytes")
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:  # it grew while we read it
+        raise ConfigError(f"character card {path} is larger than {max_bytes} bytes")
     if raw.startswith(b"\x89PNG\r\n\x1a\n"):
         chunks = _png_text_chunks(raw)
         for key in ("ccv3", "chara"):  # V3 takes precedence when both exist

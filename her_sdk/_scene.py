@@ -7,21 +7,34 @@ scene never copies anything else into anyone's memory, so no prompt can hold ano
 
 Players are names, not models: they perceive everything they are present for, and the game
 shows them `scene.events`.
+
+The scene sits above `Character`: it hands each character it adds a seat (the `Seat` protocol:
+the seed of its next turn, where its finished turn goes, who else is present, where a blocked
+reveal of a secret is reported) and delivers perceptions through `Character.perceive`. Its
+accessors (`characters`, `players`, `events`, ...) take the scene's lock and return copies, so
+no caller needs the lock. Saving is `to_state()` / `from_state()`
+here, inside the save-file envelope of `_state`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import msgspec
 
-from ._character import Character, Reply, TurnStream
-from ._errors import ConfigError
+from . import _state
+from ._backends._base import Backend
+from ._character import Character, CharacterState, Reply, TurnStream, mix_seed
+from ._errors import ConfigError, StateError
+from ._memory import Embedder
+from ._secrets import BlockedReveal
 from .format import ENVIRONMENT, Heard, Turn
 
-__all__ = ["Event", "Scene"]
+__all__ = ["Event", "Scene", "SceneState"]
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +55,42 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         return " ".join(parts)
 
 
+class SceneState(msgspec.Struct, kw_only=True):
+    """A scene as saved: everything but the models (`Scene.to_state()`)."""
+
+    name: str = ""
+    seed: int | None = None
+    clock: int = 0
+    max_events: int = 10_000
+    players: list[str] = msgspec.field(default_factory=list)
+    characters: list[CharacterState] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
+class _Seat:
+    """A character's seat in a scene: all the character may use of it (`Seat` protocol)."""
+
+    __slots__ = ("_name", "_scene")
+
+    def __init__(self, scene: Scene, name: str) -> None:
+        self._scene = scene
+        self._name = name
+
+    def turn_seed(self) -> int | None:
+        return self._scene._turn_seed()
+
+    def publish(self, turn: Turn) -> None:
+        self._scene._publish(self._name, turn)
+
+    def others(self) -> tuple[list[str], list[str]]:
+        with self._scene._lock:
+            characters = [n for n in self._scene._characters if n != self._name]
+            return characters, list(self._scene._players)
+
+    def report(self, blocked: BlockedReveal) -> None:
+        self._scene._report(blocked)
+
+
 class Scene:
     """Characters and players in one place, and everything that happens between them.
 
@@ -51,6 +100,8 @@ class Scene:
 
     `seed` makes every turn in the scene reproducible, also after save and load.
     `max_events` bounds the public log kept in `events` (characters remember on their own).
+    `characters`, `players`, `events` are copies taken under the scene's lock: change the scene
+    through its methods.
     """
 
     def __init__(
@@ -68,18 +119,20 @@ class Scene:
         if len(set(names)) != len(names):
             raise ConfigError("names in a scene must be unique")
         for c in characters:  # validate everything before attaching anything
-            if isinstance(c, Character) and c.scene is not None:
+            if isinstance(c, Character) and c.seat is not None:
                 raise ConfigError(f"{c.name!r} is already in another scene")
         if max_events < 1:
             raise ConfigError("max_events must be >= 1")
         self.name = name
         self.seed = seed
         self.max_events = max_events
-        self.characters: dict[str, Character] = {}
-        self.players: list[str] = []
-        self.events: list[Event] = []
-        self.clock = 0  # counts events; drives per-turn seeds
+        self._characters: dict[str, Character] = {}
+        self._players: list[str] = []
+        self._events: list[Event] = []
+        self._clock = 0  # counts events; drives per-turn seeds
         self._lock = threading.RLock()
+        self._on_blocked: list[Callable[[BlockedReveal], None]] = []
+        self._blocked: list[BlockedReveal] = []
         for who in players:
             self.add_player(who)
         for c in characters:
@@ -88,10 +141,55 @@ class Scene:
     def __repr__(self) -> str:
         return f"Scene(characters={list(self.characters)}, players={self.players})"
 
+    # -- read-only views (copies, taken under the lock) -----------------------------------------
+
+    @property
+    def characters(self) -> dict[str, Character]:
+        """The characters in the scene, by name."""
+        with self._lock:
+            return dict(self._characters)
+
+    @property
+    def players(self) -> list[str]:
+        """The players in the scene."""
+        with self._lock:
+            return list(self._players)
+
+    @property
+    def present(self) -> list[str]:
+        """Everyone in the scene: characters first, then players."""
+        with self._lock:
+            return [*self._characters, *self._players]
+
+    @property
+    def events(self) -> list[Event]:
+        """The public log: the last `max_events` events, oldest first."""
+        with self._lock:
+            return list(self._events)
+
+    @property
+    def event_count(self) -> int:
+        """How many events the public log holds now (at most `max_events`)."""
+        with self._lock:
+            return len(self._events)
+
+    @property
+    def clock(self) -> int:
+        """How many events ever happened here; the next event's `index`."""
+        with self._lock:
+            return self._clock
+
+    def __contains__(self, who: object) -> bool:
+        """`name in scene` for a character or player; `character in scene` for that object."""
+        with self._lock:
+            if isinstance(who, Character):
+                return self._characters.get(who.name) is who
+            return who in self._characters or who in self._players
+
     # -- participants ---------------------------------------------------------------------------
 
     def _check_new_name(self, name: str) -> None:
-        if name in self.characters or name in self.players or name == ENVIRONMENT:
+        if name in self._characters or name in self._players or name == ENVIRONMENT:
             raise ConfigError(f"{name!r} is already in the scene (or is reserved)")
 
     def add(self, character: Character) -> Character:
@@ -100,10 +198,8 @@ class Scene:
             raise ConfigError("Scene.add takes a Character")
         with self._lock:
             self._check_new_name(character.name)
-            if character.scene is not None and character.scene is not self:
-                raise ConfigError(f"{character.name!r} is already in another scene")
-            self.characters[character.name] = character
-            character.scene = self
+            character.join(_Seat(self, character.name))  # raises if it sits in another scene
+            self._characters[character.name] = character
         return character
 
     def add_player(self, name: str) -> None:
@@ -111,36 +207,34 @@ class Scene:
             raise ConfigError(f"invalid player name {name!r}")
         with self._lock:
             self._check_new_name(name.strip())
-            self.players.append(name.strip())
+            self._players.append(name.strip())
 
     def remove(self, name: str) -> Character | None:
         """Take a character or player out of the scene; it perceives nothing more here."""
         with self._lock:
-            if name in self.players:
-                self.players.remove(name)
+            if name in self._players:
+                self._players.remove(name)
                 return None
             character = self._get(name)
-            del self.characters[name]
-            character.scene = None
+            del self._characters[name]
+            if character.seat is not None:
+                character.leave(character.seat)
             return character
 
     def _get(self, who: Character | str) -> Character:
         name = who.name if isinstance(who, Character) else who
-        try:
-            return self.characters[name]
-        except KeyError:
-            raise ConfigError(f"no character named {name!r} in this scene") from None
-
-    @property
-    def present(self) -> list[str]:
-        return [*self.characters, *self.players]
+        with self._lock:
+            try:
+                return self._characters[name]
+            except KeyError:
+                raise ConfigError(f"no character named {name!r} in this scene") from None
 
     # -- events ---------------------------------------------------------------------------------
 
     def _audience(self, speaker: str | None, to: Sequence[str] | None) -> list[str]:
         if to is None:
             return self.present
-        unknown = [n for n in to if n not in self.characters and n not in self.players]
+        unknown = [n for n in to if n not in self._characters and n not in self._players]
         if unknown:
             raise ConfigError(f"not in the scene: {', '.join(unknown)}")
         who = [*to] if speaker is None else [speaker, *to]
@@ -150,7 +244,7 @@ class Scene:
         with self._lock:
             perceivers = self._audience(speaker if speaker != ENVIRONMENT else None, to)
             event = Event(
-                index=self.clock,
+                index=self._clock,
                 kind=kind,
                 speaker=speaker,
                 speech=speech,
@@ -160,20 +254,16 @@ class Scene:
             self._append(event)
             heard = Heard(speaker=speaker, speech=speech, actions=actions)
             for name in perceivers:
-                c = self.characters.get(name)
-                if c is None:
-                    continue
-                if name == speaker:  # a scripted line for an NPC: it remembers saying it
-                    c._remember(_scripted_turn(speech, actions))
-                else:
-                    c._remember(heard)
+                c = self._characters.get(name)
+                if c is not None:  # the speaker too: a scripted NPC line is its own turn
+                    c.perceive(heard)
             return event
 
     def _append(self, event: Event) -> None:
-        self.events.append(event)
-        self.clock += 1
-        if len(self.events) > self.max_events:
-            del self.events[: len(self.events) - self.max_events]
+        self._events.append(event)
+        self._clock += 1
+        if len(self._events) > self.max_events:
+            del self._events[: len(self._events) - self.max_events]
 
     def say(
         self,
@@ -187,7 +277,7 @@ class Scene:
 
         Everyone present perceives it, or only `to` (and the speaker) for a whisper.
         """
-        if speaker not in self.characters and speaker not in self.players:
+        if speaker not in self._characters and speaker not in self._players:
             raise ConfigError(f"{speaker!r} is not in the scene")
         actions = [action] if isinstance(action, str) else list(action or [])
         actions = [a.strip() for a in actions if a and a.strip()]
@@ -202,37 +292,81 @@ class Scene:
             raise ConfigError("narration text is empty")
         return self._record("narration", ENVIRONMENT, text.strip(), [], to)
 
-    def _on_turn(self, character: Character, turn: Turn) -> None:
-        # Called by the character after its turn: broadcast only the public projection.
+    # -- what a seat asks of the scene ----------------------------------------------------------
+
+    def _turn_seed(self) -> int | None:
+        with self._lock:
+            return None if self.seed is None else mix_seed(self.seed, self._clock)
+
+    def _publish(self, speaker: str, turn: Turn) -> None:
+        # A character's finished turn: everyone present perceives its public projection only.
         public = turn.public()
         if not public.segments:
             return
         with self._lock:
             perceivers = self.present
             event = Event(
-                index=self.clock,
+                index=self._clock,
                 kind="turn",
-                speaker=character.name,
+                speaker=speaker,
                 speech=public.speech,
                 actions=public.actions,
                 perceivers=perceivers,
             )
             self._append(event)
-            heard = Heard(speaker=character.name, speech=public.speech, actions=public.actions)
+            heard = Heard(speaker=speaker, speech=public.speech, actions=public.actions)
             for name in perceivers:
-                other = self.characters.get(name)
-                if other is not None and other is not character:
-                    other._remember(heard)
+                other = self._characters.get(name)
+                if other is not None and name != speaker:  # it remembers its own turn already
+                    other.perceive(heard)
+
+    def _report(self, blocked: BlockedReveal) -> None:
+        with self._lock:
+            self._blocked.append(blocked)
+            del self._blocked[: max(len(self._blocked) - 100, 0)]
+            listeners = list(self._on_blocked)
+        for listener in listeners:
+            listener(blocked)
+
+    # -- secrets, memories, relationships -------------------------------------------------------
+
+    def allow_reveal(self, who: Character | str, secret: str | None = None) -> None:
+        """Let `who` say `secret` (all its secrets when None, or a part of them) in public."""
+        self._get(who).allow_reveal(secret)
+
+    def on_blocked_reveal(self, callback: Callable[[BlockedReveal], None]) -> None:
+        """Call `callback(blocked)` whenever the secrets guard stops a character here.
+
+        `blocked.text` holds the beginning of the secret: show it to no player.
+        """
+        if not callable(callback):
+            raise ConfigError("on_blocked_reveal takes a callable")
+        with self._lock:
+            self._on_blocked.append(callback)
+
+    @property
+    def blocked_reveals(self) -> list[BlockedReveal]:
+        """The last 100 reveals the secrets guard stopped here (not saved; never public)."""
+        with self._lock:
+            return list(self._blocked)
+
+    def set_relationship(self, who: Character | str, other: str, note: str) -> None:
+        """Set how character `who` regards `other` (an empty note removes it)."""
+        self._get(who).set_relationship(other, note)
 
     # -- turns ----------------------------------------------------------------------------------
 
     def turn(self, who: Character | str | None = None, **options) -> Reply:
-        """Generate the turn of `who` (default: `next_speaker()`) and return its Reply."""
+        """Generate the turn of `who` (default: `next_speaker()`) and return its Reply.
+
+        `options` are `Character.stream`'s: `seed`, `max_tokens`, `priority="player"` for the
+        NPC the player is waiting on, ..."""
         options.setdefault("private", True)
         return self.stream(who, **options).wait()
 
     def stream(self, who: Character | str | None = None, **options) -> TurnStream:
-        """Stream the turn of `who`; public deltas only unless `private=True`."""
+        """Stream the turn of `who`; public deltas only unless `private=True`. Options as
+        in `turn` (turns of several characters may stream at once, from several threads)."""
         character = self._get(who if who is not None else self.next_speaker())
         return character.stream(**options)
 
@@ -240,19 +374,19 @@ class Scene:
         """A simple choice for NPC-to-NPC talk: the NPC named in the last line, else the one
         who has waited longest (never the one who just spoke)."""
         with self._lock:
-            if not self.characters:
+            if not self._characters:
                 raise ConfigError("the scene has no characters")
-            last = self.events[-1] if self.events else None
-            candidates = [n for n in self.characters if last is None or n != last.speaker]
+            last = self._events[-1] if self._events else None
+            candidates = [n for n in self._characters if last is None or n != last.speaker]
             if not candidates:
-                return next(iter(self.characters))
+                return next(iter(self._characters))
             if last is not None:
                 text = f"{last.speech} {' '.join(last.actions)}"
                 for n in candidates:
                     if re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE):
                         return n
             last_spoke = {n: -1 for n in candidates}
-            for e in self.events:
+            for e in self._events:
                 if e.speaker in last_spoke:
                     last_spoke[e.speaker] = e.index
             return min(candidates, key=lambda n: last_spoke[n])
@@ -261,29 +395,92 @@ class Scene:
         """The public log, or only what `viewer` perceived."""
         with self._lock:
             if viewer is None:
-                return list(self.events)
-            return [e for e in self.events if viewer in e.perceivers]
+                return list(self._events)
+            return [e for e in self._events if viewer in e.perceivers]
 
     # -- state ----------------------------------------------------------------------------------
 
-    def save(self, path: str) -> None:
-        """Write the whole scene (characters' minds included) atomically to `path` (JSON)."""
-        from ._state import save_scene
-
-        save_scene(self, path)
+    def to_state(self) -> SceneState:
+        """Everything this scene is but the models (characters' minds included), as saved."""
+        with self._lock:
+            return SceneState(
+                name=self.name,
+                seed=self.seed,
+                clock=self._clock,
+                max_events=self.max_events,
+                players=list(self._players),
+                characters=[c.to_state() for c in self._characters.values()],
+                events=list(self._events),
+            )
 
     @classmethod
-    def load(cls, path: str, *, model=None, models: dict | None = None) -> Scene:
-        """Read a scene written by `save`. `model` serves every character, or `models` by name."""
-        from ._state import load_scene
+    def from_state(
+        cls,
+        state: SceneState,
+        *,
+        model: Backend | None = None,
+        models: dict[str, Backend] | None = None,
+        embedder: Embedder | None = None,
+    ) -> Scene:
+        """The scene `state` describes. `model` serves every character, or `models` by name;
+        `embedder`, if given, serves every character's long-term memory."""
+        scene = cls(name=state.name, seed=state.seed, max_events=state.max_events)
+        for p in state.players:
+            scene.add_player(p)
+        for cs in state.characters:
+            m = (models or {}).get(cs.persona.name, model)
+            scene.add(Character.from_state(cs, model=m, embedder=embedder))
+        scene._events = list(state.events)
+        scene._clock = state.clock
+        return scene
 
-        return load_scene(path, model=model, models=models)
+    def dumps(self) -> bytes:
+        """This scene as save-file bytes (what `save` writes)."""
+        return _state.encode("scene", self.to_state())
 
+    @classmethod
+    def loads(
+        cls,
+        data: bytes,
+        *,
+        model: Backend | None = None,
+        models: dict[str, Backend] | None = None,
+        embedder: Embedder | None = None,
+    ) -> Scene:
+        """Read a scene from save-file bytes; anything else raises `StateError`."""
+        return cls._decode(data, model, models, embedder, "scene data")
 
-def _scripted_turn(speech: str, actions: list[str]) -> Turn:
-    from .format import Segment
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole scene (characters' minds included) atomically to `path` (JSON)."""
+        _state.atomic_write(path, self.dumps())
 
-    segs = [Segment("action", a) for a in actions]
-    if speech:
-        segs.append(Segment("speech", speech))
-    return Turn.from_segments(segs)
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: Backend | None = None,
+        models: dict[str, Backend] | None = None,
+        embedder: Embedder | None = None,
+    ) -> Scene:
+        """Read a scene written by `save`. `model` serves every character, or `models` by name;
+        `embedder`, if given, every character's long-term memory.
+
+        A missing or bad file raises `StateError`.
+        """
+        return cls._decode(_state.read(path), model, models, embedder, str(Path(path)))
+
+    @classmethod
+    def _decode(
+        cls,
+        data: bytes,
+        model: Backend | None,
+        models: dict[str, Backend] | None,
+        embedder: Embedder | None,
+        source: str,
+    ) -> Scene:
+        state = _state.decode(data, "scene", SceneState, source=source)
+        try:
+            return cls.from_state(state, model=model, models=models, embedder=embedder)
+        except ConfigError as exc:  # e.g. two characters of one name
+            raise StateError(f"{source} is corrupt: {exc}") from None

@@ -3,15 +3,25 @@
     her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
     her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
+                                                            (one flag per ServerSettings field)
+    her data convert|synth-plans ...                        training data (her_sdk.training.cli)
+    her train sft|rm|rl --config FILE [key=value ...]       training (her_sdk.training.cli)
+    her export gguf|gguf-lora|onnx SRC --out ...            verified export (her_sdk.export.cli)
+    her eval coser|quick|compare ...                        evaluation (her_sdk.evaluation.cli)
     her --version
 
-Each command imports what it needs when it runs, so `her --help` stays instant.
+`demo`, `chat` and `serve` live here; the other groups are typer sub-apps of their packages,
+registered at the end of this module. Each command imports its engines (llama.cpp, grpc, torch)
+when it runs, so `her --help` stays quick; only `serve`'s flags are read at start, from the
+`ServerSettings` pydantic model. This module holds no game or model logic of its own.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -143,7 +153,6 @@ def demo(
 def _character_from_file(path: Path, model):
     from ._character import Character
     from ._persona import Persona
-    from ._state import load_character
 
     if path.suffix.lower() == ".png":
         return Character(persona=Persona.from_card(path), model=model)
@@ -152,7 +161,7 @@ def _character_from_file(path: Path, model):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}") from None
     if isinstance(data, dict) and data.get("kind") == "character":
-        return load_character(path, model=model)
+        return Character.load(path, model=model)
     if isinstance(data, dict) and ("spec" in data or "data" in data):
         return Character(persona=Persona.from_card(data), model=model)
     if isinstance(data, dict):
@@ -211,77 +220,99 @@ def chat(
         _fail(exc)
 
 
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0: all).")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option("--port", help="TCP port (0: pick a free one).")] = 50051,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="HER_SERVER_TOKEN",
-            help="Require `authorization: Bearer TOKEN` on every call (or $HER_SERVER_TOKEN).",
-        ),
-    ] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate.")] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
-    expose_thoughts: Annotated[
-        bool,
-        typer.Option("--expose-thoughts", help="Let clients ask for plans and inner thoughts."),
-    ] = False,
-    n_threads: Annotated[
-        int | None, typer.Option("--n-threads", help="CPU threads for the model.")
-    ] = None,
-    max_message_bytes: Annotated[
-        int, typer.Option("--max-message-bytes", help="Largest gRPC message.")
-    ] = 4 * 1024 * 1024,
-    max_text_chars: Annotated[
-        int, typer.Option("--max-text-chars", help="Longest text field in a request.")
-    ] = 8000,
-    max_characters: Annotated[
-        int, typer.Option("--max-characters", help="Most characters alive at once.")
-    ] = 1000,
-    max_scenes: Annotated[
-        int, typer.Option("--max-scenes", help="Most scenes alive at once.")
-    ] = 100,
-    max_workers: Annotated[
-        int, typer.Option("--max-workers", help="Server threads (one per running call).")
-    ] = 128,
-    drain_seconds: Annotated[
-        float, typer.Option("--drain-seconds", help="On SIGTERM, time for in-flight calls.")
-    ] = 30.0,
-) -> None:
-    """Serve characters and scenes over gRPC (protos/her/v1/her.proto) for game engines."""
+# -- her serve: one option per ServerSettings field ---------------------------------------------
+# The options are derived from the pydantic model (as llama-cpp-python's server does): a new
+# setting is a new flag, named after the field, with the field's description as its help.
+
+SERVE_ENV_PREFIX = "HER_SERVER_"  # each flag also reads $HER_SERVER_<FIELD>, e.g. HER_SERVER_TOKEN
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _option_type(name: str, annotation: object) -> type:
+    """The command-line type of a settings field (Optional[X] is X; a secret is a str)."""
+    import types
+    from typing import Union, get_args, get_origin
+
+    from pydantic import SecretStr
+
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    if annotation is SecretStr:
+        return str
+    if annotation in (bool, int, float, str, Path):
+        return annotation
+    raise TypeError(f"ServerSettings.{name}: no command-line type for {annotation!r}")
+
+
+def _serve_parameters() -> list[inspect.Parameter]:
+    """`her serve`'s options as typer parameters, one per ServerSettings field, in field order."""
+    try:
+        from .server._settings import ServerSettings
+    except ImportError:  # no grpc extra: `her serve` then says which extra to install
+        return []
+    params = []
+    for name, field in ServerSettings.model_fields.items():
+        kind = _option_type(name, field.annotation)
+        default = field.get_default(call_default_factory=True)
+        decl = _flag(name)
+        if kind is bool and default:
+            decl = f"{decl}/--no-{decl[2:]}"
+        option = typer.Option(
+            decl,
+            help=field.description,
+            envvar=SERVE_ENV_PREFIX + name.upper(),
+            show_envvar=True,
+        )
+        annotation = kind if default is not None else kind | None
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[annotation, option],
+            )
+        )
+    return params
+
+
+def _settings_error(exc, fields: Iterable[str]) -> ConfigError:
+    """A pydantic ValidationError as one line that names each bad flag."""
+    import re
+
+    parts = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            parts.append(f"{_flag(str(e['loc'][0]))}: {msg}")
+        else:  # a check across fields: its message names fields; say flags instead
+            names = "|".join(sorted(fields, key=len, reverse=True))
+            parts.append(re.sub(rf"\b({names})\b", lambda m: _flag(m.group(1)), msg))
+    return ConfigError("; ".join(parts))
+
+
+def serve(**options: object) -> None:
+    """Serve characters and scenes over gRPC (protos/her/v1/her.proto) for game engines.
+
+    Every option can also be set in the environment as HER_SERVER_<OPTION>.
+    """
     import logging
 
+    try:
+        from .server import ServerSettings
+        from .server import serve as run_server
+    except HerError as exc:  # MissingDependencyError naming the grpc extra
+        _fail(exc)
+        return
     from pydantic import ValidationError
 
-    from .server import ServerSettings, serve
-
     try:
-        settings = ServerSettings(
-            host=host,
-            port=port,
-            model=model,
-            n_threads=n_threads,
-            token=token,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            expose_thoughts=expose_thoughts,
-            max_message_bytes=max_message_bytes,
-            max_text_chars=max_text_chars,
-            max_characters=max_characters,
-            max_scenes=max_scenes,
-            max_workers=max_workers,
-            drain_seconds=drain_seconds,
-        )
+        settings = ServerSettings(**options)
     except ValidationError as exc:
-        _fail(ConfigError("; ".join(e["msg"] for e in exc.errors())))
+        _fail(_settings_error(exc, ServerSettings.model_fields))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -296,176 +327,21 @@ def serve(
 
     try:
         err_console.print("[dim]Loading the model…[/]")
-        serve(settings, ready=ready)
+        run_server(settings, ready=ready)
     except HerError as exc:
         _fail(exc)
 
 
-# -- training: `her data convert|synth-plans`, `her train sft` (`train rm|rl` below) ------
-
-data_app = typer.Typer(
-    help="HER training data: convert datasets, synthesize plans.", no_args_is_help=True
-)
-train_app = typer.Typer(help="Train HER models (needs the `train` extra).", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(train_app, name="train")
+serve.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
+app.command()(serve)
 
 
-@data_app.command("convert")
-def data_convert(
-    source: Annotated[str, typer.Argument(help="Input layout: coser, her or sharegpt.")],
-    input_path: Annotated[Path, typer.Argument(help="JSON or JSONL input file.", exists=True)],
-    out: Annotated[Path, typer.Option("--out", help="Output JSONL (trl prompt/completion).")],
-    eval_ratio: Annotated[
-        float, typer.Option("--eval-ratio", help="Share of scenes held out.")
-    ] = 0.0,
-    test_ratio: Annotated[float, typer.Option("--test-ratio")] = 0.0,
-    split_by: Annotated[str, typer.Option("--split-by", help="scene or book.")] = "scene",
-    exclude: Annotated[
-        list[Path] | None,
-        typer.Option("--exclude", help="Scenes to leave out: a CoSER test set or a list of keys."),
-    ] = None,
-    max_profile_chars: Annotated[int, typer.Option("--max-profile-chars")] = 0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-) -> None:
-    """Convert CoSER / HER / ShareGPT records into one SFT sample per character turn."""
-    from her_sdk.training.data import SOURCES, ConvertOptions, convert_file, load_exclude
+# -- her data / her train (the `train` extra; commands live in her_sdk.training.cli) ---------
+from her_sdk.training.cli import data_app as _data_app  # noqa: E402
+from her_sdk.training.cli import train_app as _train_app  # noqa: E402
 
-    if source not in SOURCES:
-        raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}")
-    if split_by not in ("scene", "book"):
-        raise typer.BadParameter("--split-by must be scene or book")
-    opts = ConvertOptions(
-        eval_ratio=eval_ratio,
-        test_ratio=test_ratio,
-        split_by=split_by,
-        exclude=load_exclude(exclude or []),
-        max_profile_chars=max_profile_chars,
-        seed=seed,
-    )
-    try:
-        report = convert_file(source, input_path, out, opts)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    r = report.as_dict()
-    console.print(
-        f"{r['samples']} samples from {r['scenes']} scenes ({r['records']} records) -> {out}\n"
-        f"splits {r['splits']}  excluded scenes {r['excluded_scenes']}  skipped {r['skipped']}"
-    )
-    if report.bad_total():
-        err_console.print(f"[yellow]{report.bad_total()} bad records[/] {r['bad']}")
-        for line in r["bad_examples"]:
-            err_console.print(f"  [dim]{line}[/]")
-
-
-@data_app.command("synth-plans")
-def data_synth_plans(
-    input_path: Annotated[Path, typer.Argument(help="JSONL from `her data convert`.", exists=True)],
-    out: Annotated[Path, typer.Option("--out", help="Output JSONL (appended; resumable).")],
-    teacher: Annotated[
-        str,
-        typer.Option(
-            "--teacher", help="mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH"
-        ),
-    ],
-    concurrency: Annotated[int, typer.Option("--concurrency")] = 4,
-    retries: Annotated[int, typer.Option("--retries")] = 2,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per teacher call.")] = 120.0,
-    temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="At most this many new samples.")
-    ] = None,
-) -> None:
-    """Ask a teacher for the third-person plan behind each known reply; keep the valid ones."""
-    from rich.progress import Progress
-
-    from her_sdk.training.plans import synth_plans, teacher_from_spec
-
-    try:
-        backend = teacher_from_spec(teacher)
-        with Progress(console=err_console, transient=True) as bar:
-            task = bar.add_task("plans", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            report = synth_plans(
-                input_path,
-                out,
-                backend,
-                concurrency=concurrency,
-                retries=retries,
-                timeout=timeout,
-                temperature=temperature,
-                limit=limit,
-                progress=progress,
-            )
-    except (HerError, OSError) as exc:
-        _fail(exc)
-    r = report.as_dict()
-    console.print(
-        f"kept {r['kept']} (+{r['passthrough']} already planned), "
-        f"dropped {sum(r['dropped'].values())} "
-        f"{r['dropped']}, resumed past {r['resumed']} of {r['total']} -> {out}"
-    )
-    if r["rejections"]:
-        console.print(f"[dim]rejected attempts: {r['rejections']}[/]")
-
-
-def _train_stage(config_cls: type, run, ctx: typer.Context, config: Path, output_dir) -> None:
-    """Load `config` (with key=value overrides from the command line), run the stage, print."""
-    import logging
-
-    from her_sdk.training.common import load_config
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        result = run(load_config(config_cls, config, list(ctx.args), output_dir=output_dir))
-    except HerError as exc:
-        _fail(exc)
-    console.print_json(json.dumps(result.as_dict()))
-
-
-_OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
-_OutputDir = Annotated[str | None, typer.Option("--output_dir", "--output-dir")]
-
-
-@train_app.command("sft", context_settings=_OVERRIDES)
-def train_sft(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/).")],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Supervised fine-tuning (trl SFTTrainer, LoRA/QLoRA/full). Extra args: key=value overrides."""
-    from her_sdk.training.sft import SFTRunConfig, run_sft
-
-    _train_stage(SFTRunConfig, run_sft, ctx, config, output_dir)
-
-
-@train_app.command("rm", context_settings=_OVERRIDES)
-def train_rm(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rm_*).")],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Train the HER reward model (pairwise judge): SFT on verdicts, optional RL of the judge.
-    Extra args: key=value overrides (e.g. train.max_steps=2 rl_steps=4)."""
-    from her_sdk.training.rm import RMRunConfig, run_rm
-
-    _train_stage(RMRunConfig, run_rm, ctx, config, output_dir)
-
-
-@train_app.command("rl", context_settings=_OVERRIDES)
-def train_rl(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help="YAML config (training/configs/rl_*).")],
-    output_dir: _OutputDir = None,
-) -> None:
-    """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
-    Extra args: key=value overrides (e.g. judge=hf:runs/rm max_steps=10)."""
-    from her_sdk.training.rl import RLRunConfig, run_rl
-
-    _train_stage(RLRunConfig, run_rl, ctx, config, output_dir)
+app.add_typer(_data_app, name="data")
+app.add_typer(_train_app, name="train")
 
 
 # -- her export ... (the `export` extra; commands live in her_sdk.export.cli) ------------------
@@ -473,6 +349,10 @@ def train_rl(
 from her_sdk.export.cli import export_app as _export_app  # noqa: E402
 
 app.add_typer(_export_app, name="export")
+
+from her_sdk.evaluation.cli import eval_app as _eval_app  # noqa: E402
+
+app.add_typer(_eval_app, name="eval")
 
 
 def main() -> None:

@@ -12,8 +12,10 @@
 
 Turns return `her_sdk.Reply`, deltas `her_sdk.Delta`, events `her_sdk.Event`. Private channels
 (plan, thoughts) arrive only if you ask (`private=True`, the default of `turn`) and the server runs
-with `--expose-thoughts`. A failed call raises `ServerError` (a HerError) carrying the gRPC status
-`code` name. This is a client only: no model, no game logic.
+with `--expose-thoughts`. A failed call raises `her_sdk.ServerError` (a HerError; also importable
+from here) carrying the gRPC status `code` name. Messages are translated by
+`her_sdk.server._convert`, the module the server uses. This is a client only: no model, no game
+logic.
 """
 
 from __future__ import annotations
@@ -21,75 +23,34 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
+from ._actions import Action
 from ._character import Reply
-from ._errors import HerError, MissingDependencyError
+from ._errors import ConfigError, MissingDependencyError, ServerError
 from ._scene import Event
-from .format import Delta, Segment
+from .format import Delta
 
 try:
     import grpc
 
+    from .server._convert import (
+        action_to_pb,
+        delta_from_pb,
+        event_from_pb,
+        priority_to_pb,
+        reply_from_pb,
+    )
     from .server._pb import pb, pb_grpc
 except ImportError:
     raise MissingDependencyError("grpcio and protobuf", "grpc") from None
 
 __all__ = ["Client", "RemoteScene", "RemoteTurnStream", "ServerError"]
 
-_CHANNEL = {
-    pb.CHANNEL_PLAN: "plan",
-    pb.CHANNEL_THOUGHT: "thought",
-    pb.CHANNEL_ACTION: "action",
-    pb.CHANNEL_SPEECH: "speech",
-}
-_KIND = {
-    pb.EVENT_KIND_SPEECH: "speech",
-    pb.EVENT_KIND_NARRATION: "narration",
-    pb.EVENT_KIND_TURN: "turn",
-}
-
-
-class ServerError(HerError):
-    """A call failed; `code` is the gRPC status name ("NOT_FOUND", ...), `details` its message."""
-
-    def __init__(self, code: str, details: str) -> None:
-        self.code = code
-        self.details = details
-        super().__init__(f"{code}: {details}")
-
 
 def _error(exc: grpc.RpcError) -> ServerError:
     code = exc.code() if hasattr(exc, "code") else None
     return ServerError(code.name if code else "UNKNOWN", exc.details() if code else str(exc))
-
-
-def _event(e: pb.Event) -> Event:
-    return Event(
-        index=e.index,
-        kind=_KIND.get(e.kind, "speech"),
-        speaker=e.speaker,
-        speech=e.speech,
-        actions=list(e.actions),
-        perceivers=list(e.perceivers),
-    )
-
-
-def _reply(s: pb.TurnSummary) -> Reply:
-    return Reply(
-        character=s.character,
-        speech=s.speech,
-        actions=list(s.actions),
-        plan=s.plan,
-        thoughts=list(s.thoughts),
-        segments=[Segment(_CHANNEL[g.channel], g.text) for g in s.segments],
-        raw=s.raw,
-        finish_reason=s.finish_reason,
-        prompt_tokens=s.prompt_tokens,
-        completion_tokens=s.completion_tokens,
-        first_token_s=s.first_token_ms / 1000 if s.HasField("first_token_ms") else None,
-        first_speech_s=s.first_speech_ms / 1000 if s.HasField("first_speech_ms") else None,
-        total_s=s.total_ms / 1000,
-    )
 
 
 class Client:
@@ -100,6 +61,8 @@ class Client:
     - `root_certificates`: PEM CA (bytes or a path) for a TLS server; `tls=True` uses the system
       roots.
     - `timeout`: default deadline in seconds for every call (None: no deadline).
+    - `max_message_bytes`: largest message sent or received; match the server's
+      `--max-message-bytes` when it is raised above gRPC's default of 4 MiB.
     """
 
     def __init__(
@@ -111,7 +74,14 @@ class Client:
         root_certificates: bytes | str | os.PathLike[str] | None = None,
         timeout: float | None = 60.0,
         options: Sequence[tuple[str, object]] = (),
+        max_message_bytes: int | None = None,
     ) -> None:
+        if max_message_bytes is not None:
+            options = [
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                *options,
+            ]
         if root_certificates is not None and not isinstance(root_certificates, bytes):
             root_certificates = Path(root_certificates).read_bytes()
         if tls or root_certificates is not None:
@@ -156,16 +126,23 @@ class Client:
         relationships: dict[str, str] | None = None,
         others: dict[str, str] | None = None,
         plan: bool | None = None,
-        actions: Sequence[str] | None = None,
+        allowed_actions: Sequence[str] | None = None,
+        actions: Sequence[Action] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
         max_memory: int | None = None,
     ) -> str:
-        """Create a character from persona fields or a Character Card (dict or JSON); its id."""
+        """Create a character from persona fields or a Character Card (dict or JSON); its id.
+
+        `allowed_actions`, if given, are the only action texts the character may write (as
+        `Character(allowed_actions=...)`); `actions` are typed actions whose calls come back in
+        `Reply.calls`. The server validates every field.
+        """
         settings = pb.CharacterSettings(
             plan=plan,
-            allowed_actions=list(actions or []),
+            allowed_actions=list(allowed_actions or []),
+            actions=[action_to_pb(a) for a in actions or []],
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
@@ -177,6 +154,7 @@ class Client:
             text = card if isinstance(card, str) else json.dumps(card)
             req = pb.CreateCharacterRequest(card_json=text, settings=settings)
         else:
+            # Sent as given: the server validates (a bad name is INVALID_ARGUMENT).
             persona = pb.Persona(
                 name=name or "",
                 source=source,
@@ -217,9 +195,16 @@ class Client:
     def scene(self, scene_id: str) -> RemoteScene:
         return RemoteScene(self, scene_id)
 
-    def load_scene(self, data: bytes) -> RemoteScene:
-        """A new scene from `RemoteScene.save()` bytes (characters get new ids)."""
-        return RemoteScene(self, self._call("LoadScene", pb.LoadSceneRequest(data=data)).id)
+    def load_scene(self, data: bytes | None = None, *, name: str | None = None) -> RemoteScene:
+        """A new scene from a save (characters get new ids): `RemoteScene.save()` bytes (a
+        server run with --expose-thoughts only), or the `name` of a save on the server."""
+        if (data is None) == (name is None):
+            raise ConfigError("give save bytes or a save name")
+        if name is not None:
+            request = pb.LoadSceneRequest(name=name)
+        else:
+            request = pb.LoadSceneRequest(data=data)
+        return RemoteScene(self, self._call("LoadScene", request).id)
 
 
 class RemoteScene:
@@ -238,10 +223,10 @@ class RemoteScene:
 
     @property
     def events(self) -> list[Event]:
-        return [_event(e) for e in self.info(events=True).events]
+        return [event_from_pb(e) for e in self.info(events=True).events]
 
     def transcript(self, viewer: str | None = None) -> list[Event]:
-        return [_event(e) for e in self.info(events=True, viewer=viewer).events]
+        return [event_from_pb(e) for e in self.info(events=True, viewer=viewer).events]
 
     def add(self, character_id: str) -> None:
         self.client._call(
@@ -263,11 +248,11 @@ class RemoteScene:
         req = pb.SayRequest(
             scene_id=self.id, speaker=speaker, text=text, actions=actions, to=list(to or [])
         )
-        return _event(self.client._call("Say", req))
+        return event_from_pb(self.client._call("Say", req))
 
     def narrate(self, text: str, *, to: Sequence[str] | None = None) -> Event:
         req = pb.NarrateRequest(scene_id=self.id, text=text, to=list(to or []))
-        return _event(self.client._call("Narrate", req))
+        return event_from_pb(self.client._call("Narrate", req))
 
     def stream(
         self,
@@ -277,10 +262,15 @@ class RemoteScene:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
-        actions: Sequence[str] | None = None,
+        allowed_actions: Sequence[str] | None = None,
         timeout: float | None = None,
+        priority: str = "normal",
     ) -> RemoteTurnStream:
-        """Start the turn of `who` (default: the scene's next speaker); iterate for Deltas."""
+        """Start the turn of `who` (default: the scene's next speaker); iterate for Deltas.
+
+        `allowed_actions` replaces the character's closed set of actions for this turn;
+        `priority` is "player" (the NPC the player is waiting on), "normal" or "background".
+        """
         req = pb.TurnRequest(
             scene_id=self.id,
             character=who or "",
@@ -288,7 +278,8 @@ class RemoteScene:
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
-            allowed_actions=list(actions or []),
+            allowed_actions=list(allowed_actions or []),
+            priority=priority_to_pb(priority),
         )
         call = self.client.stub.Turn(
             req, timeout=timeout or self.client.timeout, metadata=self.client._metadata
@@ -300,8 +291,18 @@ class RemoteScene:
         options.setdefault("private", True)
         return self.stream(who, **options).wait()
 
-    def save(self) -> bytes:
-        return self.client._call("SaveScene", pb.SaveSceneRequest(scene_id=self.id)).data
+    @overload
+    def save(self) -> bytes: ...
+
+    @overload
+    def save(self, name: str) -> str: ...
+
+    def save(self, name: str | None = None) -> bytes | str:
+        """Save the scene: on the server under `name` (its --save-dir; returns the name), or,
+        without a name, as bytes (only a server run with --expose-thoughts sends them)."""
+        request = pb.SaveSceneRequest(scene_id=self.id, name=name or "")
+        response = self.client._call("SaveScene", request)
+        return response.name if name else response.data
 
     def delete(self, *, keep_characters: bool = False) -> None:
         req = pb.DeleteSceneRequest(scene_id=self.id, keep_characters=keep_characters)
@@ -320,9 +321,9 @@ class RemoteTurnStream:
         try:
             for msg in self._call:
                 for d in msg.deltas:
-                    yield Delta(_CHANNEL[d.channel], d.text, d.segment)
+                    yield delta_from_pb(d)
                 if msg.HasField("summary"):
-                    self.reply = _reply(msg.summary)
+                    self.reply = reply_from_pb(msg.summary)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 

@@ -8,37 +8,74 @@ A HER turn has four channels:
     speech   untagged text                         spoken words                             public
 
 Shape of one turn: `<system_thinking>PLAN</system_thinking>NAME: ` then any interleaving of
-thought, action and speech segments. This module owns, and is the only place that knows:
+thought, action and speech segments. An action segment may hold a *call* of a typed action the
+game declared, written `[NAME]` or `[NAME KEY=VALUE, KEY=VALUE]` and nothing else
+(`<role_action>[give item=key, to=Traveler]</role_action>`; values hold no `, = [ ] < >` or
+newline): `render_call` / `parse_call` write and read it, and the grammar admits only declared
+calls with legal values. Any other action text is free text.
+
+This module owns, and is the only place that knows:
 
 - parsing: `parse_turn(text)` and the incremental `TurnParser`, tolerant of what real models emit
-  (missing/unclosed tags, legacy tags, the CoSER `[thought]`/`(action)` style). The safety rule is
-  absolute: text inside a private section never comes out on a public channel, and an unclosed
-  private section stays private to the end of the turn;
+  (missing/unclosed tags, legacy tags, a reasoning model's leading `<think>` block, the CoSER
+  `[thought]`/`(action)` style). The safety rule is absolute: text inside a private section never
+  comes out on a public channel, and an unclosed private section stays private to the end of the
+  turn;
 - prompt rendering: the system prompt from a `Persona`, perceptions as user messages, a
   character's own earlier turns (thoughts kept, plans dropped unless asked), and the three prompt
-  styles (ChatML, the model's own chat template, few-shot for base models);
-- the GBNF grammar of a turn for constrained decoding.
+  styles (ChatML, the model's own chat template, few-shot for base models), with the rule that
+  picks one for a model (`detect_prompt_style`);
+- ChatML itself: the renderer, its inverse for chat-only servers (`chatml_to_messages`), its
+  stop strings and the Jinja template (`CHATML_TEMPLATE`) that training gives a tokenizer;
+- the GBNF grammar of a turn for constrained decoding, typed-action calls included;
+- the prompt sections of a character's long-term memory (the running summary `===What Happened
+  Before===` in the system prompt; the memories recalled for this turn, `===Your Memories===`,
+  at the end of the prompt so that an engine's prompt cache stays valid before them) and of its
+  typed actions (`===Actions You Can Take===`);
+- the version of this contract (`HER_FORMAT_VERSION`), which export writes into a model's
+  metadata (`her.format_version`) and the runtime checks when it loads one.
 
 It does not generate, hold state, or know about scenes; see `her_sdk.Character` for that.
+Bad arguments raise `her_sdk.ConfigError`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Literal
 
 import msgspec
 
+from ._backends._base import PromptText
+from ._errors import ConfigError, MissingDependencyError
 from ._persona import Persona
 
 __all__ = [
     "CHANNELS",
+    "CHATML_STOP",
+    "CHATML_TEMPLATE",
+    "CONVERSATION_START",
+    "ENVIRONMENT",
+    "FEWSHOT_PREAMBLE",
+    "FORMAT_VERSION_KEY",
+    "HER_FORMAT_VERSION",
+    "MAX_PLAN_CHARS",
+    "MAX_THOUGHT_CHARS",
+    "MEMORIES_HEAD",
     "PRIVATE_CHANNELS",
     "PUBLIC_CHANNELS",
+    "TAG",
+    "CallSpec",
+    "Channel",
     "Delta",
     "Heard",
+    "HistoryItem",
     "Message",
+    "ParamSpec",
     "Prompt",
     "PromptStyle",
     "Segment",
@@ -46,25 +83,55 @@ __all__ = [
     "TurnParser",
     "build_grammar",
     "build_messages",
+    "chatml_to_messages",
+    "detect_prompt_style",
+    "format_version_problem",
+    "parse_call",
     "parse_turn",
+    "render_actions",
+    "render_call",
+    "render_chatml",
+    "render_fewshot",
+    "render_memories",
     "render_perception",
     "render_prompt",
     "render_system_prompt",
+    "render_template",
     "render_turn",
+    "requirements",
 ]
+
+# Version of this contract (turn shape, tags, prompt sections). Export writes it into a model's
+# metadata under FORMAT_VERSION_KEY (GGUF; `format_version` in an ONNX folder's her.json); a
+# runtime refuses models of a newer version than its own, whose turns it could misread. Raise
+# it only for a change that an older parser would get wrong.
+HER_FORMAT_VERSION = 1
+FORMAT_VERSION_KEY = "her.format_version"
+_P = typing.ParamSpec("_P")  # (format.ParamSpec is a typed-action argument)
 
 Channel = Literal["plan", "thought", "action", "speech"]
 PromptStyle = Literal["chatml", "template", "fewshot"]
 
-CHANNELS: tuple[str, ...] = ("plan", "thought", "action", "speech")
-PRIVATE_CHANNELS = frozenset({"plan", "thought"})
-PUBLIC_CHANNELS = frozenset({"action", "speech"})
+CHANNELS: tuple[Channel, ...] = ("plan", "thought", "action", "speech")
+PRIVATE_CHANNELS: frozenset[Channel] = frozenset({"plan", "thought"})
+# The longest plan a turn may hold: the runtime grammar's cap, and the bound that training data
+# (synthesized plans) and the RL format reward hold plans to, so a model never learns plans that
+# the runtime would cut. A few sentences; longer plans delay the first spoken word in a game.
+MAX_PLAN_CHARS = 400
+# The longest inner thought (one <role_thinking> section), likewise shared by the grammar and
+# training data (enriched thoughts).
+MAX_THOUGHT_CHARS = 240
+PUBLIC_CHANNELS: frozenset[Channel] = frozenset({"action", "speech"})
 
 # Canonical tag of each tagged channel.
-TAG = {"plan": "system_thinking", "thought": "role_thinking", "action": "role_action"}
+TAG: dict[Channel, str] = {
+    "plan": "system_thinking",
+    "thought": "role_thinking",
+    "action": "role_action",
+}
 
 # Every tag name a parser accepts, canonical and legacy, and the channel it opens.
-_TAG_CHANNEL: dict[str, str] = {
+_TAG_CHANNEL: dict[str, Channel] = {
     "system_thinking": "plan",
     "system_think": "plan",
     "role_thinking": "thought",
@@ -78,16 +145,17 @@ _TAG_CHANNEL: dict[str, str] = {
 }
 _MAX_TAG_LEN = max(len(t) for t in _TAG_CHANNEL) + 8  # room for '<', '/', '>' and spaces
 _TAG_RE = re.compile(r"<\s*(/?)\s*([A-Za-z_]+)\s*>")
-_BRACKETS = {"[": ("]", "thought"), "(": (")", "action")}
+_BRACKETS: dict[str, tuple[str, Channel]] = {"[": ("]", "thought"), "(": (")", "action")}
 _MAX_LABEL = 48  # longest "Speaker:" label recognised when the name is unknown
 _LABEL_PREFIX_RE = re.compile(rf"[^\s<>\[\]():\n][^<>\[\]():\n]{{0,{_MAX_LABEL - 1}}}")
 _LABEL_RE = re.compile(_LABEL_PREFIX_RE.pattern + ":")
 
 
 class Segment(msgspec.Struct, frozen=True, array_like=True):
-    """One contiguous piece of a turn on one channel."""
+    """One contiguous piece of a turn on one channel. Decoding (a save file) rejects a channel
+    outside `Channel` with a `msgspec.ValidationError`."""
 
-    channel: str
+    channel: Channel
     text: str
 
 
@@ -98,7 +166,7 @@ class Delta(msgspec.Struct, frozen=True):
     can tell two actions in a row apart (deltas with the same number belong together).
     """
 
-    channel: str
+    channel: Channel
     text: str
     segment: int = 0
 
@@ -137,17 +205,17 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, tag="turn"):
 # ---------------------------------------------------------------------------------------------
 
 
-def _classify_tag(s: str) -> tuple[str, str, bool, int] | Literal["partial"] | None:
+def _classify_tag(s: str) -> tuple[str, bool, int] | Literal["partial"] | None:
     """Look at text starting with '<'.
 
-    Returns ("tag", channel, closing, length) for a complete known tag, "partial" when more
-    input could still make it one, and None when it is plain text.
+    Returns (tag name, closing, length) for a complete known tag, "partial" when more input
+    could still make it one, and None when it is plain text.
     """
     m = _TAG_RE.match(s)
     if m:
         name = m.group(2).lower()
         if name in _TAG_CHANNEL:
-            return ("tag", _TAG_CHANNEL[name], m.group(1) == "/", m.end())
+            return (name, m.group(1) == "/", m.end())
         return None
     if len(s) >= _MAX_TAG_LEN:
         return None
@@ -167,27 +235,43 @@ class TurnParser:
     be a tag or a speaker label is held back until the next chunk or `close()`. Whatever the
     chunking, the concatenated deltas are the same. The parser never raises on any input.
 
-    - `name`: the speaking character; a leading `NAME:` is removed from speech.
-    - `start`: the channel the text starts in, when the prompt already opened a section
-      (e.g. "plan" when the prompt ended with `<system_thinking>`).
+    - `name`: the speaking character; a leading `NAME:` is removed from speech. Without a name,
+      a short `Speaker:` label is removed only where one is expected: right after a plan or
+      after the private sections a turn opens with (`<system_thinking>p</system_thinking>Mara:
+      Hello` gives the speech "Hello"), never from a turn that starts with speech.
+    - `start`: the channel the text starts in, when the prompt already began the reply: "plan"
+      when it ended with `<system_thinking>`, "speech" when it ended with `NAME: `.
     - `coser`: treat `[...]` as thought and `(...)` as action. `None` (default) means: only until
       the first HER tag appears, since HER-tagged text uses brackets literally.
+
+    A `<think>…</think>` block at the very start of a reply is the model's own reasoning
+    (Qwen3 and other reasoning models write one before anything else): it is read as the
+    *plan*, and only `</think>` ends it. Anywhere else `<think>` is the legacy tag of the
+    character's inner thought.
     """
 
     def __init__(
-        self, name: str | None = None, *, start: str | None = None, coser: bool | None = None
+        self,
+        name: str | None = None,
+        *,
+        start: Channel | None = None,
+        coser: bool | None = None,
     ) -> None:
         self._name = name.strip() if name else None
         self._buf = ""
-        self._segments: list[list[str]] = []
+        self._segments: list[tuple[Channel, str]] = []
         self._coser = coser
-        self._seen_tag = start is not None
+        self._seen_tag = start is not None and start != "speech"
         self._closed = False
         # Current section: None (untagged speech) or (channel, closer), closer being the
         # bracket that ends it or "" for a tagged section.
-        self._section: tuple[str, str] | None = None
+        self._section: tuple[Channel, str] | None = None
         self._depth = 0
         self._expect_label = True
+        self._leading = start is None  # nothing but whitespace has come yet
+        self._public_seen = False  # some action or speech text has come
+        self._after_private = False  # a plan or a leading private section has ended
+        self._think_plan = False  # the current section is a leading <think> block
         if start in PRIVATE_CHANNELS or start == "action":
             self._section = (start, "")
             self._expect_label = False
@@ -208,7 +292,7 @@ class TurnParser:
         return out
 
     @property
-    def channel(self) -> str:
+    def channel(self) -> Channel:
         """The channel the parser is in now ("speech" outside any section)."""
         return self._section[0] if self._section else "speech"
 
@@ -218,15 +302,18 @@ class TurnParser:
 
     # -- machinery ------------------------------------------------------------------------------
 
-    def _emit(self, out: list[Delta], channel: str, text: str) -> None:
+    def _emit(self, out: list[Delta], channel: Channel, text: str) -> None:
         if not text:
             return
-        if channel in PUBLIC_CHANNELS and self._expect_label and text.strip():
-            self._expect_label = False
+        if text.strip():
+            self._leading = False
+            if channel in PUBLIC_CHANNELS:
+                self._public_seen = True
+                self._expect_label = False
         if self._segments and self._segments[-1][0] == channel and not self._new_segment:
-            self._segments[-1][1] += text
+            self._segments[-1] = (channel, self._segments[-1][1] + text)
         else:
-            self._segments.append([channel, text])
+            self._segments.append((channel, text))
             self._new_segment = False
         index = len(self._segments) - 1
         if out and out[-1].channel == channel and out[-1].segment == index:
@@ -235,19 +322,22 @@ class TurnParser:
             out.append(Delta(channel, text, index))
 
     _new_segment = True
-    _after_plan = False
 
-    def _open(self, channel: str, closer: str) -> None:
+    def _open(self, channel: Channel, closer: str) -> None:
         self._section = (channel, closer)
         self._depth = 1
         self._new_segment = True
+        self._leading = False
 
-    def _end_section(self, channel: str) -> None:
+    def _end_section(self, channel: Channel) -> None:
         self._section = None
         self._new_segment = True
-        if channel == "plan":
+        self._think_plan = False
+        if channel == "plan" or (channel in PRIVATE_CHANNELS and not self._public_seen):
+            # The turn's public part, and with it the "NAME:" label, starts after a plan or
+            # after the private sections the turn opens with.
             self._expect_label = True
-            self._after_plan = True
+            self._after_private = True
         elif self._name:
             # Models sometimes repeat their own "NAME:" after an action or thought.
             self._expect_label = True
@@ -269,6 +359,8 @@ class TurnParser:
                     if consumed is None:  # need more text to decide
                         break
                     if consumed != i or not self._expect_label:
+                        if buf[i:consumed].strip():
+                            self._leading = False  # a label was removed
                         i = consumed
                         continue
             channel = self.channel
@@ -298,10 +390,10 @@ class TurnParser:
                     self._emit(out, channel, "<")
                     i += 1
                     continue
-                _, tag_channel, closing, length = kind
+                tag, closing, length = kind
                 i += length
                 self._seen_tag = True
-                self._on_tag(tag_channel, closing, private, closer)
+                self._on_tag(tag, closing, private, closer)
             elif closer and c == closer:
                 i += 1
                 self._depth -= 1
@@ -322,15 +414,22 @@ class TurnParser:
             self._buf = ""
         return out
 
-    def _on_tag(self, tag_channel: str, closing: bool, private: bool, closer: str) -> None:
+    def _on_tag(self, tag: str, closing: bool, private: bool, closer: str) -> None:
         current = self.channel
+        tag_channel = _TAG_CHANNEL[tag]
+        leading, self._leading = self._leading, False
         if private:
             # Inside a private section only its own closing tag ends it; anything else, even
-            # another opening tag, is private text. When in doubt, stay private.
-            if closing and tag_channel == current and not closer:
+            # another opening tag, is private text. A tag cannot close a bracket section, and
+            # only </think> closes a leading <think> block (reasoning may mention other tags).
+            # When in doubt, stay private.
+            own = tag == "think" if self._think_plan else tag_channel == current
+            if closing and own and not closer:
                 self._end_section(current)
-            elif closing and tag_channel == current and closer:
-                pass  # a tag cannot close a bracket section; stay private
+            return
+        if tag == "think" and not closing and leading:
+            self._open("plan", "")  # a reasoning model's own reasoning block
+            self._think_plan = True
             return
         if closing:
             if self._section is not None and tag_channel == current and not closer:
@@ -369,8 +468,9 @@ class TurnParser:
                 return None
             self._expect_label = False
             return i
-        # Unknown name: a short label without markup, recognised only right after a plan.
-        if not self._after_plan:
+        # Unknown name: a short label without markup, recognised only where the public part
+        # starts after a plan or leading private sections.
+        if not self._after_private:
             self._expect_label = False
             return i
         m = _LABEL_RE.match(rest)
@@ -388,7 +488,7 @@ class TurnParser:
         return i
 
 
-def parse_turn(text: str, name: str | None = None, *, start: str | None = None) -> Turn:
+def parse_turn(text: str, name: str | None = None, *, start: Channel | None = None) -> Turn:
     """Parse one complete turn. Equivalent to feeding `text` to a `TurnParser` and closing it."""
     parser = TurnParser(name, start=start)
     parser.feed(text if isinstance(text, str) else str(text))
@@ -397,17 +497,146 @@ def parse_turn(text: str, name: str | None = None, *, start: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------
+# Calls of typed actions
+# ---------------------------------------------------------------------------------------------
+
+# One argument of a typed action as the grammar and the prompt see it: its legal values, or the
+# longest free text (in characters) it takes.
+ParamSpec = list[str] | int
+# A typed action: (name, [(argument, ParamSpec), ...]); arguments in the order they are written.
+CallSpec = tuple[str, list[tuple[str, ParamSpec]]]
+
+_CALL_RE = re.compile(r"\[\s*([^\s\[\]]*)\s*(.*?)\s*\]", re.S)
+_IDENT_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_CALL_FORBIDDEN = frozenset(",=[]<>\n")
+
+
+def render_call(name: str, args: dict[str, str] | None = None) -> str:
+    """A call as written in a turn: `[open_gate]`, `[give item=key, to=Mara]`."""
+    if not _IDENT_RE.fullmatch(name):
+        raise ConfigError(f"call name {name!r} is not a lower-case identifier")
+    parts = []
+    for key, value in (args or {}).items():
+        value = " ".join(str(value).split())
+        if not _IDENT_RE.fullmatch(key) or not value or set(value) & _CALL_FORBIDDEN:
+            raise ConfigError(f"cannot write argument {key}={value!r} of {name!r} in a call")
+        parts.append(f"{key}={value}")
+    return f"[{name} {', '.join(parts)}]" if parts else f"[{name}]"
+
+
+def parse_call(text: str) -> tuple[str, dict[str, str]] | None:
+    """(name, arguments) of an action text written as a call; None for free text.
+
+    Text in square brackets that is not a well-formed call raises `ConfigError` saying why.
+    """
+    m = _CALL_RE.fullmatch(text.strip())
+    if m is None:
+        return None
+    name, body = m.group(1), m.group(2)
+    if not _IDENT_RE.fullmatch(name):
+        raise ConfigError(f"{text.strip()!r}: {name!r} is not an action name")
+    args: dict[str, str] = {}
+    for part in body.split(",") if body else []:
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), " ".join(value.split())
+        if not eq or not _IDENT_RE.fullmatch(key) or not value:
+            raise ConfigError(f"{text.strip()!r}: write arguments as key=value, key=value")
+        if key in args:
+            raise ConfigError(f"{text.strip()!r}: argument {key!r} given twice")
+        args[key] = value
+    return name, args
+
+
+def render_actions(calls: Sequence[CallSpec]) -> str:
+    """The `===Actions You Can Take===` section: each call's form and legal values."""
+    lines = []
+    for name, params in calls:
+        args = []
+        for key, spec in params:
+            shown = "|".join(spec) if isinstance(spec, list) else "TEXT"
+            args.append(f"{key}={shown}")
+        lines.append("- " + (f"[{name} {', '.join(args)}]" if args else f"[{name}]"))
+    example = calls[0][0] + (" ..." if calls[0][1] else "") if calls else "name"
+    lines.append(
+        "To take one, write it alone inside <role_action></role_action>, exactly in this form "
+        f"with one of the values, e.g. <role_action>[{example}]</role_action>. Other actions "
+        "are plain text."
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering turns and perceptions
 # ---------------------------------------------------------------------------------------------
 
 
-_SPECIAL_RE = re.compile(r"<\|[^<>]{0,40}\|>|<\s*/?\s*[A-Za-z_]+\s*>")
+# Quoted text (players' lines, persona and card fields, memories, a character's earlier turns,
+# anything from a save) may never carry structure of its own: a HER tag would let one channel
+# forge another, a chat marker (<|im_start|>, <start_of_turn>, <unused0>) or a `===` head would
+# let a player forge the prompt's sections. So markup is removed until none is left (nested
+# forms like `<sys<x>tem_thinking>` re-form after one pass), then any `<` that could still open
+# a tag is dropped, and `=` runs shrink to one, so that no two quoted texts side by side make
+# markup either. At the token level, engines also tokenize quoted text without special-token
+# parsing: `render_prompt` returns a `PromptText` whose `literal` ranges say where it is.
+_MARKUP_RE = re.compile(r"<\|[^<>]{0,40}\|>|<\s*/?\s*[A-Za-z_][A-Za-z0-9_]*\s*>")
+_OPENER_RE = re.compile(r"<+(?=\s*(?:[/|A-Za-z_]|$))")
+_EQUALS_RE = re.compile(r"={2,}")
+# While `render_prompt` renders, quoted text is wrapped in these (private-use) marks, which
+# survive a chat template; they become `PromptText.literal` ranges and never reach an engine.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
+
+
+def _neutralise(text: str) -> str:
+    """`text` without markup, keeping its line breaks."""
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    for _ in range(8):
+        cleaned = _MARKUP_RE.sub("", text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return _EQUALS_RE.sub("=", _OPENER_RE.sub("", text))
+
+
+def _quote(text: str) -> str:
+    """Quoted text as it goes into a prompt: marked as literal while `render_prompt` runs."""
+    return f"{_OPEN}{text}{_CLOSE}" if text and _MARKING.get() else text
 
 
 def _clean(text: str) -> str:
-    # Content may never carry markup of its own (HER tags, <|im_start|>, <start_of_turn>):
-    # that would let one channel forge another, or a player forge the prompt's structure.
-    return _SPECIAL_RE.sub("", text).replace("\n", " ").strip()
+    """One line of quoted text (a perception, a turn's segment, a memory)."""
+    return _quote(_neutralise(text).replace("\n", " ").strip())
+
+
+def _block(text: str) -> str:
+    """Quoted text that may span lines (persona fields)."""
+    return _quote(_neutralise(text).strip())
+
+
+def _name(name: str) -> str:
+    # Names are validated where they are made (no '<', '>', ':', newlines; a persona's no '='
+    # either, so this leaves it as it is): only a player's '==' could still build a `===` head.
+    return _quote(_EQUALS_RE.sub("=", name))
+
+
+def _unmark(text: str) -> PromptText:
+    """A marked rendering as the text engines see, with its literal ranges."""
+    out: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    pos = depth = start = 0
+    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
+        if part == _OPEN:
+            depth += 1
+            if depth == 1:
+                start = pos
+        elif part == _CLOSE:
+            depth = max(0, depth - 1)
+            if depth == 0:
+                ranges.append((start, pos))
+        else:
+            out.append(part)
+            pos += len(part)
+    return PromptText("".join(out), ranges)
 
 
 def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True) -> str:
@@ -419,7 +648,7 @@ def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool =
     if keep_plan and turn.plan:
         parts.append(f"<system_thinking>{_clean(turn.plan)}</system_thinking>")
     if label:
-        parts.append(f"{name}: ")
+        parts.append(f"{_name(name)}: ")
     for seg in turn.segments:
         if seg.channel == "plan":
             continue
@@ -449,8 +678,8 @@ def render_perception(heard: Heard) -> str:
     """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`."""
     if heard.speaker == ENVIRONMENT:
         return f"{ENVIRONMENT}: {_clean(heard.speech)}"
-    acts = "".join(f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if a.strip())
-    return f"{heard.speaker}: {acts}{_clean(heard.speech)}"
+    acts = "".join(f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a))
+    return f"{_name(heard.speaker)}: {acts}{_clean(heard.speech)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,26 +707,42 @@ def requirements(name: str, *, plan: bool = True) -> str:
     return "\n".join(lines)
 
 
-def render_system_prompt(persona: Persona, *, plan: bool = True) -> str:
-    """The HER system prompt; each section is omitted when empty."""
+def render_system_prompt(
+    persona: Persona,
+    *,
+    plan: bool = True,
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
+) -> str:
+    """The HER system prompt; each section is omitted when empty.
+
+    `summary` (of what the character no longer holds verbatim, in its own words) and `calls`
+    (its typed actions) change rarely, so they belong here; recalled memories change every turn
+    and go at the end of the prompt instead (`render_memories`), which keeps an engine's prompt
+    cache valid up to there.
+    """
     p = persona
-    intro = f"You are {p.name} from {p.source}." if p.source else f"You are {p.name}."
+    name = _name(p.name)
+    source = _clean(p.source)
+    intro = f"You are {name} from {source}." if source else f"You are {name}."
     others = []
     for who in dict.fromkeys([*p.others, *p.relationships]):
-        line = f"{who}: {p.others.get(who, '')}".rstrip(": ")
+        known = _clean(p.others.get(who, ""))
+        line = f"{_clean(who)}: {known}" if known else _clean(who)
         if who in p.relationships:
-            line += f" ({p.name}'s view: {p.relationships[who]})"
+            line += f" ({name}'s view: {_clean(p.relationships[who])})"
         others.append(line)
-    inner = "\n".join(
-        x for x in (p.goals, f"Secrets you keep: {p.secrets}" if p.secrets else "") if x
-    )
+    goals, secrets = _block(p.goals), _block(p.secrets)
+    inner = "\n".join(x for x in (goals, f"Secrets you keep: {secrets}" if secrets else "") if x)
     sections = [
-        (f"==={p.name}'s Profile===", p.profile),
-        ("===Background===", p.background),
-        ("===Current Scenario===", p.scenario),
+        (f"==={name}'s Profile===", _block(p.profile)),
+        ("===Background===", _block(p.background)),
+        ("===Current Scenario===", _block(p.scenario)),
         ("===Information about other Characters===", "\n".join(others)),
         ("===Your Inner Thoughts===", inner),
-        ("===Requirements===", requirements(p.name, plan=plan)),
+        ("===What Happened Before===", _clean(summary)),
+        ("===Actions You Can Take===", render_actions(calls) if calls else ""),
+        ("===Requirements===", requirements(name, plan=plan)),
     ]
     body = "\n\n".join(f"{head}\n{text.strip()}" for head, text in sections if text.strip())
     return f"{intro}\n\n{body}"
@@ -520,15 +765,20 @@ def build_messages(
     *,
     plan: bool = True,
     keep_plans: bool = False,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
 ) -> list[Message]:
     """Chat messages for a character's next turn.
 
     `history` is what the character perceived (`Heard`) and its own earlier turns (`Turn`), in
     order. Consecutive perceptions become one user message; own turns become assistant messages
     with thoughts kept and plans dropped (unless `keep_plans`). The result always ends with a
-    user message, ready for the assistant's reply.
+    user message, ready for the assistant's reply. `summary` and `calls` go into the system
+    prompt (see `render_system_prompt`); `memories` close the last user message.
     """
-    messages = [Message("system", render_system_prompt(persona, plan=plan))]
+    system = render_system_prompt(persona, plan=plan, summary=summary, calls=calls)
+    messages = [Message("system", system)]
     pending: list[str] = []
 
     def flush() -> None:
@@ -552,36 +802,108 @@ def build_messages(
             pending.append(render_perception(item))
     if not pending and messages[-1].role != "user":
         pending.append(render_perception(_SILENCE))
+    if memories:
+        pending.append(render_memories(memories))
     flush()
     return messages
+
+
+MEMORIES_HEAD = "===Your Memories==="
+
+
+def render_memories(memories: Sequence[str]) -> str:
+    """The memories recalled for this turn, as a block closing the last user message."""
+    lines = "\n".join(f"- {_clean(m)}" for m in memories if _clean(m))
+    return f"\n{MEMORIES_HEAD}\n{lines}" if lines else ""
 
 
 class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     """A rendered prompt, ready for a backend.
 
-    `text` ends with `prefill`, the start of the reply that the prompt already wrote (e.g.
-    `<system_thinking>`); `start` is the parser channel that prefill leaves open.
+    `text` ends with `prefill`, the start of the reply that the prompt already wrote
+    (`<system_thinking>`, or `NAME: ` without a plan); `start` is the channel that prefill
+    leaves the reply in ("plan" or "speech"; None without a prefill), for `TurnParser`.
     """
 
     text: str
     stop: list[str]
     prefill: str = ""
-    start: str | None = None
-    style: str = "chatml"
+    start: Channel | None = None
+    style: PromptStyle = "chatml"
 
 
-CHATML_STOP = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+# ChatML, the chat format of the released HER (Qwen3-based) models.
+_IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
+CHATML_STOP = [_IM_END, _IM_START, "<|endoftext|>"]
+# The same format as a Jinja chat template, for tokenizers (training, export). Rendering a
+# prompt with a generation prompt gives exactly `render_chatml(messages)`, and is a prefix of
+# the prompt plus its completion, which completion-only loss needs.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_CHATML_MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\n?|\Z)", re.S)
 
 
-def _prefill(name: str, plan: bool, prefill: bool = True) -> tuple[str, str | None]:
+def _prefill(name: str, plan: bool, prefill: bool = True) -> tuple[str, Channel | None]:
     if not prefill:
         return "", None
-    return ("<system_thinking>", "plan") if plan else (f"{name}: ", None)
+    return ("<system_thinking>", "plan") if plan else (f"{name}: ", "speech")
 
 
 def render_chatml(messages: Sequence[Message], prefill: str = "") -> str:
-    body = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
-    return f"{body}<|im_start|>assistant\n{prefill}"
+    """Messages in ChatML, ending with an open assistant turn that begins with `prefill`."""
+    body = "".join(f"{_IM_START}{m.role}\n{m.content}{_IM_END}\n" for m in messages)
+    return f"{body}{_IM_START}assistant\n{prefill}"
+
+
+def chatml_to_messages(prompt: str) -> tuple[list[Message], str]:
+    """The inverse of `render_chatml`: (messages, prefill of the open assistant turn).
+
+    For servers that only take chat messages. A prompt whose last assistant turn is closed
+    has no prefill; a prompt that is not ChatML at all (few-shot) becomes one user message.
+    """
+    if _IM_START not in prompt:
+        return [Message("user", prompt)], ""
+    messages = [Message(r, c) for r, c in _CHATML_MESSAGE.findall(prompt)]
+    prefill = ""
+    if messages and messages[-1].role == "assistant" and not prompt.rstrip("\n").endswith(_IM_END):
+        prefill = messages.pop().content
+    return messages, prefill
+
+
+def detect_prompt_style(chat_template: str | None, *, her_model: bool = False) -> PromptStyle:
+    """How to render prompts for a model, from its metadata.
+
+    A HER model (one whose metadata carries a HER format version) and any model whose template
+    is ChatML get "chatml"; another chat template is used as it is ("template"); a model without
+    one is a base model, prompted with a few-shot script ("fewshot").
+    """
+    if her_model:
+        return "chatml"
+    if not chat_template or not chat_template.strip():
+        return "fewshot"
+    if _IM_START in chat_template:
+        return "chatml"
+    return "template"
+
+
+def format_version_problem(version: object, *, key: str = FORMAT_VERSION_KEY) -> str | None:
+    """Why a model declaring HER format `version` (the value of its metadata `key`) cannot be
+    run by this runtime, or None when it can. None as `version` (no key) is a model that is not
+    a HER model, which runs with the default prompts."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return f"{key} is {version!r}, not a format version (a positive integer)"
+    if version > HER_FORMAT_VERSION:
+        return (
+            f"{key} = {version}: the model uses a newer HER format than this her_sdk "
+            f"understands (version {HER_FORMAT_VERSION}); upgrade her-sdk"
+        )
+    return None
 
 
 def render_template(
@@ -597,8 +919,6 @@ def render_template(
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:  # pragma: no cover - jinja2 ships with the llama extra
-        from ._errors import MissingDependencyError
-
         raise MissingDependencyError("jinja2", "llama") from None
 
     def raise_exception(msg: str) -> None:
@@ -606,12 +926,15 @@ def render_template(
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    text = env.from_string(template).render(
-        messages=[{"role": m.role, "content": m.content} for m in messages],
-        add_generation_prompt=True,
-        bos_token=bos_token,
-        eos_token=eos_token,
-    )
+    try:
+        text = env.from_string(template).render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"the chat template cannot render this prompt: {exc}") from None
     if bos_token and text.startswith(bos_token):
         text = text[len(bos_token) :]  # the engine adds BOS itself
     return text + prefill
@@ -642,12 +965,16 @@ def render_fewshot(
     *,
     plan: bool = True,
     keep_plans: bool = False,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
 ) -> str:
     """A plain-text script prompt for base models without a chat template (no prefill).
 
-    Every turn is one line, so "\n" ends the reply.
+    Every turn is one line, so "\n" ends the reply. Recalled `memories` come as a stage
+    direction right before the reply: `(Mara remembers: ...; ...)`.
     """
-    sheet = render_system_prompt(persona, plan=plan)
+    sheet = render_system_prompt(persona, plan=plan, summary=summary, calls=calls)
     # The script is told in the third person; drop the chat-style requirements section.
     sheet = sheet.split("\n\n===Requirements===")[0]
     lines = []
@@ -656,6 +983,9 @@ def render_fewshot(
             lines.append(render_turn(item, persona.name, keep_plan=keep_plans))
         else:
             lines.append(render_perception(item))
+    recalled = [_clean(m) for m in memories if _clean(m)]
+    if recalled:
+        lines.append(f"({_name(persona.name)} remembers: {'; '.join(recalled)})")
     transcript = "\n".join(lines)
     text = f"{FEWSHOT_PREAMBLE}{sheet}\n\n{CONVERSATION_START}{transcript}"
     if transcript:
@@ -663,6 +993,22 @@ def render_fewshot(
     return text
 
 
+def _literal_ranges(render: Callable[_P, Prompt]) -> Callable[_P, Prompt]:
+    """Make `render` return its text as a `PromptText` that knows where quoted text is."""
+
+    @functools.wraps(render)
+    def marked(*args: _P.args, **kwargs: _P.kwargs) -> Prompt:
+        token = _MARKING.set(True)
+        try:
+            prompt = render(*args, **kwargs)
+        finally:
+            _MARKING.reset(token)
+        return msgspec.structs.replace(prompt, text=_unmark(prompt.text))
+
+    return marked
+
+
+@_literal_ranges
 def render_prompt(
     persona: Persona,
     history: Sequence[HistoryItem],
@@ -674,29 +1020,51 @@ def render_prompt(
     bos_token: str = "",
     eos_token: str = "",
     prefill: bool = True,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
 ) -> Prompt:
     """Render a character's next-turn prompt in one of the three styles.
 
     With `prefill` (the default) the prompt already begins the reply (`<system_thinking>`, or
-    `NAME: ` without a plan) so that even a base model starts in the right place.
+    `NAME: ` without a plan) so that even a base model starts in the right place. `memories`,
+    `summary` and `calls` are rendered into the system prompt (see `render_system_prompt`).
+    The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
+    memories, earlier turns), which engines tokenize without special tokens.
     """
     prefill_text, start = _prefill(persona.name, plan, prefill)
     if style == "fewshot":
-        text = render_fewshot(persona, history, plan=plan, keep_plans=keep_plans)
+        text = render_fewshot(
+            persona,
+            history,
+            plan=plan,
+            keep_plans=keep_plans,
+            memories=memories,
+            summary=summary,
+            calls=calls,
+        )
         return Prompt(
             text=text + prefill_text, stop=["\n"], prefill=prefill_text, start=start, style=style
         )
-    messages = build_messages(persona, history, plan=plan, keep_plans=keep_plans)
+    messages = build_messages(
+        persona,
+        history,
+        plan=plan,
+        keep_plans=keep_plans,
+        memories=memories,
+        summary=summary,
+        calls=calls,
+    )
     if style == "template":
         if not chat_template:
-            raise ValueError("style='template' needs the model's chat_template")
+            raise ConfigError("style='template' needs the model's chat_template")
         text = render_template(
             messages, chat_template, prefill_text, bos_token=bos_token, eos_token=eos_token
         )
         stop = [eos_token] if eos_token else []
         return Prompt(text=text, stop=stop, prefill=prefill_text, start=start, style=style)
     if style != "chatml":
-        raise ValueError(f"unknown prompt style {style!r}")
+        raise ConfigError(f"unknown prompt style {style!r}")
     return Prompt(
         text=render_chatml(messages, prefill_text),
         stop=list(CHATML_STOP),
@@ -720,21 +1088,25 @@ def build_grammar(
     *,
     plan: bool = True,
     prefilled: bool = True,
-    max_plan_chars: int = 400,
-    max_thought_chars: int = 240,
+    max_plan_chars: int = MAX_PLAN_CHARS,
+    max_thought_chars: int = MAX_THOUGHT_CHARS,
     max_action_chars: int = 120,
     max_speech_chars: int = 300,
     max_segments: int = 6,
     actions: Sequence[str] | None = None,
+    calls: Sequence[CallSpec] | None = None,
     end: str = "\n",
 ) -> str:
     """GBNF for one HER turn, with a length cap on every section.
 
     The grammar covers what follows the prompt: when `prefilled`, the prompt already ends with
     `<system_thinking>` (plan) or `NAME: ` (no plan). `actions`, when given, is the closed set of
-    actions legal right now. Text never contains '<' or a newline, so a section can only end by
-    its closing tag. Decoding cost stays small because the backend samples freely and consults
-    the grammar only to verify the token it picked (see `LlamaBackend`).
+    actions legal right now. `calls`, when given, are the typed actions that may be called in an
+    action segment, each only with legal values (see `render_call`); free action text then may
+    not begin with '[', so it can never be taken for a call. Text never contains '<' or a
+    newline, so a section can only end by its closing tag. Decoding cost stays small because the
+    backend samples freely and consults the grammar only to verify the token it picked (see
+    `LlamaBackend`).
     """
     for label, n in (
         ("max_plan_chars", max_plan_chars),
@@ -744,7 +1116,7 @@ def build_grammar(
         ("max_segments", max_segments),
     ):
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"{label} must be a positive integer")
+            raise ConfigError(f"{label} must be a positive integer")
     label_lit = _gbnf_literal(f"{name}: ")
     rules = []
     if plan:
@@ -761,11 +1133,32 @@ def build_grammar(
     )
     rules.append("tagged ::= thought | action")
     rules.append('thought ::= "<role_thinking>" ttext "</role_thinking>"')
+    forms = []
     if actions:
-        alts = " | ".join(_gbnf_literal(_clean(a)) for a in actions if _clean(a))
-        rules.append(f'action ::= "<role_action>" ({alts}) "</role_action>"')
+        forms += [_gbnf_literal(_clean(a)) for a in actions if _clean(a)]
+    elif not calls:
+        forms.append("atext")
     else:
-        rules.append('action ::= "<role_action>" atext "</role_action>"')
+        forms.append("ftext")
+        rules.append(f"ftext ::= \" \"? [^<\\n\\[ ] [^<\\n]{{0,{max_action_chars - 2}}}")
+    for k, (call_name, params) in enumerate(calls or []):
+        parts = []
+        for j, (key, spec) in enumerate(params):
+            sep = " " if j == 0 else ", "
+            parts.append(_gbnf_literal(f"{sep}{key}="))
+            if isinstance(spec, list):
+                values = [v for v in spec if v and not set(v) & _CALL_FORBIDDEN]
+                if not values:
+                    raise ConfigError(f"argument {key!r} of call {call_name!r} has no legal value")
+                parts.append("(" + " | ".join(_gbnf_literal(v) for v in values) + ")")
+            else:
+                if not isinstance(spec, int) or spec < 1:
+                    raise ConfigError(f"argument {key!r} of call {call_name!r}: bad text length")
+                parts.append(f"[^,=<>\\[\\]\\n ] [^,=<>\\[\\]\\n]{{0,{spec - 1}}}")
+        body = " ".join([_gbnf_literal(f"[{call_name}"), *parts, '"]"'])
+        rules.append(f"call{k} ::= {body}")
+        forms.append(f"call{k}")
+    rules.append(f'action ::= "<role_action>" ({" | ".join(forms)}) "</role_action>"')
     # Sections hold at least one character; leading spaces are allowed because most tokens of
     # SentencePiece vocabularies begin with one, and refusing them would force slow resampling.
     rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")

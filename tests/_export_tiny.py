@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from her_sdk.format import CHATML_TEMPLATE
+
+CHATML = CHATML_TEMPLATE  # the HER contract's template (her_sdk.format)
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>"
     "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{{ m['content'] }}<end_of_turn>\n"

@@ -67,3 +67,88 @@ def test_chat_with_a_persona_file(tmp_path):
     heard = [m for m in data["character"]["memory"] if m.get("type") == "heard"]
     assert [h["speech"] for h in heard][:1] == ["Good evening."]
     assert heard[1]["actions"] == ["sits down"]
+
+
+# -- her serve: flags derived from ServerSettings ------------------------------------------------
+
+
+def _settings_fields() -> dict:
+    pytest.importorskip("pydantic", reason="needs the grpc extra")
+    from her_sdk.server._settings import ServerSettings
+
+    return ServerSettings.model_fields
+
+
+def test_serve_has_one_flag_per_setting_in_its_help():
+    fields = _settings_fields()
+    import typer
+
+    from her_sdk.cli import app
+
+    serve = typer.main.get_command(app).commands["serve"]
+    options = {p.name: p for p in serve.params if p.name != "help"}
+    assert list(options) == list(fields)  # every field, in the model's order, nothing else
+    for name, opt in options.items():
+        assert f"--{name.replace('_', '-')}" in opt.opts
+        assert opt.envvar == f"HER_SERVER_{name.upper()}"
+    res = run("serve", "--help")
+    assert res.returncode == 0, res.stderr
+    for name, field in fields.items():
+        assert f"--{name.replace('_', '-')}" in res.stdout
+        assert field.description.split()[0] in res.stdout
+    # The names users already know keep working.
+    for flag in ("--token", "--tls-cert", "--tls-key", "--expose-thoughts", "--n-threads"):
+        assert flag in res.stdout
+
+
+def test_serve_flags_and_environment_reach_the_settings(monkeypatch):
+    _settings_fields()
+    pytest.importorskip("grpc", reason="needs the grpc extra")
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+    from her_sdk.server import _app
+
+    seen = []
+    monkeypatch.setattr(_app, "serve", lambda settings, **kw: seen.append(settings))
+    res = CliRunner().invoke(
+        app,
+        # --max-list-items and --max-concurrent-rpcs: the two settings `her serve` lacked before
+        [
+            "serve",
+            "--port=0",
+            "--max-list-items=7",
+            "--max-concurrent-rpcs=3",
+            "--expose-thoughts",
+            "--drain-seconds=1.5",
+        ],
+        env={"HER_SERVER_TOKEN": "s3cret", "HER_SERVER_MAX_SCENES": "5"},
+    )
+    assert res.exit_code == 0, res.output
+    (s,) = seen
+    assert (s.port, s.max_list_items, s.max_concurrent_rpcs) == (0, 7, 3)
+    assert s.expose_thoughts and s.drain_seconds == 1.5 and s.max_scenes == 5
+    assert s.token.get_secret_value() == "s3cret"
+    assert s.max_text_chars == 8000 and s.host == "127.0.0.1"  # untouched: the model's defaults
+
+
+def test_serve_bad_values_name_the_flag():
+    _settings_fields()
+    res = run("serve", "--port", "abc")
+    assert res.returncode == 2 and "--port" in res.stderr and "Traceback" not in res.stderr
+    res = run("serve", "--max-text-chars", "0")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "--max-text-chars" in res.stderr and "greater than or equal to 1" in res.stderr
+    res = run("serve", "--tls-key", "key.pem")
+    assert res.returncode == 1 and "--tls-cert and --tls-key" in res.stderr
+
+
+def test_module_docstring_lists_every_command():
+    import typer
+
+    import her_sdk.cli
+
+    commands = typer.main.get_command(her_sdk.cli.app).commands
+    assert {"demo", "chat", "serve", "export"} <= set(commands)
+    for name in commands:
+        assert f"her {name}" in her_sdk.cli.__doc__, name

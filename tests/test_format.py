@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from her_sdk import Delta, Persona, Turn, TurnParser, build_grammar, parse_turn
+from her_sdk import ConfigError, Delta, Persona, Turn, TurnParser, build_grammar, parse_turn
 from her_sdk.format import (
+    CHATML_TEMPLATE,
     CONVERSATION_START,
+    FORMAT_VERSION_KEY,
+    HER_FORMAT_VERSION,
     Heard,
+    Message,
     Segment,
     build_messages,
+    chatml_to_messages,
+    detect_prompt_style,
+    format_version_problem,
+    render_chatml,
     render_perception,
     render_prompt,
     render_system_prompt,
@@ -82,9 +91,14 @@ def test_speech_that_looks_like_a_label_is_kept_without_a_plan():
     ],
 )
 def test_legacy_tags(tag, channel):
-    t = parse_turn(f"<{tag}>secret</{tag}>Hello.")
+    # After the label: at the very start, <think> is a reasoning model's plan (tested below).
+    t = parse_turn(f"Mara: <{tag}>secret</{tag}>Hello.", "Mara")
     assert t.speech == "Hello."
     assert (t.plan if channel == "plan" else t.thoughts[0]) == "secret"
+    if tag != "think":
+        t = parse_turn(f"<{tag}>secret</{tag}>Hello.")
+        assert t.speech == "Hello."
+        assert (t.plan if channel == "plan" else t.thoughts[0]) == "secret"
 
 
 def test_role_speech_tag_is_speech():
@@ -152,13 +166,113 @@ def test_feed_after_close_is_ignored():
     assert p.feed("more") == [] and p.close() == []
 
 
+def every_split(text: str, name: str | None = None, start=None):
+    """Parse `text` whole, at every single split point and one character at a time; assert all
+    agree (the turn, and the segments the streamed deltas spell) and return the turn."""
+    whole = parse_turn(text, name, start=start)
+    expected = [(s.channel, s.text) for s in whole.segments]
+    splits = [[i] for i in range(len(text) + 1)] + [list(range(len(text)))]
+    for cuts in splits:
+        turn, deltas = feed_all(text, cuts, name, start=start)
+        assert turn == whole, (cuts, turn, whole)
+        segments: dict[int, tuple[str, str]] = {}
+        for d in deltas:
+            channel, so_far = segments.get(d.segment, (d.channel, ""))
+            assert channel == d.channel
+            segments[d.segment] = (channel, so_far + d.text)
+        streamed = [(c, t.strip()) for _, (c, t) in sorted(segments.items()) if t.strip()]
+        assert streamed == expected, cuts
+    return whole
+
+
+# -- a reasoning model's leading <think> block is the plan ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Mara", None])
+def test_leading_think_block_is_the_plan(name):
+    t = every_split("<think>He is stalling; she should too.</think>Mara: Not tonight.", name)
+    assert (t.plan, t.thoughts, t.speech) == ("He is stalling; she should too.", [], "Not tonight.")
+    t = every_split(
+        "\n<think>Qwen reasons here.</think>\n<system_thinking>Mara deflects.</system_thinking>"
+        "Mara: <role_thinking>Liar.</role_thinking>Come back at dawn.",
+        name,
+    )
+    assert t.plan == "Qwen reasons here. Mara deflects."
+    assert (t.thoughts, t.speech) == (["Liar."], "Come back at dawn.")
+    # Qwen3's empty block in non-thinking mode leaves no trace.
+    t = every_split("<think>\n\n</think>\n\n<system_thinking>p</system_thinking>Mara: Hi.", name)
+    assert [s.channel for s in t.segments] == ["plan", "speech"] and t.plan == "p"
+
+
+def test_think_elsewhere_is_the_characters_thought():
+    t = every_split("Mara: <think>He lies.</think>Fine.", "Mara")  # after the label
+    assert (t.plan, t.thoughts, t.speech) == ("", ["He lies."], "Fine.")
+    t = every_split("Fine. <think>He lies.</think> Go.")  # after speech
+    assert (t.plan, t.thoughts, t.speech) == ("", ["He lies."], "Fine. Go.")
+    t = every_split("<system_thinking>p</system_thinking><think>He lies.</think>Mara: Go.")
+    assert (t.plan, t.thoughts, t.speech) == ("p", ["He lies."], "Go.")
+    t = every_split("<role_action>nods</role_action><think>He lies.</think>Go.", "Mara")
+    assert (t.plan, t.thoughts, t.actions) == ("", ["He lies."], ["nods"])
+    # The prompt already began the reply: the start of the generated text is not the start of
+    # the turn (a plan was prefilled, or the "NAME: " label without a plan).
+    t = every_split("p</system_thinking><think>He lies.</think>Mara: Go.", "Mara", start="plan")
+    assert (t.plan, t.thoughts, t.speech) == ("p", ["He lies."], "Go.")
+    t = every_split("<think>He lies.</think>Go.", "Mara", start="speech")
+    assert (t.plan, t.thoughts, t.speech) == ("", ["He lies."], "Go.")
+
+
+def test_only_think_closes_a_leading_think_block():
+    # Reasoning may talk about the format; none of its tags end it, and none of it leaks.
+    text = (
+        "<think>Write <system_thinking>a plan</system_thinking>, then Mara: <role_action>x"
+        "</role_action>, keep <role_thinking>SECRET</role_thinking> private.</think>Mara: Hi."
+    )
+    t = every_split(text)
+    assert t.speech == "Hi." and t.actions == [] and t.thoughts == []
+    assert "SECRET" in t.plan and "Mara: " in t.plan
+    t = every_split("<think>Unclosed. Mara: <role_action>waves</role_action>Welcome!", "Mara")
+    assert (t.speech, t.actions) == ("", []) and "Welcome!" in t.plan
+
+
+# -- a label after the leading private sections, without the name ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "private"),
+    [
+        ("<system_thinking>p</system_thinking>Mara: Hello", ("p", [])),
+        ("<system_thinking>p</system_thinking>\n Mara:  Hello", ("p", [])),
+        ("<role_thinking>t</role_thinking>Mara: Hello", ("", ["t"])),
+        (
+            "<system_thinking>p</system_thinking><role_thinking>t</role_thinking>Mara: Hello",
+            ("p", ["t"]),
+        ),
+        ("<think>p</think>Mara: Hello", ("p", [])),
+        ("[t] Mara: Hello", ("", ["t"])),
+    ],
+)
+def test_label_after_leading_private_sections_is_removed_without_the_name(text, private):
+    t = every_split(text)
+    assert t.speech == "Hello" and (t.plan, t.thoughts) == private
+    assert every_split(text, "Mara").speech == "Hello"
+    assert every_split(text.replace("Mara:", "Mara Vell:")).speech == "Hello"
+
+
+def test_label_like_speech_is_kept_when_no_label_is_expected():
+    assert every_split("Listen: the gate is shut.").speech == "Listen: the gate is shut."
+    t = every_split("<role_action>nods</role_action>Listen: the gate.")  # an action is public
+    assert (t.actions, t.speech) == (["nods"], "Listen: the gate.")
+    t = every_split("Hi. <role_thinking>t</role_thinking>Listen: now.")  # not a leading section
+    assert (t.thoughts, t.speech) == (["t"], "Hi. Listen: now.")
+
+
 # -- properties (hypothesis) --------------------------------------------------------------------
 
 _TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="<>[]()\n"),
     min_size=1,
     max_size=30,
-).filter(lambda s: s.strip())
+).filter(lambda s: s.strip() and "==" not in s)  # quoted text never keeps "==" (no `===` heads)
 
 
 @st.composite
@@ -202,17 +316,25 @@ _ANY = pieces(
         "</system_thinking>",
         "<think>",
         "</think>",
+        "<role_thinking>",
+        "</role_thinking>",
         "Mara:",
+        "Mara: ",
     ],
     40,
 )
 
 
-@given(_ANY, st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+@given(
+    _ANY,
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    st.sampled_from(["Mara", None]),
+    st.sampled_from([None, "plan", "speech"]),
+)
 @settings(max_examples=400)
-def test_arbitrary_input_never_raises_and_is_chunking_invariant(text, cuts):
-    whole = parse_turn(text, "Mara")
-    chunked, deltas = feed_all(text, [c for c in cuts if c < len(text)], "Mara")
+def test_arbitrary_input_never_raises_and_is_chunking_invariant(text, cuts, name, start):
+    whole = parse_turn(text, name, start=start)
+    chunked, deltas = feed_all(text, [c for c in cuts if c < len(text)], name, start=start)
     assert chunked == whole
     assert all(d.channel in ("plan", "thought", "action", "speech") for d in deltas)
 
@@ -334,7 +456,7 @@ def test_chatml_prompt_and_prefill():
     assert p.text.endswith("<|im_start|>assistant\n<system_thinking>")
     assert p.start == "plan" and "<|im_end|>" in p.stop
     q = render_prompt(persona(), [], plan=False)
-    assert q.text.endswith("<|im_start|>assistant\nMara: ") and q.start is None
+    assert q.text.endswith("<|im_start|>assistant\nMara: ") and q.start == "speech"
     assert "system_thinking" not in q.text.split("<|im_start|>user")[0]
 
 
@@ -366,6 +488,90 @@ def test_fewshot_prompt_is_one_line_per_turn():
     assert p.stop == ["\n"]
     assert p.text.endswith("Traveler: Hello.\n<system_thinking>")
     assert "===Requirements===" not in p.text
+
+
+# -- ChatML, prompt styles, the format version, errors ----------------------------------------
+
+
+def test_chatml_template_renders_exactly_like_render_chatml():
+    pytest.importorskip("jinja2", reason="jinja2 comes with the llama extra")
+    msgs = build_messages(persona(), [Heard(speaker="Traveler", speech="Open up.")])
+    assert render_template(msgs, CHATML_TEMPLATE) == render_chatml(msgs)
+    assert render_template(msgs, CHATML_TEMPLATE, "<system_thinking>") == render_chatml(
+        msgs, "<system_thinking>"
+    )
+
+
+@pytest.mark.parametrize("prefill", ["", "<system_thinking>", "Mara: ", "two\nlines\n"])
+def test_chatml_to_messages_inverts_render_chatml(prefill):
+    msgs = [
+        Message("system", "You are Mara.\n\n===Requirements===\nBe brief."),
+        Message("user", "===Conversation Start===\n\nTraveler: Hi."),
+        Message("assistant", "Mara: <role_action>nods</role_action>Evening."),
+        Message("user", "Environment: Rain."),
+    ]
+    assert chatml_to_messages(render_chatml(msgs, prefill)) == (msgs, prefill)
+
+
+def test_chatml_to_messages_of_closed_and_plain_prompts():
+    closed = "<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+    assert chatml_to_messages(closed) == ([Message("user", "U"), Message("assistant", "A")], "")
+    assert chatml_to_messages("A script.\nMara:") == ([Message("user", "A script.\nMara:")], "")
+
+
+def test_prompt_style_detection():
+    gemma = "{% for m in messages %}<start_of_turn>{{ m['content'] }}{% endfor %}"
+    assert detect_prompt_style(None) == "fewshot"
+    assert detect_prompt_style("  ") == "fewshot"
+    assert detect_prompt_style(CHATML_TEMPLATE) == "chatml"
+    assert detect_prompt_style(gemma) == "template"
+    assert detect_prompt_style(gemma, her_model=True) == "chatml"
+    assert detect_prompt_style(None, her_model=True) == "chatml"
+
+
+def test_format_version_check():
+    assert format_version_problem(None) is None  # not a HER model: fine
+    assert format_version_problem(1) is None and format_version_problem(HER_FORMAT_VERSION) is None
+    newer = format_version_problem(HER_FORMAT_VERSION + 1)
+    assert newer and FORMAT_VERSION_KEY in newer and "upgrade" in newer
+    for bad in ("2", 0, -1, True, 1.5):
+        assert FORMAT_VERSION_KEY in format_version_problem(bad)
+    assert "format_version" in format_version_problem(99, key="format_version")
+
+
+def test_channel_is_validated_when_decoding_and_encoding_is_unchanged():
+    turn = Turn.from_segments(Segment(c, c[0]) for c in ("plan", "thought", "action", "speech"))
+    data = msgspec.json.encode(turn)
+    assert data == (
+        b'{"type":"turn","plan":"p","thoughts":["t"],"actions":["a"],"speech":"s",'
+        b'"segments":[["plan","p"],["thought","t"],["action","a"],["speech","s"]]}'
+    )
+    assert msgspec.json.decode(data, type=Turn) == turn
+    with pytest.raises(msgspec.ValidationError, match="segments"):
+        msgspec.json.decode(data.replace(b'["action","a"]', b'["telepathy","a"]'), type=Turn)
+    delta = b'{"channel":"speech","text":"x","segment":2}'
+    assert msgspec.json.encode(Delta("speech", "x", 2)) == delta
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"channel":"secret","text":"x"}', type=Delta)
+
+
+def test_bad_arguments_raise_config_error():
+    with pytest.raises(ConfigError, match="chat_template"):
+        render_prompt(persona(), [], style="template")
+    with pytest.raises(ConfigError, match="unknown prompt style"):
+        render_prompt(persona(), [], style="markdown")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_plan_chars"):
+        build_grammar("Mara", max_plan_chars=0)
+    with pytest.raises(ValueError):  # ConfigError is a ValueError, for callers that catch that
+        build_grammar("Mara", max_segments=-1)
+
+
+def test_broken_chat_template_is_a_config_error():
+    pytest.importorskip("jinja2", reason="jinja2 comes with the llama extra")
+    with pytest.raises(ConfigError, match="chat template"):
+        render_template([Message("user", "hi")], "{{ raise_exception('no system role') }}")
+    with pytest.raises(ConfigError, match="chat template"):
+        render_template([Message("user", "hi")], "{% for %}")
 
 
 # -- grammar ------------------------------------------------------------------------------------

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
+import logging
+import socket
+import threading
+from typing import ClassVar
+
 import grpc
 import pytest
 from _grpc_util import running
 
 from her_sdk import MockBackend
+from her_sdk import _errors as errors
+from her_sdk._backends._openai import OpenAIBackend
 from her_sdk.server._pb import pb, pb_grpc
+from her_sdk.server._status import STATUS, status_for
 
 TEXT = 100  # max_text_chars of the server under test
 MSG = 64 * 1024  # max_message_bytes
@@ -23,7 +32,13 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 @pytest.fixture(scope="module")
 def api():
-    with running(max_text_chars=TEXT, max_message_bytes=MSG, max_characters=6, max_scenes=3) as s:
+    with running(
+        max_text_chars=TEXT,
+        max_message_bytes=MSG,
+        max_characters=6,
+        max_scenes=3,
+        expose_thoughts=True,  # SaveScene/LoadScene as bytes are tested here
+    ) as s:
         channel = grpc.insecure_channel(s.target)
         stub = pb_grpc.HerServiceStub(channel)
         cid = stub.CreateCharacter(pb.CreateCharacterRequest(persona=pb.Persona(name="Mara"))).id
@@ -190,4 +205,109 @@ def test_engine_failure_is_internal_and_unexpected_errors_are_not_unknown(caplog
         assert e.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in e.value.details()
         assert "ZeroDivisionError" in caplog.text
+        channel.close()
+
+
+# -- the status table (server/_status.py) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.NotFoundError("x"), NOT_FOUND),
+        (errors.LimitExceededError("x"), EXHAUSTED),
+        (errors.AuthenticationError("x"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.ContextOverflowError("x"), EXHAUSTED),
+        (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
+        (errors.ConfigError("x"), INVALID),
+        (errors.DataError("x"), INVALID),
+        (errors.StateError("x"), INVALID),
+        (errors.MissingDependencyError("grpcio", "grpc"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.InvalidModelError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.VerificationError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.BackendUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.BackendHTTPError("x", status=503), grpc.StatusCode.UNAVAILABLE),
+        (errors.BackendHTTPError("x", status=408), grpc.StatusCode.UNAVAILABLE),
+        (errors.BackendHTTPError("x", status=429), EXHAUSTED),
+        (errors.BackendHTTPError("x", status=401), grpc.StatusCode.INTERNAL),
+        (errors.BackendHTTPError("x", status=0), grpc.StatusCode.INTERNAL),
+        (errors.GenerationError("x"), grpc.StatusCode.INTERNAL),
+        (errors.ServerError("INTERNAL", "x"), grpc.StatusCode.INTERNAL),
+        (ValueError("x"), grpc.StatusCode.INTERNAL),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.name,
+)
+def test_status_of_every_error_class(exc, code):
+    assert status_for(exc)[0] == code
+
+
+def test_every_error_class_has_its_own_row_or_a_base_row():
+    rows = {kind for kind, _ in STATUS}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert any(issubclass(cls, kind) for kind in rows), name
+    # first match wins: a class never sits below one of its bases
+    order = [kind for kind, _ in STATUS]
+    for i, kind in enumerate(order):
+        assert not any(issubclass(kind, base) for base in order[:i]), kind
+
+
+class _ModelServer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that fails: HTTP `status`, a body quoting the prompt."""
+
+    status = 503
+    prompts: ClassVar[list[str]] = []
+
+    def do_POST(self):
+        prompt = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.prompts.append(prompt)
+        body = f"error while serving: {prompt}".encode()
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "UNAVAILABLE"), (400, "INTERNAL")])
+def test_model_server_http_error_maps_by_status_and_never_echoes_the_prompt(status, code, caplog):
+    handler = type("H", (_ModelServer,), {"status": status, "prompts": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    caplog.set_level(logging.INFO, logger="her_sdk")
+    try:
+        backend = OpenAIBackend(f"http://127.0.0.1:{httpd.server_address[1]}/v1", "m")
+        with running(backend) as server:
+            channel = grpc.insecure_channel(server.target)
+            stub = pb_grpc.HerServiceStub(channel)
+            req = pb.CreateCharacterRequest(
+                persona=pb.Persona(name="Mara", secrets="she let her brother through")
+            )
+            cid = stub.CreateCharacter(req).id
+            sid = stub.CreateScene(pb.CreateSceneRequest(character_ids=[cid], players=["T"])).id
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.Turn(pb.TurnRequest(scene_id=sid), timeout=10))
+            channel.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "brother" in handler.prompts[0]  # the answer quoted the private prompt
+    assert e.value.code().name == code
+    assert f"HTTP {status}" in e.value.details()
+    assert "brother" not in e.value.details() and "brother" not in caplog.text
+    assert f"HTTP {status}" in caplog.text  # the operator still learns what happened
+
+
+def test_unreachable_model_server_is_unavailable():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with running(OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", timeout=5)) as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = pb_grpc.HerServiceStub(channel)
+        cid = stub.CreateCharacter(pb.CreateCharacterRequest(persona=pb.Persona(name="Mara"))).id
+        sid = stub.CreateScene(pb.CreateSceneRequest(character_ids=[cid], players=["T"])).id
+        assert call(stub, "Turn", pb.TurnRequest(scene_id=sid)) == grpc.StatusCode.UNAVAILABLE
         channel.close()

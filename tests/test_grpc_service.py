@@ -8,11 +8,11 @@ import time
 
 import grpc
 import pytest
-from _grpc_util import PLAN, THOUGHT, connected, mock, running
+from _grpc_util import PLAN, THOUGHT, TURN, connected, mock, running
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from her_sdk import Character, Scene
+from her_sdk import Character, MockBackend, Scene
 from her_sdk.client import Client, ServerError
 from her_sdk.server._pb import pb
 
@@ -106,7 +106,7 @@ def test_characters_from_card_get_delete_and_scene_lifecycle():
             "scenario": "A plague year.",
         },
     }
-    with connected() as (_, c):
+    with connected(expose_thoughts=True) as (_, c):  # saves as bytes need a trusting server
         sid = c.create_character(card=card)
         info = c.get_character(sid)
         assert info.persona.name == "Sera" and "healer" in info.persona.profile
@@ -246,3 +246,26 @@ def test_turn_summary_is_the_last_message_and_counts_tokens():
         assert summary.completion_tokens == server.model.tokens_generated
         assert summary.HasField("first_token_ms") and not summary.private_included
         channel.close()
+
+
+def test_allowed_actions_of_a_character_and_of_one_turn_reach_the_grammar():
+    grammars: list[str | None] = []
+
+    class Recording(MockBackend):
+        supports_grammar = True  # so that characters send their grammar (the mock ignores it)
+
+        def stream(self, prompt, *, grammar=None, **kw):
+            grammars.append(grammar)
+            return super().stream(prompt, grammar=grammar, **kw)
+
+    backend = Recording(lambda prompt: TURN)
+    with connected(backend) as (server, c):
+        mara = c.create_character("Mara", allowed_actions=["open the gate"])
+        assert server.servicer.characters[mara].allowed_actions == ["open the gate"]
+        scene = c.create_scene([mara], players="Traveler")
+        scene.say("Traveler", "Hm?")
+        reply = scene.turn("Mara")
+        assert reply.actions == ["crosses her arms"]  # performed (the scripted turn)
+        assert "open the gate" in grammars[-1]
+        scene.turn("Mara", allowed_actions=["bow deeply"])
+        assert "bow deeply" in grammars[-1] and "open the gate" not in grammars[-1]

@@ -77,4 +77,4 @@ def test_her_serve_rejects_bad_settings_fast():
         timeout=60,
     )
     assert r.returncode == 1
-    assert "tls_cert and tls_key must be given together" in r.stderr
+    assert "--tls-cert and --tls-key must be given together" in r.stderr

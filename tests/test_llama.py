@@ -110,7 +110,7 @@ def test_turn_without_plan_starts_with_speech_or_action(model):
 
 def test_actions_are_restricted_to_the_legal_set(model):
     legal = ["opens the gate", "keeps the gate shut"]
-    c = Character(name="Mara", profile="Gate captain.", model=model, actions=legal)
+    c = Character(name="Mara", profile="Gate captain.", model=model, allowed_actions=legal)
     c.hear("Traveler", "Open the gate!", action="bangs on the gate")
     for seed in range(3):
         r = c.reply(seed=seed, max_tokens=160)

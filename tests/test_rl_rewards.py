@@ -53,12 +53,17 @@ HER = json.dumps(encode_her(MARA, HIST, REF))
         ("<system_thinking>only a plan that never closes", 0.0),  # nothing visible
         # valid but incomplete -> partial credit
         ("Mara: <role_thinking>Hm.</role_thinking>Go.", 0.75),  # no plan although asked
-        ("<system_thinking>p</system_thinking>Mara: Go.", 0.75),  # no inner thought
         (
             "<system_thinking>p</system_thinking>Mara: <role_thinking>Hm.</role_thinking>Go.\n"
             "Brannoc: Fine.",
             0.75,
         ),  # a second speaker's line
+        (f"<system_thinking>{'Mara stalls him. ' * 30}</system_thinking>Mara: Go.", 0.75),
+        # HER mixes turn patterns: no thought, no action, speech only are all full marks
+        ("<system_thinking>p</system_thinking>Mara: Go.", 1.0),
+        ("<system_thinking>p</system_thinking>Mara: <role_action>points</role_action>Go.", 1.0),
+        ("<system_thinking>p</system_thinking>Mara: Go.<role_action>turns away</role_action>", 1.0),
+        ("<system_thinking>p</system_thinking>Mara: <role_action>waits</role_action>", 1.0),
     ],
 )
 def test_format_score(text, expected):
@@ -141,3 +146,79 @@ def test_judge_spec():
         judge_backend_from_spec("mock")
     with pytest.raises(ConfigError):
         judge_backend_from_spec("carrier-pigeon:x")
+
+
+def _gemma_like_tokenizer(path):
+    """A tiny tokenizer with Gemma's turn tokens and no ChatML ones, saved to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["Mara: Papers, now. <|im_end|> hello"] * 8, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = (
+        "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+        "<end_of_turn>\n{% endfor %}"
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def test_turn_end_ids_come_from_the_tokenizer_and_its_template(tmp_path):
+    pytest.importorskip("transformers")
+    from her_sdk.training.common import ModelSpec, load_tokenizer
+    from her_sdk.training.rl import turn_end_ids
+    from her_sdk.training.tiny import build_tokenizer
+
+    from her_sdk.format import Message, render_chatml
+
+    build_tokenizer().save_pretrained(tmp_path / "qwen")
+    qwen = load_tokenizer(ModelSpec(str(tmp_path / "qwen")), "chatml")
+    assert turn_end_ids(qwen) == [qwen.convert_tokens_to_ids("<|im_end|>")]
+
+    _gemma_like_tokenizer(tmp_path / "gemma")
+    own = load_tokenizer(ModelSpec(str(tmp_path / "gemma")), "model")
+    ids = own.convert_tokens_to_ids(["<end_of_turn>", "<eos>"])
+    assert turn_end_ids(own) == ids  # Gemma's own template: <end_of_turn>, then eos
+
+    # ChatML on Gemma: <|im_end|> is several tokens, so a reply also ends with eos, and
+    # rollouts stop there; prompts still render exactly as the runtime's ChatML.
+    gemma = load_tokenizer(ModelSpec(str(tmp_path / "gemma")), "chatml")
+    assert len(gemma("<|im_end|>", add_special_tokens=False)["input_ids"]) > 1
+    assert turn_end_ids(gemma) == [gemma.eos_token_id]
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    prompt = gemma.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert prompt == render_chatml([Message(m["role"], m["content"]) for m in msgs])
+    full = gemma.apply_chat_template([*msgs, {"role": "assistant", "content": "A"}], tokenize=False)
+    assert full == prompt + "A<|im_end|>\n<eos>"
+
+    gemma.chat_template = "{% for m in messages %}{{ m['content'] }} [END]\n{% endfor %}"
+    with pytest.raises(ConfigError, match="end of a turn"):
+        turn_end_ids(gemma)
+
+
+def test_plan_cap_is_one_constant():
+    """Training (plan validation, format reward) and the runtime grammar share the plan cap."""
+    import inspect
+
+    from her_sdk.training.plans import validate_plan
+
+    from her_sdk.format import MAX_PLAN_CHARS, build_grammar
+
+    assert inspect.signature(validate_plan).parameters["max_chars"].default == MAX_PLAN_CHARS
+    assert inspect.signature(build_grammar).parameters["max_plan_chars"].default == MAX_PLAN_CHARS
+    assert f"{{0,{MAX_PLAN_CHARS - 1}}}" in build_grammar("Mara")
+    plan = ("Mara stalls him because she distrusts strangers at night. " * 20)[: MAX_PLAN_CHARS]
+    assert validate_plan(plan, "Mara") is None
+    assert validate_plan(plan + " More.", "Mara") == "too long"
+    fits = f"<system_thinking>{plan}</system_thinking>Mara: Go."
+    over = f"<system_thinking>{plan} More.</system_thinking>Mara: Go."
+    assert format_score(fits, "Mara") == 1.0 and format_score(over, "Mara") == 0.75

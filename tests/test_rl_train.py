@@ -16,28 +16,29 @@ RL_YAML = ROOT / "training" / "configs" / "rl_tiny_cpu.yaml"
 
 
 def test_grpo_two_steps_with_judge_reward_change_only_the_adapter(tmp_path):
-    from her_sdk.training.common import load_config, load_rows, load_tokenizer, resolve_model
+    from her_sdk.training.common import load_rows, load_tokenizer, parse_config, resolve_model
     from her_sdk.training.judge import Judge, render_verdict
-    from her_sdk.training.rl import JudgeReward, RLRunConfig, build_grpo_trainer, policy_rows
+    from her_sdk.training.rl import JudgeReward, build_grpo_trainer, config_types, policy_rows
 
     from her_sdk import MockBackend
 
-    cfg = load_config(
-        RLRunConfig,
+    args, model_args, train_args = parse_config(
+        config_types(),
         RL_YAML,
-        ["max_steps=2", "max_completion_length=16"],
-        output_dir=str(tmp_path / "rl"),
+        ["max_steps=2", "max_completion_length=16", f"output_dir={tmp_path / 'rl'}"],
     )
-    spec = resolve_model(cfg.model, tiny=cfg.tiny, work_dir=tmp_path)
+    spec = resolve_model(model_args.model_name_or_path, tiny=args.tiny, work_dir=tmp_path)
     tok = load_tokenizer(spec)
-    rows = policy_rows(load_rows("synthetic:8", "train"), plan=cfg.plan)
+    rows = policy_rows(load_rows("synthetic:8", "train"), plan=args.plan)
 
     def judge(prompt: str) -> str:  # a judge with an opinion on every rollout (varied rewards)
         c1 = prompt.split("=== cand_1 ===")[1].split("=== cand_2 ===")[0]
         return render_verdict("cand_1" if zlib.crc32(c1.encode()) % 2 else "cand_2", [], {})
 
     reward = JudgeReward(Judge(MockBackend(judge)), both_orders=False)
-    trainer = build_grpo_trainer(cfg, rows, [reward], [1.0], model_spec=spec, tokenizer=tok)
+    trainer = build_grpo_trainer(
+        args, model_args, train_args, rows, [reward], [1.0], model_spec=spec, tokenizer=tok
+    )
     model = trainer.model
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
@@ -86,12 +87,14 @@ def test_cli_train_rl_tiny_config_trains_and_saves(tmp_path):
 
 
 def test_rl_config_errors():
-    from her_sdk.training.common import load_config
-    from her_sdk.training.rl import RLRunConfig
+    from her_sdk.training.common import parse_config
+    from her_sdk.training.rl import config_types
 
     from her_sdk import ConfigError
 
-    with pytest.raises(ConfigError, match="reward_weights"):
-        load_config(RLRunConfig, RL_YAML, ["reward_weights={style: 1}"])
-    with pytest.raises(ConfigError, match="num_generations"):
-        load_config(RLRunConfig, RL_YAML, ["num_generations=1"])
+    with pytest.raises(ConfigError, match="rewards"):
+        parse_config(config_types(), RL_YAML, ["rewards={style: 1}"])
+    with pytest.raises(ConfigError, match=r"GRPOConfig.*2 generations"):  # trl's own check
+        parse_config(config_types(), RL_YAML, ["num_generations=1"])
+    with pytest.raises(ConfigError, match="judge_model"):
+        parse_config(config_types(), RL_YAML, ["judge_model=[a]"])

@@ -152,3 +152,150 @@ def test_teacher_rows_keep_consistent_verdicts_only(pairs):
 def test_repetition_ratio():
     assert repetition_ratio("one two three four five") == 0.0
     assert repetition_ratio("keep it down " * 6) > 0.7
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher-judged policy samples (`her data rm-pairs`)
+# ---------------------------------------------------------------------------------------------
+
+
+def _cands(prompt: str) -> tuple[str, str]:
+    c1 = prompt.split("=== cand_1 ===\n")[1].split("\n\n=== cand_2 ===")[0]
+    c2 = prompt.split("=== cand_2 ===\n")[1].split("\n\nWhich is the better")[0]
+    return c1, c2
+
+
+def scripted_teacher(prompt: str) -> str:
+    """A position-consistent teacher blind to length: the candidate whose text hashes lower
+    wins, every third pair is a tie; it writes its reasoning before the verdict."""
+    import hashlib
+
+    c1, c2 = _cands(prompt)
+    h1, h2 = (int(hashlib.sha1(c.encode()).hexdigest(), 16) for c in (c1, c2))
+    better = "tie" if (h1 + h2) % 3 == 0 else ("cand_1" if h1 < h2 else "cand_2")
+    notes = {"cand_1": "Reasoning: weighs the mood of the scene.", "cand_2": "Reasoning: ditto."}
+    return render_verdict(better, ["OQ1"], {}, notes)
+
+
+def test_teacher_rows_keep_ties_and_reasoning(pairs):
+    kept, counts = teacher_rows(pairs[:12], MockBackend(scripted_teacher), concurrency=2)
+    assert counts["kept"] == len(kept) == 24 and counts["inconsistent"] == 0
+    assert counts["ties"] > 0 and counts["ties"] < len(kept)
+    by_id = {}
+    for rec in kept:
+        assert "Reasoning: weighs the mood" in rec["completion_text"]
+        by_id.setdefault(rec["id"], []).append(rec)
+    for a, b in by_id.values():  # both orders of one pair: same candidates, swapped
+        assert {a["order"], b["order"]} == {"ab", "ba"}
+        assert (a["cand_1"], a["cand_2"]) == (b["cand_2"], b["cand_1"])
+    rows = judge_sft_rows(kept)
+    assert len(rows) == len(kept) and len({r["id"] for r in rows}) == len(rows)
+    assert {r["label"] for r in rows} == {"cand_1", "cand_2", "tie"}
+    for r, rec in zip(rows, kept, strict=True):
+        assert r["completion"][0]["content"] == rec["completion_text"]  # the teacher's own words
+        user = r["prompt"][1]["content"]
+        assert _cands(user) == (rec["cand_1"], rec["cand_2"])
+        if r["label"] != "tie":
+            assert _cands(user)[SLOTS_INDEX[r["label"]]] == rec["chosen"]
+
+
+SLOTS_INDEX = {"cand_1": 0, "cand_2": 1}
+
+
+@pytest.fixture
+def rm_data(tmp_path):
+    from her_sdk.training.data import write_jsonl
+
+    path = tmp_path / "rm.jsonl"
+    write_jsonl(path, synthetic_samples(12, seed=5))
+    return path
+
+
+def test_rm_pairs_mock_policy_is_resumable_and_corruptions_optional(rm_data, tmp_path):
+    from her_sdk.training.data import read_jsonl
+    from her_sdk.training.pairs import mock_policy, rm_pairs
+
+    out = tmp_path / "pairs.jsonl"
+    teacher = MockBackend(scripted_teacher)
+    rep = rm_pairs(rm_data, out, MockBackend(mock_policy()), teacher, samples=4, limit=5)
+    recs = read_jsonl(out)
+    assert rep.kept == 5 and rep.stats["pairs"] == 10 and len(recs) == 20
+    assert {r["kind"] for r in recs} == {"policy"}  # no corruption unless asked
+    for r in recs:
+        assert "<system_thinking>" not in r["cand_1"] + r["cand_2"]  # the judge never sees plans
+    n_prompts = len(teacher.prompts)
+    rep = rm_pairs(
+        rm_data,
+        out,
+        MockBackend(mock_policy()),
+        teacher,
+        samples=2,
+        corruptions=["repetition", "knowledge_leak"],
+    )
+    assert rep.resumed == 5 and rep.kept == 7
+    recs = read_jsonl(out)
+    assert len({r["source_id"] for r in recs}) == 12  # every sample once, none twice
+    kinds = Counter(r["kind"] for r in recs)
+    assert kinds["policy"] == 20 + 7 * 2 and kinds["repetition"] > 0
+    assert len(teacher.prompts) == n_prompts + 7 * 2
+    rows = judge_sft_rows(recs)  # policy records: 1 row each; corrupted pairs: both orders
+    assert len(rows) == kinds["policy"] + 2 * (len(recs) - kinds["policy"])
+    assert rep.stats["length"]["by_kind"]["repetition"] == 0.0  # gold is always the shorter
+
+
+def test_rm_pairs_drops_unreadable_teachers_and_dead_policies(rm_data, tmp_path):
+    from her_sdk.training.pairs import mock_policy, rm_pairs
+
+    out = tmp_path / "p.jsonl"
+    rep = rm_pairs(
+        rm_data,
+        out,
+        MockBackend(mock_policy()),
+        MockBackend(lambda p: "no idea"),
+        limit=3,
+        retries=1,
+    )
+    assert rep.kept == 0 and rep.dropped == {"abstained": 3}
+    assert rep.rejections["unreadable verdict"] == 3 * 2 * 2 * 2  # prompts x pairs x orders x tries
+
+    def dead(prompt: str) -> str:
+        raise ConnectionError("policy server is down")
+
+    rep = rm_pairs(rm_data, tmp_path / "q.jsonl", MockBackend(dead), MockBackend(scripted_teacher))
+    assert rep.kept == 0 and rep.dropped == {"fewer than 2 candidates": 12}
+    assert rep.rejections == {"policy error: GenerationError": 12 * (4 + 2)}  # n + retries
+
+
+@pytest.mark.slow
+def test_rm_pairs_on_the_tiny_model_hold_reasoning_ties_and_unordered_lengths(rm_data, tmp_path):
+    """The issue's check: policy samples of the tiny model, judged by a scripted teacher."""
+    pytest.importorskip("torch")
+    from her_sdk.training.data import read_jsonl
+    from her_sdk.training.pairs import length_balance, rm_pairs
+    from her_sdk.training.plans import teacher_from_spec
+    from her_sdk.training.tiny import build_tiny_model
+    from transformers import set_seed
+
+    model = build_tiny_model(tmp_path / "tiny")
+    set_seed(0)
+    policy = teacher_from_spec(f"hf:{model}")
+    out = tmp_path / "pairs.jsonl"
+    rep = rm_pairs(  # a random model never closes a plan: ask for the turn itself
+        rm_data,
+        out,
+        policy,
+        MockBackend(scripted_teacher),
+        samples=4,
+        plan=False,
+        max_tokens=16,
+        concurrency=1,
+    )
+    recs = read_jsonl(out)
+    assert rep.kept >= 8 and rep.stats["pairs"] >= 12
+    assert all("Reasoning:" in r["completion_text"] for r in recs)  # the teacher's words kept
+    assert any(r["label"] == "tie" for r in recs) and any(r["label"] != "tie" for r in recs)
+    bal = length_balance(recs)
+    assert bal == rep.stats["length"] and bal["decisive"] >= 6
+    assert 0.2 <= bal["chosen_longer"] <= 0.8  # length does not predict the label
+    rows = judge_sft_rows(recs)
+    assert all("Reasoning:" in r["completion"][0]["content"] for r in rows)

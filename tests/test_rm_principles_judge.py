@@ -208,3 +208,13 @@ def test_judge_survives_a_failing_backend():
 
     cmp = Judge(MockBackend(boom), principles=PS, retries=0).compare(MARA, HIST, GOLD, GOLD)
     assert cmp.score is None
+
+
+def test_both_candidates_breaking_a_negative_principle_is_a_tie():
+    from her_sdk.training.judge import parse_verdict, render_verdict
+
+    text = render_verdict("cand_1", ["DI2", "WC1"], {"cand_1": ["DI2"], "cand_2": ["WC1"]})
+    v = parse_verdict(text, PS)
+    assert v.better == "tie" and v.stated == "cand_1" and v.overridden
+    one = parse_verdict(render_verdict("cand_1", ["DI2"], {"cand_1": ["DI2"]}), PS)
+    assert one.better == "cand_2"  # only one breaks it: that one loses

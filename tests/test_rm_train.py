@@ -55,25 +55,29 @@ def test_cli_train_rm_two_steps_changes_the_judge(tmp_path):
 
 
 def test_rm_config_errors():
-    from her_sdk.training.common import load_config
-    from her_sdk.training.rm import RMRunConfig
+    from her_sdk.training.launch import parse_stage
 
     from her_sdk import ConfigError
 
     with pytest.raises(ConfigError, match="corruption"):
-        load_config(RMRunConfig, RM_YAML, ["corruptions=[typo]"])
-    with pytest.raises(ConfigError, match="unknown"):
-        load_config(RMRunConfig, RM_YAML, ["nope=1"])
+        parse_stage("rm", RM_YAML, ["corruptions=[typo]"])
+    with pytest.raises(ConfigError, match="nope"):
+        parse_stage("rm", RM_YAML, ["nope=1"])
+    # the nested stage configs are checked when the file is read, and named with their prefix
+    with pytest.raises(ConfigError, match=r"train\..*learning_rate"):
+        parse_stage("rm", RM_YAML, ["train.learning_rate=fast"])
+    with pytest.raises(ConfigError, match=r"rl\..*no_such_key"):
+        parse_stage("rm", RM_YAML, ["rl_steps=2", "rl.no_such_key=1"])
 
 
 @pytest.mark.slow
 def test_rm_with_judge_rl_and_accuracy(tmp_path):
-    from her_sdk.training.common import load_config
-    from her_sdk.training.rm import RMRunConfig, run_rm
+    from her_sdk.training.launch import parse_stage
+    from her_sdk.training.rm import run_rm
 
     out = tmp_path / "rm"
-    cfg = load_config(
-        RMRunConfig,
+    (args,) = parse_stage(
+        "rm",
         RM_YAML,
         [
             "train.max_steps=2",
@@ -82,10 +86,10 @@ def test_rm_with_judge_rl_and_accuracy(tmp_path):
             "eval_pairs=2",
             "eval_max_tokens=8",
             "rl.max_completion_length=16",
+            f"output_dir={out}",
         ],
-        output_dir=str(out),
     )
-    res = run_rm(cfg)
+    res = run_rm(args)
     for acc in (res.accuracy_before, res.accuracy_after, res.rl["accuracy"]):
         assert acc["pairs"] == 2 and 0.0 <= acc["accuracy"] <= 1.0
     assert res.rl["steps"] == 2

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from her_sdk import (
+    Cancelled,
     CancelToken,
     Character,
     ConfigError,
@@ -152,9 +153,14 @@ def test_bad_input_is_a_typed_error(world):
 
 
 def test_long_sessions_trim_oldest_memories_keep_persona():
+    # Without summaries, what does not fit is left out and the prompt says so.
     mock = MockBackend(lambda p: "Mara: Yes.", n_ctx=1200)
     mara = Character(
-        name="Mara", profile="PERSONA-KEEP gate captain", model=mock, max_memory=10_000
+        name="Mara",
+        profile="PERSONA-KEEP gate captain",
+        model=mock,
+        max_memory=10_000,
+        summarize=False,
     )
     scene = Scene([mara], player="P")
     for i in range(400):
@@ -196,6 +202,53 @@ def test_cancel_stops_generation_and_keeps_what_was_said():
     assert stream.reply.finish_reason == "cancelled"
     assert mock.tokens_generated < 20
     assert c.memory and c.memory[-1].speech  # the partial line was spoken
+    with pytest.raises(Cancelled):
+        stream.wait()  # the stream ended; waiting for a reply says why there is none
+
+
+class CancelAfter(CancelToken):
+    """Cancels itself once it has been asked `checks` times (the mock asks once a token)."""
+
+    __slots__ = ("_left",)
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self._left = checks
+
+    @property
+    def cancelled(self) -> bool:
+        self._left -= 1
+        if self._left < 0:
+            self.cancel()
+        return super().cancelled
+
+
+def test_a_cancelled_turn_raises_cancelled_from_reply_and_wait():
+    mock = MockBackend(lambda p: "Mara: " + "word " * 400)
+    c = Character(name="Mara", model=mock)
+    scene = Scene([c], player="P")
+    with pytest.raises(Cancelled):
+        c.reply(cancel=CancelAfter(8))
+    assert c.memory[-1].speech.startswith("word") and mock.tokens_generated == 8
+    assert scene.events[-1].speaker == "Mara"  # what was said before the cancel was heard
+
+    stream = scene.stream("Mara")
+    next(stream)
+    stream.cancel()
+    list(stream)  # iterating a cancelled stream just ends
+    with pytest.raises(Cancelled):
+        stream.wait()
+    assert stream.reply is not None and stream.reply.finish_reason == "cancelled"
+
+    unstarted = c.stream()
+    unstarted.close()
+    with pytest.raises(Cancelled, match="before it started"):
+        unstarted.wait()
+    assert c.reply(max_tokens=3).finish_reason == "length"  # a finished turn still returns
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        scene.turn("Mara", cancel=token)  # already cancelled: nothing is generated
 
 
 def test_concurrent_turns_of_many_characters_on_one_backend():
@@ -251,7 +304,7 @@ def test_failed_scene_construction_attaches_nothing():
     b = Character(name="A")
     with pytest.raises(ConfigError):
         Scene([a, b])
-    assert a.scene is None and b.scene is None
+    assert a.seat is None and b.seat is None
 
 
 def test_private_text_stays_out_of_logs_at_default_and_info_level(world, caplog):
@@ -264,3 +317,51 @@ def test_private_text_stays_out_of_logs_at_default_and_info_level(world, caplog)
         list(scene.stream("Mara", private=True))
     for private in (MARA_PLAN, MARA_THOUGHT, MARA_SECRET):
         assert private not in caplog.text
+
+
+def test_scene_views_are_copies_taken_under_the_lock(world):
+    scene, mara, jory, *_ = world
+    chars, players, events = scene.characters, scene.players, scene.events
+    chars.clear()
+    players.append("Ghost")
+    scene.say("Traveler", "Hello.")
+    events.append(scene.events[0])
+    assert list(scene.characters) == ["Mara", "Jory"] and scene.players == ["Traveler"]
+    assert scene.event_count == len(scene.events) == 1 and scene.clock == 1
+    assert scene.present == ["Mara", "Jory", "Traveler"]
+    assert mara in scene and "Traveler" in scene and "Ghost" not in scene
+    assert Character(name="Mara") not in scene  # same name, another character
+
+
+def test_a_character_sits_in_one_scene_at_a_time(world):
+    scene, mara, *_ = world
+    assert mara.seat is not None
+    with pytest.raises(ConfigError, match="another scene"):
+        Scene([mara])
+    with pytest.raises(ConfigError, match="another scene"):
+        Scene().add(mara)
+    assert scene.remove("Mara") is mara and mara.seat is None and mara not in scene
+    other = Scene([mara], player="P")
+    other.say("P", "psst")
+    scene.say("Traveler", "not heard by Mara")
+    assert mara.memory[-1].speech == "psst"
+
+
+def test_allowed_actions_reach_the_grammar_and_a_turn_may_replace_them():
+    grammars: list[str | None] = []
+
+    class Recording(MockBackend):
+        def stream(self, prompt, *, grammar=None, **kw):
+            grammars.append(grammar)
+            return super().stream(prompt, grammar=grammar, **kw)
+
+    rec = Recording(lambda p: "Mara: <role_action>open the gate</role_action>Go.")
+    mara = Character(name="Mara", model=rec, grammar=True, allowed_actions=["open the gate"])
+    reply = mara.reply()
+    assert reply.actions == ["open the gate"]  # performed
+    assert mara.allowed_actions == ["open the gate"]  # allowed
+    assert "open the gate" in grammars[-1]
+    mara.reply(allowed_actions=["bow deeply"])
+    assert "bow deeply" in grammars[-1] and "open the gate" not in grammars[-1]
+    Character(name="Jory", model=rec).reply()
+    assert grammars[-1] is None  # the mock honours no grammar: none is sent by default

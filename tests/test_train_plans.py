@@ -14,7 +14,8 @@ from her_sdk.training.data import convert_file, decode_her, read_jsonl, render_s
 from her_sdk.training.plans import mock_teacher, synth_plans, teacher_from_spec, validate_plan
 
 from her_sdk import MockBackend
-from her_sdk._backends._openai import OpenAIBackend, chatml_to_messages
+from her_sdk._backends._openai import OpenAIBackend
+from her_sdk.format import Message, chatml_to_messages
 
 F = Path(__file__).parent / "fixtures" / "train"
 
@@ -118,7 +119,8 @@ def test_resume_without_duplicates(data, tmp_path):
 def test_validate_plan_rules():
     ok = "Brannoc is cornered; he should stall with charm and keep the strongbox secret."
     assert validate_plan(ok, "Brannoc") is None
-    assert validate_plan(ok, "Brannoc", max_words=5) == "too long"
+    assert validate_plan(ok, "Brannoc", max_chars=40) == "too long"
+    assert validate_plan(" ".join([ok] * 6), "Brannoc") == "too long"  # over MAX_PLAN_CHARS
     assert validate_plan('He says "I will pay" and keeps calm and friendly now.', "Brannoc") is None
     assert validate_plan("My plan is to stall, keep calm and smile a great deal.", "Brannoc") == (
         "first person"
@@ -193,14 +195,29 @@ def test_openai_backend_stop_and_errors(server):
     b = OpenAIBackend(server, "m")
     text = "".join(b.stream("Character: Mara\n", stop=["</system_thinking>"]))
     assert text.startswith("<system_thinking>Mara weighs") and "ignored" not in text
-    from her_sdk import GenerationError, ModelError
+    from her_sdk import BackendUnavailableError, GenerationError
 
     with pytest.raises(GenerationError):
         OpenAIBackend(server, "broken").stream("x")
-    with pytest.raises(ModelError):
+    with pytest.raises(BackendUnavailableError):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", timeout=2).stream("x")
     msgs, prefill = chatml_to_messages(
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nP"
     )
-    assert msgs == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert msgs == [Message("system", "S"), Message("user", "U")]
     assert prefill == "P"
+
+
+def test_validate_plan_accepts_hers_actor_voice_but_not_the_characters():
+    her_style = (
+        "I need to portray Brannoc as wary but polite: he measures the stranger, hides his "
+        "fear of the toll-keeper, and answers briefly."
+    )
+    assert validate_plan(her_style, "Brannoc") is None
+    # the character's own "I" is still a first-person plan, actor frame or not
+    assert validate_plan("I need to show that I am not afraid of them at all.", "Brannoc") == (
+        "first person"
+    )
+    assert validate_plan("I am scared, so I will lie to the guard about the cart.", "Brannoc") == (
+        "first person"
+    )

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from her_sdk.training.common import load_config, parse_overrides  # noqa: E402
+from her_sdk.training.common import parse_config, parse_overrides  # noqa: E402
 from her_sdk.training.data import convert_file  # noqa: E402
-from her_sdk.training.sft import SFTRunConfig, build_trainer  # noqa: E402
+from her_sdk.training.sft import build_trainer, config_types  # noqa: E402
 from her_sdk.training.tiny import build_tiny_model  # noqa: E402
 
 from her_sdk import ConfigError  # noqa: E402
@@ -34,9 +34,14 @@ def data(tmp_path_factory) -> str:
     return str(path)
 
 
-def cfg(tmp_path, tiny, data, **kw) -> SFTRunConfig:
+def cfg(tmp_path, tiny, data, **kw) -> tuple:
     base = dict(
-        model=tiny,
+        model_name_or_path=tiny,
+        dtype="float32",
+        use_peft=True,
+        lora_target_modules="all-linear",
+        bf16=False,
+        activation_checkpointing=False,
         train_file=data,
         train_split=None,
         eval_file=data,
@@ -54,11 +59,11 @@ def cfg(tmp_path, tiny, data, **kw) -> SFTRunConfig:
         seed=0,
     )
     base.update(kw)
-    return SFTRunConfig(**base)
+    return parse_config(config_types(), None, base)
 
 
 def test_label_mask_covers_exactly_the_completion(tmp_path, tiny, data):
-    trainer, info = build_trainer(cfg(tmp_path, tiny, data))
+    trainer, info = build_trainer(*cfg(tmp_path, tiny, data))
     assert info["train_samples"] == 9
     tok = trainer.processing_class
     from her_sdk.training.data import read_jsonl
@@ -81,7 +86,7 @@ def test_label_mask_covers_exactly_the_completion(tmp_path, tiny, data):
 
 
 def test_three_lora_steps_change_the_adapter_only(tmp_path, tiny, data):
-    trainer, _ = build_trainer(cfg(tmp_path, tiny, data))
+    trainer, _ = build_trainer(*cfg(tmp_path, tiny, data))
     model = trainer.model
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
@@ -96,17 +101,21 @@ def test_three_lora_steps_change_the_adapter_only(tmp_path, tiny, data):
     assert all(torch.equal(p, after[n].detach()) for n, p in base.items())
 
 
-def test_config_overrides_and_errors(tmp_path):
+def test_config_overrides_and_errors():
     assert parse_overrides(
-        ["max_steps=5", "tiny.hidden_size=32", "lora_target_modules=[q_proj]"]
-    ) == {"max_steps": 5, "tiny": {"hidden_size": 32}, "lora_target_modules": ["q_proj"]}
-    c = load_config(SFTRunConfig, TINY_YAML, ["max_steps=2", "peft=none"], output_dir="x")
-    assert (c.max_steps, c.peft, c.output_dir, c.model) == (2, "none", "x", "tiny")
-    with pytest.raises(ConfigError, match="unknown"):
-        load_config(SFTRunConfig, TINY_YAML, ["no_such_option=1"])
-    with pytest.raises(ConfigError, match="peft"):
-        load_config(SFTRunConfig, TINY_YAML, ["peft=magic"])
-    assert load_config(SFTRunConfig, "sft_tiny_cpu.yaml").model == "tiny"  # packaged config
+        ["max_steps=5", "tiny.hidden_size=32", "lora_target_modules=[q_proj]", "--seed", "3"]
+    ) == {"max_steps": 5, "tiny": {"hidden_size": 32}, "lora_target_modules": ["q_proj"], "seed": 3}
+    args, model, train = parse_config(
+        config_types(), TINY_YAML, ["max_steps=2", "use_peft=false", "--output_dir", "x"]
+    )
+    assert (train.max_steps, model.use_peft, train.output_dir) == (2, False, "x")
+    assert model.model_name_or_path == "tiny" and args.train_file == "synthetic:48"
+    with pytest.raises(ConfigError, match="no_such_option"):
+        parse_config(config_types(), TINY_YAML, ["no_such_option=1"])
+    with pytest.raises(ConfigError, match="lr_scheduler_type"):
+        parse_config(config_types(), TINY_YAML, ["lr_scheduler_type=magic"])
+    packaged = parse_config(config_types(), "sft_tiny_cpu.yaml")  # a bare packaged name
+    assert packaged[1].model_name_or_path == "tiny"
 
 
 @pytest.mark.slow
@@ -136,7 +145,7 @@ def test_cli_tiny_config_trains_saves_and_resumes(tmp_path):
     assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert (out / "checkpoint-4").is_dir()
     res = CliRunner().invoke(
-        app, [*args[:-3], "max_steps=6", "train_file=synthetic:24", "resume_from_checkpoint=true"]
+        app, [*args[:-3], "max_steps=6", "train_file=synthetic:24", "resume_from_checkpoint=latest"]
     )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "her_sft.json").read_text())["result"]

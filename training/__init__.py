@@ -2,8 +2,11 @@
 
 - `data`: `her data convert coser|her|sharegpt` -> trl prompt/completion JSONL (HER format).
 - `plans`: `her data synth-plans` -> reverse-engineered third-person plans from a teacher.
-- `sft`: `her train sft` (`SFTRunConfig`, `run_sft`) on trl's SFTTrainer, LoRA/QLoRA/full.
-- `common`: config loading (YAML + key=value overrides), model/tokenizer/LoRA/data loading.
+- `sft`, `rm`, `rl`: the stages (`her train sft|rm|rl`, or `python -m her_sdk.training STAGE`
+  under `accelerate launch`), each with its HER-specific arguments beside trl's own configs.
+- `launch`: the one entry point of the stages; `common`: typed config parsing (YAML +
+  command-line overrides), model/tokenizer/data loading.
+- `judge`, `pairs`, `principles`: the generative pairwise judge, its data and its principles.
 - `tiny`: tiny random-weight models and synthetic HER samples for CPU tests.
 
 Importing this package is cheap; torch, transformers and trl load inside the functions that

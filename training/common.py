@@ -1,43 +1,50 @@
-"""Shared plumbing of the training stages (SFT here; reward model and RL build on it).
+"""Shared plumbing of the training stages: config parsing, model and data loading.
 
-- `load_config(Cls, path, overrides)`: a stage's config dataclass from YAML plus `key=value`
-  overrides (values parsed as YAML, so `lr=1e-4`, `peft=none`, `lora_target_modules=[q_proj]`).
+- `parse_config(types, path, overrides)`: one instance of each config dataclass of a stage
+  (HER's own arguments, trl's `ModelConfig` and the trainer's config, as in trl's scripts) from
+  YAML plus command-line overrides (`key=value` or `--key value`), every value type-checked.
 - `resolve_model(...)`: `tiny` (random model built on the fly, see `tiny.py`),
   `embedded:gemma-3-270m` (the SDK's GGUF, loaded dequantized through transformers), a local
   Hugging Face directory, or a directory + `gguf_file`.
-- `load_tokenizer(...)`, `load_causal_lm(...)`, `lora_config(...)`, `load_rows(...)`:
-  the pieces every stage needs, with the heavy imports inside the functions.
+- `load_tokenizer(...)`, `load_causal_lm(...)`, `load_rows(...)`: the pieces every stage needs,
+  with the heavy imports inside the functions.
 
-It holds no stage logic: each stage keeps one config dataclass beside its trainer (trl style).
+It holds no stage logic: each stage keeps its HER-specific arguments beside its trainer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import enum
 import json
 import logging
 import os
+import re
+import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from her_sdk import ConfigError, MissingDependencyError
 
 __all__ = [
     "ModelSpec",
     "clear_gguf_markers",
+    "config_dict",
     "last_checkpoint",
     "load_causal_lm",
-    "load_config",
     "load_rows",
     "load_tokenizer",
-    "lora_config",
+    "parse_config",
     "parse_overrides",
+    "read_config_file",
     "require_train_extra",
     "resolve_model",
 ]
 
 log = logging.getLogger("her_sdk.training")
-T = TypeVar("T")
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 
 
@@ -61,25 +68,49 @@ def require_train_extra() -> None:
 # Config files
 # ---------------------------------------------------------------------------------------------
 
+# Keys a YAML file may hold beside the dataclass fields (trl's TrlParser reads `env` too).
+_ENV_KEY = "env"
+_KEY_EQ = re.compile(r"^[A-Za-z_][\w.]*=")  # `key=value`: an override, not the value of a flag
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """`["a=1", "b.c=x"]` -> `{"a": 1, "b": {"c": "x"}}` (values parsed as YAML scalars/lists)."""
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """Command-line overrides -> a nested dict. Accepts `key=value`, `--key=value`,
+    `--key value` and a bare `--flag` (true); a dotted key nests (`train.max_steps=2`).
+    Values are read as YAML (`1e-4`, `none`, `[q_proj, v_proj]`, `{a: 1}`); their types are
+    checked later, against the dataclass fields, by `parse_config`."""
     import yaml
 
     out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
+    args = list(items or [])
+    i = 0
+    while i < len(args):
+        item = args[i]
+        i += 1
+        if item.startswith("--"):
+            key, sep, raw = item[2:].partition("=")
+            if not sep:  # `--key value`, or a bare `--flag` (followed by another override)
+                if i < len(args) and not args[i].startswith("--") and not _KEY_EQ.match(args[i]):
+                    raw, i = args[i], i + 1
+                else:
+                    raw = "true"
+        else:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} is not key=value (or --key value)")
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise ConfigError(f"override {item!r} has no key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: {exc}") from None
+            raise ConfigError(f"override {key}: {exc}") from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {p} is not a mapping")
+            node = child
         node[parts[-1]] = value
     return out
 
@@ -94,48 +125,129 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(
-    cls: type[T],
-    path: str | os.PathLike | None = None,
-    overrides: list[str] | dict | None = None,
-    **explicit: Any,
-) -> T:
-    """Build config dataclass `cls` from a YAML file, then overrides, then explicit kwargs."""
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML config file; a bare name (`sft_tiny_cpu.yaml`) also finds the
+    packaged configs in `training/configs/`."""
     import yaml
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            # A bare name like `sft_tiny_cpu.yaml` also finds the packaged configs.
-            packaged = Path(__file__).parent / "configs" / p.name
-            if packaged.exists():
-                p = packaged
-            else:
-                raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-    if isinstance(overrides, dict):
-        data = _merge(data, overrides)
-    else:
-        data = _merge(data, parse_overrides(overrides))
-    data = _merge(data, {k: v for k, v in explicit.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+    p = Path(path)
+    if not p.exists():
+        packaged = Path(__file__).parent / "configs" / p.name
+        if not packaged.exists():
+            raise ConfigError(f"config file not found: {path}")
+        p = packaged
     try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
 
 
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+def _checkable(tp: Any) -> Any:
+    """`tp` in a form msgspec can validate: transformers types its choices as `Enum | str`,
+    which msgspec refuses (two string-like types); the Enum alone checks the same values."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = get_args(tp)
+        if str in args and any(isinstance(a, type) and issubclass(a, enum.Enum) for a in args):
+            kept = tuple(a for a in args if a is not str)
+            return kept[0] if len(kept) == 1 else Union[kept]  # noqa: UP007
+    return tp
+
+
+def _is_list(tp: Any) -> bool:
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_is_list(a) for a in get_args(tp))
+    return get_origin(tp) in (list, tuple) or tp in (list, tuple)
+
+
+def _typed(key: str, value: Any, tp: Any, where: str) -> Any:
+    import msgspec
+
+    tp = _checkable(tp)
+    try:
+        return msgspec.convert(value, tp, strict=False)
+    except msgspec.ValidationError as exc:
+        if isinstance(value, str) and _is_list(tp):
+            # One value for a list field, as `--lora_target_modules all-linear` gives argparse.
+            return _typed(key, [value], tp, where)
+        if isinstance(value, bool):  # YAML 1.1 reads `eval_strategy=no` as false
+            try:
+                return msgspec.convert("yes" if value else "no", tp, strict=False)
+            except msgspec.ValidationError:
+                pass
+        raise ConfigError(f"{where}{key}: {str(exc).lower()} ({value!r})") from None
+
+
+def parse_config(
+    config_types: Sequence[type],
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    *,
+    for_this_machine: bool = True,
+) -> tuple[Any, ...]:
+    """One instance of each dataclass in `config_types`, from a YAML file and overrides.
+
+    The shape of trl's scripts (`TrlParser((ScriptArguments, SFTConfig, ModelConfig))`): every
+    key belongs to exactly one of the dataclasses, HER's own arguments or trl's configs. Each
+    value is converted to its field's type (msgspec), so a wrong type (`learning_rate=fast`) or
+    an unknown key (`no_such_key=1`), in the file or on the command line, is a ConfigError
+    naming the key. Overrides win over the file; each dataclass's own checks then run.
+
+    `for_this_machine=False` reads a config meant for other hardware (a GPU config on a laptop,
+    for `her train check` and tests): transformers refuses `bf16` where no GPU supports it, so
+    the trainer config is built as if for the CPU, then marked back as not `use_cpu`.
+    """
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    data = _merge(data, extra)
+    data.pop(_ENV_KEY, None)
+
+    def where(key: str) -> str:  # errors say whether the file or the command line was wrong
+        return "override " if key in extra or path is None else f"{path}: "
+
+    owner: dict[str, type] = {}
+    for cls in reversed(config_types):  # the first dataclass that declares a field owns it
+        for f in dataclasses.fields(cls):
+            if f.init:
+                owner[f.name] = cls
+    unknown = sorted(set(data) - set(owner))
+    if unknown:
+        names = ", ".join(c.__name__ for c in config_types)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, owner, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"{where(unknown[0])}unknown option(s) {', '.join(hints)}: not a field of {names}"
+        )
+    out = []
+    for cls in config_types:
+        hints_of = get_type_hints(cls)
+        kwargs = {
+            k: _typed(k, v, hints_of[k], where(k)) for k, v in data.items() if owner[k] is cls
+        }
+        elsewhere = not for_this_machine and "use_cpu" in hints_of and "use_cpu" not in kwargs
+        try:
+            obj = cls(**kwargs, **({"use_cpu": True} if elsewhere else {}))
+            if elsewhere:
+                obj.use_cpu = False
+            out.append(obj)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path or 'config'}: {cls.__name__}: {exc}") from None
+    return tuple(out)
+
+
+def config_dict(*configs: Any) -> dict[str, Any]:
+    """The configs of a run as one JSON-safe mapping (for the run's report file)."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        d = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+        out[type(cfg).__name__] = json.loads(json.dumps(d, default=str))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,17 +264,30 @@ class ModelSpec:
 
 
 def resolve_model(
-    model: str,
+    model: str | None,
     *,
     gguf_file: str | None = None,
     tiny: dict | None = None,
     work_dir: str | os.PathLike | None = None,
 ) -> ModelSpec:
+    if not model:
+        raise ConfigError("model_name_or_path is not set (tiny, embedded:gemma-3-270m or a path)")
     if model == "tiny":
         from .tiny import build_tiny_model
 
         base = Path(work_dir or ".") / "tiny-base"
-        return ModelSpec(str(build_tiny_model(base, **(tiny or {}))))
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return ModelSpec(str(build_tiny_model(base, **(tiny or {}))))
+        # Under a launcher every rank gets here: one process per machine writes the files while
+        # the others wait, then all read the same folder (no rank reads a half-written model).
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_local_main_process:
+            with _outside_zero3():
+                base = build_tiny_model(base, **(tiny or {}))
+        state.wait_for_everyone()
+        return ModelSpec(str(base))
     if model == EMBEDDED_GEMMA:
         from her_sdk._model import default_model_path
 
@@ -174,6 +299,33 @@ def resolve_model(
     if gguf_file:
         return ModelSpec(str(p), gguf_file)
     return ModelSpec(model)  # a directory, or a hub id already in the local cache (no download)
+
+
+# ChatML for a tokenizer that has no `<|im_end|>` token (Gemma): there the marker is plain text
+# that generation cannot stop at, so a final assistant message also ends with the tokenizer's
+# eos, which it can. Prompts (ending in a user turn or an open assistant turn) render exactly as
+# ChatML, as the runtime renders them.
+CHATML_EOS_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% if loop.last and message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@contextlib.contextmanager
+def _outside_zero3():
+    """Build a model whole although the trainer's config has switched DeepSpeed's zero.Init on
+    (transformers would partition it as it is created, and save empty shards)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
@@ -191,7 +343,9 @@ def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
         kw["gguf_file"] = spec.gguf_file
     tok = AutoTokenizer.from_pretrained(spec.path, **kw)
     if chat_template == "chatml":
-        tok.chat_template = CHATML_TEMPLATE
+        one_token = len(tok("<|im_end|>", add_special_tokens=False)["input_ids"]) == 1
+        plain = one_token or not tok.eos_token
+        tok.chat_template = CHATML_TEMPLATE if plain else CHATML_EOS_TEMPLATE
     elif chat_template and chat_template != "model":
         tok.chat_template = chat_template
     if not tok.chat_template:
@@ -268,27 +422,6 @@ def load_causal_lm(
     if spec.gguf_file:
         clear_gguf_markers(model)
     return model
-
-
-def lora_config(
-    r: int,
-    alpha: int,
-    dropout: float,
-    target_modules: Any,
-    task_type: str = "CAUSAL_LM",
-    modules_to_save: list[str] | None = None,
-):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules,
-        task_type=task_type,
-        modules_to_save=modules_to_save,
-        bias="none",
-    )
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:

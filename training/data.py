@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from her_sdk import Persona
+from her_sdk._errors import ConfigError, DataError
 from her_sdk.format import (
     ENVIRONMENT,
     Heard,
@@ -47,6 +48,7 @@ from her_sdk.format import (
 )
 
 __all__ = [
+    "PORTIONS",
     "SOURCES",
     "ConvertOptions",
     "ConvertReport",
@@ -59,16 +61,14 @@ __all__ = [
     "read_jsonl",
     "render_sample",
     "scene_samples",
+    "split_file",
+    "split_portions",
     "trl_columns",
     "write_jsonl",
 ]
 
 SOURCES = ("coser", "her", "sharegpt")
 SPLITS = ("train", "eval", "test")
-
-
-class BadRecord(ValueError):
-    """A record that cannot be converted; counted and reported, never fatal."""
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ConvertReport:
         return sum(self.bad.values())
 
     def note_bad(self, where: str, exc: BaseException) -> None:
-        reason = type(exc).__name__ if not isinstance(exc, BadRecord) else str(exc).split(":")[0]
+        reason = type(exc).__name__ if not isinstance(exc, DataError) else str(exc).split(":")[0]
         self.bad[reason] += 1
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {exc}")
@@ -289,7 +289,7 @@ def _text(x: Any) -> str:
 def _line_entry(speaker: str, message: str, *, target: bool = True) -> Entry:
     speaker = speaker.strip()
     if not speaker:
-        raise BadRecord("no speaker: a line without a speaker")
+        raise DataError("no speaker: a line without a speaker")
     if speaker == ENVIRONMENT:
         return Entry(ENVIRONMENT, Turn.from_segments([Segment("speech", message)]), False)
     return Entry(speaker, parse_turn(message, name=speaker), target)
@@ -332,15 +332,15 @@ class ConvertOptions:
 
 def _coser_dialogue(dialogues: Any) -> list[Entry]:
     if not isinstance(dialogues, list) or not dialogues:
-        raise BadRecord("no dialogues: the record has no dialogue lines")
+        raise DataError("no dialogues: the record has no dialogue lines")
     out = []
     for d in dialogues:
         if not isinstance(d, dict) or not isinstance(d.get("character"), str):
-            raise BadRecord("bad dialogue line: expected {character, message}")
+            raise DataError("bad dialogue line: expected {character, message}")
         # HER's dialogue layout keeps the tagged turn and its plan in their own fields.
         msg = d.get("enhanced_standard_format") or d.get("standard_format") or d.get("message")
         if not isinstance(msg, str):
-            raise BadRecord("bad dialogue line: message is not text")
+            raise DataError("bad dialogue line: message is not text")
         plan = d.get("sys_thinking") or d.get("system_thinking")
         if isinstance(plan, str) and plan.strip() and "<system_think" not in msg:
             msg = f"<system_thinking>{plan.strip()}</system_thinking>{msg}"
@@ -388,11 +388,11 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
     datasets = data.get("character_datasets") or {}
     plots = data.get("plots")
     if not isinstance(plots, list):
-        raise BadRecord("bad book file: no plots list")
+        raise DataError("bad book file: no plots list")
     book = _text(data.get("book")) or _text(data.get("title"))
     for pi, plot in enumerate(plots):
         if not isinstance(plot, dict):
-            report.note_bad(f"plot {pi}", BadRecord("bad plot: not an object"))
+            report.note_bad(f"plot {pi}", DataError("bad plot: not an object"))
             continue
         i_p = plot.get("i_p", pi)
         desc = {
@@ -404,7 +404,7 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
             report.records += 1
             try:
                 if not isinstance(conv, dict):
-                    raise BadRecord("bad conversation: not an object")
+                    raise DataError("bad conversation: not an object")
                 key = coser_scene_key(book or "unknown", i_p, ci)
                 entries = _coser_dialogue(conv.get("dialogues"))
                 motivations = {
@@ -516,15 +516,15 @@ def persona_from_system_prompt(text: str, name: str) -> Persona:
 def _messages_of(rec: dict) -> list[tuple[str, str]]:
     msgs = rec.get("messages") or rec.get("conversations") or rec.get("conversation")
     if not isinstance(msgs, list) or not msgs:
-        raise BadRecord("no messages: expected messages/conversations list")
+        raise DataError("no messages: expected messages/conversations list")
     out = []
     for m in msgs:
         if not isinstance(m, dict):
-            raise BadRecord("bad message: not an object")
+            raise DataError("bad message: not an object")
         role = m.get("role", m.get("from"))
         content = m.get("content", m.get("value"))
         if not isinstance(role, str) or role.lower() not in _ROLE or not isinstance(content, str):
-            raise BadRecord("bad message: unknown role or non-text content")
+            raise DataError("bad message: unknown role or non-text content")
         out.append((_ROLE[role.lower()], content))
     return out
 
@@ -560,14 +560,14 @@ def _chat_record(rec: dict, source: str, index: int) -> tuple[dict, list[Entry],
     system = "\n\n".join(c for r, c in msgs if r == "system")
     assistants = [c for r, c in msgs if r == "assistant"]
     if not assistants:
-        raise BadRecord("no assistant turn: nothing to learn from")
+        raise DataError("no assistant turn: nothing to learn from")
     name = _text(rec.get("character")) or _text(rec.get("role")) or _text(rec.get("name"))
     if not name:
         name = _assistant_name(assistants[0]) or ""
     if not name:
-        raise BadRecord("no character: cannot tell who the assistant plays")
+        raise DataError("no character: cannot tell who the assistant plays")
     if name == ENVIRONMENT:
-        raise BadRecord("not role-play: the assistant plays the environment")
+        raise DataError("not role-play: the assistant plays the environment")
     entries: list[Entry] = []
     for role, content in msgs:
         if role == "user":
@@ -575,7 +575,7 @@ def _chat_record(rec: dict, source: str, index: int) -> tuple[dict, list[Entry],
         elif role == "assistant":
             label = _assistant_name(content)
             if label is not None and label != name:
-                raise BadRecord(f"mixed speakers: assistant speaks as {label!r} and {name!r}")
+                raise DataError(f"mixed speakers: assistant speaks as {label!r} and {name!r}")
             entries.append(Entry(name, parse_turn(content, name=name), True))
     persona = persona_from_system_prompt(system, name)
     book = (
@@ -655,14 +655,14 @@ def iter_scenes(
         book.setdefault("book", _book_name_from_path(Path(path)))
         try:
             yield from _coser_book(book, opts, report)
-        except BadRecord as exc:
+        except DataError as exc:
             report.note_bad(str(path), exc)
         return
     for i, rec in enumerate(records):
         report.records += 1
         try:
             if not isinstance(rec, dict):
-                raise BadRecord("not an object: the record is not a JSON object")
+                raise DataError("not an object: the record is not a JSON object")
             if source == "coser" or "dialogues" in rec:  # CoSER, or HER's dialogue layout
                 yield _coser_test_record(rec, opts, source)
             else:
@@ -715,3 +715,61 @@ def convert_file(
 def trl_columns(rows: Iterable[dict]) -> list[dict]:
     """Only the columns trl reads (prompt, completion), as a trainer expects them."""
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Portions for the stages (`her data split`)
+# ---------------------------------------------------------------------------------------------
+
+# HER's proportions (training_code/step1_roleplay_sft/split_by_purpose.py): 33% role-play SFT,
+# 34% reward-model SFT + 25% reward-model RL (one `rm` portion here), 8% role-play RL.
+PORTIONS: dict[str, float] = {"sft": 0.33, "rm": 0.59, "rl": 0.08}
+
+
+def split_portions(
+    rows: Sequence[dict], ratios: dict[str, float] | None = None, *, seed: int = 0
+) -> dict[str, list[dict]]:
+    """Rows grouped by scene into disjoint portions (`PORTIONS` by default).
+
+    Scenes are taken in a seeded hash order and each goes whole to the portion furthest below
+    its share of the samples so far, so the sample counts follow `ratios` while no scene is in
+    two portions (the RL reference turn is never a turn the policy was trained to copy). A row
+    without a `scene` is a scene of its own (by `id`). Row order within a scene is kept.
+    """
+    ratios = dict(PORTIONS if ratios is None else ratios)
+    if not ratios or any(v < 0 for v in ratios.values()) or sum(ratios.values()) <= 0:
+        raise ConfigError(f"portion ratios must be >= 0 with a positive sum, not {ratios}")
+    total = sum(ratios.values())
+    share = {k: v / total for k, v in ratios.items()}
+    scenes: dict[str, list[dict]] = {}
+    for i, r in enumerate(rows):
+        scenes.setdefault(str(r.get("scene") or r.get("id") or f"#{i}"), []).append(r)
+    out: dict[str, list[dict]] = {k: [] for k in ratios}
+    placed = 0
+    for key in sorted(scenes, key=lambda k: _rank(k, seed)):
+        group = scenes[key]
+        target = placed + len(group)
+        name = max(share, key=lambda k: (share[k] * target - len(out[k]), share[k]))
+        out[name].extend(group)
+        placed = target
+    return out
+
+
+def split_file(
+    input_path: str | Path,
+    out_dir: str | Path,
+    ratios: dict[str, float] | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, dict[str, int]]:
+    """`her data split`: write `OUT/<portion>.jsonl` for each portion; returns per-portion
+    sample and scene counts."""
+    rows = read_jsonl(input_path)
+    if not rows:
+        raise DataError(f"{input_path}: no samples")
+    parts = split_portions(rows, ratios, seed=seed)
+    report = {}
+    for name, part in parts.items():
+        write_jsonl(Path(out_dir) / f"{name}.jsonl", part)
+        report[name] = {"samples": len(part), "scenes": len({r.get("scene") for r in part})}
+    return report

@@ -30,6 +30,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     prompt_style = "chatml"
+    supports_grammar = False  # generate() is not grammar-constrained; grammars are ignored
 
     def __init__(
         self,

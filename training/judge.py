@@ -11,8 +11,9 @@ The judge sees the character sheet, the conversation as the character perceived 
 candidate next turns (`cand_1`, `cand_2`) with plans stripped and inner thoughts kept. It names
 the principles that apply (`principles.yaml`), compares the candidates on each, and ends with a
 JSON object whose `better_response` is `cand_1`, `cand_2` or `tie`; a candidate that violates a
-negative principle loses to one that violates none (the parser enforces this from the JSON's
-`violations` too). Position bias is controlled by judging both orders and averaging.
+negative principle loses to one that violates none, and two that both violate one tie (the
+parser enforces this from the JSON's `violations` too). Position bias is controlled by judging
+both orders and averaging.
 
 `parse_verdict` never raises: text it cannot read gives None (the caller retries, then
 abstains). This module renders and parses; it does not train (see `rm.py`) or build data
@@ -76,8 +77,8 @@ cand_2: the same.
 Last line: a JSON object {{"principles": [ids], \
 "violations": {{"cand_1": [ids], "cand_2": [ids]}}, \
 "better_response": "cand_1" | "cand_2" | "tie"}}.
-A candidate that violates a negative principle loses to one that violates none. Judge the \
-content, not the order or the length of the candidates."""
+A candidate that violates a negative principle loses to one that violates none; if both \
+violate one, answer "tie". Judge the content, not the order or the length of the candidates."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +276,8 @@ def parse_verdict(text: Any, principles: PrincipleSet | None = None) -> Verdict 
     Reads the last JSON object that has `better_response` (tolerating code fences, single
     quotes, trailing commas and aliases such as "Candidate 2" or "B"), else a bare
     `better_response: X` line. When `violations` names negative principles for exactly one
-    candidate, that candidate loses whatever the stated winner (HER's rule); when both violate,
-    the stated winner stands.
+    candidate, that candidate loses whatever the stated winner (HER's rule); when both violate
+    one, the verdict is a tie (as HER's judge rules).
     """
     try:
         return _parse(text if isinstance(text, str) else str(text), principles)
@@ -318,6 +319,8 @@ def _parse(text: str, principles: PrincipleSet | None) -> Verdict | None:
         better = "cand_2"
     elif b2 and not b1:
         better = "cand_1"
+    elif b1 and b2:
+        better = "tie"
     return Verdict(
         better=better,
         principles=_ids(obj.get("principles")),
@@ -384,6 +387,8 @@ class Judge:
         self.concurrency = concurrency
         self.calls = 0
         self.abstained = 0
+        self.errors = 0  # backend calls that raised (a subset of the failed attempts)
+        self.last_error: BaseException | None = None
 
     def prompt(
         self,
@@ -427,13 +432,27 @@ class Judge:
             self.calls += 1
             try:
                 text = self._generate(prompt, attempt)
-            except Exception:
+            except Exception as exc:  # counted; the caller sees the rate (JudgeReward aborts)
+                self.errors += 1
+                self.last_error = exc
                 continue
             v = parse_verdict(text, self.principles)
             if v is not None:
                 return v
         self.abstained += 1
         return None
+
+    def health_check(self, persona: Persona, history: Sequence[Heard | Turn], turn: Any) -> Verdict:
+        """One judgment, with nothing swallowed: the backend's own error if it cannot answer,
+        GenerationError if its answer holds no readable verdict. Run before training starts."""
+        from her_sdk import GenerationError
+
+        text = self._generate(self.prompt(persona, history, turn, turn), 0)
+        v = parse_verdict(text, self.principles)
+        if v is None:
+            head = " ".join(text.split())[:200]
+            raise GenerationError(f"the judge answered without a readable verdict: {head!r}")
+        return v
 
     def compare(
         self,

@@ -21,6 +21,13 @@ which the fault is detected and the gold turn has none, so every automatic label
 in-process judge for tiny RL runs and a teacher that needs no model. `teacher_rows` asks any
 her_sdk Backend to judge pairs (both orders) and keeps its position-consistent verdicts.
 
+HER's own reward data (`her data rm-pairs`, `rm_pairs`): several samples of the SFT policy per
+prompt, paired with each other, each pair judged by a strong teacher in both orders. The
+teacher's whole answer (its reasoning, the principles it applied) is the judge's training
+target, ties included, so the reward model sees what it faces in RL: two clean candidates.
+Corrupted pairs are an optional addition (`corruptions`). `length_balance` reports how often
+the preferred candidate is the longer one, so a "longer/shorter wins" shortcut is visible.
+
 This module builds data; it does not train. Samples come from `training.data` (their `her`
 field); all HER rendering and parsing goes through `her_sdk.format`.
 """
@@ -28,15 +35,38 @@ field); all HER rendering and parsing goes through `her_sdk.format`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
-from her_sdk import Backend, MockBackend, Persona
-from her_sdk.format import ENVIRONMENT, TAG, Heard, Segment, Turn, parse_turn, render_turn
+from her_sdk import Backend, MockBackend, Persona, Sampling
+from her_sdk.format import (
+    CHATML_STOP,
+    ENVIRONMENT,
+    TAG,
+    Heard,
+    Segment,
+    Turn,
+    parse_turn,
+    render_prompt,
+    render_turn,
+)
 
-from .data import decode_her
-from .judge import SLOTS, Judge, judge_messages, render_verdict
+from .data import decode_her, read_jsonl
+from .judge import (
+    SLOTS,
+    Judge,
+    Verdict,
+    candidate_text,
+    judge_messages,
+    parse_verdict,
+    render_verdict,
+)
+from .plans import JobReport, Outcome, ask_teacher, generate_text, run_jobs, seed_for
 from .principles import PrincipleSet, load_principles
 
 __all__ = [
@@ -46,7 +76,10 @@ __all__ = [
     "detect",
     "heuristic_judge",
     "judge_sft_rows",
+    "length_balance",
+    "mock_policy",
     "repetition_ratio",
+    "rm_pairs",
     "tag_errors",
     "teacher_rows",
 ]
@@ -332,6 +365,16 @@ def _pair_inputs(pair: dict) -> tuple[Persona, list[Heard | Turn]]:
     return persona, history
 
 
+def _teacher_order(pair: dict) -> tuple[str, str]:
+    """(cand_1, cand_2) as the teacher saw them."""
+    if "cand_1" in pair:
+        return pair["cand_1"], pair["cand_2"]
+    # older records: `chosen` sits in the slot named by `label`
+    if pair.get("label") == "cand_2":
+        return pair["rejected"], pair["chosen"]
+    return pair["chosen"], pair["rejected"]
+
+
 def _label_verdict(pair: dict, gold_slot: str, principles: PrincipleSet) -> str:
     bad_slot = "cand_2" if gold_slot == "cand_1" else "cand_1"
     violated = [p.id for p in principles.for_corruption(pair["kind"])]
@@ -352,21 +395,39 @@ def judge_sft_rows(
 
     `both_orders`: each pair appears with the gold turn as cand_1 and as cand_2 (balanced
     labels, no position shortcut); otherwise the gold slot is random. Rows carry `label`
-    (the gold slot) for accuracy and for the judge's verifiable RL reward.
+    (the gold slot, or "tie") for accuracy and for the judge's verifiable RL reward. A teacher
+    record (`teacher_rows`, `rm_pairs`: it has `completion_text`) is one judged order already
+    and becomes one row whose target is the teacher's own answer, reasoning and ties included.
     """
     ps = principles if principles is not None else load_principles()
     rng = random.Random(seed)
     rows = []
     for pair in pairs:
         persona, history = _pair_inputs(pair)
+        if "completion_text" in pair:  # a teacher's verdict of one order: its own row
+            c1, c2 = _teacher_order(pair)
+            rows.append(
+                {
+                    "id": f"{pair['id']}:{pair.get('order') or pair['label']}",
+                    "split": pair.get("split", "train"),
+                    "kind": pair.get("kind", ""),
+                    "label": pair["label"],
+                    "prompt": judge_messages(
+                        persona,
+                        history,
+                        c1,
+                        c2,
+                        principles=ps,
+                        detail=detail,
+                        max_history=max_history,
+                    ),
+                    "completion": [{"role": "assistant", "content": pair["completion_text"]}],
+                }
+            )
+            continue
         slots = list(SLOTS) if both_orders else [rng.choice(SLOTS)]
         for gold_slot in slots:
-            if "completion_text" in pair:  # a teacher's verdict, already for this order
-                if pair.get("label") != gold_slot:
-                    continue
-                verdict = pair["completion_text"]
-            else:
-                verdict = _label_verdict(pair, gold_slot, ps)
+            verdict = _label_verdict(pair, gold_slot, ps)
             c1, c2 = (
                 (pair["chosen"], pair["rejected"])
                 if gold_slot == "cand_1"
@@ -439,6 +500,37 @@ def heuristic_backend() -> MockBackend:
     return MockBackend(heuristic_judge)
 
 
+def _order_records(
+    base: dict, a: str, b: str, verdicts: Sequence[Verdict | None], *, keep_inconsistent: bool
+) -> tuple[list[dict], str | None]:
+    """Records of candidates a, b judged as (a, b) and (b, a): one per order, holding the
+    teacher's answer (`completion_text`) and verdict (`label`: cand_1 | cand_2 | tie). `chosen`
+    is the winner (for a tie, cand_1 of that order). Returns (records, why none)."""
+    if any(v is None for v in verdicts):
+        return [], "abstained"
+    v_ab, v_ba = verdicts
+    a_ab = 0.5 if v_ab.better == "tie" else float(v_ab.better == "cand_1")
+    a_ba = 0.5 if v_ba.better == "tie" else float(v_ba.better == "cand_2")
+    if a_ab != a_ba and not keep_inconsistent:
+        return [], "inconsistent"
+    out = []
+    for order, (c1, c2), v in (("ab", (a, b), v_ab), ("ba", (b, a), v_ba)):
+        win, lose = (c2, c1) if v.better == "cand_2" else (c1, c2)
+        out.append(
+            {
+                **base,
+                "order": order,
+                "cand_1": c1,
+                "cand_2": c2,
+                "label": v.better,
+                "completion_text": v.raw.strip(),
+                "chosen": win,
+                "rejected": lose,
+            }
+        )
+    return out, None
+
+
 def teacher_rows(
     pairs: Iterable[dict],
     teacher: Backend,
@@ -449,12 +541,14 @@ def teacher_rows(
     concurrency: int = 4,
     keep_inconsistent: bool = False,
 ) -> tuple[list[dict], dict[str, int]]:
-    """Ask a teacher backend to judge each pair in both orders; keep its verdicts as SFT rows.
+    """Ask a teacher backend to judge each pair in both orders; keep its answers as records.
 
     Pairs here need `chosen`/`rejected` only as two candidates (`kind` may be empty, e.g. two
-    policy samples); the label is the teacher's own combined verdict. Position-inconsistent or
-    unreadable judgments are dropped unless `keep_inconsistent`. Returns (pair records with
-    `completion_text` + `label`, counts).
+    policy samples). Each judged order becomes a record with the teacher's answer
+    (`completion_text`, reasoning kept) and its verdict (`label`, ties kept); `judge_sft_rows`
+    turns each into one judge SFT row. Pairs judged differently in the two orders
+    (position bias) or unreadably are dropped unless `keep_inconsistent`. Returns (records,
+    counts).
     """
     ps = principles if principles is not None else load_principles()
     judge = Judge(teacher, principles=ps, detail=detail, retries=retries, concurrency=concurrency)
@@ -465,29 +559,270 @@ def teacher_rows(
         items.append((persona, history, pair["chosen"], pair["rejected"]))
     comps = judge.compare_many(items, both_orders=True)
     kept: list[dict] = []
-    counts = {"pairs": len(pairs), "kept": 0, "inconsistent": 0, "abstained": 0}
+    counts = {"pairs": len(pairs), "kept": 0, "inconsistent": 0, "abstained": 0, "ties": 0}
     for pair, comp in zip(pairs, comps, strict=True):
-        if any(v is None for v in comp.verdicts):
-            counts["abstained"] += 1
+        base = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}
+        recs, why = _order_records(
+            base,
+            pair["chosen"],
+            pair["rejected"],
+            comp.verdicts,
+            keep_inconsistent=keep_inconsistent,
+        )
+        if why is not None:
+            counts[why] += 1
             continue
-        if not comp.consistent and not keep_inconsistent:
-            counts["inconsistent"] += 1
-            continue
-        for v, gold_slot_if_a_wins in zip(comp.verdicts, SLOTS, strict=True):
-            # v judged (a, b) when gold_slot_if_a_wins == cand_1, else (b, a)
-            label = v.better
-            if label == "tie":
-                continue
-            a_won = label == gold_slot_if_a_wins
-            rec = dict(pair, completion_text=v.raw.strip(), label=gold_slot_if_a_wins)
-            if not a_won:  # the teacher preferred `rejected`: swap so `chosen` is its winner
-                rec = dict(
-                    pair,
-                    chosen=pair["rejected"],
-                    rejected=pair["chosen"],
-                    completion_text=v.raw.strip(),
-                    label=label,
-                )
-            kept.append(rec)
-            counts["kept"] += 1
+        kept.extend(recs)
+        counts["kept"] += len(recs)
+        counts["ties"] += sum(r["label"] == "tie" for r in recs)
     return kept, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# `her data rm-pairs`: policy samples judged by a teacher
+# ---------------------------------------------------------------------------------------------
+
+_MOCK_SHAPES = (
+    "{name}: {speech}",
+    "{name}: <role_action>{action}</role_action>{speech}",
+    "{name}: <role_thinking>{thought}</role_thinking>{speech}",
+    "{name}: <role_action>{action}</role_action><role_thinking>{thought}</role_thinking>{speech}",
+    "{name}: {speech}<role_action>{action}</role_action>",
+)
+_MOCK_SPEECH = (
+    "No.",
+    "Not tonight.",
+    "Say that again, slowly, and look at me while you do.",
+    "I have heard that promise before, and it was worth nothing then either.",
+    "Fine. Come in, sit by the fire, and tell me everything from the beginning.",
+)
+_MOCK_ACTIONS = ("folds both arms", "glances at the door", "sets the cup down hard")
+_MOCK_THOUGHTS = ("He is hiding something", "I cannot show how tired I am", "Not yet")
+_YOU_ARE = re.compile(r"You are (.+?)(?: from .+?)?\.\s*$", re.M)
+
+
+def mock_policy() -> Callable[[str], str]:
+    """A scripted stand-in policy (`--policy mock`): each call gives the next of a cycle of
+    well-formed turns of varied shape and length for the character the prompt names."""
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def handler(prompt: str) -> str:
+        with lock:
+            i = next(counter)
+        m = _YOU_ARE.search(prompt)
+        name = m.group(1) if m else "Character"
+        shape = _MOCK_SHAPES[i % len(_MOCK_SHAPES)]
+        return (
+            f"<system_thinking>{name} answers in character.</system_thinking>"
+            + shape.format(
+                name=name,
+                speech=_MOCK_SPEECH[(i * 3) % len(_MOCK_SPEECH)],
+                action=_MOCK_ACTIONS[i % len(_MOCK_ACTIONS)],
+                thought=_MOCK_THOUGHTS[i % len(_MOCK_THOUGHTS)],
+            )
+        )
+
+    return handler
+
+
+def _policy_candidates(
+    policy: Backend,
+    persona: Persona,
+    history: Sequence[Heard | Turn],
+    *,
+    n: int,
+    key: Any,
+    temperature: float,
+    max_tokens: int,
+    timeout: float | None,
+    retries: int,
+    plan: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Up to `n` distinct candidates (as the judge sees them) sampled from `policy`, and the
+    reasons of failed attempts. A candidate needs something visible (speech or an action)."""
+    prompt = render_prompt(
+        persona,
+        history,
+        style=policy.prompt_style,  # type: ignore[arg-type]
+        plan=plan,
+        chat_template=policy.chat_template,
+        bos_token=policy.bos_token,
+        eos_token=policy.eos_token,
+        prefill=policy.prefills,
+    )
+    found: dict[str, None] = {}
+    failures: list[str] = []
+    for i in range(n + retries):
+        if len(found) >= n:
+            break
+        sampling = Sampling(
+            max_tokens=max_tokens, temperature=temperature, seed=seed_for(key, 1000 + i)
+        )
+        try:
+            text = generate_text(policy, prompt.text, sampling, timeout, prompt.stop or CHATML_STOP)
+        except TimeoutError:
+            failures.append("policy timeout")
+            continue
+        except Exception as exc:
+            failures.append(f"policy error: {type(exc).__name__}")
+            continue
+        full = (prompt.prefill if policy.prefills else "") + text
+        turn = parse_turn(full, persona.name)
+        if not turn.speech.strip() and not turn.actions:
+            failures.append("policy: nothing visible")
+            continue
+        cand = candidate_text(full, persona.name)
+        if cand in found:
+            failures.append("policy: duplicate")
+            continue
+        found[cand] = None
+    return list(found), failures
+
+
+def length_balance(records: Iterable[dict]) -> dict[str, Any]:
+    """How often the preferred candidate is the longer one, once per pair (the two judged
+    orders of a pair share its `id`); ties and equal lengths are left out. `chosen_longer`
+    near 0.5 means length does not predict the label; `by_kind` splits teacher pairs
+    ("policy") from each corruption kind."""
+    pairs: dict[str, dict] = {}
+    for r in records:
+        pairs.setdefault(str(r.get("id")), r)
+    ties = 0
+    by_kind: dict[str, list[int]] = {}  # kind -> [chosen longer, decisive]
+    for r in pairs.values():
+        if r.get("label") == "tie":
+            ties += 1
+            continue
+        chosen, rejected = str(r.get("chosen", "")), str(r.get("rejected", ""))
+        if len(chosen) == len(rejected):
+            continue
+        k = by_kind.setdefault(str(r.get("kind") or "teacher"), [0, 0])
+        k[0] += len(chosen) > len(rejected)
+        k[1] += 1
+    decisive = sum(v[1] for v in by_kind.values())
+    longer = sum(v[0] for v in by_kind.values())
+    return {
+        "pairs": len(pairs),
+        "ties": ties,
+        "decisive": decisive,
+        "chosen_longer": round(longer / decisive, 3) if decisive else None,
+        "by_kind": {k: round(v[0] / v[1], 3) for k, v in sorted(by_kind.items())},
+    }
+
+
+def rm_pairs(
+    input_path: str | Path,
+    out_path: str | Path,
+    policy: Backend,
+    teacher: Backend,
+    *,
+    samples: int = 4,
+    plan: bool = True,
+    corruptions: Sequence[str] = (),
+    principles: PrincipleSet | None = None,
+    detail: str = "full",
+    keep_inconsistent: bool = False,
+    concurrency: int = 4,
+    retries: int = 2,
+    timeout: float | None = 300.0,
+    temperature: float = 1.0,
+    max_tokens: int = 256,
+    judge_max_tokens: int = 1024,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobReport:
+    """HER's reward-model data from the samples of `input_path` (the `rm` portion of
+    `her data split`), written to `out_path` (resumable, see `plans.run_jobs`).
+
+    Per sample: `samples` distinct candidates from `policy` (the SFT model) for the sample's
+    prompt (rendered as the runtime does; asking for a plan when `plan`), paired off (1-2,
+    3-4, ...); `teacher` judges each pair in both orders with the judge prompt (`detail`
+    "full": principle definitions too) and its answers are kept whole (one record per order,
+    see `teacher_rows`), ties included; position-inconsistent pairs are dropped unless
+    `keep_inconsistent`. `corruptions` (names from `CORRUPTIONS`) adds gold-vs-corrupted
+    pairs of the same sample. A sample with no usable pair is dropped with
+    its reason. Returns the run's `JobReport`; `stats` counts candidates, pairs, ties and
+    drops, and `stats["length"]` is `length_balance` over the whole output file.
+    """
+    if samples < 2 and not corruptions:
+        raise ValueError("rm_pairs needs samples >= 2 (or corruptions)")
+    for k in corruptions:
+        if k not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
+    ps = principles if principles is not None else load_principles()
+    judge = Judge(teacher, principles=ps, detail=detail)
+    rows = read_jsonl(input_path)
+    teacher_name = getattr(teacher, "name", "teacher")
+
+    def verdict(persona: Persona, history: list, c1: str, c2: str, key: str):
+        prompt = judge.prompt(persona, history, c1, c2)
+        return ask_teacher(
+            teacher,
+            prompt,
+            lambda t: (v, None) if (v := parse_verdict(t, ps)) else (None, "unreadable verdict"),
+            key=key,
+            retries=retries,
+            timeout=timeout,
+            temperature=0.0,
+            max_tokens=judge_max_tokens,
+        )
+
+    def work(row: dict) -> Outcome:
+        persona, history, gold = decode_her(row)
+        sid = str(row.get("id"))
+        cands, failures = _policy_candidates(
+            policy,
+            persona,
+            history,
+            n=samples,
+            key=sid,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            retries=retries,
+            plan=plan,
+        )
+        out = Outcome([], None, tries=0, rejections=failures)
+        out.stats = {"candidates": len(cands), "pairs": 0, "ties": 0}
+        base = {
+            "split": row.get("split", "train"),
+            "kind": "policy",
+            "character": persona.name,
+            "her": row["her"],
+            "scene": row.get("scene", ""),
+            "teacher": teacher_name,
+        }
+        why = "fewer than 2 candidates" if len(cands) < 2 else None
+        for j in range(0, len(cands) - 1, 2):
+            a, b = cands[j], cands[j + 1]
+            pid = hashlib.sha1(f"{sid}|{a}|{b}".encode()).hexdigest()[:16]
+            verdicts = []
+            for c1, c2, tag in ((a, b, "ab"), (b, a, "ba")):
+                res = verdict(persona, history, c1, c2, f"{pid}:{tag}")
+                out.tries += res.tries
+                out.rejections += res.rejections
+                verdicts.append(res.records[0] if res.records else None)
+            recs, why = _order_records(
+                {**base, "id": pid}, a, b, verdicts, keep_inconsistent=keep_inconsistent
+            )
+            if why is not None:
+                out.stats[why] = out.stats.get(why, 0) + 1
+                continue
+            out.records.extend(recs)
+            out.stats["pairs"] += 1
+            out.stats["ties"] += recs[0]["label"] == "tie"
+        if corruptions:
+            extra = auto_pairs([row], kinds=corruptions, per_sample=len(corruptions))
+            for p in extra:
+                p["scene"] = row.get("scene", "")
+            out.records.extend(extra)
+            out.stats["corrupted"] = len(extra)
+        if not out.records:
+            out.records, out.reason = None, why or "no pair"
+        out.tries = max(out.tries, 1)  # a sample is never a pass-through here
+        return out
+
+    report = run_jobs(rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
+    report.stats["length"] = length_balance(read_jsonl(out_path))
+    return report

@@ -25,7 +25,7 @@ import re
 import threading
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any
 from her_sdk import Backend, CancelToken, ConfigError, MockBackend, Persona, Sampling, parse_turn
 from her_sdk.format import (
     CHATML_STOP,
+    MAX_PLAN_CHARS,
     Heard,
     Message,
     Segment,
@@ -46,17 +47,29 @@ from her_sdk.format import (
 
 from .data import decode_her, encode_her, read_jsonl, render_sample
 
-__all__ = ["SynthReport", "mock_teacher", "synth_plans", "teacher_from_spec", "validate_plan"]
+__all__ = [
+    "JobReport",
+    "Outcome",
+    "SynthReport",
+    "ask_teacher",
+    "generate_text",
+    "mock_teacher",
+    "run_jobs",
+    "seed_for",
+    "synth_plans",
+    "teacher_from_spec",
+    "validate_plan",
+]
 
-TEACHER_SYSTEM = """\
+TEACHER_SYSTEM = f"""\
 You write the hidden acting plans of a role-play dataset. You are shown a character sheet, the \
 conversation so far as the character perceived it, and the reply the character actually gave \
 next. Write the plan an actor would make just before that reply: in the third person about the \
-character (by name, or he/she/they), two to four sentences, covering what the character feels \
-and wants in this moment, what they notice in the other characters, and how they choose to \
-respond. Use only what is known up to this reply. Never mention a user, an AI, a model, or the \
-reply itself as text; do not quote the reply. Answer with the plan only, inside \
-<system_thinking></system_thinking>."""
+character (by name, or he/she/they), two or three sentences and at most {MAX_PLAN_CHARS // 7} \
+words, covering what the character feels and wants in this moment, what they notice in the \
+other characters, and how they choose to respond. Use only what is known up to this reply. \
+Never mention a user, an AI, a model, or the reply itself as text; do not quote the reply. \
+Answer with the plan only, inside <system_thinking></system_thinking>."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,10 +88,14 @@ def mock_teacher(prompt: str) -> str:
     )
 
 
-def teacher_from_spec(spec: str, **kw: Any) -> Backend:
-    """`mock`, `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH` or `gguf` (embedded)."""
+def teacher_from_spec(
+    spec: str, *, mock: Callable[[str], str] | None = None, **kw: Any
+) -> Backend:
+    """Any her_sdk backend by spec: `mock` (a scripted stand-in: `mock`, default the plan
+    teacher), `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH` or `gguf` (the embedded
+    model), `hf:DIR` (a transformers checkpoint or LoRA adapter, in-process; `train` extra)."""
     if spec == "mock":
-        return MockBackend(mock_teacher)
+        return MockBackend(mock or mock_teacher)
     kind, _, rest = spec.partition(":")
     if kind in ("openai", "openai-chat"):
         from her_sdk._backends._openai import OpenAIBackend
@@ -92,7 +109,16 @@ def teacher_from_spec(spec: str, **kw: Any) -> Backend:
         from her_sdk import load_model
 
         return load_model(rest or None, **kw)
-    raise ConfigError(f"unknown teacher {spec!r}: use mock, openai:URL#MODEL or gguf:PATH")
+    if kind == "hf":
+        if not rest or not Path(rest).exists():
+            raise ConfigError(f"hf:DIR needs an existing model directory, not {rest!r}")
+        from .hf_backend import TransformersBackend
+
+        return TransformersBackend(rest, **kw)
+    raise ConfigError(
+        f"unknown backend {spec!r}: use mock, openai:URL#MODEL, openai-chat:URL#MODEL, "
+        "gguf:PATH or hf:DIR"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +158,12 @@ _WORD = re.compile(r"[a-z0-9']+")
 _FIRST_PERSON = re.compile(r"\b(I|I'm|I'll|I've|I'd)\b|\b(?i:me|my|mine|myself)\b")
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
 _USER = re.compile(r"\b(the user|user's|users?|as an ai|language model|the assistant)\b", re.I)
+# HER's own plans speak as the actor about the character: "I need to portray Lear as ...".
+_ACTOR_FRAME = re.compile(
+    r"^\s*I(?: need to| should| will|'ll| want to| must| have to)\s+"
+    r"(?:portray|show|play|depict|convey|have|make|present|write)\b",
+    re.I,
+)
 _THIRD = re.compile(r"\b(he|she|they|his|her|their|him|them|hers|theirs)\b", re.I)
 
 
@@ -147,10 +179,13 @@ def validate_plan(
     known: str = "",
     future: str = "",
     min_words: int = 8,
-    max_words: int = 150,
+    max_chars: int = MAX_PLAN_CHARS,
     ngram: int = 5,
 ) -> str | None:
     """Why `plan` is unusable, or None when it passes.
+
+    `max_chars` defaults to the runtime grammar's plan cap (`her_sdk.format.MAX_PLAN_CHARS`):
+    a model trained on longer plans would be cut off mid-plan when it runs in a game.
 
     `known` is the text the character could know (sheet, history, its reply); `future` the text
     of the scene's later turns. A run of `ngram` words found in `future` but not in `known`
@@ -163,15 +198,18 @@ def validate_plan(
     words = plan.split()
     if len(words) < min_words:
         return "too short"
-    if len(words) > max_words:
+    if len(plan) > max_chars:
         return "too long"
     if _USER.search(plan):
         return "mentions the user"
     unquoted = _QUOTED.sub(" ", plan)
-    if _FIRST_PERSON.search(unquoted):
-        return "first person"
     first = name.split()[0].lower()
-    if first not in unquoted.lower() and not _THIRD.search(unquoted):
+    names_character = first in unquoted.lower()
+    # The actor's "I" ("I need to portray Lear ...") is HER's style; the character's is a leak.
+    actor = bool(_ACTOR_FRAME.match(unquoted)) and names_character
+    if _FIRST_PERSON.search(unquoted) and not actor:
+        return "first person"
+    if not names_character and not _THIRD.search(unquoted):
         return "not third person"
     if future:
         leaked = _shingles(plan, ngram) & (_shingles(future, ngram) - _shingles(known, ngram))
@@ -186,14 +224,18 @@ def validate_plan(
 
 
 @dataclass
-class SynthReport:
+class JobReport:
+    """What a teacher run did: `kept` samples written, `dropped` by last failure reason,
+    every failed attempt in `rejections`; `stats` holds a command's own figures."""
+
     total: int = 0
     resumed: int = 0  # already done in an earlier run
     kept: int = 0
-    passthrough: int = 0  # already had a plan: copied unchanged
+    passthrough: int = 0  # needed no teacher (e.g. already had a plan): copied unchanged
     dropped: Counter = field(default_factory=Counter)  # last failure reason -> count
     attempts: int = 0
     rejections: Counter = field(default_factory=Counter)  # every failed attempt, by reason
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -204,23 +246,28 @@ class SynthReport:
             "dropped": dict(self.dropped),
             "attempts": self.attempts,
             "rejections": dict(self.rejections),
+            **({"stats": self.stats} if self.stats else {}),
         }
 
 
-class _Timeout(Exception):
-    pass
+SynthReport = JobReport  # the name synth_plans' report had first
 
 
-def _generate(backend: Backend, prompt: str, sampling: Sampling, timeout: float | None) -> str:
-    """Run one generation in a daemon thread, cancelled and abandoned after `timeout` s."""
+def generate_text(
+    backend: Backend,
+    prompt: str,
+    sampling: Sampling,
+    timeout: float | None,
+    stop: Sequence[str] = ("</system_thinking>", *CHATML_STOP),
+) -> str:
+    """Run one generation in a daemon thread; after `timeout` s it is cancelled and abandoned
+    and TimeoutError is raised."""
     cancel = CancelToken()
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            stream = backend.stream(
-                prompt, stop=["</system_thinking>", *CHATML_STOP], sampling=sampling, cancel=cancel
-            )
+            stream = backend.stream(prompt, stop=list(stop), sampling=sampling, cancel=cancel)
             parts = []
             for piece in stream:
                 parts.append(piece)
@@ -235,18 +282,64 @@ def _generate(backend: Backend, prompt: str, sampling: Sampling, timeout: float 
     t.join(timeout)
     if t.is_alive():
         cancel.cancel()
-        raise _Timeout()
+        raise TimeoutError(f"no answer in {timeout} s")
     if "error" in box:
         raise box["error"]
     return box["text"]
 
 
-def _future_index(rows: list[dict]) -> dict[str, list[tuple[int, str]]]:
-    """scene -> [(turn, text)] of every line any sample of the scene shows."""
-    scenes: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for r in rows:
-        scenes[r.get("scene", "")].append((int(r.get("turn", 0)), r["completion"][0]["content"]))
-    return scenes
+@dataclass
+class Outcome:
+    """The result of one job: `records` to write (None: dropped for `reason`), the teacher
+    calls it took and the reasons of its failed attempts."""
+
+    records: list[dict] | None
+    reason: str | None = None
+    tries: int = 0
+    rejections: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)  # summed into JobReport.stats
+
+
+def seed_for(key: Any, attempt: int = 0) -> int:
+    """A stable per-sample sampling seed: reruns ask the teacher the same question."""
+    return (zlib.crc32(str(key).encode()) + attempt) & 0x7FFFFFFF
+
+
+def ask_teacher(
+    teacher: Backend,
+    prompt: str,
+    check: Callable[[str], tuple[Any, str | None]],
+    *,
+    key: Any,
+    retries: int = 2,
+    timeout: float | None = 120.0,
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    stop: Sequence[str] = CHATML_STOP,
+) -> Outcome:
+    """Ask `teacher` until `check(answer)` accepts it (returns (value, None)) or `retries` more
+    attempts failed; on success `records` is `[value]`. Timeouts and backend errors count as
+    failed attempts, never as crashes."""
+    out = Outcome(None, "no attempt")
+    for attempt in range(retries + 1):
+        out.tries += 1
+        sampling = Sampling(
+            max_tokens=max_tokens, temperature=temperature, seed=seed_for(key, attempt)
+        )
+        try:
+            text = generate_text(teacher, prompt, sampling, timeout, stop)
+        except TimeoutError:
+            reason = "timeout"
+        except Exception as exc:
+            reason = f"error: {type(exc).__name__}"
+        else:
+            value, reason = check(text)
+            if reason is None:
+                out.records, out.reason = [value], None
+                return out
+        out.reason = reason
+        out.rejections.append(reason)
+    return out
 
 
 def _prepare_out(path: Path) -> None:
@@ -258,107 +351,48 @@ def _prepare_out(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def synth_plans(
-    input_path: str | Path,
+def rejected_path(out_path: str | Path) -> Path:
+    out = Path(out_path)
+    return out.with_name(out.name.replace(".jsonl", "") + ".rejected.jsonl")
+
+
+def run_jobs(
+    rows: Sequence[dict],
     out_path: str | Path,
-    teacher: Backend,
+    work: Callable[[dict], Outcome],
     *,
+    key: Callable[[dict], str] = lambda r: str(r.get("id")),
     concurrency: int = 4,
-    retries: int = 2,
-    timeout: float | None = 120.0,
-    temperature: float = 0.7,
-    max_tokens: int = 256,
-    min_words: int = 8,
-    max_words: int = 150,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> SynthReport:
-    """Add teacher plans to the samples of `input_path`; see the module docstring."""
-    rows = read_jsonl(input_path)
+) -> JobReport:
+    """Run `work` over `rows` on a thread pool; the machinery of every teacher command.
+
+    Resumable: the records of each finished row are appended to `out_path` (each carrying the
+    row's key in `source_id` when it differs from its own `id`) and dropped keys to
+    `OUT.rejected.jsonl` as they finish; a rerun skips every key found in either file. A job
+    that raises drops its row ("bad sample: ...") and the run goes on.
+    """
     out = Path(out_path)
-    rejected = out.with_name(out.name.replace(".jsonl", "") + ".rejected.jsonl")
+    rejected = rejected_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _prepare_out(out)
     _prepare_out(rejected)
-    done = {r.get("id") for r in read_jsonl(out)} if out.exists() else set()
+    done: set[str] = set()
+    if out.exists():
+        done |= {str(r.get("source_id", r.get("id"))) for r in read_jsonl(out)}
     if rejected.exists():
-        done |= {r.get("id") for r in read_jsonl(rejected)}
-    report = SynthReport(total=len(rows))
-    futures_by_scene = _future_index(rows)
+        done |= {str(r.get("id")) for r in read_jsonl(rejected)}
+    report = JobReport(total=len(rows))
     todo = []
     for r in rows:
-        if r.get("id") in done:
+        if key(r) in done:
             report.resumed += 1
         else:
             todo.append(r)
     if limit is not None:
         todo = todo[:limit]
-    lock = threading.Lock()
     n_done = 0
-
-    def work(row: dict) -> tuple[dict | None, str | None, int]:
-        persona, history, target = decode_her(row)
-        if target.plan:
-            return row, None, 0
-        reply = Turn.from_segments(s for s in target.segments if s.channel != "plan")
-        prompt = teacher_prompt(persona, history, reply)
-        known = "\n".join(
-            [
-                render_system_prompt(persona, plan=False),
-                _history_text(persona, history),
-                render_turn(reply, persona.name),
-            ]
-        )
-        turn = int(row.get("turn", 0))
-        future = "\n".join(t for k, t in futures_by_scene.get(row.get("scene", ""), []) if k > turn)
-        reason = "no attempt"
-        tries = 0
-        for attempt in range(retries + 1):
-            tries += 1
-            sampling = Sampling(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=(zlib.crc32(str(row.get("id")).encode()) + attempt) & 0x7FFFFFFF,
-            )
-            try:
-                text = _generate(teacher, prompt, sampling, timeout)
-            except _Timeout:
-                reason = "timeout"
-                with lock:
-                    report.rejections[reason] += 1
-                continue
-            except Exception as exc:
-                reason = f"error: {type(exc).__name__}"
-                with lock:
-                    report.rejections[reason] += 1
-                continue
-            plan = extract_plan(text)
-            bad = validate_plan(
-                plan,
-                persona.name,
-                known=known,
-                future=future,
-                min_words=min_words,
-                max_words=max_words,
-            )
-            if bad is None:
-                planned = Turn.from_segments([Segment("plan", plan), *reply.segments])
-                prompt_msgs, completion = render_sample(persona, history, planned)
-                her = encode_her(persona, history, planned)
-                new = {
-                    **row,
-                    "plan": True,
-                    "plan_source": getattr(teacher, "name", "teacher"),
-                    "prompt": prompt_msgs,
-                    "completion": completion,
-                    "her": her,
-                }
-                return new, None, tries
-            reason = bad
-            with lock:
-                report.rejections[reason] += 1
-        return None, reason, tries
-
     with (
         open(out, "a", encoding="utf-8") as fout,
         open(rejected, "a", encoding="utf-8") as frej,
@@ -381,27 +415,117 @@ def synth_plans(
                 break
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
+            for fut in finished:  # results are written by this thread only
                 pending.discard(fut)
                 row = fut.row  # type: ignore[attr-defined]
+                k = key(row)
                 try:
-                    new, reason, tries = fut.result()
+                    res = fut.result()
                 except Exception as exc:  # a malformed sample: drop it, never crash the run
-                    new, reason, tries = None, f"bad sample: {type(exc).__name__}", 0
-                report.attempts += tries
-                if new is not None:
-                    fout.write(json.dumps(new, ensure_ascii=False) + "\n")
+                    res = Outcome(None, f"bad sample: {type(exc).__name__}")
+                report.attempts += res.tries
+                report.rejections.update(res.rejections)
+                for name, n in res.stats.items():
+                    report.stats[name] = report.stats.get(name, 0) + n
+                if res.records:
+                    for rec in res.records:
+                        if str(rec.get("id")) != k:
+                            rec = {**rec, "source_id": k}
+                        fout.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     fout.flush()
-                    if tries == 0:
+                    if res.tries == 0:
                         report.passthrough += 1
                     else:
                         report.kept += 1
                 else:
-                    frej.write(json.dumps({"id": row.get("id"), "reason": reason}) + "\n")
+                    frej.write(json.dumps({"id": k, "reason": res.reason}) + "\n")
                     frej.flush()
-                    report.dropped[reason] += 1
+                    report.dropped[res.reason or "no result"] += 1
                 n_done += 1
                 if progress is not None:
                     progress(n_done, len(todo))
                 submit_next()
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# `her data synth-plans`
+# ---------------------------------------------------------------------------------------------
+
+
+def _future_index(rows: Sequence[dict]) -> dict[str, list[tuple[int, str]]]:
+    """scene -> [(turn, text)] of every line any sample of the scene shows."""
+    scenes: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for r in rows:
+        scenes[r.get("scene", "")].append((int(r.get("turn", 0)), r["completion"][0]["content"]))
+    return scenes
+
+
+def synth_plans(
+    input_path: str | Path,
+    out_path: str | Path,
+    teacher: Backend,
+    *,
+    concurrency: int = 4,
+    retries: int = 2,
+    timeout: float | None = 120.0,
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    min_words: int = 8,
+    max_chars: int = MAX_PLAN_CHARS,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobReport:
+    """Add teacher plans to the samples of `input_path`; see the module docstring."""
+    rows = read_jsonl(input_path)
+    futures_by_scene = _future_index(rows)
+
+    def work(row: dict) -> Outcome:
+        persona, history, target = decode_her(row)
+        if target.plan:
+            return Outcome([row])
+        reply = Turn.from_segments(s for s in target.segments if s.channel != "plan")
+        known = "\n".join(
+            [
+                render_system_prompt(persona, plan=False),
+                _history_text(persona, history),
+                render_turn(reply, persona.name),
+            ]
+        )
+        turn = int(row.get("turn", 0))
+        future = "\n".join(t for k, t in futures_by_scene.get(row.get("scene", ""), []) if k > turn)
+
+        def check(text: str) -> tuple[dict | None, str | None]:
+            plan = extract_plan(text)
+            bad = validate_plan(
+                plan, persona.name, known=known, future=future, min_words=min_words,
+                max_chars=max_chars,
+            )
+            if bad is not None:
+                return None, bad
+            planned = Turn.from_segments([Segment("plan", plan), *reply.segments])
+            prompt_msgs, completion = render_sample(persona, history, planned)
+            return {
+                **row,
+                "plan": True,
+                "plan_source": getattr(teacher, "name", "teacher"),
+                "prompt": prompt_msgs,
+                "completion": completion,
+                "her": encode_her(persona, history, planned),
+            }, None
+
+        return ask_teacher(
+            teacher,
+            teacher_prompt(persona, history, reply),
+            check,
+            key=row.get("id"),
+            retries=retries,
+            timeout=timeout,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=("</system_thinking>", *CHATML_STOP),
+        )
+
+    return run_jobs(
+        rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress
+    )

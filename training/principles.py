@@ -13,9 +13,10 @@ A principle is one explicit criterion the generative judge names and compares ca
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
+
+import msgspec
 
 from her_sdk import ConfigError
 
@@ -39,18 +40,19 @@ DIMENSIONS: tuple[str, ...] = (
 LEVELS = ("sentence", "session")
 POLARITIES = ("positive", "negative")
 DEFAULT_PATH = Path(__file__).with_name("principles.yaml")
-_REQUIRED = ("id", "name", "dimension", "level", "polarity", "definition", "violation")
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-@dataclass(frozen=True)
-class Principle:
-    id: str
-    name: str
-    dimension: str
-    level: str
-    polarity: str
-    definition: str
-    violation: str
+class Principle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One principle; its fields are the keys of an entry in the YAML file (all checked)."""
+
+    id: _Text
+    name: _Text
+    dimension: Literal[DIMENSIONS]  # type: ignore[valid-type]
+    level: Literal[LEVELS]  # type: ignore[valid-type]
+    polarity: Literal[POLARITIES]  # type: ignore[valid-type]
+    definition: _Text
+    violation: _Text
     auto: str | None = None  # automatic corruption (training/pairs.py) that violates it
 
     @property
@@ -106,37 +108,29 @@ class PrincipleSet:
         return PrincipleSet([self._by_id[i] for i in ids])
 
 
-def _validate(raw: Any, where: str) -> list[Principle]:
-    if not isinstance(raw, dict) or not isinstance(raw.get("principles"), list):
-        raise ConfigError(f"{where}: expected a mapping with a 'principles' list")
-    out: list[Principle] = []
+class _PrincipleFile(msgspec.Struct, forbid_unknown_fields=True):
+    principles: list[Principle]
+    version: int = 1
+
+
+def _validate(raw: object, where: str) -> list[Principle]:
+    """Typed check of the whole file (msgspec names the entry and key that is wrong), then the
+    rules that span fields: unique ids, and `auto` only on a negative principle."""
+    try:
+        items = msgspec.convert(raw, _PrincipleFile).principles
+    except msgspec.ValidationError as exc:  # "... - at `$.principles[3].level`"
+        raise ConfigError(f"{where}: {exc}") from None
     seen: set[str] = set()
-    for i, item in enumerate(raw["principles"]):
-        at = f"{where}: principle #{i + 1}"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{at}: expected a mapping")
-        missing = [k for k in _REQUIRED if not str(item.get(k) or "").strip()]
-        if missing:
-            raise ConfigError(f"{at}: missing {', '.join(missing)}")
-        unknown = set(item) - {*_REQUIRED, "auto"}
-        if unknown:
-            raise ConfigError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
-        p = Principle(**{k: (str(v).strip() if v is not None else None) for k, v in item.items()})
+    for i, p in enumerate(items):
+        at = f"{where}: principle #{i + 1} ({p.id})"
         if p.id in seen:
             raise ConfigError(f"{at}: duplicate id {p.id!r}")
-        if p.dimension not in DIMENSIONS:
-            raise ConfigError(f"{at} ({p.id}): unknown dimension {p.dimension!r}")
-        if p.level not in LEVELS:
-            raise ConfigError(f"{at} ({p.id}): level must be one of {LEVELS}")
-        if p.polarity not in POLARITIES:
-            raise ConfigError(f"{at} ({p.id}): polarity must be one of {POLARITIES}")
         if p.auto and p.polarity != "negative":
-            raise ConfigError(f"{at} ({p.id}): only a negative principle can name a corruption")
+            raise ConfigError(f"{at}: only a negative principle can name a corruption")
         seen.add(p.id)
-        out.append(p)
-    if not out:
+    if not items:
         raise ConfigError(f"{where}: no principles")
-    return out
+    return items
 
 
 def load_principles(

@@ -1,56 +1,61 @@
-"""RL of a HER policy against the reward model: `RLRunConfig`, reward functions, trl GRPOTrainer.
+"""RL of a HER policy against the reward model on trl's GRPOTrainer: `RLArguments`, rewards.
 
     # CPU smoke run: tiny random policy, rule-based in-process judge (about a minute):
     her train rl --config training/configs/rl_tiny_cpu.yaml --output_dir runs/rl-tiny
 
-    # Gemma-3-270M policy (the SDK's GGUF, dequantized) with a judge trained by `her train rm`:
-    her train rl --config training/configs/rl_gemma3_270m.yaml judge=hf:runs/rm --output_dir runs/rl
+    # Gemma-3-270M policy (merged SFT output) with a judge trained by `her train rm`:
+    her train rl --config training/configs/rl_gemma3_270m.yaml judge_model=hf:runs/rm
 
-    # Qwen3-32B on GPUs: judge served by vLLM over HTTP, rollouts by vLLM (colocated):
-    vllm serve runs/her-rm-32b --port 8001 &
+    # Qwen3-32B on GPUs (see the config's header for the hardware and the judge server):
     accelerate launch --config_file training/configs/accelerate_zero3.yaml \
-        -m her_sdk.training.rl --config training/configs/rl_qwen3_32b.yaml \
-        --output_dir runs/her-rl-32b
+        -m her_sdk.training rl --config training/configs/rl_qwen3_32b.yaml
 
-Reward of a rollout (each term weighted by `reward_weights` in the config, trl sums them):
+A config file holds the keys of `RLArguments` (HER's data, judge and reward options, below),
+trl's `ModelConfig` (the policy and its LoRA) and trl's `GRPOConfig` (the GRPO run, vLLM).
+Reward of a rollout (each term weighted by `rewards` in the config, trl sums them):
 - `judge`: the generative judge's verdict of the rollout against the reference turn of the
   sample — win 1, tie 0.5, loss 0 — judged in both orders and averaged (`judge.Judge`);
-- `format`: a valid dual-layer turn (plan when asked, well-formed tags, something visible) with
-  nothing private on a public channel (no tag text, no inner thought read aloud) — 0..1;
+- `format`: a valid dual-layer turn (plan when asked and within the runtime's plan cap,
+  well-formed tags, something visible, any mix of thought/action/speech segments) with nothing
+  private on a public channel (no tag text, no inner thought read aloud) — 0..1;
 - `length`: 0 inside [length_min_chars, length_max_chars] of turn text, down to -1 outside;
 - `repetition`: minus the share of repeated word trigrams.
 
-The judge is any her_sdk Backend named by `judge`: `heuristic` (rule-based, in-process, for
-tests), `hf:DIR` (a trained judge in-process via transformers), `openai:URL#MODEL` /
-`openai-chat:URL#MODEL` (vLLM or any OpenAI-compatible server), `gguf:PATH` (llama.cpp), or
-`none`. Prompts are rendered by `her_sdk.format.render_prompt` with the runtime's prefill, so
-the policy is trained on exactly the prompts the SDK will show it. This module trains; the
-judge prompt and verdict parsing live in `judge.py`.
+The judge runs on any her_sdk Backend named by `judge_model`: `heuristic` (rule-based,
+in-process, for tests), `hf:DIR` (a trained judge in-process via transformers),
+`openai:URL#MODEL` / `openai-chat:URL#MODEL` (vLLM or any OpenAI-compatible server),
+`gguf:PATH` (llama.cpp), or `none`. Prompts are rendered by `her_sdk.format.render_prompt` with
+the runtime's prefill, so the policy is trained on exactly the prompts the SDK will show it.
+This module trains; the judge prompt and verdict parsing live in `judge.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from her_sdk import Backend, ConfigError
 from her_sdk._backends._base import cut_at_stop
-from her_sdk.format import CHATML_STOP, PRIVATE_CHANNELS, parse_turn, render_prompt
+from her_sdk.format import (
+    CHATML_STOP,
+    MAX_PLAN_CHARS,
+    PRIVATE_CHANNELS,
+    parse_turn,
+    render_prompt,
+)
 
 from .common import (
     config_dict,
     load_causal_lm,
-    load_config,
     load_rows,
     load_tokenizer,
-    lora_config,
     require_train_extra,
     resolve_model,
 )
@@ -59,12 +64,17 @@ from .judge import Judge
 from .pairs import repetition_ratio, tag_errors
 from .principles import load_principles
 
+if TYPE_CHECKING:
+    from trl import GRPOConfig, ModelConfig
+
 __all__ = [
     "JudgeReward",
+    "RLArguments",
     "RLResult",
-    "RLRunConfig",
     "build_grpo_trainer",
+    "build_rewards",
     "completion_text",
+    "config_types",
     "format_reward",
     "format_score",
     "judge_backend_from_spec",
@@ -72,6 +82,7 @@ __all__ = [
     "policy_rows",
     "repetition_penalty",
     "run_rl",
+    "turn_end_ids",
 ]
 
 log = logging.getLogger("her_sdk.training.rl")
@@ -91,12 +102,52 @@ def completion_text(completion: Any, prefill: str = "") -> str:
     return prefill + text
 
 
+def turn_end_ids(tokenizer) -> list[int]:
+    """The token ids that end an assistant turn: the chat template's own end-of-turn token
+    (`<|im_end|>` for ChatML, `<end_of_turn>` for Gemma's template, ...) and the eos token.
+
+    Read from the template itself: the text it writes right after an assistant message. A
+    marker that the tokenizer splits into several tokens (ChatML's `<|im_end|>` on Gemma) cannot
+    stop generation, so the template must then end a reply with eos (`common.load_tokenizer`
+    does for ChatML); otherwise ConfigError, rather than rollouts that run to
+    `max_completion_length` and train on what follows the turn.
+    """
+    probe = "her-turn-end-probe"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": probe}],
+        tokenize=False,
+    )
+    suffix = text[text.rindex(probe) + len(probe) :]
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    ends: list[int] = []
+    marker = suffix.strip().split()[0] if suffix.strip() else ""
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if marker else []
+    if len(marker_ids) == 1:
+        ends.append(marker_ids[0])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (eos in ids or not marker):
+        ends.append(eos)
+    if not ends:
+        raise ConfigError(
+            f"the chat template ends a turn with {marker!r}, which this tokenizer splits into "
+            f"{len(marker_ids)} tokens, and writes no eos after it: generation could not stop at "
+            "the end of a turn. Use chat_template: chatml (it adds eos where needed) or a "
+            "template whose end-of-turn marker is one token."
+        )
+    if eos is not None and eos not in ends:
+        ends.append(eos)  # trl stops at eos anyway; listed for vLLM's stop_token_ids
+    return list(dict.fromkeys(ends))
+
+
 def format_score(text: str, name: str, *, plan: bool = True) -> float:
     """0..1: how well `text` (a full turn, plan included) follows the dual-layer format.
 
     0 when anything private reaches a public channel (tag text in speech/actions, an inner
     thought or the plan spoken aloud) or nothing visible is left; otherwise the share of
-    checks passed: a plan when asked, well-formed tags, a role thought, no second speaker label.
+    checks passed: a plan when asked, within the runtime's plan cap (`MAX_PLAN_CHARS`),
+    well-formed tags, no second speaker's line. Which segments a turn has is free: HER mixes
+    speech only, action then speech, thought-action-speech, ... so no segment is required
+    beyond something visible.
     """
     turn = parse_turn(text, name)
     public = " ".join([turn.speech, *turn.actions])
@@ -110,8 +161,8 @@ def format_score(text: str, name: str, *, plan: bool = True) -> float:
         return 0.0
     checks = [
         bool(turn.plan) if plan else True,
+        len(turn.plan.strip()) <= MAX_PLAN_CHARS,
         tag_errors(text) == 0,
-        bool(turn.thoughts),
         f"{name}:" not in turn.speech and "\n" not in text.strip(),
     ]
     return sum(checks) / len(checks)
@@ -174,15 +225,30 @@ class JudgeReward:
     """The judge's verdict of each rollout against the sample's reference turn (both orders).
 
     Needs dataset columns `her_json` (the sample's structured inputs) and `prefill`.
-    `abstain`: the reward when the judge gives no readable verdict in either order.
+    `abstain`: the reward when the judge gives no readable verdict in either order (a backend
+    error or an unreadable answer, after retries). Such rewards are constant, so a dead judge
+    would leave RL optimising the other terms only: the share of abstentions among the last
+    `window` comparisons is logged (`judge/abstain_rate`) and above `max_abstain_rate` the run
+    stops with GenerationError.
     """
 
     __name__ = "judge"
 
-    def __init__(self, judge: Judge, *, both_orders: bool = True, abstain: float = 0.5) -> None:
+    def __init__(
+        self,
+        judge: Judge,
+        *,
+        both_orders: bool = True,
+        abstain: float = 0.5,
+        max_abstain_rate: float = 0.2,
+        window: int = 64,
+    ) -> None:
         self.judge = judge
         self.both_orders = both_orders
         self.abstain = abstain
+        self.max_abstain_rate = max_abstain_rate
+        self.recent: deque[bool] = deque(maxlen=window)  # True: abstained
+        self.abstain_rate = 0.0
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kw: Any
@@ -193,7 +259,33 @@ class JudgeReward:
             persona, history, reference = decode_her({"her": json.loads(her)})
             items.append((persona, history, completion_text(c, p), reference))
         comps = self.judge.compare_many(items, both_orders=self.both_orders)
+        self._watch([c.score is None for c in comps], kw.get("log_metric"))
         return [self.abstain if c.score is None else c.score for c in comps]
+
+    def _watch(self, abstained: list[bool], log_metric: Callable | None) -> None:
+        from her_sdk import GenerationError
+
+        self.recent.extend(abstained)
+        self.abstain_rate = sum(self.recent) / len(self.recent)
+        if log_metric is not None:  # trl averages it per logging step
+            log_metric("judge/abstain_rate", sum(abstained) / max(1, len(abstained)))
+        if any(abstained):
+            log.warning(
+                "judge abstained on %d of %d rollouts (recent rate %.0f%%)",
+                sum(abstained),
+                len(abstained),
+                100 * self.abstain_rate,
+            )
+        if len(self.recent) >= min(8, self.recent.maxlen or 8) and (
+            self.abstain_rate > self.max_abstain_rate
+        ):
+            err = self.judge.last_error
+            raise GenerationError(
+                f"the judge abstained on {self.abstain_rate:.0%} of the last {len(self.recent)} "
+                f"comparisons (judge_max_abstain_rate {self.max_abstain_rate:.0%}); "
+                f"{self.judge.errors} backend errors"
+                + (f", last: {type(err).__name__}: {err}" if err else ", answers unreadable")
+            )
 
 
 def judge_backend_from_spec(spec: str, **kw: Any) -> Backend | None:
@@ -220,87 +312,60 @@ def judge_backend_from_spec(spec: str, **kw: Any) -> Backend | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RLRunConfig:
-    """Everything a GRPO run of the policy needs; YAML keys are these field names."""
+REWARDS = ("judge", "format", "length", "repetition")
 
-    # policy
-    model: str = "tiny"  # "tiny" | "embedded:gemma-3-270m" | HF dir (e.g. an SFT merged dir)
+
+@dataclass
+class RLArguments:
+    """HER's own options of a GRPO run of the policy. Everything else is trl's: the policy model
+    and its LoRA in `ModelConfig`, the GRPO run (`num_generations`, `max_completion_length`,
+    `beta`, `loss_type`, `use_vllm`, `vllm_mode`, ...) in `GRPOConfig`."""
+
+    # where the policy comes from, beyond ModelConfig.model_name_or_path
     gguf_file: str | None = None
-    tiny: dict = field(default_factory=dict)
+    tiny: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = "chatml"
-    dtype: str = "auto"
-    attn_implementation: str | None = None
     # data: SFT samples (their `her` field gives persona, history, reference turn)
-    train_file: str = "synthetic:32"
+    train_file: str = "synthetic:32"  # the RL portion of `her data split`
     train_split: str | None = "train"
     max_train_samples: int | None = None
     max_prompt_tokens: int = 1024  # longer prompts are dropped
     plan: bool = True  # ask for a plan (system prompt + `<system_thinking>` prefill)
-    # judge and rewards
-    judge: str = "heuristic"
+    # the judge: a her_sdk backend spec (see `judge_backend_from_spec`) and its prompt
+    judge_model: str = "heuristic"
     judge_both_orders: bool = True
-    judge_detail: str = "brief"
+    judge_detail: str = "brief"  # "brief" | "full" principle descriptions
     judge_principles: str | None = None  # a principles YAML (default: the packaged set)
-    judge_principle_ids: list | None = None  # a subset, e.g. for small judges
+    judge_principle_ids: list[str] | None = None  # a subset, e.g. for small judges
     judge_max_tokens: int = 384
     judge_retries: int = 1
     judge_concurrency: int = 8
-    judge_abstain: float = 0.5
-    reward_weights: dict = field(
+    judge_abstain: float = 0.5  # the reward of a rollout the judge gives no verdict on
+    judge_max_abstain_rate: float = 0.2  # stop the run above this share of abstentions
+    judge_health_check: bool = True  # one judgment before training; fails fast on a dead judge
+    # the reward terms and their weights (trl sums them); GRPOConfig.reward_weights is set from it
+    rewards: dict[str, float] = field(
         default_factory=lambda: {"judge": 1.0, "format": 0.5, "length": 0.1, "repetition": 0.5}
     )
     length_min_chars: int = 20
     length_max_chars: int = 400
-    # LoRA
-    peft: str = "lora"  # "lora" | "none"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: Any = "all-linear"
-    # GRPO
-    output_dir: str = "runs/rl"
-    max_steps: int = 50
-    num_generations: int = 4
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_completion_length: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.0
-    loss_type: str = "dapo"
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    # rollouts on vLLM (GPU): colocate (same process) or server (`trl vllm-serve`)
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"
-    vllm_server_base_url: str | None = None
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_tensor_parallel_size: int = 1
-    # bookkeeping
-    logging_steps: int = 1
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    deepspeed: str | None = None
-    report_to: str = "none"
-    save_merged: bool = False
-    trl_args: dict = field(default_factory=dict)
+    save_merged: bool = False  # also write output_dir/merged (see `merge.merge_after_training`)
 
     def __post_init__(self) -> None:
-        if self.peft not in ("lora", "none"):
-            raise ConfigError(f"peft must be lora or none, not {self.peft!r}")
-        unknown = set(self.reward_weights) - {"judge", "format", "length", "repetition"}
+        unknown = set(self.rewards) - set(REWARDS)
         if unknown:
-            raise ConfigError(f"unknown reward_weights key(s): {', '.join(sorted(unknown))}")
-        if self.vllm_mode not in ("colocate", "server"):
-            raise ConfigError("vllm_mode must be colocate or server")
-        if self.num_generations < 2:
-            raise ConfigError("num_generations must be >= 2 (GRPO compares a group)")
+            raise ConfigError(
+                f"rewards: unknown term(s) {', '.join(sorted(unknown))}; use {', '.join(REWARDS)}"
+            )
+        if self.judge_detail not in ("brief", "full"):
+            raise ConfigError("judge_detail must be brief or full")
+
+
+def config_types() -> tuple[type, ...]:
+    """The dataclasses of an RL config file, in `parse_config` order."""
+    from trl import GRPOConfig, ModelConfig
+
+    return (RLArguments, ModelConfig, GRPOConfig)
 
 
 def policy_rows(samples: Sequence[dict], *, plan: bool = True) -> list[dict]:
@@ -334,7 +399,9 @@ def _drop_long(tokenizer, rows: list[dict], max_tokens: int) -> tuple[list[dict]
 
 
 def build_grpo_trainer(
-    cfg: Any,
+    args: RLArguments,
+    model_args: ModelConfig,
+    training_args: GRPOConfig,
     rows: list[dict],
     reward_funcs: list,
     weights: list[float],
@@ -343,118 +410,99 @@ def build_grpo_trainer(
     tokenizer=None,
     model=None,
 ):
-    """A trl GRPOTrainer for `rows` (needs a `prompt` column) with the given rewards.
+    """A trl GRPOTrainer for `rows` (needs a `prompt` column) with the given weighted rewards.
 
-    `cfg` is an RLRunConfig-like object (the judge's RL in `rm.py` reuses this)."""
+    The model is loaded after `training_args` exists (ZeRO-3 partitions it as it loads); a
+    caller may pass a loaded `model` instead (benchmarks reuse one load). The judge's own RL in
+    `rm.py` reuses this with its verifiable reward."""
     require_train_extra()
-    import torch
     from datasets import Dataset
     from transformers import set_seed
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer, get_peft_config
 
-    set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
+    set_seed(training_args.seed)
     spec = model_spec or resolve_model(
-        cfg.model, gguf_file=cfg.gguf_file, tiny=cfg.tiny, work_dir=out
+        model_args.model_name_or_path,
+        gguf_file=args.gguf_file,
+        tiny=args.tiny,
+        work_dir=training_args.output_dir,
     )
-    tok = tokenizer or load_tokenizer(spec, cfg.chat_template)
-    if model is None:  # a caller may pass a loaded model (benchmarks reuse one load)
-        model = load_causal_lm(spec, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
-    # trl's generation stops at the model's eos; ChatML models end turns with <|im_end|>.
-    if tok.eos_token_id is not None:
-        model.generation_config.eos_token_id = tok.eos_token_id
-        model.generation_config.pad_token_id = tok.pad_token_id
-    peft_config = None
-    if cfg.peft == "lora":
-        peft_config = lora_config(
-            cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+    tok = tokenizer or load_tokenizer(spec, args.chat_template)
+    if model is None:
+        model = load_causal_lm(
+            spec,
+            dtype=model_args.dtype or "auto",
+            attn_implementation=model_args.attn_implementation,
         )
-    vllm: dict[str, Any] = {}
-    if cfg.use_vllm:
-        vllm = {
-            "use_vllm": True,
-            "vllm_mode": cfg.vllm_mode,
-            "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-            "vllm_tensor_parallel_size": cfg.vllm_tensor_parallel_size,
+    # Rollouts end at the template's own end-of-turn token (<|im_end|>, <end_of_turn>) or eos,
+    # read from the tokenizer, never assumed: trl stops at the model's eos ids, vLLM at its
+    # sampling params' stop_token_ids.
+    ends = turn_end_ids(tok)
+    model.generation_config.eos_token_id = ends
+    model.generation_config.pad_token_id = tok.pad_token_id
+    if training_args.use_vllm:
+        training_args.generation_kwargs = {
+            "stop_token_ids": ends,
+            **(training_args.generation_kwargs or {}),
         }
-        if cfg.vllm_server_base_url:
-            vllm["vllm_server_base_url"] = cfg.vllm_server_base_url
-    args = GRPOConfig(
-        output_dir=str(out),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        beta=cfg.beta,
-        loss_type=cfg.loss_type,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        reward_weights=list(weights),
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to,
-        deepspeed=cfg.deepspeed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        **vllm,
-        **cfg.trl_args,
-    )
+    if training_args.reward_weights is not None and list(training_args.reward_weights) != list(
+        weights
+    ):
+        raise ConfigError("set the reward weights in `rewards`, not in reward_weights")
+    training_args.reward_weights = list(weights)
     return GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
-        args=args,
+        args=training_args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        peft_config=peft_config,
+        peft_config=get_peft_config(model_args),
     )
 
 
 def build_rewards(
-    cfg: RLRunConfig, judge_backend: Backend | None = None
+    args: RLArguments, judge_backend: Backend | None = None
 ) -> tuple[list, list[float]]:
-    """The weighted reward functions of `cfg` (zero-weight terms are left out)."""
-    w = cfg.reward_weights
+    """The weighted reward functions of `args.rewards` (zero-weight terms are left out)."""
+    w = args.rewards
     funcs: list = []
     weights: list[float] = []
     if w.get("judge", 0):
-        backend = judge_backend if judge_backend is not None else judge_backend_from_spec(cfg.judge)
+        backend = judge_backend
+        if backend is None:
+            backend = judge_backend_from_spec(args.judge_model)
         if backend is not None:
-            ps = load_principles(cfg.judge_principles).subset(cfg.judge_principle_ids)
+            ps = load_principles(args.judge_principles).subset(args.judge_principle_ids)
             judge = Judge(
                 backend,
                 principles=ps,
-                detail=cfg.judge_detail,
-                retries=cfg.judge_retries,
-                max_tokens=cfg.judge_max_tokens,
-                concurrency=cfg.judge_concurrency,
+                detail=args.judge_detail,
+                retries=args.judge_retries,
+                max_tokens=args.judge_max_tokens,
+                concurrency=args.judge_concurrency,
             )
             funcs.append(
-                JudgeReward(judge, both_orders=cfg.judge_both_orders, abstain=cfg.judge_abstain)
+                JudgeReward(
+                    judge,
+                    both_orders=args.judge_both_orders,
+                    abstain=args.judge_abstain,
+                    max_abstain_rate=args.judge_max_abstain_rate,
+                )
             )
             weights.append(float(w["judge"]))
         else:
-            log.warning("reward_weights.judge is set but judge is none; no judge reward")
+            log.warning("rewards.judge is set but judge_model is none; no judge reward")
     if w.get("format", 0):
         funcs.append(format_reward)
         weights.append(float(w["format"]))
     if w.get("length", 0):
-        funcs.append(length_penalty(cfg.length_min_chars, cfg.length_max_chars))
+        funcs.append(length_penalty(args.length_min_chars, args.length_max_chars))
         weights.append(float(w["length"]))
     if w.get("repetition", 0):
         funcs.append(repetition_penalty)
         weights.append(float(w["repetition"]))
     if not funcs:
-        raise ConfigError("no reward: set a positive weight in reward_weights")
+        raise ConfigError("no reward: set a positive weight in `rewards`")
     return funcs, weights
 
 
@@ -468,6 +516,7 @@ class RLResult:
     reward_first: float | None
     reward_last: float | None
     seconds: float
+    judge_abstain_rate: float | None = None  # over the last comparisons of the run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -481,29 +530,44 @@ def _reward_trace(trainer) -> list[float]:
     ]
 
 
-def run_rl(cfg: RLRunConfig, *, judge_backend: Backend | None = None) -> RLResult:
+def run_rl(
+    args: RLArguments,
+    model_args: ModelConfig,
+    training_args: GRPOConfig,
+    *,
+    judge_backend: Backend | None = None,
+) -> RLResult:
     """GRPO of the policy; saves adapter/model + tokenizer + `her_rl.json`."""
     require_train_extra()
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir)
-    spec = resolve_model(cfg.model, gguf_file=cfg.gguf_file, tiny=cfg.tiny, work_dir=out)
-    tok = load_tokenizer(spec, cfg.chat_template)
-    samples = load_rows(cfg.train_file, cfg.train_split)
-    if cfg.max_train_samples:
-        samples = samples[: cfg.max_train_samples]
-    rows, dropped = _drop_long(tok, policy_rows(samples, plan=cfg.plan), cfg.max_prompt_tokens)
+    out = Path(training_args.output_dir)
+    spec = resolve_model(
+        model_args.model_name_or_path, gguf_file=args.gguf_file, tiny=args.tiny, work_dir=out
+    )
+    tok = load_tokenizer(spec, args.chat_template)
+    samples = load_rows(args.train_file, args.train_split)
+    if args.max_train_samples:
+        samples = samples[: args.max_train_samples]
+    rows, dropped = _drop_long(tok, policy_rows(samples, plan=args.plan), args.max_prompt_tokens)
     if not rows:
-        raise ConfigError(f"no usable prompts in {cfg.train_file} ({dropped} too long)")
-    funcs, weights = build_rewards(cfg, judge_backend)
-    trainer = build_grpo_trainer(cfg, rows, funcs, weights, model_spec=spec, tokenizer=tok)
+        raise ConfigError(f"no usable prompts in {args.train_file} ({dropped} too long)")
+    funcs, weights = build_rewards(args, judge_backend)
+    judge = next((f for f in funcs if isinstance(f, JudgeReward)), None)
+    if judge is not None and args.judge_health_check:
+        persona, history, reference = decode_her({"her": json.loads(rows[0]["her_json"])})
+        judge.judge.health_check(persona, history, reference)  # before any model is loaded
+        log.info("judge %s answered the health check", args.judge_model)
+    trainer = build_grpo_trainer(
+        args, model_args, training_args, rows, funcs, weights, model_spec=spec, tokenizer=tok
+    )
     trainer.train()
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # the adapter (or model), gathered from every rank's shard
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))
-        if cfg.save_merged and cfg.peft != "none":
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(str(out / "merged"))
-            tok.save_pretrained(str(out / "merged"))
+    if args.save_merged and model_args.use_peft:
+        from .merge import merge_after_training
+
+        merge_after_training(trainer, spec, out, model_args.dtype)
     trace = _reward_trace(trainer)
     res = RLResult(
         output_dir=str(out),
@@ -514,29 +578,14 @@ def run_rl(cfg: RLRunConfig, *, judge_backend: Backend | None = None) -> RLResul
         reward_first=trace[0] if trace else None,
         reward_last=trace[-1] if trace else None,
         seconds=round(time.perf_counter() - t0, 2),
+        judge_abstain_rate=judge.abstain_rate if judge is not None else None,
     )
     if trainer.is_world_process_zero():
         report = {
             "stage": "rl",
-            "config": config_dict(cfg),
+            "config": config_dict(args, model_args, training_args),
             "result": res.as_dict(),
             "log": trainer.state.log_history,
         }
         (out / "her_rl.json").write_text(json.dumps(report, indent=2, default=str))
     return res
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m her_sdk.training.rl --config FILE [key=value ...]` (for accelerate launch)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--output_dir", default=None)
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(RLRunConfig, a.config, a.overrides, output_dir=a.output_dir)
-    print(json.dumps(run_rl(cfg).as_dict(), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,34 +1,31 @@
-"""Training the HER reward model (generative pairwise judge): `RMRunConfig`, `run_rm`.
+"""Training the HER reward model (generative pairwise judge): `RMArguments`, `run_rm`.
 
     # CPU smoke run: tiny random judge, automatic pairs from synthetic scenes (about a minute):
     her train rm --config training/configs/rm_tiny_cpu.yaml --output_dir runs/rm-tiny
 
-    # Gemma-3-270M judge (the SDK's GGUF, dequantized), LoRA, pairs from converted CoSER data:
-    her data convert coser King_Lear.json --out data/lear.jsonl --eval-ratio 0.1
-    her train rm --config training/configs/rm_gemma3_270m.yaml samples=data/lear.jsonl \
-        --output_dir runs/rm
+    # Gemma-3-270M judge (the SDK's GGUF, dequantized), LoRA, on the RM portion of the data:
+    her train rm --config training/configs/rm_gemma3_270m.yaml --output_dir runs/rm
 
-    # Qwen3-32B judge on GPUs, teacher-judged pairs, then RL of the judge:
+    # Qwen3-32B judge on GPUs (see the config's header for the hardware):
     accelerate launch --config_file training/configs/accelerate_zero3.yaml \
-        -m her_sdk.training.rm --config training/configs/rm_qwen3_32b.yaml \
-        --output_dir runs/her-rm-32b
+        -m her_sdk.training rm --config training/configs/rm_qwen3_32b.yaml
 
 Stages:
-1. data — preference pairs: `pairs_file` (from `pairs.auto_pairs` or `pairs.teacher_rows`,
-   JSONL) or, by default, automatic gold-vs-corrupted pairs built from `samples` (SFT samples:
-   `synthetic:N` or a `her data convert` JSONL). Each pair becomes judge prompt/verdict rows in
+1. data — preference pairs: `pairs_file` (teacher-judged pairs from `her data rm-pairs`, or
+   any `pairs.auto_pairs` / `pairs.teacher_rows` JSONL) or, by default, automatic
+   gold-vs-corrupted pairs built from `samples`. Each pair becomes judge prompt/verdict rows in
    both candidate orders (`pairs.judge_sft_rows`), written to `OUTPUT/judge_data.jsonl`.
-2. SFT of the judge on those verdicts — helper stage `training.sft` (trl SFTTrainer) with the
-   options under `train:` (model, LoRA, steps, ...), loss on the verdict only.
+2. SFT of the judge on those verdicts — `training.sft` with the keys under `train:` (an SFT
+   config: SFTArguments, trl's ModelConfig and SFTConfig), loss on the verdict only.
 3. optional RL of the judge (`rl_steps > 0`): GRPO from the SFT model with a verifiable reward,
-   1 when the parsed verdict names the labelled candidate, else 0 (`verdict_reward`).
+   1 when the parsed verdict names the labelled candidate, else 0 (`verdict_reward`); the keys
+   under `rl:` are those of an RL config.
 Held-out pairwise accuracy (both orders combined) is measured before and after when
 `eval_pairs > 0`. Results: the adapter/model in OUTPUT (RL: OUTPUT/rl), `her_rm.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -42,11 +39,12 @@ from her_sdk import ConfigError
 from her_sdk.format import Message, render_chatml
 
 from .common import (
+    ModelSpec,
     config_dict,
     load_causal_lm,
-    load_config,
     load_rows,
     load_tokenizer,
+    parse_config,
     require_train_extra,
     resolve_model,
 )
@@ -56,11 +54,14 @@ from .pairs import CORRUPTIONS, auto_pairs, judge_sft_rows
 from .principles import PrincipleSet, load_principles
 
 __all__ = [
+    "RMArguments",
     "RMResult",
-    "RMRunConfig",
     "build_pair_data",
+    "config_types",
     "judge_accuracy",
+    "rl_configs",
     "run_rm",
+    "sft_configs",
     "verdict_reward",
 ]
 
@@ -68,31 +69,36 @@ log = logging.getLogger("her_sdk.training.rm")
 
 
 @dataclass
-class RMRunConfig:
-    """A reward-model run; YAML keys are these field names (`train`/`rl` are nested)."""
+class RMArguments:
+    """A reward-model run. Its two training stages are nested: `train` holds the keys of an
+    SFT config (`training/sft.py`: SFTArguments, ModelConfig, SFTConfig) and `rl` those of an
+    RL config (`training/rl.py`); both are type-checked when the file is read."""
 
     output_dir: str = "runs/rm"
     # data
-    samples: str = "synthetic:96"  # gold turns: synthetic:N or an SFT-sample JSONL
-    pairs_file: str | None = None  # prebuilt pairs (auto_pairs / teacher_rows JSONL)
-    corruptions: list = field(default_factory=lambda: list(CORRUPTIONS))
+    samples: str = "synthetic:96"  # gold turns: synthetic:N or the RM portion of `her data split`
+    pairs_file: str | None = None  # prebuilt pairs (`her data rm-pairs` / auto_pairs JSONL)
+    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
     per_sample: int = 1
     both_orders: bool = True
     eval_every: int = 10  # when the data has no eval split: every n-th pair is held out
     # judge prompt
     principles: str | None = None  # a principles YAML (default: the packaged set)
-    principle_ids: list | None = None  # a subset (small judges, short prompts)
+    principle_ids: list[str] | None = None  # a subset (small judges, short prompts)
     detail: str = "brief"  # "brief" | "full" principle descriptions
     max_history: int | None = 8
     # accuracy measurement (generative, greedy, both orders)
     eval_pairs: int = 0
     eval_max_tokens: int = 160
     eval_batch_size: int = 8
-    # stage 2: SFTRunConfig options (training.sft), e.g. model, tiny, peft, max_steps
-    train: dict = field(default_factory=dict)
-    # stage 3: judge RL
+    # stage 2: the judge's SFT (keys of an SFT config)
+    train: dict[str, Any] = field(default_factory=dict)
+    # stage 3: the judge's GRPO (keys of an RL config)
     rl_steps: int = 0
-    rl: dict = field(default_factory=dict)  # RLRunConfig-style GRPO options
+    rl: dict[str, Any] = field(default_factory=dict)
+    # start the GRPO from this merged SFT judge and skip stage 2 (a second launch, after
+    # `her train merge`); None: from OUTPUT/merged of this same run
+    rl_from: str | None = None
 
     def __post_init__(self) -> None:
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
@@ -102,11 +108,73 @@ class RMRunConfig:
             raise ConfigError("detail must be brief or full")
 
 
+def config_types() -> tuple[type, ...]:
+    """The dataclasses of an RM config file, in `parse_config` order."""
+    return (RMArguments,)
+
+
+def sft_configs(args: RMArguments, *, for_this_machine: bool = True) -> tuple[Any, ...]:
+    """(SFTArguments, ModelConfig, SFTConfig) of the judge's SFT: `args.train` plus the judge
+    data written by the run and the run's output directory."""
+    from .sft import config_types as sft_types
+
+    over = {
+        "train_file": str(Path(args.output_dir) / "judge_data.jsonl"),
+        "train_split": "train",
+        "eval_split": "eval",
+        **args.train,
+        "output_dir": args.output_dir,
+    }
+    if args.rl_steps > 0 and over.get("use_peft") and not args.rl_from:
+        over["save_merged"] = True  # the judge's RL starts from the merged SFT model
+    try:
+        return parse_config(sft_types(), None, over, for_this_machine=for_this_machine)
+    except ConfigError as exc:
+        raise ConfigError(f"train.{exc}") from None
+
+
+def rl_configs(
+    args: RMArguments, start: str, sft: tuple[Any, ...], *, for_this_machine: bool = True
+) -> tuple[Any, ...]:
+    """(RLArguments, ModelConfig, GRPOConfig) of the judge's GRPO from model dir `start`."""
+    from .rl import config_types as rl_types
+
+    sft_args, sft_model, sft_train = sft
+    over = {
+        "model_name_or_path": start,
+        "chat_template": sft_args.chat_template,
+        "dtype": sft_model.dtype,
+        # the judge's RL trains a LoRA like its SFT did, unless `rl:` says otherwise
+        "use_peft": sft_model.use_peft,
+        "lora_r": sft_model.lora_r,
+        "lora_alpha": sft_model.lora_alpha,
+        "lora_target_modules": sft_model.lora_target_modules,
+        "judge_model": "none",
+        "seed": sft_train.seed,
+        "bf16": sft_train.bf16,
+        "activation_checkpointing": sft_train.activation_checkpointing,
+        **args.rl,
+        "max_steps": args.rl_steps,
+        "output_dir": str(Path(args.output_dir) / "rl"),
+    }
+    try:
+        return parse_config(rl_types(), None, over, for_this_machine=for_this_machine)
+    except ConfigError as exc:
+        raise ConfigError(f"rl.{exc}") from None
+
+
+def check_nested(args: RMArguments, *, for_this_machine: bool = True) -> None:
+    """Type-check the nested `train` and `rl` stage configs now, not after the data is built."""
+    sft = sft_configs(args, for_this_machine=for_this_machine)
+    if args.rl_steps > 0:
+        rl_configs(args, "judge", sft, for_this_machine=for_this_machine)
+
+
 @dataclass
 class RMResult:
     output_dir: str
     pairs: dict
-    sft: dict
+    sft: dict | None  # None when the run only did the judge's RL (`rl_from`)
     accuracy_before: dict | None
     accuracy_after: dict | None
     rl: dict | None
@@ -116,11 +184,11 @@ class RMResult:
         return asdict(self)
 
 
-def _principles(cfg: RMRunConfig) -> PrincipleSet:
+def _principles(cfg: RMArguments) -> PrincipleSet:
     return load_principles(cfg.principles).subset(cfg.principle_ids)
 
 
-def build_pair_data(cfg: RMRunConfig) -> tuple[list[dict], list[dict]]:
+def build_pair_data(cfg: RMArguments) -> tuple[list[dict], list[dict]]:
     """(pairs, judge SFT rows) for `cfg`; every pair has a `split` (train / eval)."""
     if cfg.pairs_file:
         if not Path(cfg.pairs_file).exists():
@@ -184,7 +252,10 @@ def judge_accuracy(
             unread += 1
             by_pair.setdefault(pid, []).append(None)
             continue
-        s = 0.5 if v.better == "tie" else float(v.better == r["label"])
+        if r["label"] == "tie":  # a teacher's tie: only a tie is right
+            s = float(v.better == "tie")
+        else:
+            s = 0.5 if v.better == "tie" else float(v.better == r["label"])
         by_pair.setdefault(pid, []).append(s)
     scores, consistent, n = [], 0, len(by_pair)
     for ss in by_pair.values():
@@ -230,23 +301,27 @@ def _load_judge(spec, tokenizer, adapter_dir: str | None, batch_size: int = 8):
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     elif adapter_dir:
-        from .common import ModelSpec
-
         model = load_causal_lm(ModelSpec(adapter_dir))
     return TransformersBackend(model, tokenizer, batch_size=batch_size)
 
 
-def run_rm(cfg: RMRunConfig) -> RMResult:
+def run_rm(args: RMArguments) -> RMResult:
     require_train_extra()
-    from .sft import SFTRunConfig, run_sft
+    from .sft import run_sft
 
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ps = _principles(cfg)
-    pairs, rows = build_pair_data(cfg)
-    data_file = out / "judge_data.jsonl"
-    write_jsonl(data_file, rows)
+    ps = _principles(args)
+    sft = sft_configs(args)  # checked before the data is built
+    sft_args, sft_model, sft_train = sft
+    pairs, rows = build_pair_data(args)
+    from accelerate import PartialState
+
+    state = PartialState()  # under `accelerate launch` every rank runs this: one writer
+    if state.is_main_process:
+        write_jsonl(sft_args.train_file, rows)
+    state.wait_for_everyone()
     kinds: dict[str, int] = {}
     for p in pairs:
         kinds[p.get("kind") or "teacher"] = kinds.get(p.get("kind") or "teacher", 0) + 1
@@ -258,96 +333,91 @@ def run_rm(cfg: RMRunConfig) -> RMResult:
         "kinds": kinds,
     }
     log.info("judge data: %s", pair_info)
-
-    sft_over = {
-        "train_file": str(data_file),
-        "train_split": "train",
-        "eval_split": "eval",
-        **cfg.train,
-        "output_dir": str(out),
-    }
-    if sft_over.get("model", "tiny") == "tiny" and "texts" not in (sft_over.get("tiny") or {}):
+    if sft_model.model_name_or_path == "tiny" and "texts" not in sft_args.tiny:
         # A tiny tokenizer trained on judge text too keeps judge prompts short (tests, smoke runs).
         texts = [_prompt_text(r["prompt"] + r["completion"]) for r in rows[:24]]
-        sft_over["tiny"] = {**(sft_over.get("tiny") or {}), "texts": texts}
-    if cfg.rl_steps > 0 and sft_over.get("peft", "lora") != "none":
-        sft_over["save_merged"] = True  # the judge's RL starts from the merged SFT model
-    sft_cfg = load_config(SFTRunConfig, None, sft_over)
+        sft_args.tiny = {**sft_args.tiny, "texts": texts}
     spec = resolve_model(
-        sft_cfg.model, gguf_file=sft_cfg.gguf_file, tiny=sft_cfg.tiny, work_dir=out
+        sft_model.model_name_or_path, gguf_file=sft_args.gguf_file, tiny=sft_args.tiny, work_dir=out
     )
-    tok = load_tokenizer(spec, sft_cfg.chat_template)
+    tok = load_tokenizer(spec, sft_args.chat_template)
     eval_sel = []
-    if cfg.eval_pairs > 0:
-        ids = list(dict.fromkeys(r["id"].rsplit(":", 1)[0] for r in eval_rows))[: cfg.eval_pairs]
+    if args.eval_pairs > 0:
+        ids = list(dict.fromkeys(r["id"].rsplit(":", 1)[0] for r in eval_rows))[: args.eval_pairs]
         keep = set(ids)
         eval_sel = [r for r in eval_rows if r["id"].rsplit(":", 1)[0] in keep]
 
     before = None
-    if eval_sel:
+    if eval_sel and not args.rl_from:
         before = judge_accuracy(
-            _load_judge(spec, tok, None, cfg.eval_batch_size),
+            _load_judge(spec, tok, None, args.eval_batch_size),
             eval_sel,
             ps,
-            max_tokens=cfg.eval_max_tokens,
+            max_tokens=args.eval_max_tokens,
         )
         log.info("judge accuracy before: %s", before)
-    sft_res = run_sft(sft_cfg)
+    if args.rl_from:  # the judge's SFT ran in an earlier launch; its merge is args.rl_from
+        if args.rl_steps <= 0:
+            raise ConfigError("rl_from is set but rl_steps is 0: nothing to run")
+        if not Path(args.rl_from).is_dir():
+            raise ConfigError(f"rl_from: {args.rl_from} not found (run `her train merge` first)")
+        sft_res = None
+    else:
+        sft_res = run_sft(*sft)
     after = None
-    if eval_sel:
+    if eval_sel and sft_res is not None:
         after = judge_accuracy(
-            _load_judge(spec, tok, str(out), cfg.eval_batch_size),
+            _load_judge(spec, tok, str(out), args.eval_batch_size),
             eval_sel,
             ps,
-            max_tokens=cfg.eval_max_tokens,
+            max_tokens=args.eval_max_tokens,
         )
         log.info("judge accuracy after SFT: %s", after)
 
     rl_info = None
-    if cfg.rl_steps > 0:
-        rl_info = _judge_rl(cfg, out, spec, tok, rows, sft_cfg, ps, eval_sel)
+    if args.rl_steps > 0:
+        rl_info = _judge_rl(args, out, tok, rows, sft, ps, eval_sel)
     res = RMResult(
         output_dir=str(out),
         pairs=pair_info,
-        sft=sft_res.as_dict(),
+        sft=sft_res.as_dict() if sft_res is not None else None,
         accuracy_before=before,
         accuracy_after=after,
         rl=rl_info,
         seconds=round(time.perf_counter() - t0, 2),
     )
-    (out / "her_rm.json").write_text(
-        json.dumps({"stage": "rm", "config": config_dict(cfg), "result": res.as_dict()}, indent=2)
-    )
+    report = {"stage": "rm", "config": config_dict(args), "result": res.as_dict()}
+    if state.is_main_process:  # a judge-RL-only launch keeps the SFT launch's report
+        name = "her_rm_rl.json" if args.rl_from else "her_rm.json"
+        (out / name).write_text(json.dumps(report, indent=2))
     return res
 
 
-def _judge_rl(cfg: RMRunConfig, out: Path, spec, tok, rows: list[dict], sft_cfg, ps, eval_sel):
+def _judge_rl(cfg: RMArguments, out: Path, tok, rows: list[dict], sft, ps, eval_sel):
     """GRPO of the SFT judge with the verifiable verdict reward."""
-    from .common import ModelSpec
-    from .rl import RLRunConfig, build_grpo_trainer
+    from .rl import build_grpo_trainer
 
-    start = ModelSpec(str(out / "merged")) if sft_cfg.peft != "none" else ModelSpec(str(out))
-    rl_dir = out / "rl"
-    opts = {
-        "model": start.path,
-        "chat_template": sft_cfg.chat_template,
-        "dtype": sft_cfg.dtype,
-        "max_steps": cfg.rl_steps,
-        "judge": "none",
-        "reward_weights": {"format": 1.0},
-        "output_dir": str(rl_dir),
-        "seed": sft_cfg.seed,
-        **cfg.rl,
-    }
-    rl_cfg = load_config(RLRunConfig, None, opts)
+    start = out / "merged" if sft[1].use_peft else out
+    if cfg.rl_from:  # a launch of the judge's RL alone, from the merge of its SFT
+        start = Path(cfg.rl_from)
+    rl_args, rl_model, rl_train = rl_configs(cfg, str(start), sft)
     train = [r for r in rows if r["split"] == "train"]
     data = [{"prompt": _prompt_text(r["prompt"]), "label": r["label"]} for r in train]
     trainer = build_grpo_trainer(
-        rl_cfg, data, [verdict_reward], [1.0], model_spec=start, tokenizer=tok
+        rl_args,
+        rl_model,
+        rl_train,
+        data,
+        [verdict_reward],
+        [1.0],
+        model_spec=ModelSpec(str(start)),
+        tokenizer=tok,
     )
     trainer.train()
-    trainer.save_model(str(rl_dir))
-    tok.save_pretrained(str(rl_dir))
+    rl_dir = Path(rl_train.output_dir)
+    trainer.save_model(str(rl_dir))  # the adapter, gathered from every rank's shard
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(str(rl_dir))
     trace = [float(h["reward"]) for h in trainer.state.log_history if "reward" in h]
     info: dict[str, Any] = {
         "steps": int(trainer.state.global_step),
@@ -362,19 +432,3 @@ def _judge_rl(cfg: RMRunConfig, out: Path, spec, tok, rows: list[dict], sft_cfg,
             TransformersBackend(trainer.model, tok), eval_sel, ps, max_tokens=cfg.eval_max_tokens
         )
     return info
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m her_sdk.training.rm --config FILE [key=value ...]` (for accelerate launch)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--output_dir", default=None)
-    p.add_argument("overrides", nargs="*", help="key=value overrides (train.max_steps=2, ...)")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(RMRunConfig, a.config, a.overrides, output_dir=a.output_dir)
-    print(json.dumps(run_rm(cfg).as_dict(), indent=2))
-
-
-if __name__ == "__main__":
-    main()

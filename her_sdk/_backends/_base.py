@@ -1,19 +1,111 @@
 """The one small interface every backend implements, and the types it speaks.
 
 A backend turns a rendered prompt into streamed text. It knows nothing about characters,
-scenes or the HER format: `Character` renders the prompt and parses what comes back.
+scenes or the HER format: `Character` renders the prompt and parses what comes back. The
+helpers at the end (`cut_at_stop`, `StopScanner`) are the one stop-string scan that every
+backend uses.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
-__all__ = ["Backend", "CancelToken", "Sampling", "TextStream"]
+__all__ = [
+    "Backend",
+    "CancelToken",
+    "PromptText",
+    "Sampling",
+    "StopScanner",
+    "TextStream",
+    "cut_at_stop",
+    "tokenize_prompt",
+]
+
+
+class PromptText(str):
+    """A rendered prompt that knows which of its characters are literal text.
+
+    Literal text is what the prompt quotes rather than writes: players' lines, character-card
+    and persona fields, a character's memories and earlier turns, anything from a save file.
+    `literal` holds its (start, end) character ranges, sorted and disjoint; the rest is the
+    prompt's own scaffolding (chat-template markers, section heads, tags).
+
+    The contract for engines (`her_sdk.format.render_prompt` makes these):
+    - an engine whose tokenizer turns special-token strings into control tokens (`<|im_end|>`,
+      `<end_of_turn>`, `<unused0>`) must parse special tokens in the scaffolding only, and
+      tokenize literal ranges as plain text, so that no quoted text becomes a control token;
+      `tokenize_prompt` does exactly that on top of an engine's own tokenizer;
+    - an engine that receives text (an HTTP server) cannot; the format module's neutralisation
+      of tags and section heads in literal text is then what protects the prompt's structure;
+    - a plain `str` prompt is all scaffolding, as before (callers that render their own prompts).
+
+    It is a `str`, so backends that do not care see an ordinary string; string operations
+    (concatenation, slicing) return plain `str` and drop the ranges.
+    """
+
+    literal: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, literal: Iterable[tuple[int, int]] = ()) -> PromptText:
+        self = super().__new__(cls, text)
+        self.literal = tuple((a, b) for a, b in literal if a < b)
+        return self
+
+    def scaffold(self) -> list[tuple[int, int]]:
+        """The (start, end) ranges that are not literal text."""
+        out, pos = [], 0
+        for a, b in self.literal:
+            if a > pos:
+                out.append((pos, a))
+            pos = max(pos, b)
+        if pos < len(self):
+            out.append((pos, len(self)))
+        return out
+
+
+def tokenize_prompt(
+    prompt: str,
+    tokenize: Callable[[str, bool], list[int]],
+    is_control: Callable[[int], bool],
+    piece: Callable[[int], str],
+) -> list[int]:
+    """The tokens of `prompt`, with special tokens parsed only in its scaffolding.
+
+    `tokenize(text, parse_special)` is the engine's tokenizer on a fragment (no BOS/EOS);
+    `is_control(token)` tells control tokens; `piece(token)` is a control token's text. The
+    engine's tokenizer splits text at special tokens and tokenizes the pieces between them on
+    their own; this splits at the control tokens the scaffolding writes only, so a prompt
+    without special-token strings in its literal text gets exactly the tokens that
+    `tokenize(prompt, True)` gives, and one with them gets those strings as plain text.
+    """
+    literal = getattr(prompt, "literal", ())
+    if not literal:
+        return tokenize(prompt, True)
+    cuts: list[tuple[int, int, int]] = []  # (start, end, token) of each scaffolding control
+    for a, b in PromptText.scaffold(prompt):  # type: ignore[arg-type]
+        fragment = prompt[a:b]
+        at = 0
+        for token in tokenize(fragment, True):
+            if is_control(token) and (text := piece(token)):
+                k = fragment.find(text, at)
+                if k >= 0:
+                    cuts.append((a + k, a + k + len(text), token))
+                    at = k + len(text)
+    out: list[int] = []
+    pos = 0
+    for a, b, token in cuts:
+        if a > pos:
+            out += tokenize(prompt[pos:a], False)
+        out.append(token)
+        pos = b
+    if pos < len(prompt):
+        out += tokenize(prompt[pos:], False)
+    return out
 
 
 class Sampling(msgspec.Struct, kw_only=True, frozen=True):
@@ -34,6 +126,9 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         from .._errors import ConfigError
 
+        floats = (self.temperature, self.top_p, self.min_p, self.repeat_penalty)
+        if not all(math.isfinite(x) for x in floats):
+            raise ConfigError("sampling values must be finite numbers (not NaN or infinity)")
         if self.max_tokens < 1:
             raise ConfigError("max_tokens must be >= 1")
         if self.temperature < 0:
@@ -64,12 +159,19 @@ class CancelToken:
 class TextStream:
     """An iterator of text pieces with the statistics of the generation behind it.
 
+    `pieces` is the text, or a function that is given this stream and returns the text pieces
+    (typically a generator method of the backend): that form lets the generation record its
+    statistics on the stream as it runs. A generator's body only runs when iteration begins.
+
     The counters are final once iteration ends. `finish_reason` is "stop" (stop string, end of
     grammar or end-of-generation token), "length" (max_tokens) or "cancelled".
     """
 
-    def __init__(self, pieces: Iterator[str], prompt_tokens: int = 0) -> None:
-        self._pieces = pieces
+    def __init__(
+        self,
+        pieces: Iterable[str] | Callable[[TextStream], Iterable[str]],
+        prompt_tokens: int = 0,
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0  # prompt tokens re-used from the engine's cache
         self.completion_tokens = 0
@@ -77,6 +179,7 @@ class TextStream:
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
         self.total_s: float | None = None
+        self._pieces: Iterator[str] = iter(pieces(self) if callable(pieces) else pieces)
 
     def __iter__(self) -> TextStream:
         return self
@@ -107,8 +210,23 @@ class Backend(ABC):
     - `stream(...)`: generate text for a prompt, stopping at any of `stop` (the stop string is
       not yielded), honouring `sampling`, an optional GBNF `grammar`, and `cancel`.
     - `count_tokens(text)`: how many tokens the engine would read for `text`.
+
+    Capabilities, which `Character` reads to decide how to drive the backend:
+    - `supports_grammar`: the engine honours a GBNF `grammar`; a Character constrains its turns
+      with one by default only then (a backend that ignores grammars says False).
+    - `plans`: the model was trained to write a plan before each turn; a Character asks for
+      one by default only then (False for a model tuned on plan-less turns).
+    - `prefills`: the engine continues the prompt text as given, so a prompt may already begin
+      the reply (`<system_thinking>`); False for backends that produce whole turns themselves.
+    - `schedules`: concurrent `stream` calls are decoded together and scheduled by a
+      `priority=` keyword of `stream` ("player", "normal" or "background"); a Character passes
+      its turn's priority only then.
     """
 
+    supports_grammar: bool = True
+    plans: bool = True
+    prefills: bool = True
+    schedules: bool = False
     prompt_style: str = "chatml"
     chat_template: str | None = None
     bos_token: str = ""
@@ -141,7 +259,8 @@ class Backend(ABC):
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Return (text before the earliest stop string, whether one was found)."""
+    """Return (text before the earliest stop string, whether one was found). Empty stop
+    strings are ignored."""
     best = len(text)
     found = False
     for s in stop:
@@ -152,7 +271,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return text[:best], found
 
 
-def stop_holdback(text: str, stop: Sequence[str]) -> int:
+def _stop_holdback(text: str, stop: Sequence[str]) -> int:
     """How many trailing characters of `text` could be the start of a stop string."""
     hold = 0
     for s in stop:
@@ -161,3 +280,42 @@ def stop_holdback(text: str, stop: Sequence[str]) -> int:
                 hold = max(hold, k)
                 break
     return hold
+
+
+class StopScanner:
+    """Incremental stop-string scan over streamed text, the one every backend uses.
+
+    `push(piece)` returns the text that is now certain (it cannot be part of a stop string)
+    and whether a stop string was found; after a stop nothing more comes out, and the stop
+    string itself never does. Text that could still begin a stop string is held back until the
+    next piece; `flush()` returns it when generation ends without a stop.
+
+        scan = StopScanner(["<|im_end|>"])
+        scan.push("Hello<|im")   # ("Hello", False)
+        scan.push("_end|>more")  # ("", True)
+    """
+
+    __slots__ = ("_pending", "stop", "stopped")
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.stopped = False
+        self._pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        text = self._pending + piece
+        cut, found = cut_at_stop(text, self.stop)
+        if found:
+            self._pending = ""
+            self.stopped = True
+            return cut, True
+        hold = _stop_holdback(text, self.stop)
+        self._pending = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold], False
+
+    def flush(self) -> str:
+        """The held-back text, once generation ended without a stop string."""
+        out, self._pending = self._pending, ""
+        return out

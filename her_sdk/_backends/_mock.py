@@ -25,13 +25,15 @@ class MockBackend(Backend):
 
     `handler` may also be a list of outputs, returned in order (one per call). Every rendered
     prompt is recorded in `prompts`. `chunk_delay` (seconds) slows streaming down, for tests of
-    cancellation and concurrency. Grammars are accepted and ignored.
+    cancellation and concurrency. Grammars are accepted and ignored (`supports_grammar` is
+    False, so a Character sends none unless asked to).
 
         backend = MockBackend(lambda prompt: "<system_thinking>Be curt.</system_thinking>Mara: No.")
         mara = Character(name="Mara", model=backend)
     """
 
     name = "mock"
+    supports_grammar = False
     prefills = False  # the handler returns whole turns, plan tag included
 
     def __init__(
@@ -91,9 +93,10 @@ class MockBackend(Backend):
         if not isinstance(out, str):
             raise GenerationError("MockBackend handler must return a str")
         text, _ = cut_at_stop(out, stop)
-        stream = TextStream(iter(()), prompt_tokens=self.count_tokens(prompt))
-        stream._pieces = self._pieces(text, sampling.max_tokens, cancel, stream)
-        return stream
+        return TextStream(
+            lambda stream: self._pieces(text, sampling.max_tokens, cancel, stream),
+            prompt_tokens=self.count_tokens(prompt),
+        )
 
     def _pieces(
         self, text: str, max_tokens: int, cancel: CancelToken | None, stream: TextStream

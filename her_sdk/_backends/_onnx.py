@@ -6,11 +6,15 @@ tokens), and renders prompts in the style the folder's chat template implies.
 
 Differences from the llama.cpp backend, by engine limits:
 - grammar: ONNX Runtime GenAI constrains decoding only with its own guidance formats (Lark,
-  regex, JSON schema) and only in builds with guidance enabled; it does not read GBNF. A grammar
-  passed here is ignored (logged at debug level); the HER parser still accepts free text.
+  regex, JSON schema) and only in builds with guidance enabled; it does not read GBNF. So
+  `supports_grammar` is False (a Character sends no grammar by default); a grammar passed anyway
+  is ignored (logged at debug level). The HER parser accepts free text.
 - sampling: temperature, top_k, top_p, repetition penalty and seed map to GenAI search options;
   `min_p` has no counterpart and is ignored.
 - no prompt cache between calls: every call reads its whole prompt.
+
+A folder written by `her export onnx` carries `her.json` with the HER format version; a version
+newer than this runtime's is refused with `InvalidModelError`, as for GGUF files.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from .._errors import (
     MissingDependencyError,
     ModelNotFoundError,
 )
-from ._base import Backend, CancelToken, Sampling, TextStream, stop_holdback
+from ..format import detect_prompt_style, format_version_problem
+from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
 
 __all__ = ["OnnxBackend"]
 
@@ -73,6 +78,8 @@ class OnnxBackend(Backend):
     - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot").
     """
 
+    supports_grammar = False  # ONNX Runtime GenAI does not read GBNF (see the module doc)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -85,6 +92,16 @@ class OnnxBackend(Backend):
         cfg_path = self.path / "genai_config.json"
         if not cfg_path.is_file():
             raise ModelNotFoundError(f"{self.path} has no genai_config.json", str(self.path))
+        her = self.path / "her.json"
+        try:
+            self.her = json.loads(her.read_text(encoding="utf-8")) if her.is_file() else {}
+            if not isinstance(self.her, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise InvalidModelError(f"{her} is unreadable: {exc}", str(self.path)) from None
+        problem = format_version_problem(self.her.get("format_version"), key="format_version")
+        if problem is not None:
+            raise InvalidModelError(f"{her}: {problem}", str(self.path))
         og = self._og = _import_og()
         try:
             genai = json.loads(cfg_path.read_text())
@@ -111,26 +128,16 @@ class OnnxBackend(Backend):
         self.bos_token = _token_text(tok_cfg.get("bos_token"))
         self.eos_token = _token_text(tok_cfg.get("eos_token"))
         self.chat_template = _read_template(self.path, tok_cfg)
-        her = self.path / "her.json"
-        self.her = json.loads(her.read_text()) if her.is_file() else {}
         self.name = self.path.name
         self._lock = threading.Lock()
         self._warned_grammar = False
-        self.prompt_style = prompt_style or self._detect_style()
+        self.prompt_style = prompt_style or detect_prompt_style(
+            self.chat_template, her_model=self.her.get("format_version") is not None
+        )
         if self.prompt_style not in ("chatml", "template", "fewshot"):
             raise ConfigError(f"unknown prompt_style {self.prompt_style!r}")
         if self.prompt_style == "template" and not self.chat_template:
             raise ConfigError(f"{self.path} has no chat template; use prompt_style='fewshot'")
-
-    def _detect_style(self) -> str:
-        # Same rule as the llama.cpp backend: a HER model speaks ChatML.
-        if self.her.get("format_version") is not None:
-            return "chatml"
-        if not self.chat_template:
-            return "fewshot"
-        if "<|im_start|>" in self.chat_template:
-            return "chatml"
-        return "template"
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._tok.encode(text)]
@@ -162,9 +169,10 @@ class OnnxBackend(Backend):
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens; the context window is {self.n_ctx}"
             )
-        stream = TextStream(iter(()), prompt_tokens=len(tokens))
-        stream._pieces = self._generate(tokens, list(stop), sampling, cancel, stream)
-        return stream
+        return TextStream(
+            lambda stream: self._generate(tokens, list(stop), sampling, cancel, stream),
+            prompt_tokens=len(tokens),
+        )
 
     def _params(self, n_prompt: int, s: Sampling):
         params = self._og.GeneratorParams(self._model)
@@ -185,7 +193,7 @@ class OnnxBackend(Backend):
     def _generate(
         self,
         tokens: list[int],
-        stop: list[str],
+        stop: Sequence[str],
         sampling: Sampling,
         cancel: CancelToken | None,
         stream: TextStream,
@@ -197,7 +205,7 @@ class OnnxBackend(Backend):
             try:
                 gen.append_tokens(np.asarray(tokens, dtype=np.int32))
                 decoder = self._tok.create_stream()
-                pending = ""
+                scan = StopScanner(stop)
                 stream.finish_reason = "length"
                 for _ in range(sampling.max_tokens):
                     if cancel is not None and cancel.cancelled:
@@ -211,20 +219,14 @@ class OnnxBackend(Backend):
                         stream.finish_reason = "stop"
                         break
                     stream.completion_tokens += 1
-                    pending += decoder.decode(token)
-                    hit = min((k for s in stop if (k := pending.find(s)) != -1), default=-1)
-                    if hit != -1:
-                        if pending[:hit]:
-                            yield pending[:hit]
-                        pending = ""
+                    text, stopped = scan.push(decoder.decode(token))
+                    if text:
+                        yield text
+                    if stopped:
                         stream.finish_reason = "stop"
                         break
-                    hold = stop_holdback(pending, stop)
-                    if len(pending) > hold:
-                        yield pending[: len(pending) - hold]
-                        pending = pending[len(pending) - hold :]
-                if pending and stream.finish_reason != "stop":
-                    yield pending
+                if rest := scan.flush():
+                    yield rest
             finally:
                 del gen
 

@@ -5,51 +5,50 @@
 
 Two modes:
 - "completions" (default): the SDK renders the prompt (ChatML by default) and the server
-  continues it via `/completions`. Prefill, stop strings and a GBNF grammar (`grammar`, which
-  llama.cpp's server and vLLM's guided decoding read) work as with the local engine.
-- "chat": `/chat/completions` with the messages recovered from a ChatML prompt, for servers or
-  models that only speak chat. A prefill goes as a final assistant message with vLLM's
-  `continue_final_message`; servers that do not know it may ignore it.
+  continues it via `/completions`. Prefill and stop strings work as with the local engine, and
+  so does a GBNF grammar where the server reads one (see `grammar_field`).
+- "chat": `/chat/completions` with the messages recovered from a ChatML prompt
+  (`her_sdk.format.chatml_to_messages`), for servers or models that only speak chat. A prefill
+  goes as a final assistant message with vLLM's `continue_final_message`; servers that do not
+  know it may ignore it.
+
+Errors, one class each (both are `GenerationError`s):
+- `BackendUnavailableError`: the server cannot be reached (connection refused, DNS failure,
+  timeout) or the connection is lost while the answer streams;
+- `BackendHTTPError`: the server answered with an HTTP error status (`status`), or sent an
+  error event inside the stream (`status` 0).
 
 Only the standard library is used (urllib); streaming reads server-sent events. Cancellation is
-checked between events; `timeout` bounds connecting and each read.
+checked between events; `timeout` bounds connecting and each read. Token counts are estimates
+(about four characters a token): the server is never asked to tokenize.
 It is not a client for OpenAI's hosted features (tools, images, batching).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 
-from .._errors import ConfigError, GenerationError, ModelError
-from ._base import Backend, CancelToken, Sampling, TextStream, cut_at_stop, stop_holdback
+from .._errors import BackendHTTPError, BackendUnavailableError, ConfigError
+from ..format import chatml_to_messages
+from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
 
-__all__ = ["OpenAIBackend", "chatml_to_messages"]
-
-_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\n?|$)", re.S)
-
-
-def chatml_to_messages(prompt: str) -> tuple[list[dict], str]:
-    """Split a ChatML prompt into messages; returns (messages, prefill of the open assistant
-    turn). A prompt that is not ChatML becomes one user message."""
-    if "<|im_start|>" not in prompt:
-        return [{"role": "user", "content": prompt}], ""
-    msgs = [{"role": r, "content": c} for r, c in _CHATML.findall(prompt)]
-    prefill = ""
-    if msgs and msgs[-1]["role"] == "assistant" and not prompt.rstrip("\n").endswith("<|im_end|>"):
-        prefill = msgs.pop()["content"]
-    return msgs, prefill
+__all__ = ["OpenAIBackend"]
 
 
 class OpenAIBackend(Backend):
     """A backend that sends prompts to an OpenAI-compatible endpoint.
 
-    `base_url` ends in `/v1`; `model` is the served model name; `api_key` goes in a Bearer
-    header when given. `count_tokens` estimates (about four characters a token) unless the
-    server exposes llama.cpp's or vLLM's `/tokenize`.
+    - `base_url` ends in `/v1`; `model` is the served model name; `api_key` goes in a Bearer
+      header when given.
+    - `grammar_field`: the request field that carries a GBNF grammar: "grammar" (llama.cpp's
+      server, the default), "guided_grammar" (vLLM), or None for a server without grammar
+      support (then `supports_grammar` is False and Characters send none).
+    - `count_tokens` estimates about four characters a token; it does not call the server.
+    - `extra_body`: more fields for every request (they override the SDK's own).
     """
 
     name = "openai"
@@ -64,6 +63,7 @@ class OpenAIBackend(Backend):
         prompt_style: str = "chatml",
         n_ctx: int = 32768,
         timeout: float = 120.0,
+        grammar_field: str | None = "grammar",
         extra_body: dict | None = None,
     ) -> None:
         if mode not in ("completions", "chat"):
@@ -77,22 +77,34 @@ class OpenAIBackend(Backend):
         self.prompt_style = prompt_style
         self.n_ctx = n_ctx
         self.timeout = timeout
+        self.grammar_field = grammar_field
+        self.supports_grammar = grammar_field is not None
         self.extra_body = dict(extra_body or {})
 
     def _request(self, path: str, body: dict):
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        url = self.base_url + path
         req = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+            url, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            detail = exc.read(500).decode("utf-8", "replace")
-            raise GenerationError(f"{self.base_url}{path}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ModelError(f"cannot reach {self.base_url}: {exc}") from None
+            try:
+                detail = exc.read(500).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                detail = ""
+            finally:
+                exc.close()
+            message = f"{url}: HTTP {exc.code}" + (f": {detail}" if detail else "")
+            raise BackendHTTPError(message, status=exc.code, url=url) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BackendUnavailableError(
+                f"cannot reach {self.base_url}: {reason}", url=self.base_url
+            ) from None
 
     def count_tokens(self, text: str) -> int:
         return (len(text) + 3) // 4
@@ -120,50 +132,63 @@ class OpenAIBackend(Backend):
             body["top_k"] = s.top_k
         if s.min_p:
             body["min_p"] = s.min_p
-        if grammar:
-            body["grammar"] = grammar
+        if grammar and self.grammar_field:
+            body[self.grammar_field] = grammar
         if self.mode == "completions":
             body["prompt"] = prompt
             path = "/completions"
         else:
             messages, prefill = chatml_to_messages(prompt)
+            chat = [{"role": m.role, "content": m.content} for m in messages]
             if prefill:
-                messages.append({"role": "assistant", "content": prefill})
+                chat.append({"role": "assistant", "content": prefill})
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            body["messages"] = messages
+            body["messages"] = chat
             path = "/chat/completions"
         body.update(self.extra_body)
         resp = self._request(path, body)
-        stream = TextStream(iter(()), prompt_tokens=self.count_tokens(prompt))
-        stream._pieces = self._pieces(resp, stop, cancel, stream)
-        return stream
+        return TextStream(
+            lambda stream: self._pieces(resp, list(stop), cancel, stream),
+            prompt_tokens=self.count_tokens(prompt),
+        )
 
-    def _events(self, resp) -> Iterator[dict]:
+    def _events(self, resp) -> Iterator[dict | None]:
+        """The JSON events of a server-sent event stream; None for the final `[DONE]`."""
         for raw in resp:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                yield None
                 return
             try:
-                yield json.loads(data)
+                event = json.loads(data)
             except json.JSONDecodeError:
                 continue
+            if isinstance(event, dict):
+                yield event
 
     def _pieces(
         self, resp, stop: Sequence[str], cancel: CancelToken | None, stream: TextStream
     ) -> Iterator[str]:
-        text = ""  # text generated so far; the part not yet yielded is held for stop matching
-        sent = 0
+        scan = StopScanner(stop)
         stream.finish_reason = "stop"
+        finished = False  # the server said it was done ([DONE] or a finish_reason)
         try:
             for event in self._events(resp):
+                if event is None:
+                    finished = True
+                    break
                 if cancel is not None and cancel.cancelled:
                     stream.finish_reason = "cancelled"
                     return
                 if "error" in event:
-                    raise GenerationError(f"{self.base_url}: {event['error']}")
+                    error = event["error"]
+                    message = error.get("message", error) if isinstance(error, dict) else error
+                    raise BackendHTTPError(
+                        f"{self.base_url}: error in the stream: {message}", url=self.base_url
+                    )
                 choices = event.get("choices") or []
                 if not choices:
                     continue
@@ -173,21 +198,25 @@ class OpenAIBackend(Backend):
                     piece = (c.get("delta") or {}).get("content") or ""
                 if piece:
                     stream.completion_tokens += 1
-                    text += piece
-                    cut, found = cut_at_stop(text, stop)
-                    if found:
-                        if len(cut) > sent:
-                            yield cut[sent:]
+                    text, stopped = scan.push(piece)
+                    if text:
+                        yield text
+                    if stopped:
                         return
-                    safe = len(text) - stop_holdback(text, stop)
-                    if safe > sent:
-                        yield text[sent:safe]
-                        sent = safe
                 if c.get("finish_reason"):
+                    finished = True
                     stream.finish_reason = "length" if c["finish_reason"] == "length" else "stop"
-            if len(text) > sent:
-                yield text[sent:]
-        except (OSError, TimeoutError) as exc:
-            raise GenerationError(f"{self.base_url}: connection lost: {exc}") from None
+            if not finished:
+                # urllib ends a chunked body quietly when the peer hangs up mid-stream.
+                raise BackendUnavailableError(
+                    f"{self.base_url}: connection lost: the stream ended before the answer did",
+                    url=self.base_url,
+                )
+            if rest := scan.flush():
+                yield rest
+        except (OSError, http.client.HTTPException) as exc:
+            raise BackendUnavailableError(
+                f"{self.base_url}: connection lost: {exc!r}", url=self.base_url
+            ) from None
         finally:
             resp.close()

@@ -19,8 +19,8 @@ def __getattr__(name: str):
         try:
             from . import _app, _settings
         except ImportError as exc:
-            if isinstance(exc, MissingDependencyError):
-                raise
+            if isinstance(exc, MissingDependencyError) or (exc.name or "").startswith("her_sdk"):
+                raise  # not a missing extra: a bug to see as it is
             raise MissingDependencyError(str(exc.name or exc), "grpc") from None
         return getattr(_settings if name == "ServerSettings" else _app, name)
     raise AttributeError(f"module 'her_sdk.server' has no attribute {name!r}")

@@ -14,17 +14,21 @@ import hmac
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._backends._base import Backend
-from .._errors import ConfigError
+from .._errors import AuthenticationError, ConfigError, LimitExceededError
 from ._pb import pb, pb_grpc
 from ._service import HerServicer
 from ._settings import ServerSettings
+from ._status import abort
 
 __all__ = ["HerServer", "serve"]
 
@@ -34,32 +38,120 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["HerService"].full_name
 _OPEN_PREFIX = f"/{health.SERVICE_NAME}/"  # health checks need no token
 
 
+def _refusal(handler: grpc.RpcMethodHandler, behaviour) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that runs `behaviour` (which aborts)."""
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behaviour)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behaviour)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behaviour)
+    return grpc.unary_unary_rpc_method_handler(behaviour)
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an `authorization` header value "Bearer TOKEN" (the scheme is
+    case-insensitive, RFC 6750/7235), or None for any other header."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 class _BearerAuth(grpc.ServerInterceptor):
     """Rejects calls without `authorization: Bearer <token>` (constant-time compare)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(self, continuation, details):
         if details.method.startswith(_OPEN_PREFIX):
             return continuation(details)
-        got = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(got).encode(), self._expected):
+        header = dict(details.invocation_metadata or ()).get("authorization", "")
+        got = bearer_token(header) if isinstance(header, str) else None
+        # compare_digest of unequal lengths still takes time independent of the content.
+        if hmac.compare_digest((got or "").encode(), self._expected) and got:
             return continuation(details)
         handler = continuation(details)
         if handler is None:
             return None
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            abort(context, AuthenticationError("missing or invalid bearer token"))
 
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
+        return _refusal(handler, deny)
+
+
+class _ConcurrencyLimit(grpc.ServerInterceptor):
+    """At most `limit` HerService calls run at once; more fail at once with RESOURCE_EXHAUSTED.
+
+    Unlike grpc's own `maximum_concurrent_rpcs`, health checks are not counted and never
+    refused, so an orchestrator still sees a busy server as alive. A call's place is freed when
+    its handler returns (unary) or its stream ends, or when the call terminates otherwise.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self.running >= self.limit:
+                return False
+            self.running += 1
+            return True
+
+    def _leaver(self) -> Callable[[], None]:
+        done = threading.Event()
+
+        def leave() -> None:
+            with self._lock:
+                if not done.is_set():
+                    done.set()
+                    self.running -= 1
+
+        return leave
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method.startswith(_OPEN_PREFIX):
+            return handler
+
+        def busy(request, context):
+            abort(context, LimitExceededError(f"the server runs {self.limit} calls already"))
+
+        if handler.request_streaming:  # HerService has no client-streaming calls
+            return handler
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
+            inner = handler.unary_stream
+
+            def unary_stream(request, context):
+                if not self._enter():
+                    busy(request, context)
+                leave = self._leaver()
+                if not context.add_callback(leave):
+                    leave()
+                try:
+                    yield from inner(request, context)
+                finally:
+                    leave()
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        unary = handler.unary_unary
+
+        def unary_unary(request, context):
+            if not self._enter():
+                busy(request, context)
+            try:
+                return unary(request, context)
+            finally:
+                self._leaver()()
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
 
 
 class HerServer:
@@ -70,13 +162,22 @@ class HerServer:
         if model is None:
             from .._model import load_model
 
-            kw = {"n_threads": self.settings.n_threads} if self.settings.n_threads else {}
+            kw: dict[str, Any] = {}
+            if self.settings.n_threads:
+                kw["n_threads"] = self.settings.n_threads
+            if self.settings.model is None or not Path(self.settings.model).is_dir():
+                # a GGUF model: llama.cpp decodes concurrent turns together
+                kw["max_sequences"] = self.settings.max_sequences
+                kw["max_waiting"] = self.settings.max_waiting_turns
             model = load_model(self.settings.model, **kw)
         self.model = model
         self.servicer = HerServicer(model, self.settings)
         self.health = health.HealthServicer()
         s = self.settings
-        interceptors = [_BearerAuth(s.token.get_secret_value())] if s.token else []
+        self.limit = _ConcurrencyLimit(s.max_concurrent_rpcs)
+        interceptors: list[grpc.ServerInterceptor] = [self.limit]
+        if s.token:
+            interceptors.insert(0, _BearerAuth(s.token.get_secret_value()))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="her-grpc"),
             interceptors=interceptors,
@@ -85,7 +186,6 @@ class HerServer:
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared port
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         pb_grpc.add_HerServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -125,6 +225,11 @@ class HerServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("her_sdk gRPC server on %s (tls=%s)", self.target, s.tls_cert is not None)
+        if s.token is None and s.allow_unauthenticated:
+            log.warning(
+                "NO AUTHENTICATION on %s: anyone who can reach this port drives every character",
+                address,
+            )
         return port
 
     def stop(self, grace: float | None = None) -> threading.Event:

@@ -1,45 +1,52 @@
 """HerService: translates her.v1 messages to calls on her_sdk Characters and Scenes, and back.
 
 It holds the id -> object registry and enforces the server's limits; every rule of the story
-(who perceives what, parsing, knowledge isolation, private channels) is the SDK's. Errors raised
-here or in the SDK are mapped to status codes by `_status` only.
+(who perceives what, parsing, knowledge isolation, private channels) is the SDK's. Messages are
+converted by `_convert` only; errors raised here or in the SDK become status codes in `_status`
+only.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from queue import Empty, SimpleQueue
 
 import msgspec
 
+from .. import _state
 from .._backends._base import Backend, CancelToken
-from .._character import Character, Reply
-from .._errors import ConfigError
+from .._character import Character
+from .._errors import (
+    Cancelled,
+    ConfigError,
+    LimitExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+    StateError,
+)
 from .._persona import Persona
-from .._scene import Event, Scene
-from .._state import dump_scene, scene_from_bytes
-from ..format import PUBLIC_CHANNELS
+from .._scene import Event, Scene, SceneState
+from ._convert import (
+    action_from_pb,
+    delta_to_pb,
+    event_to_pb,
+    persona_from_pb,
+    persona_to_pb,
+    priority_from_pb,
+    reply_to_pb,
+)
 from ._pb import pb, pb_grpc
 from ._settings import ServerSettings
-from ._status import LimitExceeded, NotFound, abort
+from ._status import abort
 
 __all__ = ["HerServicer"]
 
-CHANNEL = {
-    "plan": pb.CHANNEL_PLAN,
-    "thought": pb.CHANNEL_THOUGHT,
-    "action": pb.CHANNEL_ACTION,
-    "speech": pb.CHANNEL_SPEECH,
-}
-EVENT_KIND = {
-    "speech": pb.EVENT_KIND_SPEECH,
-    "narration": pb.EVENT_KIND_NARRATION,
-    "turn": pb.EVENT_KIND_TURN,
-}
 _UNLIMITED_TEXT = frozenset({"card_json"})  # bounded by the message size only
 
 
@@ -74,6 +81,10 @@ class HerServicer(pb_grpc.HerServiceServicer):
         # Guards the registry and changes of scene membership; turns do not take it.
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="her-turn")
+        # What each scene has taken in (events, characters of text), against the server's
+        # max_scene_events / max_total_chars; a deleted scene gives its text back.
+        self._usage: dict[str, list[int]] = {}
+        self._total_chars = 0
 
     def close(self) -> None:
         """Stop the generation threads (call after the gRPC server has stopped)."""
@@ -87,18 +98,18 @@ class HerServicer(pb_grpc.HerServiceServicer):
         for field, value in msg.ListFields():
             if field.type == field.TYPE_STRING and not field.is_repeated:
                 if len(value) > limit and field.name not in _UNLIMITED_TEXT:
-                    raise LimitExceeded(f"{field.name} is longer than {limit} characters")
+                    raise LimitExceededError(f"{field.name} is longer than {limit} characters")
             elif field.is_repeated:
                 if len(value) > items:
-                    raise LimitExceeded(f"{field.name} has more than {items} entries")
+                    raise LimitExceededError(f"{field.name} has more than {items} entries")
                 entries = value.items() if field.message_type and _is_map(field) else None
                 if entries is not None:
                     for k, v in entries:
                         if len(k) > limit or len(v) > limit:
-                            raise LimitExceeded(f"an entry of {field.name} is too long")
+                            raise LimitExceededError(f"an entry of {field.name} is too long")
                 elif field.type == field.TYPE_STRING:
                     if any(len(v) > limit for v in value):
-                        raise LimitExceeded(f"an entry of {field.name} is too long")
+                        raise LimitExceededError(f"an entry of {field.name} is too long")
                 elif field.type == field.TYPE_MESSAGE:
                     for v in value:
                         self._check_limits(v)
@@ -110,64 +121,90 @@ class HerServicer(pb_grpc.HerServiceServicer):
         try:
             return self.scenes[scene_id]
         except KeyError:
-            raise NotFound(f"no scene with id {scene_id!r}") from None
+            raise NotFoundError(f"no scene with id {scene_id!r}") from None
 
     def _character(self, character_id: str) -> Character:
         _require(character_id, "character_id")
         try:
             return self.characters[character_id]
         except KeyError:
-            raise NotFound(f"no character with id {character_id!r}") from None
+            raise NotFoundError(f"no character with id {character_id!r}") from None
 
     def _register_character(self, c: Character) -> str:
         with self._lock:
             if len(self.characters) >= self.settings.max_characters:
-                raise LimitExceeded(f"the server holds {self.settings.max_characters} characters")
+                raise LimitExceededError(
+                    f"the server holds {self.settings.max_characters} characters"
+                )
             cid = f"c-{uuid.uuid4().hex}"
             self.characters[cid] = c
             self._char_ids[id(c)] = cid
             return cid
 
+    def _scene_of(self, c: Character) -> tuple[str, Scene] | None:
+        """(scene id, scene) of the scene `c` is in, if any (at most max_scenes to look at)."""
+        for sid, scene in list(self.scenes.items()):
+            if c in scene:
+                return sid, scene
+        return None
+
     def _forget_character(self, cid: str) -> None:
         c = self.characters.pop(cid, None)
         if c is not None:
             self._char_ids.pop(id(c), None)
-            if c.scene is not None:
-                c.scene.remove(c.name)
+            if (where := self._scene_of(c)) is not None:
+                where[1].remove(c.name)
+
+    def _charge(self, sid: str, events: int, chars: int) -> None:
+        """Count `events` and `chars` of text against the scene's and the server's budgets."""
+        s = self.settings
+        with self._lock:
+            used = self._usage.setdefault(sid, [0, 0])
+            if used[0] + events > s.max_scene_events:
+                raise LimitExceededError(
+                    f"the scene has recorded {used[0]} events, the most this server allows in "
+                    "one scene: save it and go on in a new one"
+                )
+            if self._total_chars + chars > s.max_total_chars:
+                raise LimitExceededError(
+                    f"the server holds {s.max_total_chars} characters of scene text: "
+                    "delete scenes it no longer needs"
+                )
+            used[0] += events
+            used[1] += chars
+            self._total_chars += chars
+
+    def _release(self, sid: str) -> None:
+        with self._lock:
+            used = self._usage.pop(sid, None)
+            if used is not None:
+                self._total_chars -= used[1]
 
     def _character_msg(self, c: Character) -> pb.Character:
-        p = c.persona
+        where = self._scene_of(c)
+        persona = c.persona
+        if persona.secrets and not self.settings.expose_thoughts:
+            persona = msgspec.structs.replace(persona, secrets="")  # private: see her.proto
         return pb.Character(
             id=self._char_ids.get(id(c), ""),
-            persona=pb.Persona(
-                name=p.name,
-                source=p.source,
-                profile=p.profile,
-                background=p.background,
-                scenario=p.scenario,
-                goals=p.goals,
-                secrets=p.secrets,
-                relationships=p.relationships,
-                others=p.others,
-            ),
-            scene_id=self._scene_ids.get(id(c.scene), "") if c.scene is not None else "",
+            persona=persona_to_pb(persona),
+            scene_id=where[0] if where is not None else "",
             turns_taken=c.turns_taken,
             memory_items=len(c.memory),
         )
 
     def _scene_msg(self, scene: Scene, events: list[Event] | None = None) -> pb.Scene:
-        with scene._lock:
-            msg = pb.Scene(
-                id=self._scene_ids.get(id(scene), ""),
-                name=scene.name,
-                characters=[
-                    pb.Participant(character_id=self._char_ids.get(id(c), ""), name=n)
-                    for n, c in scene.characters.items()
-                ],
-                players=scene.players,
-                event_count=len(scene.events),
-                events=[_event_msg(e) for e in events or ()],
-            )
+        msg = pb.Scene(
+            id=self._scene_ids.get(id(scene), ""),
+            name=scene.name,
+            characters=[
+                pb.Participant(character_id=self._char_ids.get(id(c), ""), name=n)
+                for n, c in scene.characters.items()
+            ],
+            players=scene.players,
+            event_count=scene.event_count,
+            events=[event_to_pb(e) for e in events or ()],
+        )
         if scene.seed is not None:
             msg.seed = scene.seed
         return msg
@@ -180,30 +217,21 @@ class HerServicer(pb_grpc.HerServiceServicer):
         if which is None:
             raise ConfigError("persona or card_json is required")
         if which == "persona":
-            p = request.persona
-            persona = Persona(
-                name=p.name,
-                source=p.source,
-                profile=p.profile,
-                background=p.background,
-                scenario=p.scenario,
-                goals=p.goals,
-                secrets=p.secrets,
-                relationships=dict(p.relationships),
-                others=dict(p.others),
-            )
+            persona = persona_from_pb(request.persona)
         else:
             _require(request.card_json, "card_json")
             persona = Persona.from_card(request.card_json)
             for f in ("name", "profile", "scenario"):
                 if len(getattr(persona, f)) > self.settings.max_text_chars:
-                    raise LimitExceeded(f"the card's {f} is longer than the text limit")
+                    raise LimitExceededError(f"the card's {f} is longer than the text limit")
         s = request.settings
         kwargs: dict = {}
         if s.HasField("plan"):
             kwargs["plan"] = s.plan
         if s.allowed_actions:
-            kwargs["actions"] = list(s.allowed_actions)
+            kwargs["allowed_actions"] = list(s.allowed_actions)
+        if s.actions:
+            kwargs["actions"] = [action_from_pb(a) for a in s.actions]
         if s.HasField("seed"):
             kwargs["seed"] = s.seed
         if s.HasField("max_memory"):
@@ -234,7 +262,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
 
     def _add_scene(self, scene: Scene) -> str:
         if len(self.scenes) >= self.settings.max_scenes:
-            raise LimitExceeded(f"the server holds {self.settings.max_scenes} scenes")
+            raise LimitExceededError(f"the server holds {self.settings.max_scenes} scenes")
         sid = f"s-{uuid.uuid4().hex}"
         self.scenes[sid] = scene
         self._scene_ids[id(scene)] = sid
@@ -245,9 +273,11 @@ class HerServicer(pb_grpc.HerServiceServicer):
         with self._lock:
             members = [self._character(cid) for cid in request.character_ids]
             if len(self.scenes) >= self.settings.max_scenes:
-                raise LimitExceeded(f"the server holds {self.settings.max_scenes} scenes")
+                raise LimitExceededError(f"the server holds {self.settings.max_scenes} scenes")
             scene = Scene(
-                name=request.name, seed=request.seed if request.HasField("seed") else None
+                name=request.name,
+                seed=request.seed if request.HasField("seed") else None,
+                max_events=self.settings.max_scene_events,
             )
             try:
                 for name in request.players:
@@ -273,7 +303,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
     def DeleteScene(self, request, context):
         with self._lock:
             scene = self._scene(request.scene_id)
-            for name, c in list(scene.characters.items()):
+            for name, c in scene.characters.items():
                 cid = self._char_ids.get(id(c))
                 if request.keep_characters or cid is None:
                     scene.remove(name)
@@ -281,6 +311,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
                     self._forget_character(cid)
             del self.scenes[request.scene_id]
             self._scene_ids.pop(id(scene), None)
+            self._release(request.scene_id)
         return pb.DeleteResponse()
 
     @_guard
@@ -300,16 +331,24 @@ class HerServicer(pb_grpc.HerServiceServicer):
     def Say(self, request, context):
         scene = self._scene(request.scene_id)
         _require(request.speaker, "speaker")
+        chars = len(request.text) + sum(len(a) for a in request.actions)
+        if chars > self.settings.max_text_chars:
+            raise LimitExceededError(
+                f"text and actions together are longer than {self.settings.max_text_chars} "
+                "characters"
+            )
+        self._charge(request.scene_id, 1, chars)
         event = scene.say(
             request.speaker, request.text, list(request.actions), to=list(request.to) or None
         )
-        return _event_msg(event)
+        return event_to_pb(event)
 
     @_guard
     def Narrate(self, request, context):
         scene = self._scene(request.scene_id)
+        self._charge(request.scene_id, 1, len(request.text))
         event = scene.narrate(request.text, to=list(request.to) or None)
-        return _event_msg(event)
+        return event_to_pb(event)
 
     # -- turns ------------------------------------------------------------------------------------
 
@@ -319,8 +358,9 @@ class HerServicer(pb_grpc.HerServiceServicer):
             scene = self._scene(request.scene_id)
             name = request.character or scene.next_speaker()
             if name not in scene.characters:
-                raise NotFound(f"no character named {name!r} in scene {request.scene_id!r}")
+                raise NotFoundError(f"no character named {name!r} in scene {request.scene_id!r}")
             private = request.include_private and self.settings.expose_thoughts
+            self._charge(request.scene_id, 1, 0)  # its text is counted when it ends
             cancel = CancelToken()
             # Client cancel or deadline: stop generation before the next token.
             context.add_callback(cancel.cancel)
@@ -330,14 +370,15 @@ class HerServicer(pb_grpc.HerServiceServicer):
                 seed=request.seed if request.HasField("seed") else None,
                 max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
                 temperature=request.temperature if request.HasField("temperature") else None,
-                actions=list(request.allowed_actions) or None,
+                allowed_actions=list(request.allowed_actions) or None,
                 cancel=cancel,
+                priority=priority_from_pb(request.priority),
             )
             # Generation runs on its own thread so that everything generated while the previous
             # message was being sent goes out in one message (a fast model is not slowed down to
             # one network message per token; a slow one still streams token by token).
             queue: SimpleQueue = SimpleQueue()
-            self._pool.submit(_produce, stream, queue)
+            self._pool.submit(_produce, stream, queue, cancel)
             try:
                 done = False
                 while not done:
@@ -349,11 +390,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
                             break
                         if isinstance(item, BaseException):
                             raise item
-                        deltas.append(
-                            pb.Delta(
-                                channel=CHANNEL[item.channel], text=item.text, segment=item.segment
-                            )
-                        )
+                        deltas.append(delta_to_pb(item))
                         try:
                             item = queue.get_nowait()
                         except Empty:
@@ -361,8 +398,12 @@ class HerServicer(pb_grpc.HerServiceServicer):
                     if done:
                         # After a cancel or deadline gRPC has already ended the call (dropped).
                         assert stream.reply is not None
+                        with self._lock:
+                            if request.scene_id in self._usage:
+                                self._usage[request.scene_id][1] += len(stream.reply.raw)
+                                self._total_chars += len(stream.reply.raw)
                         yield pb.TurnResponse(
-                            deltas=deltas, summary=_summary_msg(stream.reply, private)
+                            deltas=deltas, summary=reply_to_pb(stream.reply, private=private)
                         )
                     else:
                         yield pb.TurnResponse(deltas=deltas)
@@ -373,30 +414,120 @@ class HerServicer(pb_grpc.HerServiceServicer):
 
     # -- save / load ------------------------------------------------------------------------------
 
+    def _save_path(self, name: str) -> Path:
+        if not _SAVE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"save name {name[:80]!r} must be 1-64 letters, digits, '_', '-' or '.', "
+                "not starting with '.'"
+            )
+        if self.settings.save_dir is None:
+            raise ConfigError("this server keeps no saves (it was started without --save-dir)")
+        return self.settings.save_dir / f"{name}{_SAVE_SUFFIX}"
+
     @_guard
     def SaveScene(self, request, context):
-        return pb.SaveSceneResponse(data=dump_scene(self._scene(request.scene_id)))
+        scene = self._scene(request.scene_id)
+        if request.name:
+            path = self._save_path(request.name)
+            scene.save(path)
+            return pb.SaveSceneResponse(name=request.name)
+        if not self.settings.expose_thoughts:
+            raise PermissionDeniedError(
+                "a save holds private thoughts, so this server (without --expose-thoughts) "
+                "does not send one: give a name to save it on the server (--save-dir)"
+            )
+        data = scene.dumps()
+        if len(data) + 64 > self.settings.max_message_bytes:
+            raise LimitExceededError(
+                f"the save is {len(data)} bytes, more than one message may carry "
+                "(--max-message-bytes): save it by name on the server instead"
+            )
+        return pb.SaveSceneResponse(data=data)
 
     @_guard
     def LoadScene(self, request, context):
-        if not request.data:
-            raise ConfigError("data is required")
-        scene = scene_from_bytes(request.data, model=self.model)
+        which = request.WhichOneof("source")
+        if which == "name":
+            path = self._save_path(request.name)
+            if not path.is_file():
+                raise NotFoundError(f"no save named {request.name!r}")
+            data, source = _state.read(path), f"save {request.name!r}"
+        elif which == "data" and request.data:
+            if not self.settings.expose_thoughts:
+                raise PermissionDeniedError(
+                    "loading save bytes writes characters' minds, an administrative operation "
+                    "this server (without --expose-thoughts) does not allow: load a save by name"
+                )
+            data, source = request.data, "save data"
+        else:
+            raise ConfigError("data or name is required")
+        state = _state.decode(data, "scene", SceneState, source=source)
+        chars = self._check_save(state)
+        state.max_events = min(state.max_events, self.settings.max_scene_events)
+        try:
+            scene = Scene.from_state(state, model=self.model)
+        except ConfigError as exc:  # e.g. two characters of one name
+            raise StateError(f"{source} is corrupt: {exc}") from None
         with self._lock:
             room = self.settings.max_characters - len(self.characters)
             if len(scene.characters) > room:
-                raise LimitExceeded(f"the server holds {self.settings.max_characters} characters")
-            self._add_scene(scene)
+                raise LimitExceededError(
+                    f"the server holds {self.settings.max_characters} characters"
+                )
+            sid = self._add_scene(scene)
+            try:
+                self._charge(sid, len(state.events), chars)
+            except LimitExceededError:
+                del self.scenes[sid]
+                self._scene_ids.pop(id(scene), None)
+                self._usage.pop(sid, None)
+                raise
             for c in scene.characters.values():
                 self._register_character(c)
             return self._scene_msg(scene)
 
+    def _check_save(self, state: SceneState) -> int:
+        """Hold a save to the limits that requests are held to; returns its characters of text.
 
+        A save is a request too: without this, one message could hand the server texts and
+        memories far beyond what Say and CreateCharacter accept, and each turn would pay for them.
+        """
+        s = self.settings
+        if len(state.events) > s.max_scene_events:
+            raise LimitExceededError(f"the save holds more than {s.max_scene_events} events")
+        if len(state.players) > s.max_list_items:
+            raise LimitExceededError(f"the save holds more than {s.max_list_items} players")
+        total = 0
+        longest_list = max(s.max_scene_events, s.max_list_items)
+        stack: list[object] = [msgspec.to_builtins(state)]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if len(item) > s.max_text_chars:
+                    raise LimitExceededError(
+                        f"the save holds a text longer than {s.max_text_chars} characters"
+                    )
+                total += len(item)
+            elif isinstance(item, list):
+                if len(item) > longest_list:
+                    raise LimitExceededError(f"the save holds a list of {len(item)} entries")
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        return total
+
+
+_SAVE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_SAVE_SUFFIX = ".her.json"
 _DONE = object()
 
 
-def _produce(stream, queue: SimpleQueue) -> None:
+def _produce(stream, queue: SimpleQueue, cancel: CancelToken) -> None:
     """Run a turn to its end, passing each delta (then _DONE, or the exception) to `queue`."""
+    if cancel.cancelled:  # its client left while it waited for a thread: drop it unstarted
+        queue.put(Cancelled("the client left before the turn began"))
+        return
     try:
         for delta in stream:
             queue.put(delta)
@@ -409,36 +540,3 @@ def _produce(stream, queue: SimpleQueue) -> None:
 def _is_map(field) -> bool:
     return field.message_type.GetOptions().map_entry
 
-
-def _event_msg(e: Event) -> pb.Event:
-    return pb.Event(
-        index=e.index,
-        kind=EVENT_KIND.get(e.kind, pb.EVENT_KIND_UNSPECIFIED),
-        speaker=e.speaker,
-        speech=e.speech,
-        actions=e.actions,
-        perceivers=e.perceivers,
-    )
-
-
-def _summary_msg(r: Reply, private: bool) -> pb.TurnSummary:
-    segments = [s for s in r.segments if private or s.channel in PUBLIC_CHANNELS]
-    msg = pb.TurnSummary(
-        character=r.character,
-        speech=r.speech,
-        actions=r.actions,
-        plan=r.plan if private else "",
-        thoughts=r.thoughts if private else [],
-        segments=[pb.Segment(channel=CHANNEL[s.channel], text=s.text) for s in segments],
-        finish_reason=r.finish_reason,
-        prompt_tokens=r.prompt_tokens,
-        completion_tokens=r.completion_tokens,
-        total_ms=r.total_s * 1000.0,
-        private_included=private,
-        raw=r.raw if private else "",
-    )
-    if r.first_token_s is not None:
-        msg.first_token_ms = r.first_token_s * 1000.0
-    if r.first_speech_s is not None:
-        msg.first_speech_ms = r.first_speech_s * 1000.0
-    return msg

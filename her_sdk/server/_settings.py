@@ -1,6 +1,8 @@
 """ServerSettings: every knob of `her serve`, validated in one pydantic model.
 
-The CLI builds one from its flags; embedding code builds one directly:
+`her serve` has one flag per field (`--max-text-chars` for `max_text_chars`, help from the
+description; see `her_sdk.cli`), so a field added here is a flag there. Embedding code builds one
+directly:
 
     ServerSettings(port=0, token="s3cret", expose_thoughts=True)
 
@@ -9,6 +11,7 @@ This module holds settings only; the server itself is `her_sdk.server._app`.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -21,33 +24,89 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server.")
-    port: int = Field(50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
-    model: Path | None = Field(None, description="GGUF model file; None = the embedded model.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for the model engine.")
-    token: SecretStr | None = Field(
-        None, description="If set, calls need `authorization: Bearer <token>` metadata."
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server."
     )
-    tls_cert: Path | None = Field(None, description="PEM certificate chain (with tls_key).")
-    tls_key: Path | None = Field(None, description="PEM private key (with tls_cert).")
+    port: int = Field(default=50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    model: Path | None = Field(
+        default=None, description="GGUF model file or ONNX folder (default: the embedded model)."
+    )
+    n_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for the model engine (default: the engine's)."
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="If set, calls need `authorization: Bearer <token>` metadata. Prefer the "
+        "HER_SERVER_TOKEN environment variable: a flag's value shows in the process list.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow a host other than loopback without a token (anyone who can reach "
+        "the port can then drive and read every character).",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain; with tls_key the server speaks TLS only."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
     expose_thoughts: bool = Field(
-        False, description="Allow clients to ask for the private channels (plan, thoughts)."
+        default=False,
+        description="Trust clients with characters' minds: they may ask for the private channels "
+        "(plan, thoughts), read secrets, and save and load scenes as bytes.",
+    )
+    save_dir: Path | None = Field(
+        default=None,
+        description="Directory where SaveScene writes named saves and LoadScene reads them "
+        "(without it, and without --expose-thoughts, scenes cannot be saved).",
     )
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest request/response message."
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Largest request/response message.",
     )
-    max_text_chars: int = Field(8000, ge=1, description="Longest text field in a request.")
-    max_list_items: int = Field(256, ge=1, description="Most entries in a repeated/map field.")
-    max_characters: int = Field(1000, ge=1, description="Most characters alive at once.")
-    max_scenes: int = Field(100, ge=1, description="Most scenes alive at once.")
+    max_text_chars: int = Field(default=8000, ge=1, description="Longest text field in a request.")
+    max_list_items: int = Field(
+        default=256, ge=1, description="Most entries in a repeated/map field."
+    )
+    max_characters: int = Field(default=1000, ge=1, description="Most characters alive at once.")
+    max_scenes: int = Field(default=100, ge=1, description="Most scenes alive at once.")
+    max_scene_events: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most events (Say, Narrate, turns) one scene records; past it they fail "
+        "with RESOURCE_EXHAUSTED.",
+    )
+    max_total_chars: int = Field(
+        default=64_000_000,
+        ge=1,
+        description="Most text all scenes together may take in (counted as it arrives, freed "
+        "when a scene is deleted); past it Say, Narrate, Turn and LoadScene fail with "
+        "RESOURCE_EXHAUSTED.",
+    )
+    max_sequences: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Turns a GGUF model decodes together (default: up to 8, as memory allows).",
+    )
+    max_waiting_turns: int = Field(
+        default=256,
+        ge=0,
+        description="Turns that may wait for the model; more fail with RESOURCE_EXHAUSTED.",
+    )
     max_workers: int = Field(
-        128, ge=2, description="Server threads; each running call (a turn stream) holds one."
+        default=128,
+        ge=2,
+        description="Server threads; each running call (a turn stream) holds one.",
     )
-    max_concurrent_rpcs: int | None = Field(
-        None, ge=1, description="Calls beyond this fail with RESOURCE_EXHAUSTED (None: queue)."
+    max_concurrent_rpcs: int = Field(
+        default=96,
+        ge=1,
+        description="HerService calls running at once; more fail at once with "
+        "RESOURCE_EXHAUSTED (health checks are not counted). Less than --max-workers.",
     )
     drain_seconds: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish."
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish."
     )
 
     @model_validator(mode="after")
@@ -56,9 +115,26 @@ class ServerSettings(BaseModel):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.token is not None and not self.token.get_secret_value().strip():
             raise ValueError("token must not be empty")
+        if self.max_concurrent_rpcs >= self.max_workers:
+            # Health checks and the auth refusals need a free thread when the bound is reached.
+            raise ValueError("max_concurrent_rpcs must be less than max_workers")
+        if self.token is None and not self.allow_unauthenticated and not _is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines and no token is set: set "
+                "token (e.g. in HER_SERVER_TOKEN), or pass allow_unauthenticated"
+            )
         return self
 
     @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

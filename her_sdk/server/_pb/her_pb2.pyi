@@ -7,12 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Target(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TARGET_UNSPECIFIED: _ClassVar[Target]
+    TARGET_CHARACTER: _ClassVar[Target]
+    TARGET_PLAYER: _ClassVar[Target]
+    TARGET_ANYONE: _ClassVar[Target]
+
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
     EVENT_KIND_SPEECH: _ClassVar[EventKind]
     EVENT_KIND_NARRATION: _ClassVar[EventKind]
     EVENT_KIND_TURN: _ClassVar[EventKind]
+
+class TurnPriority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TURN_PRIORITY_UNSPECIFIED: _ClassVar[TurnPriority]
+    TURN_PRIORITY_BACKGROUND: _ClassVar[TurnPriority]
+    TURN_PRIORITY_NORMAL: _ClassVar[TurnPriority]
+    TURN_PRIORITY_PLAYER: _ClassVar[TurnPriority]
 
 class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -21,10 +35,18 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_THOUGHT: _ClassVar[Channel]
     CHANNEL_ACTION: _ClassVar[Channel]
     CHANNEL_SPEECH: _ClassVar[Channel]
+TARGET_UNSPECIFIED: Target
+TARGET_CHARACTER: Target
+TARGET_PLAYER: Target
+TARGET_ANYONE: Target
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_SPEECH: EventKind
 EVENT_KIND_NARRATION: EventKind
 EVENT_KIND_TURN: EventKind
+TURN_PRIORITY_UNSPECIFIED: TurnPriority
+TURN_PRIORITY_BACKGROUND: TurnPriority
+TURN_PRIORITY_NORMAL: TurnPriority
+TURN_PRIORITY_PLAYER: TurnPriority
 CHANNEL_UNSPECIFIED: Channel
 CHANNEL_PLAN: Channel
 CHANNEL_THOUGHT: Channel
@@ -68,20 +90,52 @@ class Persona(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., profile: _Optional[str] = ..., background: _Optional[str] = ..., scenario: _Optional[str] = ..., goals: _Optional[str] = ..., secrets: _Optional[str] = ..., relationships: _Optional[_Mapping[str, str]] = ..., others: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CharacterSettings(_message.Message):
-    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory")
+    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory", "actions")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     plan: bool
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
     max_tokens: int
     temperature: float
     seed: int
     max_memory: int
-    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[ActionSpec]
+    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ...) -> None: ...
+
+class Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ActionParam(_message.Message):
+    __slots__ = ("name", "values", "target", "text_max_chars")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: Values
+    target: Target
+    text_max_chars: int
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., target: _Optional[_Union[Target, str]] = ..., text_max_chars: _Optional[int] = ...) -> None: ...
+
+class ActionSpec(_message.Message):
+    __slots__ = ("name", "description", "params", "regard")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REGARD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    params: _containers.RepeatedCompositeFieldContainer[ActionParam]
+    regard: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ActionParam, _Mapping]]] = ..., regard: _Optional[bool] = ...) -> None: ...
 
 class CreateCharacterRequest(_message.Message):
     __slots__ = ("persona", "card_json", "settings")
@@ -230,7 +284,7 @@ class NarrateRequest(_message.Message):
     def __init__(self, scene_id: _Optional[str] = ..., text: _Optional[str] = ..., to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TurnRequest(_message.Message):
-    __slots__ = ("scene_id", "character", "include_private", "max_tokens", "temperature", "seed", "allowed_actions")
+    __slots__ = ("scene_id", "character", "include_private", "max_tokens", "temperature", "seed", "allowed_actions", "priority")
     SCENE_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PRIVATE_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +292,7 @@ class TurnRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     scene_id: str
     character: str
     include_private: bool
@@ -245,7 +300,8 @@ class TurnRequest(_message.Message):
     temperature: float
     seed: int
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    priority: TurnPriority
+    def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., priority: _Optional[_Union[TurnPriority, str]] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("channel", "text", "segment")
@@ -266,7 +322,7 @@ class Segment(_message.Message):
     def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class TurnSummary(_message.Message):
-    __slots__ = ("character", "speech", "actions", "plan", "thoughts", "segments", "finish_reason", "prompt_tokens", "completion_tokens", "first_token_ms", "first_speech_ms", "total_ms", "private_included", "raw")
+    __slots__ = ("character", "speech", "actions", "plan", "thoughts", "segments", "finish_reason", "prompt_tokens", "completion_tokens", "first_token_ms", "first_speech_ms", "total_ms", "private_included", "raw", "calls", "invalid_calls", "blocked_reveals")
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     SPEECH_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +337,9 @@ class TurnSummary(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_INCLUDED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    INVALID_CALLS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_REVEALS_FIELD_NUMBER: _ClassVar[int]
     character: str
     speech: str
     actions: _containers.RepeatedScalarFieldContainer[str]
@@ -295,7 +354,44 @@ class TurnSummary(_message.Message):
     total_ms: float
     private_included: bool
     raw: str
-    def __init__(self, character: _Optional[str] = ..., speech: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., thoughts: _Optional[_Iterable[str]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., first_token_ms: _Optional[float] = ..., first_speech_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., private_included: _Optional[bool] = ..., raw: _Optional[str] = ...) -> None: ...
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    invalid_calls: _containers.RepeatedCompositeFieldContainer[InvalidCall]
+    blocked_reveals: _containers.RepeatedCompositeFieldContainer[BlockedReveal]
+    def __init__(self, character: _Optional[str] = ..., speech: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., thoughts: _Optional[_Iterable[str]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., first_token_ms: _Optional[float] = ..., first_speech_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., private_included: _Optional[bool] = ..., raw: _Optional[str] = ..., calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., invalid_calls: _Optional[_Iterable[_Union[InvalidCall, _Mapping]]] = ..., blocked_reveals: _Optional[_Iterable[_Union[BlockedReveal, _Mapping]]] = ...) -> None: ...
+
+class CallArg(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("name", "args")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    args: _containers.RepeatedCompositeFieldContainer[CallArg]
+    def __init__(self, name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[CallArg, _Mapping]]] = ...) -> None: ...
+
+class InvalidCall(_message.Message):
+    __slots__ = ("text", "error")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    error: str
+    def __init__(self, text: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class BlockedReveal(_message.Message):
+    __slots__ = ("secret", "text", "channel")
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    secret: str
+    text: str
+    channel: Channel
+    def __init__(self, secret: _Optional[str] = ..., text: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ...) -> None: ...
 
 class TurnResponse(_message.Message):
     __slots__ = ("deltas", "summary")
@@ -306,19 +402,25 @@ class TurnResponse(_message.Message):
     def __init__(self, deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ..., summary: _Optional[_Union[TurnSummary, _Mapping]] = ...) -> None: ...
 
 class SaveSceneRequest(_message.Message):
-    __slots__ = ("scene_id",)
+    __slots__ = ("scene_id", "name")
     SCENE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     scene_id: str
-    def __init__(self, scene_id: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, scene_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SaveSceneResponse(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "name")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    name: str
+    def __init__(self, data: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
 
 class LoadSceneRequest(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "name")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    name: str
+    def __init__(self, data: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...

@@ -116,7 +116,8 @@ class HerServiceServicer:
 
     def GetCharacter(self, request, context):
         """Read a character's public description and counters. Its memory (which holds its private
-        thoughts) is never returned. Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
+        thoughts) is never returned, nor its persona's `secrets` unless the server runs with
+        --expose-thoughts. Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,32 +188,41 @@ class HerServiceServicer:
         """Generate one NPC turn, streamed: TurnResponse messages carrying Deltas as they are
         generated; the last one carries the TurnSummary; then the stream ends with OK. Deltas arrive
         in order and concatenate, per channel, to the turn's text. Turns of different characters run
-        concurrently (the model engine schedules them); two turns of the same character run one after
-        the other.
+        at the same time, decoded together (see "Concurrency" above); two turns of the same character
+        run one after the other.
         Cancelling the call or passing its deadline stops generation before the next token; what was
         generated until then is kept as the character's turn.
         Errors: INVALID_ARGUMENT (bad sampling value, empty scene), NOT_FOUND (unknown scene, or no
-        character of that name in it), RESOURCE_EXHAUSTED (persona does not fit the context window),
-        INTERNAL (the engine failed), CANCELLED, DEADLINE_EXCEEDED.
+        character of that name in it), RESOURCE_EXHAUSTED (persona does not fit the context window,
+        or too many turns are waiting for the model), INTERNAL (the engine failed), CANCELLED,
+        DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SaveScene(self, request, context):
-        """Serialize a whole scene (participants, characters' personas and memories — private thoughts
-        included —, public event log) to bytes, for a save game. The bytes are her_sdk's JSON save
-        format; treat them as opaque and keep them as private as the game's save files.
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
+        """Save a whole scene (participants, characters' personas and memories — private thoughts
+        included —, public event log) for a save game. A save holds private data, so (see "Private
+        data" above): with a `name`, the server writes it into its --save-dir and answers the name;
+        without one, it answers the bytes (her_sdk's JSON save format) only when run with
+        --expose-thoughts. Errors: INVALID_ARGUMENT (empty id, bad name, no --save-dir for a named
+        save), PERMISSION_DENIED (bytes asked of a server without --expose-thoughts), NOT_FOUND,
+        RESOURCE_EXHAUSTED
+        (the save is larger than --max-message-bytes: save it by name instead).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadScene(self, request, context):
-        """Create a new scene (and new characters, with new ids) from SaveScene bytes. The scene runs on
-        this server's model. Errors: INVALID_ARGUMENT (empty or corrupt data, unsupported save
-        version), RESOURCE_EXHAUSTED (too many scenes or characters, message too large).
+        """Create a new scene (and new characters, with new ids) from a save: by name from the
+        server's --save-dir, or from bytes on a server run with --expose-thoughts (an administrative
+        operation: the bytes become characters' minds). The scene runs on this server's model; the
+        save must respect the server's limits (text length, events, characters, total text).
+        Errors: INVALID_ARGUMENT (no source, bad name, corrupt data, unsupported save version),
+        PERMISSION_DENIED (bytes sent to a server without --expose-thoughts), NOT_FOUND (no save of
+        that name), RESOURCE_EXHAUSTED (a limit is exceeded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

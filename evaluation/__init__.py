@@ -1,0 +1,38 @@
+"""her_sdk.evaluation: measure role-play quality (`her eval`; the `eval` extra).
+
+    from her_sdk.evaluation import CoserSettings, run_coser, QuickSettings, run_quick, compare
+
+- `run_coser`: CoSER's Given-Circumstance Acting benchmark (multi-agent simulation with
+  her_sdk characters, environment model, next-speaker prediction, then one judge call per
+  dimension), resumable, with results.json, report.md and plots. See `her_sdk.evaluation.coser`
+  for what follows which reference file and where it differs.
+- `run_quick`: CPU metrics without a judge (held-out NLL, format validity, leaks, forged
+  speakers, copying, repetition, diversity, lengths, time to first speech).
+- `compare`: two runs side by side.
+
+Every model role takes any her_sdk backend, or a spec string (`backend_from_spec`). This package
+imports nothing heavy at import time.
+"""
+
+from __future__ import annotations
+
+from ._backends import BackendPool, backend_from_spec
+from ._metrics import bleu_rouge, score_from_flaws
+from ._report import compare, load_results
+from .coser import CoserSettings, judge_record, run_coser, simulate
+from .quick import QuickSettings, run_quick
+
+__all__ = [
+    "BackendPool",
+    "CoserSettings",
+    "QuickSettings",
+    "backend_from_spec",
+    "bleu_rouge",
+    "compare",
+    "judge_record",
+    "load_results",
+    "run_coser",
+    "run_quick",
+    "score_from_flaws",
+    "simulate",
+]

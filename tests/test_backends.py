@@ -1,0 +1,209 @@
+"""The backend interface itself: capabilities, TextStream, the shared stop-string scan, and the
+model-file checks every loader makes (HER format version). No engine is needed here."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from her_sdk import (
+    Backend,
+    CancelToken,
+    InvalidModelError,
+    MockBackend,
+    Sampling,
+    load_model,
+)
+from her_sdk._backends._base import StopScanner, TextStream, cut_at_stop
+from her_sdk._backends._onnx import OnnxBackend
+from her_sdk._backends._openai import OpenAIBackend
+from her_sdk._gguf import read_gguf_info
+from her_sdk.format import CHATML_STOP, FORMAT_VERSION_KEY, HER_FORMAT_VERSION
+
+# -- capabilities ---------------------------------------------------------------------------------
+
+
+def test_capabilities_are_declared_on_the_interface():
+    assert Backend.supports_grammar is True and Backend.prefills is True
+    mock = MockBackend(["x"])
+    assert mock.supports_grammar is False and mock.prefills is False
+    assert OnnxBackend.supports_grammar is False and OnnxBackend.prefills is True
+    assert OpenAIBackend("http://127.0.0.1:1/v1").supports_grammar is True
+    assert OpenAIBackend("http://127.0.0.1:1/v1", grammar_field=None).supports_grammar is False
+
+
+# -- TextStream -----------------------------------------------------------------------------------
+
+
+def test_text_stream_built_from_a_generator_function_is_lazy_and_records_stats():
+    ran = []
+
+    def generate(stream: TextStream):
+        ran.append(True)
+        stream.finish_reason = "stop"
+        for piece in ("a", "b"):
+            stream.completion_tokens += 1
+            yield piece
+
+    stream = TextStream(generate, prompt_tokens=7)
+    assert ran == [] and stream.prompt_tokens == 7  # nothing runs before iteration
+    assert list(stream) == ["a", "b"]
+    assert (stream.completion_tokens, stream.finish_reason) == (2, "stop")
+    assert stream.first_token_s is not None and stream.total_s >= stream.first_token_s
+
+
+def test_text_stream_of_plain_text_and_close():
+    assert list(TextStream(["x", "y"])) == ["x", "y"]
+    closed = []
+
+    def generate(_stream):
+        try:
+            yield "a"
+            yield "b"
+        finally:
+            closed.append(True)
+
+    stream = TextStream(generate)
+    assert next(stream) == "a"
+    stream.close()
+    assert closed == [True]
+
+
+def test_mock_backend_streams_through_the_same_machinery():
+    mock = MockBackend(lambda _p: "Hello there, traveler.<|im_end|>ignored")
+    stream = mock.stream("prompt", stop=CHATML_STOP, sampling=Sampling(max_tokens=3))
+    assert "".join(stream) == "Hello there,"
+    assert (stream.finish_reason, stream.completion_tokens) == ("length", 3)
+    cancel = CancelToken()
+    cancel.cancel()
+    stream = mock.stream("prompt", cancel=cancel)
+    assert list(stream) == [] and stream.finish_reason == "cancelled"
+
+
+# -- the stop-string scan -------------------------------------------------------------------------
+
+
+def test_stop_scanner_holds_back_what_may_begin_a_stop_string():
+    scan = StopScanner(["<|im_end|>", "\n\n"])
+    assert scan.push("Hello<|im") == ("Hello", False)
+    assert scan.push("_e") == ("", False)
+    assert scan.push("nd|>more") == ("", True)
+    assert scan.push("after") == ("", True) and scan.flush() == ""
+    scan = StopScanner(["<|im_end|>"])
+    assert scan.push("a <|i") == ("a ", False)
+    assert scan.push("s not it") == ("<|is not it", False)
+    assert scan.push(" <") == (" ", False) and scan.flush() == "<"
+
+
+def test_stop_scanner_ignores_empty_stop_strings_and_finds_the_earliest():
+    scan = StopScanner(["", "END", "X"])
+    assert scan.push("abc") == ("abc", False)
+    assert scan.push("dXeEND") == ("d", True)
+    assert cut_at_stop("abc", [""]) == ("abc", False)
+
+
+_STOPS = ["<|im_end|>", "</system_thinking>", "\n", "aba"]
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "<", "|", "im_end", ">", "</system_", "thinking>", "\n"])),
+    st.lists(st.sampled_from(_STOPS), max_size=3),
+    st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+)
+@settings(max_examples=300)
+def test_stop_scanner_is_chunking_invariant(pieces, stop, cuts):
+    text = "".join(pieces)
+    expected, found = cut_at_stop(text, stop)
+    scan = StopScanner(stop)
+    out, stopped, prev = "", False, 0
+    for c in [*sorted({c for c in cuts if c < len(text)}), len(text)]:
+        piece, stopped = scan.push(text[prev:c])
+        out += piece
+        prev = c
+        if stopped:
+            break
+    if not stopped:
+        out += scan.flush()
+    assert (out, stopped) == (expected, found)
+
+
+# -- the HER format version in model files --------------------------------------------------------
+
+
+def _gguf(path, kv: dict[str, object]) -> None:
+    """A GGUF header with the given metadata (strings and uint32s) and no tensors."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv))
+    for k, v in kv.items():
+        out += struct.pack("<Q", len(k)) + k.encode()
+        if isinstance(v, int):
+            out += struct.pack("<II", 4, v)
+        else:
+            out += struct.pack("<IQ", 8, len(str(v).encode())) + str(v).encode()
+    path.write_bytes(out)
+
+
+def test_gguf_of_a_newer_her_format_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "future.gguf"
+    _gguf(path, {"general.architecture": "qwen3", FORMAT_VERSION_KEY: HER_FORMAT_VERSION + 1})
+    with pytest.raises(InvalidModelError, match=FORMAT_VERSION_KEY) as info:
+        read_gguf_info(path)
+    assert str(path) in str(info.value) and "upgrade" in str(info.value)
+    with pytest.raises(InvalidModelError, match=FORMAT_VERSION_KEY):
+        load_model(path)  # checked before the engine is even imported
+    adapter = tmp_path / "future-lora.gguf"
+    _gguf(adapter, {"general.type": "adapter", FORMAT_VERSION_KEY: HER_FORMAT_VERSION + 1})
+    with pytest.raises(InvalidModelError, match=FORMAT_VERSION_KEY):
+        read_gguf_info(adapter, kind="adapter")
+    odd = tmp_path / "odd.gguf"
+    _gguf(odd, {"general.architecture": "qwen3", FORMAT_VERSION_KEY: "one"})
+    with pytest.raises(InvalidModelError, match=FORMAT_VERSION_KEY):
+        read_gguf_info(odd)
+
+
+@pytest.mark.parametrize("version", [None, HER_FORMAT_VERSION])
+def test_gguf_of_this_or_no_her_format_passes_the_version_check(tmp_path, version):
+    path = tmp_path / "m.gguf"
+    kv: dict[str, object] = {"general.architecture": "qwen3"}
+    if version is not None:
+        kv[FORMAT_VERSION_KEY] = version
+    _gguf(path, kv)
+    with pytest.raises(InvalidModelError, match="no tensors"):  # the next check down
+        read_gguf_info(path)
+
+
+def test_onnx_folder_of_a_newer_her_format_is_refused(tmp_path):
+    (tmp_path / "genai_config.json").write_text("{}")
+    (tmp_path / "her.json").write_text(json.dumps({"format_version": HER_FORMAT_VERSION + 1}))
+    with pytest.raises(InvalidModelError, match="format_version") as info:
+        load_model(tmp_path)
+    assert "her.json" in str(info.value) and info.value.path == str(tmp_path)
+    (tmp_path / "her.json").write_text("[1, 2")
+    with pytest.raises(InvalidModelError, match=r"her\.json"):
+        load_model(tmp_path)
+
+
+def test_export_writes_this_runtimes_format_version(tmp_path):
+    """The exporter's metadata (full models and adapters alike) carries format.py's version,
+    and a file written that way passes the runtime's check."""
+    gguf = pytest.importorskip("gguf")
+    np = pytest.importorskip("numpy")
+    from her_sdk.export.to_gguf import _her_metadata
+
+    for kind in ("model", "adapter"):
+        path = tmp_path / f"{kind}.gguf"
+        w = gguf.GGUFWriter(str(path), "qwen3")
+        if kind == "adapter":
+            w.add_type("adapter")
+        _her_metadata(w)
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        info = read_gguf_info(path, kind=kind)
+        assert info.metadata[FORMAT_VERSION_KEY] == HER_FORMAT_VERSION
+        assert info.her_format_version == HER_FORMAT_VERSION

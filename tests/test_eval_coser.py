@@ -1,0 +1,353 @@
+"""her eval coser: the GCA loop on scripted backends, the judge, the score formula, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+pytest.importorskip("nltk")
+pytest.importorskip("rouge")
+
+from her_sdk.evaluation import CoserSettings, run_coser, score_from_flaws, simulate
+from her_sdk.evaluation._backends import BackendPool
+from her_sdk.evaluation._metrics import extract_json, judge_flaws
+from her_sdk.evaluation._prompts import DIMENSIONS
+
+from her_sdk import MockBackend
+from her_sdk._errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+TEST_SET = FIXTURES / "test_set.json"
+JUDGE = FIXTURES / "judge_script.json"
+RECORDS = json.loads(TEST_SET.read_text())
+NAMES = ["Wren", "Tomas", "Officer Hale"]
+
+
+def _secret(name: str) -> str:
+    return f"SECRET-{name.split()[-1].upper()}"
+
+
+def actor_turn(prompt: str) -> str:
+    """A HER turn by whoever the prompt is for, with a thought only that character knows."""
+    name = re.search(r"You are (.+?) from", prompt).group(1)
+    return (
+        f"<system_thinking>PLAN-{name} stays guarded.</system_thinking>{name}: "
+        f"<role_thinking>{_secret(name)} is what I hide</role_thinking>"
+        f"<role_action>glances at the door</role_action>Say nothing of the stairs."
+    )
+
+
+def agent_reply(nsp: str = "Tomas"):
+    def reply(prompt: str) -> str:
+        if "predict the next speaker" in prompt:
+            return f"1. Reasoning: it is their turn.\n2. Next Speaker: {nsp}"
+        return "Rain hammers the glass."
+
+    return reply
+
+
+def _judge_from_script(prompt: str) -> str:
+    script = json.loads(JUDGE.read_text())
+    for key, value in script.items():
+        if key in prompt:
+            return json.dumps(value)
+    raise AssertionError("judge prompt names no dimension")
+
+
+# -- formula and parsing ------------------------------------------------------------------------
+
+
+def test_score_formula_on_known_flaws():
+    flaws = [{"severity": 3}, {"severity": 5}, {"severity": 1}]
+    assert score_from_flaws(flaws, 0) == 100 - 5 * 9  # 55
+    assert score_from_flaws(flaws, 10) == pytest.approx(100 - 5 * (9 - 3))  # 70
+    assert score_from_flaws([], 0) == 100.0  # nothing wrong
+    assert score_from_flaws([{"severity": 5}] * 30, 2) == 0.0  # clipped at 0
+    assert score_from_flaws([{"severity": 1}], 20) == 100.0  # clipped at 100
+    # CoSER sums integer severities only; HER's preset also counts floats.
+    odd = [{"severity": 2}, {"severity": 2.5}, {"severity": "3"}]
+    assert score_from_flaws(odd, 0) == 90.0
+    assert score_from_flaws(odd, 0, preset="her") == pytest.approx(77.5)
+
+
+def test_judge_answer_check_and_missing_severity():
+    dims = list(DIMENSIONS)
+    ans = {"Anthropomorphism": {"flaws": [{"instance": "x", "type": "y"}]}}
+    flaws = judge_flaws(json.loads(json.dumps(ans)), "Anthropomorphism", dims)
+    assert flaws == [{"instance": "x", "type": "y", "severity": 1}]  # CoSER: missing -> 1
+    flaws_her = judge_flaws(json.loads(json.dumps(ans)), "Anthropomorphism", dims, "her")
+    assert score_from_flaws(flaws_her, 0, "her") == 100.0  # HER: missing counts 0
+    assert judge_flaws(ans, "Storyline Quality", dims) is None  # asked dimension absent
+    assert judge_flaws({"Other": {"flaws": []}}, "Other", dims) is None
+    assert judge_flaws({"Anthropomorphism": {"flaws": "none"}}, "Anthropomorphism", dims) is None
+    # The longest JSON value in a chatty reply, newlines inside strings tolerated.
+    text = (
+        'Sure.\n<think>{"a": 1}</think>\n'
+        '{"Anthropomorphism": {"flaws": [{"instance": "two\nlines", "severity": 2}]}}'
+    )
+    assert extract_json(text)["Anthropomorphism"]["flaws"][0]["severity"] == 2
+
+
+# -- the simulation ------------------------------------------------------------------------------
+
+
+def _settings(**kw) -> CoserSettings:
+    return CoserSettings.for_preset(kw.pop("preset", "coser"), judge="mock:unused", **kw)
+
+
+def test_gca_loop_keeps_each_mind_private():
+    actor, agents = MockBackend(actor_turn), MockBackend(agent_reply())
+    seen: list[tuple[str, str]] = []
+    sim = simulate(RECORDS[0], 0, actor, agents, agents, _settings(),
+                   on_prompt=lambda who, p: seen.append((who, p)))
+    assert seen and all(p in actor.prompts + agents.prompts for _, p in seen)
+    for who, prompt in seen:
+        for name in ("Wren", "Tomas"):
+            if name != who:  # nobody else ever sees a character's thought or plan
+                assert _secret(name) not in prompt, (who, name)
+                assert f"PLAN-{name}" not in prompt
+    # A character remembers its own thoughts, and the others perceive its public turn.
+    wren_prompts = [p for who, p in seen if who == "Wren"]
+    assert any(_secret("Wren") in p for p in wren_prompts[1:])
+    tomas_prompts = [p for who, p in seen if who == "Tomas"]
+    assert any("glances at the door" in p and "Wren" in p for p in tomas_prompts)
+    # Every agent prompt of the environment and the NSP starts from the conversation start.
+    assert all("===Conversation Start===" in p for who, p in seen if who in ("NSP", "Environment"))
+    # The judged content has no thoughts or plans (CoSER removes them), and names the speaker.
+    actor_msgs = [m for m in sim["transcript"] if m["role"] in NAMES]
+    assert actor_msgs and all(m["content"].startswith(m["role"] + ": ") for m in actor_msgs)
+    assert not any("SECRET" in m["content"] or "PLAN" in m["content"] for m in actor_msgs)
+    assert "(glances at the door) Say nothing of the stairs." in actor_msgs[0]["content"]
+
+
+def test_first_listed_speaker_starts_and_round_cap():
+    actor, agents = MockBackend(actor_turn), MockBackend(agent_reply("Tomas"))
+    sim = simulate(RECORDS[1], 1, actor, agents, agents, _settings())
+    msgs = [m for m in sim["transcript"] if m["role"] != "NSP"]
+    assert msgs[0]["role"] == "Environment"  # speaking_characters_w_env[0]
+    assert sim["rounds"] == 20 and sim["end_reason"] == "max_rounds"
+    # A repeated prediction (Tomas after Tomas) falls back to another speaker.
+    assert all(a["role"] != b["role"] for a, b in itertools.pairwise(msgs))
+    assert sim["nsp_fallbacks"] > 0
+    her = simulate(RECORDS[1], 1, actor, agents, agents, _settings(preset="her"))
+    assert her["rounds"] == 10
+
+
+def test_end_chat_only_from_round_five():
+    actor, agents = MockBackend(actor_turn), MockBackend(agent_reply("<END CHAT>"))
+    sim = simulate(RECORDS[0], 0, actor, agents, agents, _settings())
+    assert sim["rounds"] == 6 and sim["end_reason"] == "end_chat"
+    nsp = [m for m in sim["transcript"] if m["role"] == "NSP"]
+    assert [m["next"] == "<END CHAT>" for m in nsp] == [False] * 5 + [True]
+
+
+# -- judge and run -------------------------------------------------------------------------------
+
+
+def _write_agent_scripts(tmp_path: Path, judge: dict | None = None) -> dict:
+    actor = {f"You are {n} from": actor_turn(f"You are {n} from") for n in NAMES}
+    agents = {"predict the next speaker": "Next Speaker: <END CHAT>", "*": "A gull cries."}
+    (tmp_path / "actor.json").write_text(json.dumps(actor))
+    (tmp_path / "agents.json").write_text(json.dumps(agents))
+    judge_path = JUDGE
+    if judge is not None:
+        judge_path = tmp_path / "judge.json"
+        judge_path.write_text(json.dumps(judge))
+    return {"actor": f"mock:{tmp_path / 'actor.json'}", "env": f"mock:{tmp_path / 'agents.json'}",
+            "judge": f"mock:{judge_path}"}
+
+
+def test_run_judges_each_dimension_once_and_scores(tmp_path):
+    specs = _write_agent_scripts(tmp_path)
+    pool = BackendPool()
+    settings = CoserSettings.for_preset("coser", **specs)
+    results = run_coser(TEST_SET, tmp_path / "run", settings, pool=pool)
+    judge = pool.get(specs["judge"], "", "judge")
+    assert len(judge.prompts) == 4 * len(RECORDS)  # one call per dimension per record
+    for i, prompt in enumerate(judge.prompts):
+        dim = list(DIMENSIONS)[i % 4]
+        assert f"in terms of {dim}" in prompt
+        rec = RECORDS[i // 4]
+        assert rec["scenario"] in prompt and rec["plot"]["summary"] in prompt
+        # The judge sees the gold dialogue without thoughts, and the profiles.
+        assert "We go now, Tomas, or we hang." in prompt or i >= 4
+        assert "The lantern is getting closer" not in prompt
+        assert "{major_characters}" not in prompt
+    r0 = results["per_record"][0]
+    R = r0["actor_rounds"]
+    assert 0 < R <= 6  # END CHAT is accepted after the sixth message
+    expect = {
+        "storyline_consistency": min(100, 100 - 5 * (3 - 0.3 * R)),
+        "anthropomorphism": min(100, 100 - 5 * (3 - 0.3 * R)),
+        "character_fidelity": 100.0,
+        "storyline_quality": min(100, 100 - 5 * (4 - 0.3 * R)),
+    }
+    for k, v in expect.items():
+        assert r0["scores"][k] == pytest.approx(v)
+    assert r0["scores"]["average"] == pytest.approx(sum(expect.values()) / 4)
+    dims = [results["scores"][k] for k in expect]
+    assert results["scores"]["average"] == pytest.approx(sum(dims) / 4)
+    assert 0 <= results["scores"]["bleu"] <= 1 and 0 < results["scores"]["rouge_l"] <= 1
+    assert results["parse_failures"]["total"] == 0
+    for f in ("results.json", "report.md", "dimensions.png", "per_record.png"):
+        assert (tmp_path / "run" / f).is_file()
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["records"] == 2 and set(saved["scores"]) >= {
+        "storyline_consistency", "anthropomorphism", "character_fidelity", "storyline_quality",
+        "average", "bleu", "rouge_l"}
+    assert saved["settings"]["prompts_sha256"] and saved["settings"]["seed"] == 42
+
+
+def test_parse_failures_are_retried_counted_and_not_scored(tmp_path):
+    script = json.loads(JUDGE.read_text())
+    script["in terms of Character Fidelity"] = "I refuse to answer in JSON."
+    script["I will provide you with a JSON string"] = "still not JSON"
+    specs = _write_agent_scripts(tmp_path, judge=script)
+    pool = BackendPool()
+    settings = CoserSettings.for_preset("coser", **specs)
+    results = run_coser(TEST_SET, tmp_path / "run", settings, records=1, pool=pool)
+    judge = pool.get(specs["judge"], "", "judge")
+    cf = [p for p in judge.prompts if "in terms of Character Fidelity" in p]
+    fixes = [p for p in judge.prompts if "I will provide you with a JSON string" in p]
+    assert len(cf) == 6 and len(fixes) == 6  # first try + 5 retries, each with a repair request
+    assert results["parse_failures"]["total"] == 1
+    assert results["parse_failures"]["character_fidelity"] == ["The Salt Road-3-0"]
+    assert results["scores"]["character_fidelity"] is None
+    assert results["per_record"][0]["scores"]["average"] is None
+    assert results["scored_records"]["character_fidelity"] == 0
+    assert "parse failures" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_resume_after_a_crash_continues_where_it_stopped(tmp_path):
+    specs = _write_agent_scripts(tmp_path)
+    settings = CoserSettings.for_preset("coser", **specs)
+    pool = BackendPool()
+
+    def crash(done, total, summary):
+        raise KeyboardInterrupt  # killed after the first record
+
+    with pytest.raises(KeyboardInterrupt):
+        run_coser(TEST_SET, tmp_path / "run", settings, pool=pool, on_record=crash)
+    first = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert first["records"] == 1
+    actor = pool.get(specs["actor"], "", "actor")
+    calls_before = len(actor.prompts)
+    results = run_coser(TEST_SET, tmp_path / "run", settings, pool=pool)
+    assert results["records"] == 2
+    record0 = [p for p in actor.prompts[calls_before:] if "You are Wren from" in p]
+    assert not record0  # the first record was not simulated again
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # atomic writes leave no debris
+    # Other settings in the same directory are refused, not mixed in.
+    other = CoserSettings.for_preset("her", **specs)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_coser(TEST_SET, tmp_path / "run", other, pool=pool)
+
+
+def test_her_preset_shows_thoughts_to_the_judge(tmp_path):
+    specs = _write_agent_scripts(tmp_path)
+    pool = BackendPool()
+    run_coser(TEST_SET, tmp_path / "run", CoserSettings.for_preset("her", **specs), records=1,
+              pool=pool)
+    judge = pool.get(specs["judge"], "", "judge")
+    assert "[SECRET-WREN is what I hide]" in judge.prompts[0]
+    assert "[The lantern is getting closer.]" in judge.prompts[0]  # the gold dialogue, too
+    assert "PLAN-" not in judge.prompts[0]
+
+
+def test_judge_is_required():
+    with pytest.raises(ConfigError, match="judge"):
+        CoserSettings.for_preset("coser")
+    with pytest.raises(ConfigError, match="preset"):
+        CoserSettings.for_preset("gpt", judge="x")
+
+
+# -- an OpenAI-compatible server on 127.0.0.1 ---------------------------------------------------
+
+
+class _Server(BaseHTTPRequestHandler):
+    seen: ClassVar[list[dict]] = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"path": self.path, "body": body})
+        if self.path.endswith("/completions") and "prompt" in body:
+            text = actor_turn(body["prompt"])
+            chunk = {"choices": [{"text": text, "finish_reason": "stop"}]}
+        else:
+            system = body["messages"][0]["content"]
+            if "literary critic" in system:
+                dim = re.search(r"in terms of (.+?), i\.e\.", system).group(1)
+                text = json.dumps({dim: {"flaws": [{"instance": "x", "type": "t",
+                                                    "severity": 2}]}})
+            else:
+                text = agent_reply("<END CHAT>")(system)
+            chunk = {"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+
+
+def test_every_role_through_an_openai_compatible_server(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Server.seen = []
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        settings = CoserSettings.for_preset(
+            "coser", actor=url, actor_model="her-test", judge=url, judge_model="judge-test"
+        )
+        results = run_coser(TEST_SET, tmp_path / "run", settings, records=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    actor_calls = [s for s in _Server.seen if "prompt" in s["body"]]
+    chat_calls = [s for s in _Server.seen if "messages" in s["body"]]
+    judge_calls = [
+        s for s in chat_calls if "literary critic" in s["body"]["messages"][0]["content"]
+    ]
+    assert len(judge_calls) == 4
+    assert {s["body"]["model"] for s in actor_calls} == {"her-test"}
+    assert {s["body"]["model"] for s in judge_calls} == {"judge-test"}
+    assert all(s["body"]["temperature"] == 0 for s in actor_calls + judge_calls)
+    for s in actor_calls:  # isolation holds on the wire, too
+        me = re.search(r"You are (.+?) from", s["body"]["prompt"]).group(1)
+        for other in ("Wren", "Tomas"):
+            if other != me:
+                assert _secret(other) not in s["body"]["prompt"]
+    for s in chat_calls:
+        assert "SECRET" not in json.dumps(s["body"]["messages"])
+    R = results["per_record"][0]["actor_rounds"]
+    expected = min(100, 100 - 5 * (2 - 0.3 * R))
+    assert results["scores"]["anthropomorphism"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_gca_on_the_embedded_model_with_a_scripted_judge(tmp_path):
+    pytest.importorskip("llama_cpp")
+    settings = CoserSettings.for_preset("coser", judge=f"mock:{JUDGE}", max_rounds=3)
+    seen: list[tuple[str, str]] = []
+    results = run_coser(TEST_SET, tmp_path / "run", settings, records=1,
+                        on_prompt=lambda who, p: seen.append((who, p)))
+    assert results["records"] == 1 and results["parse_failures"]["total"] == 0
+    assert results["per_record"][0]["rounds"] == 3
+    record = json.loads((tmp_path / "run" / "records" / "0000.json").read_text())
+    turns = [m for m in record["simulation"]["transcript"] if m["role"] in ("Wren", "Tomas")]
+    # Whatever the model thought stays out of every other agent's prompt.
+    from her_sdk.format import parse_turn
+
+    for m in turns:
+        for thought in parse_turn(m["raw"], m["role"]).thoughts:
+            if len(thought) >= 12:
+                assert not any(thought in p for who, p in seen if who != m["role"])

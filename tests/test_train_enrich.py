@@ -1,0 +1,215 @@
+"""HER data steps 2 and 4 (training.enrich) with scripted teachers: validated and resumable."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from her_sdk.training.data import convert_file, decode_her, read_jsonl, render_sample
+from her_sdk.training.enrich import (
+    complete_settings,
+    enrich_thoughts,
+    mock_setting_teacher,
+    mock_thought_teacher,
+    turn_shape,
+    validate_setting,
+    validate_thoughts,
+)
+
+from her_sdk import MockBackend
+from her_sdk.format import MAX_THOUGHT_CHARS, Segment, Turn, parse_turn, render_turn
+
+F = Path(__file__).parent / "fixtures" / "train"
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    path = tmp_path / "coser.jsonl"
+    convert_file("coser", F / "coser_test.json", path)
+    return path
+
+
+def _next_turn(prompt: str) -> tuple[str, str]:
+    head = prompt.split("'s next turn ===\n")
+    name = head[0].rsplit("=== ", 1)[1]
+    line = head[1].split("\n")[0]
+    return name, line[len(name) + 2 :]
+
+
+def test_enrich_thoughts_keeps_public_text_and_updates_own_history(data, tmp_path):
+    def teacher(prompt: str) -> str:  # a thought in front of every turn that has none
+        _, body = _next_turn(prompt)
+        if "<role_thinking>" in body:
+            return body.replace("<role_thinking>", "<role_thinking>Careful now. ", 1)
+        return f"<role_thinking>I will not show I am afraid</role_thinking>{body}"
+
+    out = tmp_path / "t.jsonl"
+    before = {r["id"]: r for r in read_jsonl(data)}
+    rep = enrich_thoughts(data, out, MockBackend(teacher), concurrency=2)
+    rows = read_jsonl(out)
+    assert rep.kept == 2 and len(rows) == len(before) == 9  # 2 scenes, every sample kept
+    assert rep.stats == {"enriched": 9, "unchanged": 0, "kept_original": 0}
+    for r in rows:
+        persona, history, target = decode_her(r)
+        old = decode_her(before[r["id"]])[2]
+        assert target.public() == old.public()  # what others perceive is untouched
+        assert target.plan == old.plan
+        assert target.thoughts and target.thoughts != old.thoughts
+        assert render_sample(persona, history, target) == (r["prompt"], r["completion"])
+        for h in history:  # own earlier turns carry their enriched thoughts too
+            if isinstance(h, Turn):
+                assert any(t.startswith(("Careful now.", "I will not")) for t in h.thoughts)
+        assert r["thoughts"] == "enriched"
+
+
+def test_enrich_thoughts_rejects_changed_speech_and_keeps_the_original(data, tmp_path):
+    def rewriter(prompt: str) -> str:
+        return "<role_thinking>I lie now</role_thinking>Something else entirely."
+
+    out = tmp_path / "t.jsonl"
+    rep = enrich_thoughts(data, out, MockBackend(rewriter), retries=1)
+    assert rep.kept == 0 and sum(rep.dropped.values()) == 2
+    assert rep.rejections == {"changed actions or speech": 9 * 2}
+    assert read_jsonl(out) == [] and len(read_jsonl(tmp_path / "t.rejected.jsonl")) == 2
+
+
+def test_enrich_thoughts_is_resumable_by_scene(data, tmp_path):
+    out = tmp_path / "t.jsonl"
+    teacher = MockBackend(mock_thought_teacher)
+    first = enrich_thoughts(data, out, teacher, limit=1)
+    assert first.kept == 1
+    calls = len(teacher.prompts)
+    second = enrich_thoughts(data, out, teacher)
+    assert second.resumed == 1 and second.kept == 1
+    rows = read_jsonl(out)
+    assert len(rows) == 9 and len({r["id"] for r in rows}) == 9
+    assert len(teacher.prompts) - calls == len(rows) - calls  # each turn asked once overall
+
+
+def test_validate_thoughts_rules():
+    orig = parse_turn("Mara: <role_action>crosses her arms</role_action>Papers, now.", "Mara")
+
+    def check(body: str, **kw) -> str | None:
+        return validate_thoughts(parse_turn(f"Mara: {body}", "Mara"), orig, "Mara", **kw)
+
+    ok = "<role_thinking>He is hiding something</role_thinking><role_action>crosses her arms"
+    assert check(ok + "</role_action>Papers, now.") is None
+    # a thought between two words of the speech is fine: the spoken words are unchanged
+    assert check("<role_action>crosses her arms</role_action>Papers,"
+                 "<role_thinking>Do not blink</role_thinking> now.") is None
+    assert check("Papers, now.") == "changed actions or speech"  # the action is gone
+    assert check("<role_action>crosses her arms</role_action>Papers, please.") == (
+        "changed actions or speech"
+    )
+    long = "x " * MAX_THOUGHT_CHARS
+    assert (
+        check(
+            f"<role_thinking>{long}</role_thinking>"
+            "<role_action>crosses her arms</role_action>Papers, now."
+        )
+        == "thought too long"
+    )
+    assert check(
+        "<role_thinking>Mara thinks he lies</role_thinking><role_action>crosses her arms"
+        "</role_action>Papers, now."
+    ) == "not first person"
+    assert check(
+        "<role_thinking>The user wants me to be strict</role_thinking><role_action>crosses her "
+        "arms</role_action>Papers, now."
+    ) == "mentions the user"
+    assert check(
+        "<role_thinking>Tomorrow he will burn the whole gate down</role_thinking>"
+        "<role_action>crosses her arms</role_action>Papers, now.",
+        future="Brannoc: I will burn the whole gate down tomorrow night.",
+    ) == "knows later turns"
+
+
+def test_turn_shape():
+    t = Turn.from_segments(
+        [Segment("plan", "p"), Segment("action", "a"), Segment("thought", "t")]
+        + [Segment("speech", "s")]
+    )
+    assert turn_shape(t) == "action->thought->speech"
+
+
+def test_complete_settings_keeps_originals_and_reasoning(data, tmp_path):
+    out = tmp_path / "s.jsonl"
+    rep = complete_settings(data, out, MockBackend(mock_setting_teacher))
+    rows = read_jsonl(out)
+    assert rep.kept == 4 and len(rows) == 9  # (scene, character) groups; every sample
+    for r in rows:
+        persona, history, target = decode_her(r)
+        old = r["persona_original"]
+        assert persona.profile.startswith(old.get("profile", ""))
+        assert "slow to trust" in persona.profile
+        assert persona.background == old.get("background", "")
+        assert "slow to trust" in r["prompt"][0]["content"]
+        assert r["setting_reasoning"] and r["setting"] == "completed"
+        assert render_sample(persona, history, target) == (r["prompt"], r["completion"])
+    again = complete_settings(data, out, MockBackend(mock_setting_teacher))
+    assert again.resumed == 4 and again.kept == 0 and len(read_jsonl(out)) == 9
+
+
+def test_complete_settings_validation_drops_bad_answers(data, tmp_path):
+    answers = {
+        "dropper": {"profile": "A person.", "background": "", "goals": ""},
+        "copier": None,
+        "garbage": "not json at all",
+    }
+
+    def teacher_for(kind):
+        def handler(prompt: str) -> str:
+            if kind == "copier":  # pastes a line of the scene into the profile
+                scene = prompt.split("plans in the scene ===\n")[1].split("\n\nComplete")[0]
+                line = re.sub(r"<[^>]+>", " ", scene)
+                m = prompt.split("profile: ")[1].split("\n")[0]
+                return json.dumps({"profile": f"{m} {line} {line}", "reasoning": "x"})
+            a = answers[kind]
+            return a if isinstance(a, str) else json.dumps(a)
+
+        return handler
+
+    for kind, reason, n in (
+        ("dropper", "profile: drops the original", 3),  # 1 sheet had no profile to drop
+        ("copier", "profile: copies the scene", 2),  # 2 characters say under 8 words
+        ("garbage", "unreadable answer", 4),
+    ):
+        out = tmp_path / f"{kind}.jsonl"
+        rep = complete_settings(data, out, MockBackend(teacher_for(kind)), retries=0)
+        assert rep.kept == 4 - n and rep.dropped == {reason: n}, (kind, rep.dropped)
+
+
+def test_validate_setting_rules():
+    orig = "Brannoc is the innkeeper, warm to guests and evasive about money."
+    assert validate_setting(orig + " He fears the guild.", orig) is None
+    assert validate_setting("An innkeeper.", orig) == "drops the original"
+    assert validate_setting(orig + " x" * 900, orig) == "too long"
+    assert validate_setting(orig + " <b>bold</b>", orig) == "markup"
+
+
+def test_cli_enrich_and_complete(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+
+    runner = CliRunner()
+    t, s = tmp_path / "t.jsonl", tmp_path / "s.jsonl"
+    res = runner.invoke(app, ["data", "enrich-thoughts", str(data), "--out", str(t),
+                              "--teacher", "mock"])
+    assert res.exit_code == 0, res.output
+    assert "kept 2" in res.output and len(read_jsonl(t)) == 9
+    res = runner.invoke(app, ["data", "complete-settings", str(t), "--out", str(s),
+                              "--teacher", "mock"])
+    assert res.exit_code == 0, res.output
+    assert "kept 4" in res.output and len(read_jsonl(s)) == 9
+    res = runner.invoke(app, ["data", "rm-pairs", str(s), "--out", str(tmp_path / "p.jsonl"),
+                              "--policy", "mock", "--teacher", "heuristic", "--corruptions",
+                              "repetition"])
+    assert res.exit_code == 0, res.output
+    assert "length check" in res.output
+    res = runner.invoke(app, ["data", "enrich-thoughts", str(data), "--out", str(t),
+                              "--teacher", "nonsense:x"])
+    assert res.exit_code == 1 and "unknown backend" in res.output
+    assert render_turn  # the format module is the one contract (imported above)

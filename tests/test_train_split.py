@@ -1,0 +1,93 @@
+"""`her data split`: samples split by scene into disjoint SFT / RM / RL portions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from her_sdk.training.data import (
+    PORTIONS,
+    convert_file,
+    read_jsonl,
+    split_file,
+    split_portions,
+)
+from her_sdk.training.tiny import synthetic_samples
+
+from her_sdk import ConfigError
+
+F = Path(__file__).parent / "fixtures" / "train"
+
+
+def _scenes(rows):
+    return {r["scene"] for r in rows}
+
+
+def test_portions_are_disjoint_by_scene_and_follow_hers_proportions():
+    rows = synthetic_samples(600, seed=3)
+    parts = split_portions(rows)
+    assert list(parts) == ["sft", "rm", "rl"]
+    assert sum(len(p) for p in parts.values()) == len(rows)
+    ids = Counter(r["id"] for p in parts.values() for r in p)
+    assert set(ids) == {r["id"] for r in rows} and max(ids.values()) == 1  # each row exactly once
+    for a in parts:
+        for b in parts:
+            assert a == b or not _scenes(parts[a]) & _scenes(parts[b])
+    for name, share in PORTIONS.items():
+        # whole scenes of ~5 samples: the share is met to within a couple of scenes
+        assert abs(len(parts[name]) / len(rows) - share) < 0.03, (name, len(parts[name]))
+
+
+def test_split_is_deterministic_and_seeded():
+    rows = synthetic_samples(200, seed=1)
+    a, b = split_portions(rows, seed=0), split_portions(list(rows), seed=0)
+    assert {k: [r["id"] for r in v] for k, v in a.items()} == {
+        k: [r["id"] for r in v] for k, v in b.items()
+    }
+    c = split_portions(rows, seed=1)
+    assert _scenes(a["rl"]) != _scenes(c["rl"])
+
+
+def test_custom_ratios_and_bad_ratios():
+    rows = synthetic_samples(100, seed=2)
+    parts = split_portions(rows, {"sft": 1, "rl": 1})
+    assert set(parts) == {"sft", "rl"} and parts["sft"] and parts["rl"]
+    with pytest.raises(ConfigError):
+        split_portions(rows, {"sft": -1, "rl": 2})
+    with pytest.raises(ConfigError):
+        split_portions(rows, {})
+
+
+def test_cli_split_on_the_coser_sample(tmp_path):
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+
+    data = tmp_path / "coser.jsonl"
+    convert_file("coser", F / "coser_test.json", data)
+    rows = read_jsonl(data)
+    assert len(_scenes(rows)) == 2
+    out = tmp_path / "parts"
+    res = CliRunner().invoke(
+        app, ["data", "split", str(data), "--out", str(out), "--sft", "1", "--rm", "0", "--rl", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    parts = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "rm", "rl")}
+    assert sum(len(p) for p in parts.values()) == len(rows)
+    assert parts["sft"] and parts["rl"] and not parts["rm"]  # two scenes, one in each
+    seen: dict[str, str] = {}
+    for name, part in parts.items():
+        for r in part:
+            assert seen.setdefault(r["scene"], name) == name  # no scene in two portions
+    assert sorted(json.dumps(r, sort_keys=True) for p in parts.values() for r in p) == sorted(
+        json.dumps(r, sort_keys=True) for r in rows
+    )  # rows unchanged, `scene` kept
+
+
+def test_split_file_reports_and_rejects_empty_input(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("")
+    with pytest.raises(ConfigError):
+        split_file(src, tmp_path / "out")

@@ -1,0 +1,500 @@
+"""HER's data steps 2 and 4 with a teacher: role-thinking enrichment and setting completion.
+
+    her data enrich-thoughts  data/train.jsonl --out data/thoughts.jsonl --teacher openai:URL#MODEL
+    her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher gguf:M.gguf
+
+`enrich_thoughts` (HER step 2, "role thinking enhancement"): scene by scene, turn by turn, the
+teacher sees the character sheet, the scene as the character perceived it (its own earlier
+turns already enriched) and the character's next turn, and rewrites that turn with the inner
+thoughts (`<role_thinking>`, first person) made explicit where they add depth. Everything the
+other characters perceive stays exactly as written: actions and speech must come back word for
+word, in order (`validate_thoughts`), so the other characters' samples never change. Shapes are
+meant to vary (speech only, thought then speech, action-thought-speech, ...): the teacher is told
+the shapes of the character's last turns and a turn may keep no thought at all. A turn whose
+answers all fail validation keeps its original text (counted in the report). Every sample of
+the scene is then re-rendered with the enriched turns (its own earlier turns in its history too).
+
+`complete_settings` (HER step 4, "setting completion"): per character and scene, the teacher
+sees the character sheet and what the character says, does, thinks and plans in the scene, and
+completes the sheet (profile, background, motivation) so that it explains that behaviour,
+keeping what the sheet said (`validate_setting`: original content kept, no dialogue copied, no
+markup, bounded growth). Its reasoning is kept in `setting_reasoning`, the original sheet in
+`persona_original`.
+
+Both run on any her_sdk Backend with the machinery of `her data synth-plans`
+(`plans.run_jobs`: threads, retries, timeout, resume by key, kept/dropped report); prompts are
+this project's own. This module writes data; it does not train.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from her_sdk import Backend, Persona
+from her_sdk.format import (
+    CHATML_STOP,
+    MAX_THOUGHT_CHARS,
+    Heard,
+    Message,
+    Turn,
+    parse_turn,
+    render_chatml,
+    render_system_prompt,
+    render_turn,
+)
+
+from .data import decode_her, encode_her, read_jsonl, render_sample
+from .plans import JobReport, Outcome, _history_text, _shingles, ask_teacher, run_jobs
+
+__all__ = [
+    "complete_settings",
+    "enrich_thoughts",
+    "mock_setting_teacher",
+    "mock_thought_teacher",
+    "turn_shape",
+    "validate_setting",
+    "validate_thoughts",
+]
+
+_USER = re.compile(r"\b(the user|user's|as an ai|language model|the assistant|roleplay)\b", re.I)
+_WORDS = re.compile(r"[\w']+")
+
+
+def _norm_words(text: str) -> list[str]:
+    return _WORDS.findall(text.lower())
+
+
+def _sheet(persona: Persona) -> str:
+    return render_system_prompt(persona, plan=False).split("\n\n===Requirements===")[0]
+
+
+def _by_scene(rows: Sequence[dict]) -> list[dict]:
+    """Rows grouped by scene (in first-seen order), each group sorted by turn."""
+    scenes: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        scenes[str(r.get("scene") or r.get("id"))].append(r)
+    return [
+        {"id": k, "samples": sorted(v, key=lambda r: int(r.get("turn", 0)))}
+        for k, v in scenes.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: role-thinking enrichment
+# ---------------------------------------------------------------------------------------------
+
+THOUGHTS_SYSTEM = f"""\
+You enrich the inner life of characters in a role-play dataset. You are shown a character \
+sheet, the scene so far as the character perceived it, and the character's next turn. Rewrite \
+that turn with the character's private thoughts made explicit where they add depth: what the \
+character feels, suspects, remembers or decides right then.
+
+Format: <role_thinking>...</role_thinking> holds a private thought, in the first person (I, \
+me, my). <role_action>...</role_action> is a visible action and plain text is speech.
+Rules:
+- Keep every action and every spoken word exactly as given, in the same order. You may only \
+add, rewrite or remove <role_thinking> sections, before, between or after them.
+- A thought uses only what the character can know: what the others said and did, never what \
+they think.
+- A thought is one or two short sentences (at most {MAX_THOUGHT_CHARS} characters); it never \
+repeats the speech, never mentions a user, an AI or the story as a story.
+- Vary the shape of turns across the scene: speech only; thought then speech; action, thought, \
+speech; speech then a thought; ... Not every turn needs a thought. Avoid the shapes listed as \
+the character's last ones.
+Answer with the turn only, on one line, starting with the character's name and a colon."""
+
+
+def turn_shape(turn: Turn) -> str:
+    """The segment pattern of a turn, e.g. "action->thought->speech" (plans left out)."""
+    shape: list[str] = []
+    for s in turn.segments:
+        if s.channel != "plan" and (not shape or shape[-1] != s.channel):
+            shape.append(s.channel)
+    return "->".join(shape) or "empty"
+
+
+def _public_stream(turn: Turn) -> list[str]:
+    """What others perceive, as a comparable sequence: action markers and speech words."""
+    out: list[str] = []
+    for s in turn.segments:
+        if s.channel == "action":
+            out.append("\0" + " ".join(_norm_words(s.text)))
+        elif s.channel == "speech":
+            out.extend(_norm_words(s.text))
+    return out
+
+
+def validate_thoughts(
+    new: Turn,
+    original: Turn,
+    name: str,
+    *,
+    known: str = "",
+    future: str = "",
+    max_thought_chars: int = MAX_THOUGHT_CHARS,
+    ngram: int = 5,
+) -> str | None:
+    """Why the enriched turn `new` of `original` is unusable, or None when it passes."""
+    if _public_stream(new) != _public_stream(original):
+        return "changed actions or speech"
+    speech = " ".join(_norm_words(new.speech))
+    first = name.split()[0].lower()
+    for t in new.thoughts:
+        if "<" in t or ">" in t:
+            return "markup"
+        if len(t) > max_thought_chars:
+            return "thought too long"
+        if _USER.search(t):
+            return "mentions the user"
+        words = _norm_words(t)
+        if len(words) >= 4 and " ".join(words) in speech:
+            return "thought spoken aloud"
+        if words and words[0] == first:
+            return "not first person"  # "Mara thinks ..." is a narrator, not Mara
+    if future and new.thoughts:
+        text = " ".join(new.thoughts)
+        if _shingles(text, ngram) & (_shingles(future, ngram) - _shingles(known, ngram)):
+            return "knows later turns"
+    return None
+
+
+def _thoughts_prompt(
+    persona: Persona, history: Sequence[Heard | Turn], turn: Turn, shapes: Sequence[str]
+) -> str:
+    public_turn = Turn.from_segments(s for s in turn.segments if s.channel != "plan")
+    user = (
+        f"=== Character sheet ===\n{_sheet(persona)}\n\n"
+        f"=== The scene so far, as {persona.name} perceived it ===\n"
+        f"{_history_text(persona, history)}\n\n"
+        f"=== {persona.name}'s next turn ===\n{render_turn(public_turn, persona.name)}\n\n"
+        f"Shapes of {persona.name}'s last turns: {', '.join(shapes) or 'none yet'}.\n"
+        f"Rewrite this turn with {persona.name}'s inner thoughts."
+    )
+    return render_chatml(
+        [Message("system", THOUGHTS_SYSTEM), Message("user", user)], f"{persona.name}: "
+    )
+
+
+def mock_thought_teacher(prompt: str) -> str:
+    """A deterministic stand-in teacher: the turn with one first-person thought in front
+    (or unchanged for a turn that already has one, so shapes vary)."""
+    m = re.search(r"^=== (.+?)'s next turn ===\n(.*)$", prompt, re.M)
+    if not m:
+        return ""
+    name, line = m.group(1), m.group(2)
+    body = line.split(": ", 1)[1] if line.startswith(f"{name}: ") else line
+    if "<role_thinking>" in body:
+        return body
+    return f"<role_thinking>I have to keep my voice steady here</role_thinking>{body}"
+
+
+def _replace_own_turns(
+    history: Sequence[Heard | Turn], name: str, done: dict[str, Turn]
+) -> list[Heard | Turn]:
+    """History with the character's own earlier turns swapped for their enriched versions."""
+    return [
+        done.get(render_turn(h, name), h) if isinstance(h, Turn) else h for h in history
+    ]
+
+
+def enrich_thoughts(
+    input_path: str | Path,
+    out_path: str | Path,
+    teacher: Backend,
+    *,
+    concurrency: int = 4,
+    retries: int = 2,
+    timeout: float | None = 120.0,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    max_thought_chars: int = MAX_THOUGHT_CHARS,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobReport:
+    """Enrich the inner thoughts of every sample of `input_path`, scene by scene; see the
+    module docstring. Resumable by scene; `limit` counts scenes. Report stats: turns
+    `enriched` (changed), `unchanged` (the teacher kept them), `kept_original` (failed)."""
+    scenes = _by_scene(read_jsonl(input_path))
+
+    def work(scene: dict) -> Outcome:
+        samples = scene["samples"]
+        decoded = [decode_her(r) for r in samples]
+        future_of = {
+            int(r.get("turn", 0)): render_turn(d[2], d[0].name)
+            for r, d in zip(samples, decoded, strict=True)
+        }
+        done: dict[str, dict[str, Turn]] = defaultdict(dict)  # character -> original -> new
+        shapes: dict[str, list[str]] = defaultdict(list)
+        out = Outcome([], None)
+        out.stats = {"enriched": 0, "unchanged": 0, "kept_original": 0}
+        new_targets: list[Turn] = []
+        for row, (persona, history, target) in zip(samples, decoded, strict=True):
+            name = persona.name
+            history = _replace_own_turns(history, name, done[name])
+            turn_no = int(row.get("turn", 0))
+            original = Turn.from_segments(s for s in target.segments if s.channel != "plan")
+            known = "\n".join(
+                [_sheet(persona), _history_text(persona, history), render_turn(original, name)]
+            )
+            future = "\n".join(t for k, t in future_of.items() if k > turn_no)
+
+            def check(text: str, name=name, original=original, known=known, future=future):
+                text = text.strip()
+                if text.startswith(f"{name}:"):  # the answer repeated the prefilled label
+                    text = text[len(name) + 1 :]
+                turn = parse_turn(f"{name}: {text.strip()}", name)
+                bad = validate_thoughts(
+                    turn,
+                    original,
+                    name,
+                    known=known,
+                    future=future,
+                    max_thought_chars=max_thought_chars,
+                )
+                return (turn, None) if bad is None else (None, bad)
+
+            res = ask_teacher(
+                teacher,
+                _thoughts_prompt(persona, history, original, shapes[name][-3:]),
+                check,
+                key=row.get("id"),
+                retries=retries,
+                timeout=timeout,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=(*CHATML_STOP, "\n"),
+            )
+            out.tries += res.tries
+            out.rejections += res.rejections
+            if res.records:
+                new = res.records[0]
+                changed = render_turn(new, name) != render_turn(original, name)
+                out.stats["enriched" if changed else "unchanged"] += 1
+            else:
+                new = original
+                out.stats["kept_original"] += 1
+                out.reason = res.reason
+            plans = [s for s in target.segments if s.channel == "plan"]
+            new_target = Turn.from_segments([*plans, *new.segments])
+            done[name][render_turn(target, name)] = new_target
+            shapes[name].append(turn_shape(new))
+            new_targets.append(new_target)
+        if out.stats["kept_original"] == len(samples):
+            out.records = None  # the teacher failed on every turn: nothing was enriched
+            return out
+        for row, (persona, history, _), target in zip(samples, decoded, new_targets, strict=True):
+            history = _replace_own_turns(history, persona.name, done[persona.name])
+            prompt, completion = render_sample(persona, history, target)
+            out.records.append(
+                {
+                    **row,
+                    "thoughts": "enriched",
+                    "thoughts_source": getattr(teacher, "name", "teacher"),
+                    "prompt": prompt,
+                    "completion": completion,
+                    "her": encode_her(persona, history, target),
+                }
+            )
+        out.reason = None
+        return out
+
+    return run_jobs(scenes, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4: setting completion
+# ---------------------------------------------------------------------------------------------
+
+SETTING_FIELDS = ("profile", "background", "goals")
+
+SETTING_SYSTEM = """\
+You complete character sheets of a role-play dataset. You are shown a character's sheet and \
+what the character says, does, thinks and plans in one scene. Some of that behaviour may have \
+no explanation in the sheet: a fear, a habit, a loyalty, an old wound, a goal. Complete the \
+sheet so that it explains that behaviour, and only that: add what the behaviour needs, keep \
+everything the sheet already says, invent nothing the scene does not support, and never copy \
+lines of the scene or tell what happens in it.
+
+Answer with one JSON object and nothing else:
+{"reasoning": "which behaviour needed explaining, and what you added for it",
+ "profile": "the completed profile (who they are, temperament, manner of speech)",
+ "background": "the completed background (history that shapes them)",
+ "goals": "the completed motivation (what they want now)"}
+A field that needs nothing new is repeated unchanged."""
+
+
+def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) -> str:
+    lines = []
+    for t in turns[:max_turns]:
+        line = render_turn(t, persona.name)
+        if t.plan:
+            line = f"(plan: {t.plan}) {line}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _setting_prompt(persona: Persona, behaviour: str) -> str:
+    fields = "\n".join(
+        f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS
+    )
+    user = (
+        f"=== {persona.name}'s sheet ===\n{_sheet(persona)}\n\n"
+        f"=== Fields to complete ===\n{fields}\n\n"
+        f"=== What {persona.name} says, does, thinks and plans in the scene ===\n{behaviour}\n\n"
+        f"Complete {persona.name}'s sheet."
+    )
+    return render_chatml([Message("system", SETTING_SYSTEM), Message("user", user)], "{")
+
+
+def mock_setting_teacher(prompt: str) -> str:
+    """A deterministic stand-in teacher: each field kept, with one grounded sentence added."""
+    m = re.search(r"^=== (.+?)'s sheet ===", prompt, re.M)
+    name = m.group(1) if m else "The character"
+    fields = dict(re.findall(r"^(profile|background|goals): (.*)$", prompt, re.M))
+    keep = {f: "" if v == "(empty)" else v for f, v in fields.items()}
+    answer = {
+        "reasoning": f"{name} acts guarded in the scene; the sheet did not say why.",
+        "profile": f"{keep.get('profile', '')} {name} is slow to trust strangers.".strip(),
+        "background": keep.get("background", ""),
+        "goals": keep.get("goals", ""),
+    }
+    return json.dumps(answer)[1:]  # the prompt already opened the object
+
+
+def _json_answer(text: str) -> dict | None:
+    text = "{" + text if not text.lstrip().startswith("{") else text
+    end = text.rfind("}")
+    if end < 0:
+        return None
+    try:
+        obj = json.loads(text[: end + 1])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def validate_setting(
+    new: str,
+    original: str,
+    *,
+    scene_text: str = "",
+    max_added_chars: int = 800,
+    keep_share: float = 0.7,
+    ngram: int = 8,
+) -> str | None:
+    """Why a completed field `new` of `original` is unusable, or None when it passes."""
+    if "<" in new or ">" in new:
+        return "markup"
+    if _USER.search(new) and not _USER.search(original):
+        return "mentions the user"
+    if len(new) > len(original) + max_added_chars:
+        return "too long"
+    old_words = {w for w in _norm_words(original) if len(w) > 3}
+    if old_words:
+        kept = old_words & set(_norm_words(new))
+        if len(kept) < keep_share * len(old_words):
+            return "drops the original"
+    if scene_text:
+        copied = _shingles(new, ngram) & (_shingles(scene_text, ngram) - _shingles(original, ngram))
+        if copied:
+            return "copies the scene"
+    return None
+
+
+def complete_settings(
+    input_path: str | Path,
+    out_path: str | Path,
+    teacher: Backend,
+    *,
+    concurrency: int = 4,
+    retries: int = 2,
+    timeout: float | None = 180.0,
+    temperature: float = 0.3,
+    max_tokens: int = 1024,
+    max_turns: int = 8,
+    max_added_chars: int = 800,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobReport:
+    """Complete the sheet of each character of each scene of `input_path`; see the module
+    docstring. Resumable by scene and character; `limit` counts those groups."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in read_jsonl(input_path):
+        key = f"{r.get('scene') or r.get('id')}|{r.get('character', '')}"
+        groups[key].append(r)
+    jobs = [
+        {"id": k, "samples": sorted(v, key=lambda r: int(r.get("turn", 0)))}
+        for k, v in groups.items()
+    ]
+
+    def work(job: dict) -> Outcome:
+        samples = job["samples"]
+        decoded = [decode_her(r) for r in samples]
+        persona = decoded[0][0]
+        turns = [d[2] for d in decoded]
+        behaviour = _scene_behaviour(persona, turns, max_turns)
+        scene_text = "\n".join(
+            [behaviour, *(_history_text(p, h) for p, h, _ in decoded[-1:])]
+        )
+
+        def check(text: str) -> tuple[Any, str | None]:
+            obj = _json_answer(text)
+            if obj is None:
+                return None, "unreadable answer"
+            fields: dict[str, str] = {}
+            for f in SETTING_FIELDS:
+                value = obj.get(f)
+                old = getattr(persona, f)
+                if value is None or not isinstance(value, str) or not value.strip():
+                    value = old  # nothing to add
+                value = " ".join(value.split())
+                bad = validate_setting(
+                    value, old, scene_text=scene_text, max_added_chars=max_added_chars
+                )
+                if bad is not None:
+                    return None, f"{f}: {bad}"
+                fields[f] = value
+            if all(fields[f] == " ".join(getattr(persona, f).split()) for f in SETTING_FIELDS):
+                return None, "nothing completed"
+            reasoning = obj.get("reasoning")
+            return {"fields": fields, "reasoning": str(reasoning or "").strip()}, None
+
+        res = ask_teacher(
+            teacher,
+            _setting_prompt(persona, behaviour),
+            check,
+            key=job["id"],
+            retries=retries,
+            timeout=timeout,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        if not res.records:
+            return res
+        done = res.records[0]
+        completed = msgspec.structs.replace(persona, **done["fields"])
+        res.records = []
+        for row, (_, history, target) in zip(samples, decoded, strict=True):
+            prompt, completion = render_sample(completed, history, target)
+            res.records.append(
+                {
+                    **row,
+                    "setting": "completed",
+                    "setting_source": getattr(teacher, "name", "teacher"),
+                    "setting_reasoning": done["reasoning"],
+                    "persona_original": msgspec.to_builtins(persona),
+                    "prompt": prompt,
+                    "completion": completion,
+                    "her": encode_her(completed, history, target),
+                }
+            )
+        return res
+
+    return run_jobs(jobs, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
