@@ -39,9 +39,11 @@ def main() -> int:
     t0 = time.perf_counter()
     res = run_quick(args.data, out, settings, records=args.records)
     wall = time.perf_counter() - t0
-    print(f"her eval quick, embedded model, {res['records']} records, "
-          f"{res['turns_generated']} generated turns, {res['nll_tokens']} gold tokens scored, "
-          f"grammar={'default' if args.grammar is None else args.grammar}, {wall:.0f} s")
+    print(
+        f"her eval quick, embedded model, {res['records']} records, "
+        f"{res['turns_generated']} generated turns, {res['nll_tokens']} gold tokens scored, "
+        f"grammar={'default' if args.grammar is None else args.grammar}, {wall:.0f} s"
+    )
     print()
     print("| metric | value |")
     print("|---|---|")

@@ -56,8 +56,10 @@ def main() -> None:
     ckpt = work / "gemma-3-270m-hf"
     if not (ckpt / "config.json").is_file():
         t = to_checkpoint(src, ckpt)
-        print(f"GGUF -> transformers checkpoint: {t:.1f} s ({src.name}, "
-              f"{src.stat().st_size / 2**20:.0f} MiB)")
+        print(
+            f"GGUF -> transformers checkpoint: {t:.1f} s ({src.name}, "
+            f"{src.stat().st_size / 2**20:.0f} MiB)"
+        )
     rows = []
     for typ in args.types.split(","):
         out = work / f"gemma-3-270m.{typ}.gguf"
@@ -66,16 +68,24 @@ def main() -> None:
         total = time.perf_counter() - t0
         v = s["verify"]
         m = v["metrics"]
-        rows.append({
-            "type": typ, "size_mib": s["size_bytes"] / 2**20,
-            "load_s": s["load_s"], "convert_s": s["convert_s"],
-            "quantize_s": s.get("quantize_s"), "export_s": s["convert_s"] + s.get("quantize_s", 0),
-            "verify_s": total - s["convert_s"] - s.get("quantize_s", 0),
-            "ppl_source": m["ppl_source"], "ppl": m["ppl_export"],
-            "top1": m["top1_agreement"], "greedy": m["greedy_agreement"],
-            "max_logit_diff": m["max_logit_diff"], "tokenizer_agreement": m["tokenizer_agreement"],
-            "failures": v["failures"],
-        })
+        rows.append(
+            {
+                "type": typ,
+                "size_mib": s["size_bytes"] / 2**20,
+                "load_s": s["load_s"],
+                "convert_s": s["convert_s"],
+                "quantize_s": s.get("quantize_s"),
+                "export_s": s["convert_s"] + s.get("quantize_s", 0),
+                "verify_s": total - s["convert_s"] - s.get("quantize_s", 0),
+                "ppl_source": m["ppl_source"],
+                "ppl": m["ppl_export"],
+                "top1": m["top1_agreement"],
+                "greedy": m["greedy_agreement"],
+                "max_logit_diff": m["max_logit_diff"],
+                "tokenizer_agreement": m["tokenizer_agreement"],
+                "failures": v["failures"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     print()
     print("| type | size MiB | export s | quantize s | ppl | ppl / f16 | top-1 | greedy |")
@@ -84,10 +94,14 @@ def main() -> None:
     for r in rows:
         ratio = f"{r['ppl'] / f16:.4f}" if f16 else "-"
         q = f"{r['quantize_s']:.1f}" if r["quantize_s"] is not None else "-"
-        print(f"| {r['type']} | {r['size_mib']:.0f} | {r['export_s']:.1f} | {q} | "
-              f"{r['ppl']:.3f} | {ratio} | {r['top1']:.3f} | {r['greedy']:.2f} |")
-    print(f"\nsource (transformers f32) perplexity: {rows[0]['ppl_source']:.3f} "
-          f"on {len(rows) and 'held-out HER text'}")
+        print(
+            f"| {r['type']} | {r['size_mib']:.0f} | {r['export_s']:.1f} | {q} | "
+            f"{r['ppl']:.3f} | {ratio} | {r['top1']:.3f} | {r['greedy']:.2f} |"
+        )
+    print(
+        f"\nsource (transformers f32) perplexity: {rows[0]['ppl_source']:.3f} "
+        f"on {len(rows) and 'held-out HER text'}"
+    )
     by = {r["type"]: r for r in rows}
     checks = []
     if "f16" in by:

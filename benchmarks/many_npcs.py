@@ -110,7 +110,8 @@ def throughput(model, sizes: list[int], tokens: int, runs: int) -> list[dict]:
         rows.append(row)
         print(
             f"N={n}: one at a time {row['sequential_tok_s']:.1f} tok/s, together "
-            f"{row['concurrent_tok_s']:.1f} tok/s aggregate: {row['ratio']:.2f}x", flush=True
+            f"{row['concurrent_tok_s']:.1f} tok/s aggregate: {row['ratio']:.2f}x",
+            flush=True,
         )
     return rows
 
@@ -146,6 +147,8 @@ def first_speech(model, priority: str, load: int, runs: int) -> float:
         if started is not None:
             started.wait()  # every background turn is generating
         scene = build_demo_scene(model, seed=7)
+        # The secrets guard may end a turn before it speaks; here only the latency counts.
+        scene.characters["Mara"].guard_secrets = False
         scene.narrate("Night at the north gate. Rain.")
         scene.say(PLAYER, "Let me through, captain. I have papers from the duke.")
         reply = scene.turn("Mara", seed=r, max_tokens=120, priority=priority)
@@ -154,6 +157,7 @@ def first_speech(model, priority: str, load: int, runs: int) -> float:
             t.join()
         if reply.first_speech_s is not None:
             times.append(reply.first_speech_s)
+    # A turn that ended without speech (its token budget spent on the plan) has no time.
     return statistics.median(times) if times else float("nan")
 
 
@@ -161,12 +165,13 @@ def grpc_load(model, n: int, tokens: int) -> dict:
     from her_sdk.client import Client
     from her_sdk.server import HerServer, ServerSettings
 
-    settings = ServerSettings(port=0, max_workers=max(128, 2 * n + 8),
-                              max_concurrent_rpcs=max(96, 2 * n))
+    settings = ServerSettings(
+        port=0, max_workers=max(128, 2 * n + 8), max_concurrent_rpcs=max(96, 2 * n)
+    )
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    with HerServer(settings, model=model) as server, Client(server.target) as client:
+    with HerServer(settings, model=model) as server, Client(server.target, timeout=None) as client:
         jobs = []
         for s in range(0, n, 8):
             names = [f"{TRADES[i % 8][0]}{s // 8}" for i in range(s, min(n, s + 8))]

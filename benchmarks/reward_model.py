@@ -185,7 +185,14 @@ def policy_part(args, work: Path) -> dict:
     print(f"policy before: {json.dumps(before)}", flush=True)
     t = time.perf_counter()
     trainer = build_grpo_trainer(
-        cfg, model_args, train_args, train, funcs, weights, model_spec=spec, tokenizer=tok,
+        cfg,
+        model_args,
+        train_args,
+        train,
+        funcs,
+        weights,
+        model_spec=spec,
+        tokenizer=tok,
         model=model,
     )
     trainer.train()

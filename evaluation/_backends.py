@@ -123,14 +123,22 @@ class BackendPool:
         self._loaded: dict[tuple, Backend] = {}
 
     def get(
-        self, spec: str | None, model_name: str = "", role: str = "actor", *,
+        self,
+        spec: str | None,
+        model_name: str = "",
+        role: str = "actor",
+        *,
         adapter: str | None = None,
     ) -> Backend:
         kind = "actor" if role == "actor" else "chat"  # URLs differ by mode only
         key = (spec, model_name, kind if spec and spec.startswith("http") else "", adapter)
         if key not in self._loaded:
             self._loaded[key] = backend_from_spec(
-                spec, model_name=model_name, role=role, n_ctx=self.n_ctx, api_key=self.api_key,
+                spec,
+                model_name=model_name,
+                role=role,
+                n_ctx=self.n_ctx,
+                api_key=self.api_key,
                 adapter=adapter,
             )
         return self._loaded[key]

@@ -146,6 +146,7 @@ def gold_history(dialogues: list[dict], upto: int, viewer: str) -> list[Heard | 
             continue
         public = gold_turn(m["message"], who).public()
         if public.segments:
-            history.append(Heard(speaker=safe_name(who), speech=public.speech,
-                                 actions=public.actions))
+            history.append(
+                Heard(speaker=safe_name(who), speech=public.speech, actions=public.actions)
+            )
     return history

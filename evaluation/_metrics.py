@@ -51,8 +51,9 @@ def extract_json(text: str) -> object | None:
     return max(found, key=lambda x: len(json.dumps(x)))
 
 
-def judge_flaws(answer: object, dimension: str, dimensions: Iterable[str],
-                preset: str = "coser") -> list[dict] | None:
+def judge_flaws(
+    answer: object, dimension: str, dimensions: Iterable[str], preset: str = "coser"
+) -> list[dict] | None:
     """The flaws of `dimension` in a parsed judge answer, or None when the answer is malformed.
 
     CoSER's `parse_response`: an object whose keys are all dimension names, each with a `flaws`
@@ -80,7 +81,8 @@ def severity_sum(flaws: Sequence[dict], preset: str = "coser") -> float:
     """S: CoSER sums integer severities only; HER also counts floats."""
     kinds = (int,) if preset == "coser" else (int, float)
     return sum(
-        f["severity"] for f in flaws
+        f["severity"]
+        for f in flaws
         if isinstance(f.get("severity"), kinds) and not isinstance(f.get("severity"), bool)
     )
 
@@ -147,8 +149,12 @@ def parse_nsp_her(response: str, valid: Sequence[str], end_chat: str) -> str:
             return end_chat
         if "random" in named.lower():
             return "random"
-    cleaned = re.sub(r"<\s*(system[_\s]*think(?:ing)?|think|thought)\s*>.*?(</[^>]*>|$)", "",
-                     response, flags=re.S)
+    cleaned = re.sub(
+        r"<\s*(system[_\s]*think(?:ing)?|think|thought)\s*>.*?(</[^>]*>|$)",
+        "",
+        response,
+        flags=re.S,
+    )
     cleaned = re.sub(r"\*\*.*?\*\*", "", cleaned)
     cleaned = re.sub(r"\*.*?\*", "", cleaned)
     first = cleaned.strip().split("\n")[0].strip()

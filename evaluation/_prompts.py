@@ -107,12 +107,12 @@ JUDGE_TEMPLATE = "\n".join(
         "",
         "Example Output:",
         "{",
-        "    \"{dimension_name}\": {",
-        "        \"flaws\": [",
+        '    "{dimension_name}": {',
+        '        "flaws": [',
         "          {",
-        "            \"instance\": <comment on the flaw instance>,",
-        "            \"type\": <flaw type>,",
-        "            \"severity\": <range from 1 (minor) to 5 (severe)>",
+        '            "instance": <comment on the flaw instance>,',
+        '            "type": <flaw type>,',
+        '            "severity": <range from 1 (minor) to 5 (severe)>',
         "          },",
         "    },",
         "}",
@@ -126,12 +126,12 @@ JUDGE_EXAMPLE_COSER = "\n".join(
     [
         "Example Output:",
         "{",
-        "    \"{dimension_name}\": {",
-        "        \"flaws\": [",
+        '    "{dimension_name}": {',
+        '        "flaws": [',
         "          {",
-        "            \"instance\": <comment on the flaw instance>,",
-        "            \"type\": <flaw type>,",
-        "            \"severity\": <range from 1 (minor) to 5 (severe)>",
+        '            "instance": <comment on the flaw instance>,',
+        '            "type": <flaw type>,',
+        '            "severity": <range from 1 (minor) to 5 (severe)>',
         "          },",
         "    },",
         "}",
@@ -142,12 +142,12 @@ JUDGE_EXAMPLE_HER = "\n".join(
     [
         "Example Output:",
         "{",
-        "    \"{dimension_name}\": {",
-        "        \"flaws\": [",
+        '    "{dimension_name}": {',
+        '        "flaws": [',
         "          {",
-        "            \"instance\": <comment on the flaw instance>,",
-        "            \"type\": <flaw type>,",
-        "            \"severity\": <range from 1 (minor) to 5 (severe)>",
+        '            "instance": <comment on the flaw instance>,',
+        '            "type": <flaw type>,',
+        '            "severity": <range from 1 (minor) to 5 (severe)>',
         "          }",
         "        ]",
         "    }",
@@ -186,10 +186,7 @@ _ANTHROPOMORPHISM = "\n".join(
         "     * Directly speaks out all thoughts and feelings, instead of using subtext",
         "",
         "   - Type: Persona Coherence",
-        (
-            "     * Shows inconsistent or rapidly changing personality traits and emotional "
-            "patterns"
-        ),
+        ("     * Shows inconsistent or rapidly changing personality traits and emotional patterns"),
         "",
         "   - Type: Social Interaction",
         "     * Shows a lack of understanding of others' thoughts and feelings",
@@ -216,10 +213,7 @@ _CHARACTER_FIDELITY = "\n".join(
             "     * Shows emotions, thoughts, behaviors, values, beliefs, and decisions that "
             "conflict with their personality and background"
         ),
-        (
-            "     * Shows interest in topics that are uninteresting and unrelated to the "
-            "character"
-        ),
+        ("     * Shows interest in topics that are uninteresting and unrelated to the character"),
         (
             "     * Character's thoughts, emotions, and behaviors demonstrate contrasting "
             "personality traits compared to the reference conversation"
@@ -227,7 +221,7 @@ _CHARACTER_FIDELITY = "\n".join(
         (
             "     * Exhibits contrasting reactions compared to those in the reference "
             "conversation if situated in similar contexts. (Such flaws should be counted both in "
-            "the \"Storyline Consistency\" dimension and the \"Character Fidelity\" dimension.)"
+            'the "Storyline Consistency" dimension and the "Character Fidelity" dimension.)'
         ),
         "",
         "   - Type: Relationship & Social Status",
@@ -294,10 +288,7 @@ ENVIRONMENT_TEMPLATE = "\n".join(
             "- You may include actions and reactions of minor characters or crowds, as long as "
             "they're not main characters (including {major_characters})."
         ),
-        (
-            "- Keep your environmental descriptions concise but impactful, typically 1-3 "
-            "sentences."
-        ),
+        ("- Keep your environmental descriptions concise but impactful, typically 1-3 sentences."),
         (
             "- Respond to subtle cues in the characters' interactions to create a dynamic, "
             "reactive environment."
@@ -315,8 +306,8 @@ NSP_TEMPLATE = "\n".join(
             "to determine which character (or the Environment) might act next based on their "
             "previous interactions. The Environment is a special role that provides the "
             "environmental feedback. Choose a name from this list: {all_characters}. If it's "
-            "unclear who should act next, output \"random\". If you believe the scene or "
-            "conversation should conclude, output \"<END CHAT>\"."
+            'unclear who should act next, output "random". If you believe the scene or '
+            'conversation should conclude, output "<END CHAT>".'
         ),
         "",
         "===The scenario is as follows===",
@@ -335,9 +326,9 @@ NSP_RULES_HER = "\n".join(
         "",
         "===CRITICAL RULES===",
         "1. NEVER select the character who just spoke",
-        "2. The \"Next Speaker\" field must contain ONLY ONE name from the list",
-        "3. If uncertain, output \"random\" as the Next Speaker",
-        "4. If the scene should end, output \"<END CHAT>\" as the Next Speaker",
+        '2. The "Next Speaker" field must contain ONLY ONE name from the list',
+        '3. If uncertain, output "random" as the Next Speaker',
+        '4. If the scene should end, output "<END CHAT>" as the Next Speaker',
         "",
         "Example output:",
         (
@@ -361,8 +352,12 @@ FIX_JSON_PROMPT = "\n".join(
 )
 
 
-MODEL_ROLES = ("an environment model", "a world model", "a world simulator",
-               "an environment simulator")
+MODEL_ROLES = (
+    "an environment model",
+    "a world model",
+    "a world simulator",
+    "an environment simulator",
+)
 
 
 def _fill(template: str, **values: str) -> str:
@@ -431,8 +426,16 @@ def judge_prompt(
 def prompts_hash() -> str:
     """sha256 of every prompt text here: recorded in results so runs with other prompts differ."""
     h = hashlib.sha256()
-    parts = [JUDGE_TEMPLATE, JUDGE_EXAMPLE_COSER, JUDGE_EXAMPLE_HER, ENVIRONMENT_TEMPLATE,
-             NSP_TEMPLATE, NSP_RULES_HER, FIX_JSON_PROMPT, *MODEL_ROLES]
+    parts = [
+        JUDGE_TEMPLATE,
+        JUDGE_EXAMPLE_COSER,
+        JUDGE_EXAMPLE_HER,
+        ENVIRONMENT_TEMPLATE,
+        NSP_TEMPLATE,
+        NSP_RULES_HER,
+        FIX_JSON_PROMPT,
+        *MODEL_ROLES,
+    ]
     for name, (brief, criteria) in DIMENSIONS.items():
         parts += [name, brief, criteria]
     for p in parts:

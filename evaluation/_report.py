@@ -27,30 +27,59 @@ COSER_ROWS = [
 
 # (key, label, higher is better, one-line definition)
 QUICK_ROWS = [
-    ("nll_per_token", "held-out NLL / token", False,
-     "mean negative log-likelihood per token of the gold reply given the her_sdk-rendered "
-     "context (summed over replies, divided by their tokens)"),
-    ("format_validity", "HER-format validity", True,
-     "share of generated turns in the strict HER shape: optional closed plan, optional `NAME: `, "
-     "then closed canonical tags and plain speech only, with some public content"),
-    ("leak_rate", "private-text leak rate", False,
-     "share of turns whose plan/thought text (or a private tag) appears in a public channel, "
-     "or in the next prompt of another character present"),
-    ("forged_speaker_rate", "forged-speaker rate", False,
-     "share of turns whose public text speaks for someone else (`Other:` or `Environment:`)"),
-    ("copy_rate", "copy rate", False,
-     "share of turns whose speech shares an 8-word run with one of the last 5 lines of other "
-     "characters or with the prompt's few-shot example"),
-    ("self_repetition", "self-repetition", False,
-     "mean share of a turn's word 4-grams that already occurred earlier in the same turn"),
+    (
+        "nll_per_token",
+        "held-out NLL / token",
+        False,
+        "mean negative log-likelihood per token of the gold reply given the her_sdk-rendered "
+        "context (summed over replies, divided by their tokens)",
+    ),
+    (
+        "format_validity",
+        "HER-format validity",
+        True,
+        "share of generated turns in the strict HER shape: optional closed plan, "
+        "optional `NAME: `, then closed canonical tags and plain speech only, with some "
+        "public content",
+    ),
+    (
+        "leak_rate",
+        "private-text leak rate",
+        False,
+        "share of turns whose plan/thought text (or a private tag) appears in a public channel, "
+        "or in the next prompt of another character present",
+    ),
+    (
+        "forged_speaker_rate",
+        "forged-speaker rate",
+        False,
+        "share of turns whose public text speaks for someone else (`Other:` or `Environment:`)",
+    ),
+    (
+        "copy_rate",
+        "copy rate",
+        False,
+        "share of turns whose speech shares an 8-word run with one of the last 5 lines of other "
+        "characters or with the prompt's few-shot example",
+    ),
+    (
+        "self_repetition",
+        "self-repetition",
+        False,
+        "mean share of a turn's word 4-grams that already occurred earlier in the same turn",
+    ),
     ("distinct_1", "distinct-1", True, "unique words / all words, over all generated public text"),
     ("distinct_2", "distinct-2", True, "unique word bigrams / all bigrams, same text"),
     ("plan_words", "plan words / turn", None, "mean words in the plan per turn"),
     ("thought_words", "thought words / turn", None, "mean words of inner thoughts per turn"),
     ("action_words", "action words / turn", None, "mean words of actions per turn"),
     ("speech_words", "speech words / turn", None, "mean words of speech per turn"),
-    ("first_speech_s", "time to first speech (s)", False,
-     "median seconds from the start of a turn to its first speech character (prompt included)"),
+    (
+        "first_speech_s",
+        "time to first speech (s)",
+        False,
+        "median seconds from the start of a turn to its first speech character (prompt included)",
+    ),
 ]
 
 
@@ -133,17 +162,30 @@ def _report_md(results: dict, plots: list[str]) -> str:
         for key, ids in pf.items():
             if key != "total" and ids:
                 lines.append(f"- {key}: {', '.join(ids)}")
-        lines += ["", "## Per record", "",
-                  "| record | SC | AN | CF | SQ | avg | BLEU | ROUGE-L | rounds | end |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Per record",
+            "",
+            "| record | SC | AN | CF | SQ | avg | BLEU | ROUGE-L | rounds | end |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results["per_record"]:
             s = r["scores"]
             lines.append(
-                f"| {r['id']} | " + " | ".join(
-                    _fmt(s.get(k), k) for k in (
-                        "storyline_consistency", "anthropomorphism", "character_fidelity",
-                        "storyline_quality", "average", "bleu", "rouge_l")
-                ) + f" | {r['rounds']} | {r['end_reason']} |"
+                f"| {r['id']} | "
+                + " | ".join(
+                    _fmt(s.get(k), k)
+                    for k in (
+                        "storyline_consistency",
+                        "anthropomorphism",
+                        "character_fidelity",
+                        "storyline_quality",
+                        "average",
+                        "bleu",
+                        "rouge_l",
+                    )
+                )
+                + f" | {r['rounds']} | {r['end_reason']} |"
             )
     else:
         lines += [
@@ -177,8 +219,13 @@ def _plots(out: Path, results: dict) -> list[str]:
     scores = results["scores"]
     if results["kind"] == "coser":
         keys = [k for k, _, _ in COSER_ROWS[:5]]
-        labels = ["Storyline\nConsistency", "Anthropo-\nmorphism", "Character\nFidelity",
-                  "Storyline\nQuality", "Average"]
+        labels = [
+            "Storyline\nConsistency",
+            "Anthropo-\nmorphism",
+            "Character\nFidelity",
+            "Storyline\nQuality",
+            "Average",
+        ]
         values = [scores.get(k) or 0.0 for k in keys]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(labels, values, color=["#4c72b0"] * 4 + ["#dd8452"])
@@ -191,8 +238,10 @@ def _plots(out: Path, results: dict) -> list[str]:
         per = [r["scores"].get("average") for r in results["per_record"]]
         per = [p for p in per if p is not None]
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        dims = [[r["scores"].get(k) for r in results["per_record"]
-                 if r["scores"].get(k) is not None] for k in keys[:4]] + [per]
+        dims = [
+            [r["scores"].get(k) for r in results["per_record"] if r["scores"].get(k) is not None]
+            for k in keys[:4]
+        ] + [per]
         ax.boxplot([d or [0.0] for d in dims])
         names = [lb.replace("-\n", "").replace("\n", " ") for lb in labels]
         ax.set_xticks(range(1, len(labels) + 1), names)
@@ -203,8 +252,15 @@ def _plots(out: Path, results: dict) -> list[str]:
         ax.tick_params(axis="x", labelsize=7)
         made.append(_save(fig, out / "per_record.png"))
     else:
-        keys = ["format_validity", "leak_rate", "forged_speaker_rate", "copy_rate",
-                "self_repetition", "distinct_1", "distinct_2"]
+        keys = [
+            "format_validity",
+            "leak_rate",
+            "forged_speaker_rate",
+            "copy_rate",
+            "self_repetition",
+            "distinct_1",
+            "distinct_2",
+        ]
         values = [scores.get(k) or 0.0 for k in keys]
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.bar([k.replace("_", "\n") for k in keys], values, color="#4c72b0")
@@ -256,10 +312,15 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict:
             mark = "same" if abs(delta) < 1e-9 else ("better" if (delta > 0) == better else "worse")
         rows.append({"key": key, "metric": label, "a": va, "b": vb, "delta": delta, "mark": mark})
     sa, sb = a.get("settings", {}), b.get("settings", {})
-    changed = {k: (sa.get(k), sb.get(k)) for k in sorted(set(sa) | set(sb))
-               if sa.get(k) != sb.get(k)}
-    return {"kind": a["kind"], "records": (a["records"], b["records"]), "rows": rows,
-            "settings_changed": changed}
+    changed = {
+        k: (sa.get(k), sb.get(k)) for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)
+    }
+    return {
+        "kind": a["kind"],
+        "records": (a["records"], b["records"]),
+        "rows": rows,
+        "settings_changed": changed,
+    }
 
 
 def compare_markdown(result: dict, name_a: str = "A", name_b: str = "B") -> str:

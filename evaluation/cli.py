@@ -80,9 +80,20 @@ def coser(
 
     try:
         settings = CoserSettings.for_preset(
-            preset, actor=actor, actor_model=actor_model, env=env, env_model=env_model, nsp=nsp,
-            nsp_model=nsp_model, judge=judge, judge_model=judge_model, max_rounds=max_rounds,
-            temperature=temperature, grammar=grammar, seed=seed, n_ctx=n_ctx,
+            preset,
+            actor=actor,
+            actor_model=actor_model,
+            env=env,
+            env_model=env_model,
+            nsp=nsp,
+            nsp_model=nsp_model,
+            judge=judge,
+            judge_model=judge_model,
+            max_rounds=max_rounds,
+            temperature=temperature,
+            grammar=grammar,
+            seed=seed,
+            n_ctx=n_ctx,
         )
         with Progress(console=_err, transient=True) as progress:
             task = progress.add_task("simulating and judging", total=None)
@@ -95,8 +106,9 @@ def coser(
                     f"{'n/a' if avg is None else f'{avg:.1f}'}, {summary['rounds']} rounds"
                 )
 
-            results = run_coser(test_set, out, settings, records=records, restart=restart,
-                                on_record=step)
+            results = run_coser(
+                test_set, out, settings, records=records, restart=restart, on_record=step
+            )
     except HerError as exc:
         _fail(exc)
         return
@@ -114,13 +126,13 @@ def quick(
     model_name: Name = "",
     adapter: Annotated[
         str | None,
-        typer.Option(help="GGUF LoRA adapter for a GGUF model (the embedded model: its shipped "
-                     "adapter unless 'none')."),
+        typer.Option(
+            help="GGUF LoRA adapter for a GGUF model (the embedded model: its shipped "
+            "adapter unless 'none')."
+        ),
     ] = None,
     records: Annotated[int | None, typer.Option(help="Use the first N records.")] = None,
-    lines: Annotated[
-        int | None, typer.Option(help="At most N character lines per record.")
-    ] = None,
+    lines: Annotated[int | None, typer.Option(help="At most N character lines per record.")] = None,
     grammar: Annotated[
         bool | None, typer.Option("--grammar/--no-grammar", help="Constrain generated turns.")
     ] = None,
@@ -136,14 +148,27 @@ def quick(
 
     from .quick import QuickSettings, run_quick
 
-    settings = QuickSettings(model=model, model_name=model_name, adapter=adapter, grammar=grammar,
-                             max_tokens=max_tokens, temperature=temperature, seed=seed,
-                             max_lines=lines, n_ctx=n_ctx)
+    settings = QuickSettings(
+        model=model,
+        model_name=model_name,
+        adapter=adapter,
+        grammar=grammar,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        max_lines=lines,
+        n_ctx=n_ctx,
+    )
     try:
         with Progress(console=_err, transient=True) as progress:
             task = progress.add_task("scoring and generating lines", total=None)
-            results = run_quick(test_set, out, settings, records=records,
-                                on_line=lambda d, t: progress.update(task, completed=d, total=t))
+            results = run_quick(
+                test_set,
+                out,
+                settings,
+                records=records,
+                on_line=lambda d, t: progress.update(task, completed=d, total=t),
+            )
     except HerError as exc:
         _fail(exc)
         return
@@ -182,8 +207,13 @@ def compare(
     label = {"better": "▲ better", "worse": "▼ worse", "same": "=", "": ""}
     for r in result["rows"]:
         d = "n/a" if r["delta"] is None else f"{r['delta']:+.4g}"
-        t.add_row(r["metric"], _fmt(r["a"], r["key"]), _fmt(r["b"], r["key"]), d,
-                  f"[{style[r['mark']]}]{label[r['mark']]}[/]" if r["mark"] else "")
+        t.add_row(
+            r["metric"],
+            _fmt(r["a"], r["key"]),
+            _fmt(r["b"], r["key"]),
+            d,
+            f"[{style[r['mark']]}]{label[r['mark']]}[/]" if r["mark"] else "",
+        )
     _out.print(t)
     for k, (x, y) in result["settings_changed"].items():
         _out.print(f"  setting {k}: {x!r} → {y!r}", markup=False)
@@ -192,8 +222,11 @@ def compare(
 def _show(results: dict) -> None:
     from ._report import COSER_ROWS, QUICK_ROWS, _fmt
 
-    rows = ([(k, lb) for k, lb, _ in COSER_ROWS] if results["kind"] == "coser"
-            else [(k, lb) for k, lb, _, _ in QUICK_ROWS])
+    rows = (
+        [(k, lb) for k, lb, _ in COSER_ROWS]
+        if results["kind"] == "coser"
+        else [(k, lb) for k, lb, _, _ in QUICK_ROWS]
+    )
     t = Table(title=f"her eval {results['kind']}: {results['records']} records")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -201,5 +234,6 @@ def _show(results: dict) -> None:
         t.add_row(label, _fmt(results["scores"].get(key), key))
     _out.print(t)
     if results["kind"] == "coser" and results["parse_failures"]["total"]:
-        _out.print(f"[yellow]judge parse failures (not scored): "
-                   f"{results['parse_failures']['total']}[/]")
+        _out.print(
+            f"[yellow]judge parse failures (not scored): {results['parse_failures']['total']}[/]"
+        )

@@ -137,9 +137,14 @@ class CoserSettings:
         base: dict = {"preset": preset}
         if preset == "her":
             base.update(
-                temperature=0.7, retry_temperature=0.7, actor_max_tokens=4096,
-                agent_max_tokens=4096, judge_max_tokens=2048, max_rounds=10,
-                judge_sees_thoughts=True, keep_plans=True,
+                temperature=0.7,
+                retry_temperature=0.7,
+                actor_max_tokens=4096,
+                agent_max_tokens=4096,
+                judge_max_tokens=2048,
+                max_rounds=10,
+                judge_sees_thoughts=True,
+                keep_plans=True,
             )
         base.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**base)
@@ -251,14 +256,17 @@ def simulate(
             seen = add_speaker_name(public, current)
             env_agent.update("user", seen)
             nsp_agent.update("user", seen)
-            transcript.append({
-                "role": current,
-                "content": add_speaker_name(_coser_text(segs, settings.judge_sees_thoughts),
-                                            current),
-                "raw": reply.raw,
-                "first_speech_s": reply.first_speech_s,
-                "completion_tokens": reply.completion_tokens,
-            })
+            transcript.append(
+                {
+                    "role": current,
+                    "content": add_speaker_name(
+                        _coser_text(segs, settings.judge_sees_thoughts), current
+                    ),
+                    "raw": reply.raw,
+                    "first_speech_s": reply.first_speech_s,
+                    "completion_tokens": reply.completion_tokens,
+                }
+            )
         # Next-speaker prediction.
         raw = ask(nsp_agent, NSP)
         if settings.preset == "her":
@@ -280,8 +288,9 @@ def simulate(
             nxt = rng.choice(candidates) if candidates else END_CHAT
         transcript.append({"role": NSP, "content": predicted, "raw": raw, "next": nxt})
         if valid or settings.preset == "her":
-            nsp_agent.update("assistant", raw if valid and settings.preset == "coser"
-                             else predicted)
+            nsp_agent.update(
+                "assistant", raw if valid and settings.preset == "coser" else predicted
+            )
         else:
             nsp_agent.update("assistant", predicted)
             nsp_agent.update("user", nsp_system)  # CoSER re-inputs the system prompt
@@ -311,8 +320,9 @@ def _reference(rec: dict, thoughts: bool) -> list[dict]:
     return out
 
 
-def _judge_once(judge: Backend, system: str, user: str, dimension: str,
-                settings: CoserSettings) -> tuple[list[dict] | None, list[str]]:
+def _judge_once(
+    judge: Backend, system: str, user: str, dimension: str, settings: CoserSettings
+) -> tuple[list[dict] | None, list[str]]:
     """Ask the judge about one dimension; retries as CoSER's `get_response_json`."""
     agent = ChatAgent(judge, system, label="Answer")
     agent.update("user", user)
@@ -352,9 +362,7 @@ def judge_record(rec: dict, sim: dict, judge: Backend, settings: CoserSettings) 
     simulation = [m for m in sim["transcript"] if m["role"] != NSP]
     simulation_str = "\n\n".join(m["content"].strip("\n") for m in simulation)
     reference = _reference(rec, settings.judge_sees_thoughts)
-    reference_str = "\n\n".join(
-        f"{m['character']}: {m['message']}".strip("\n") for m in reference
-    )
+    reference_str = "\n\n".join(f"{m['character']}: {m['message']}".strip("\n") for m in reference)
     profiles = _data.involved_profiles(rec)
     profile_str = "\n\n".join(f"### {c}\n\n{p}" for c, p in profiles.items())
     actor_rounds = sum(1 for m in simulation if m["role"] != ENVIRONMENT)
@@ -435,8 +443,9 @@ def run_coser(
     elif restart and (out / "records").is_dir():
         for f in (out / "records").glob("*.json"):
             f.unlink()
-    atomic_json(run_file, {"kind": "coser", "settings": settings.fingerprint(),
-                           "test_set": str(test_set)})
+    atomic_json(
+        run_file, {"kind": "coser", "settings": settings.fingerprint(), "test_set": str(test_set)}
+    )
     own_pool = pool is None
     pool = pool or BackendPool(n_ctx=settings.n_ctx)
     try:
@@ -455,8 +464,13 @@ def run_coser(
             rid = _data.record_id(rec, i)
             if state is None or state.get("id") != rid:
                 sim = simulate(rec, i, actor, env, nsp, settings, on_prompt=on_prompt)
-                state = {"id": rid, "index": i, "book": rec.get("book", ""),
-                         "status": "simulated", "simulation": sim}
+                state = {
+                    "id": rid,
+                    "index": i,
+                    "book": rec.get("book", ""),
+                    "status": "simulated",
+                    "simulation": sim,
+                }
                 atomic_json(path, state)
             if state["status"] != "judged":
                 state["judgment"] = judge_record(rec, state["simulation"], judge, settings)
@@ -517,9 +531,10 @@ def _results(per_record: list[dict], settings: CoserSettings, planned: int) -> d
     for key in ("bleu", "rouge_l"):
         vals = [r["scores"][key] for r in per_record]
         scores[key] = sum(vals) / len(vals) if vals else None
-    failures = {DIMENSION_KEYS[d]: [r["id"] for r in per_record
-                                    if DIMENSION_KEYS[d] in r["parse_failures"]]
-                for d in DIMENSIONS}
+    failures = {
+        DIMENSION_KEYS[d]: [r["id"] for r in per_record if DIMENSION_KEYS[d] in r["parse_failures"]]
+        for d in DIMENSIONS
+    }
     return {
         "kind": "coser",
         "records": len(per_record),
@@ -529,6 +544,5 @@ def _results(per_record: list[dict], settings: CoserSettings, planned: int) -> d
         "parse_failures": {"total": sum(len(v) for v in failures.values()), **failures},
         "per_record": per_record,
         "settings": msgspec.to_builtins(settings.fingerprint()),
-        "wall_seconds": sum(r["seconds"]["simulation"] + r["seconds"]["judge"]
-                            for r in per_record),
+        "wall_seconds": sum(r["seconds"]["simulation"] + r["seconds"]["judge"] for r in per_record),
     }

@@ -52,8 +52,9 @@ class QuickSettings:
     test_set_sha256: str = ""
 
 
-_PRIVATE_TAG = re.compile(r"<\s*/?\s*(system_think\w*|role_think\w*|think|thought|thinking)\s*>",
-                          re.I)
+_PRIVATE_TAG = re.compile(
+    r"<\s*/?\s*(system_think\w*|role_think\w*|think|thought|thinking)\s*>", re.I
+)
 
 
 def strict_valid(raw: str, name: str, *, plan: bool = True) -> bool:
@@ -64,7 +65,7 @@ def strict_valid(raw: str, name: str, *, plan: bool = True) -> bool:
         m = re.match(r"<system_thinking>([^<]+)</system_thinking>", body)
         if m is None or not m.group(1).strip():
             return False
-        body = body[m.end():].lstrip()
+        body = body[m.end() :].lstrip()
     if body.startswith(f"{name}:"):
         body = body[len(name) + 1 :]
     pos, public = 0, False
@@ -85,9 +86,7 @@ def strict_valid(raw: str, name: str, *, plan: bool = True) -> bool:
 
 
 def _forged(public_text: str, others: list[str]) -> bool:
-    return any(
-        re.search(rf"(^|[\s\"'(]){re.escape(o)}\s*:", public_text) for o in others
-    )
+    return any(re.search(rf"(^|[\s\"'(]){re.escape(o)}\s*:", public_text) for o in others)
 
 
 def _leaks(reply, other_prompt: str) -> bool:
@@ -153,15 +152,17 @@ def run_quick(
             nll_sum += rec_nll
             nll_tokens += rec_tok
             turns += rec_turns
-            per_record.append({
-                "id": _data.record_id(rec, i),
-                "index": i,
-                "lines": len(rec_turns),
-                "nll_per_token": rec_nll / rec_tok if rec_tok else None,
-                "nll_tokens": rec_tok,
-                "format_validity": mean(float(t["valid"]) for t in rec_turns),
-                "leak_rate": mean(float(t["leak"]) for t in rec_turns),
-            })
+            per_record.append(
+                {
+                    "id": _data.record_id(rec, i),
+                    "index": i,
+                    "lines": len(rec_turns),
+                    "nll_per_token": rec_nll / rec_tok if rec_tok else None,
+                    "nll_tokens": rec_tok,
+                    "format_validity": mean(float(t["valid"]) for t in rec_turns),
+                    "leak_rate": mean(float(t["leak"]) for t in rec_turns),
+                }
+            )
     finally:
         if own_pool:
             pool.close()
@@ -176,8 +177,11 @@ def run_quick(
         "scores": scores,
         "per_record": per_record,
         "turns": turns,
-        "settings": {**asdict(settings), "backend": getattr(backend, "name", "?"),
-                     "prompt_style": backend.prompt_style},
+        "settings": {
+            **asdict(settings),
+            "backend": getattr(backend, "name", "?"),
+            "prompt_style": backend.prompt_style,
+        },
         "wall_seconds": time.perf_counter() - t_start,
     }
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -211,10 +215,12 @@ def _score_line(backend, persona, history, gold: dict, who: str) -> tuple[float,
 
 def _generate(rec, i, j, who, persona, history, backend, settings, speakers) -> dict:
     dialogues = rec["dialogues"]
-    sampling = Sampling(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                        seed=settings.seed * 100_003 + i * 1000 + j)
-    actor = Character(persona=persona, model=backend, grammar=settings.grammar,
-                      sampling=sampling)
+    sampling = Sampling(
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        seed=settings.seed * 100_003 + i * 1000 + j,
+    )
+    actor = Character(persona=persona, model=backend, grammar=settings.grammar, sampling=sampling)
     actor.memory = list(history)
     chars = [actor]
     other_name = next((s for s in speakers if s != who), None)
@@ -230,8 +236,10 @@ def _generate(rec, i, j, who, persona, history, backend, settings, speakers) -> 
     recent = [m["message"] for m in dialogues[:j] if m["character"] not in (who, ENVIRONMENT)]
     recent = [" ".join(_data.gold_turn(t, "x").public().speech.split()) for t in recent[-5:]]
     sources = [*recent, FEWSHOT_PREAMBLE]
-    by_channel = {c: [s.text for s in reply.segments if s.channel == c]
-                  for c in ("plan", "thought", "action", "speech")}
+    by_channel = {
+        c: [s.text for s in reply.segments if s.channel == c]
+        for c in ("plan", "thought", "action", "speech")
+    }
     return {
         "record": i,
         "line": j,

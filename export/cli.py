@@ -84,8 +84,11 @@ def gguf_cmd(
     """Convert a checkpoint to GGUF (llama.cpp), quantized with llama.cpp's quantizer."""
     from .to_gguf import export_gguf
 
-    _run(lambda: export_gguf(src, out, outtype=type_.lower(), lora=lora, verify=verify,
-                             tolerance=tolerance))
+    _run(
+        lambda: export_gguf(
+            src, out, outtype=type_.lower(), lora=lora, verify=verify, tolerance=tolerance
+        )
+    )
 
 
 @export_app.command("gguf-lora")
@@ -107,8 +110,11 @@ def gguf_lora_cmd(
     """Write a LoRA adapter as a GGUF adapter (load_model(base, lora=FILE))."""
     from .to_gguf import export_gguf_lora
 
-    _run(lambda: export_gguf_lora(adapter, base, out, verify=verify, base_gguf=base_gguf,
-                                  plan=plan, tolerance=tolerance))
+    _run(
+        lambda: export_gguf_lora(
+            adapter, base, out, verify=verify, base_gguf=base_gguf, plan=plan, tolerance=tolerance
+        )
+    )
 
 
 @export_app.command("onnx")
@@ -131,6 +137,14 @@ def onnx_cmd(
     if cuda and verify:
         _err.print("[yellow]note:[/] verification runs on CPU; skipped for --cuda")
         verify = False
-    _run(lambda: export_onnx(src, out, precision=precision.lower(),
-                             execution_provider="cuda" if cuda else "cpu", lora=lora,
-                             verify=verify, tolerance=tolerance))
+    _run(
+        lambda: export_onnx(
+            src,
+            out,
+            precision=precision.lower(),
+            execution_provider="cuda" if cuda else "cpu",
+            lora=lora,
+            verify=verify,
+            tolerance=tolerance,
+        )
+    )

@@ -78,8 +78,14 @@ def build_onnx(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix="her-onnx-cache-"))
-    args = (None, str(Path(src).resolve()), str(out.resolve()), precision, execution_provider,
-            str(cache))
+    args = (
+        None,
+        str(Path(src).resolve()),
+        str(out.resolve()),
+        precision,
+        execution_provider,
+        str(cache),
+    )
     try:
         # The builder prints its progress; keep the caller's stdout for the caller.
         with _gemma3_rope_fix(builder), contextlib.redirect_stdout(io.StringIO()):
@@ -140,8 +146,11 @@ def export_onnx(
             shutil.rmtree(tmp, ignore_errors=True)
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     summary: dict[str, Any] = {
-        "path": str(out), "type": precision, "source": str(src),
-        "convert_s": time.perf_counter() - t0, "size_bytes": size,
+        "path": str(out),
+        "type": precision,
+        "source": str(src),
+        "convert_s": time.perf_counter() - t0,
+        "size_bytes": size,
     }
     if verify:
         from .verify import verify_onnx

@@ -114,8 +114,12 @@ def prompt_texts(tok) -> list[str]:
         try:
             texts.append(
                 render_prompt(
-                    persona, history[:2], style="template", chat_template=template,
-                    bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+                    persona,
+                    history[:2],
+                    style="template",
+                    chat_template=template,
+                    bos_token=tok.bos_token or "",
+                    eos_token=tok.eos_token or "",
                 ).text
             )
         except Exception:  # a template that rejects system messages etc.: skip that prompt
@@ -150,8 +154,10 @@ def heldout_texts() -> list[str]:
     )
     reply = Turn.from_segments(
         [
-            Segment("plan", "Brannoc is afraid but hides it; he stalls and tries to learn what "
-                    "she knows."),
+            Segment(
+                "plan",
+                "Brannoc is afraid but hides it; he stalls and tries to learn what she knows.",
+            ),
             Segment("thought", "She has seen the spring accounts. Who told her?"),
             Segment("action", "pours her a cup of cider"),
             Segment("speech", "Forty crowns? Sit, have a drink first, the road is long."),
@@ -159,8 +165,11 @@ def heldout_texts() -> list[str]:
         ]
     )
     hist = [
-        Heard(speaker="Ysolde", speech="You owe the guild forty crowns.",
-              actions=["drops a ledger on the bar"]),
+        Heard(
+            speaker="Ysolde",
+            speech="You owe the guild forty crowns.",
+            actions=["drops a ledger on the bar"],
+        ),
         Heard(speaker="Environment", speech="The fire cracks; a dog barks outside."),
     ]
     msgs = build_messages(brannoc, hist)
@@ -178,7 +187,11 @@ class LlamaScorer:
     KV cache so that an f32 file can match transformers to ~1e-5."""
 
     def __init__(
-        self, path: str | Path, *, lora: str | Path | None = None, n_ctx: int = 1024,
+        self,
+        path: str | Path,
+        *,
+        lora: str | Path | None = None,
+        n_ctx: int = 1024,
         n_threads: int | None = None,
     ) -> None:
         import ctypes
@@ -310,7 +323,7 @@ class OnnxScorer:
         gen = self._generator(len(ids) + 1)
         gen.append_tokens(np.asarray(ids, dtype=np.int32))
         out = np.asarray(gen.get_output("logits"), dtype=np.float32)
-        return out.reshape(-1, out.shape[-1])[-len(ids):]
+        return out.reshape(-1, out.shape[-1])[-len(ids) :]
 
     def greedy(self, ids: Sequence[int], n: int) -> list[int]:
         gen = self._generator(len(ids) + n)
@@ -357,7 +370,7 @@ def _hf_greedy(model, ids: Sequence[int], n: int) -> list[int]:
 def _nll(logits: np.ndarray, ids: Sequence[int]) -> tuple[float, int]:
     x = logits[:-1].astype(np.float64)
     m = x.max(axis=1, keepdims=True)
-    lse = (m[:, 0] + np.log(np.exp(x - m).sum(axis=1)))
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
     tgt = x[np.arange(len(ids) - 1), np.asarray(ids[1:])]
     return float((lse - tgt).sum()), len(ids) - 1
 
@@ -473,8 +486,10 @@ def write_report(report: dict[str, Any], base: Path) -> tuple[Path, Path]:
         ("tokenizer agreement", f"{m['tokenizer_agreement']:.0%}"),
         ("max logit diff", f"{m['max_logit_diff']:.3g}"),
         ("top-1 agreement", f"{m['top1_agreement']:.2%}"),
-        ("greedy agreement", "-" if m["greedy_agreement"] is None
-         else f"{m['greedy_agreement']:.2%}"),
+        (
+            "greedy agreement",
+            "-" if m["greedy_agreement"] is None else f"{m['greedy_agreement']:.2%}",
+        ),
         ("perplexity (source)", f"{m['ppl_source']:.4g}"),
         ("perplexity (export)", f"{m['ppl_export']:.4g}"),
         ("perplexity ratio", f"{m['ppl_ratio']:.4f}"),
@@ -520,8 +535,13 @@ def _run(
         "path": str(path),
         "type": kind,
         "engine": engine,
-        "limits": dict(zip(("max_logit_diff", "min_top1", "max_ppl_ratio"),
-                           LIMITS.get(kind, (None, 0.5, 1.5)), strict=True)),
+        "limits": dict(
+            zip(
+                ("max_logit_diff", "min_top1", "max_ppl_ratio"),
+                LIMITS.get(kind, (None, 0.5, 1.5)),
+                strict=True,
+            )
+        ),
         "metrics": metrics,
         "ok": not failures,
         "failures": failures,
@@ -554,9 +574,16 @@ def verify_gguf(
     path = Path(path)
     return _run(
         lambda: LlamaScorer(path, lora=lora, n_ctx=max(max_len, 64)),
-        model, tok, path=path, kind=outtype, engine="llama.cpp (f32 KV cache)",
-        report_path=Path(report_path) if report_path else None, tolerance=tolerance,
-        raise_on_fail=raise_on_fail, max_len=max_len, greedy_tokens=greedy_tokens,
+        model,
+        tok,
+        path=path,
+        kind=outtype,
+        engine="llama.cpp (f32 KV cache)",
+        report_path=Path(report_path) if report_path else None,
+        tolerance=tolerance,
+        raise_on_fail=raise_on_fail,
+        max_len=max_len,
+        greedy_tokens=greedy_tokens,
     )
 
 
@@ -574,7 +601,15 @@ def verify_onnx(
     """Compare an ONNX Runtime GenAI model folder with `model` (transformers)."""
     path = Path(path)
     return _run(
-        lambda: OnnxScorer(path), model, tok, path=path, kind=precision,
-        engine="onnxruntime-genai (CPU)", report_path=None, tolerance=tolerance,
-        raise_on_fail=raise_on_fail, max_len=max_len, greedy_tokens=greedy_tokens,
+        lambda: OnnxScorer(path),
+        model,
+        tok,
+        path=path,
+        kind=precision,
+        engine="onnxruntime-genai (CPU)",
+        report_path=None,
+        tolerance=tolerance,
+        raise_on_fail=raise_on_fail,
+        max_len=max_len,
+        greedy_tokens=greedy_tokens,
     )

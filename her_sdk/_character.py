@@ -719,9 +719,7 @@ class Character:
             overrides["temperature"] = temperature
         sampling = msgspec.structs.replace(self.sampling, **overrides) if overrides else None
         stream = TurnStream(self, iter_nothing(), cancel)
-        stream._gen = self._run(
-            stream, private, seed, sampling, allowed_actions, cancel, priority
-        )
+        stream._gen = self._run(stream, private, seed, sampling, allowed_actions, cancel, priority)
         return stream
 
     def reply(self, **kwargs) -> Reply:

@@ -12,7 +12,7 @@ status: 429 RESOURCE_EXHAUSTED, 408/5xx UNAVAILABLE, other INTERNAL).
     ├── NotFoundError            an id or name the callee does not know (gRPC NOT_FOUND)
     ├── LimitExceededError       a request exceeds a limit (text size, queue, memory budget)
     ├── AuthenticationError      a gRPC call without a valid bearer token
-    ├── PermissionDeniedError    an operation this server's settings do not allow (PERMISSION_DENIED)
+    ├── PermissionDeniedError    an operation the server's settings forbid (PERMISSION_DENIED)
     ├── ModelError               anything about a model file or engine
     │   ├── ModelNotFoundError   the path does not exist
     │   ├── InvalidModelError    unreadable, corrupt, truncated, or not a model at all

@@ -348,9 +348,7 @@ class MemoryStore:
         with self._lock:
             return self._recall(query, k, exclude, touch)
 
-    def _recall(
-        self, query: str, k: int, exclude: Container[str], touch: bool
-    ) -> list[MemoryItem]:
+    def _recall(self, query: str, k: int, exclude: Container[str], touch: bool) -> list[MemoryItem]:
         if k < 1 or not self._items:
             return []
         relevance = self._relevance(query, exclude)

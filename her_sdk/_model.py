@@ -123,12 +123,14 @@ def load_model(
             if adapter is not None:
                 raise InvalidModelError(
                     "adapter= applies to GGUF models; merge the adapter at export "
-                    "(her export onnx --lora)", str(model_path)
+                    "(her export onnx --lora)",
+                    str(model_path),
                 )
             return OnnxBackend(model_path, **kwargs)
         raise InvalidModelError(
             f"{model_path} is a directory; pass the path of a .gguf file or an ONNX model "
-            "folder (with genai_config.json)", str(model_path)
+            "folder (with genai_config.json)",
+            str(model_path),
         )
     from ._backends._llama import LlamaBackend
 

@@ -1140,7 +1140,7 @@ def build_grammar(
         forms.append("atext")
     else:
         forms.append("ftext")
-        rules.append(f"ftext ::= \" \"? [^<\\n\\[ ] [^<\\n]{{0,{max_action_chars - 2}}}")
+        rules.append(f'ftext ::= " "? [^<\\n\\[ ] [^<\\n]{{0,{max_action_chars - 2}}}')
     for k, (call_name, params) in enumerate(calls or []):
         parts = []
         for j, (key, spec) in enumerate(params):

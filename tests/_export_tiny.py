@@ -58,13 +58,18 @@ def bpe_tokenizer(out: Path):
     tk.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=700, special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=700,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tk.train_from_iterator(corpus(), trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, bos_token=None,
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
     )
     tok.chat_template = CHATML
     return tok
@@ -80,12 +85,21 @@ def spm_tokenizer(out: Path, kind: str):
     prefix = out / "sp"
     controls = ["<start_of_turn>", "<end_of_turn>"] if kind == "gemma" else []
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(prefix), vocab_size=600, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, control_symbols=controls,
-        pad_id=0 if kind == "gemma" else -1, unk_id=1 if kind == "gemma" else 0,
-        bos_id=2 if kind == "gemma" else 1, eos_id=3 if kind == "gemma" else 2,
-        add_dummy_prefix=kind != "gemma", remove_extra_whitespaces=False,
-        normalization_rule_name="identity", minloglevel=2,
+        input=str(text),
+        model_prefix=str(prefix),
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        control_symbols=controls,
+        pad_id=0 if kind == "gemma" else -1,
+        unk_id=1 if kind == "gemma" else 0,
+        bos_id=2 if kind == "gemma" else 1,
+        eos_id=3 if kind == "gemma" else 2,
+        add_dummy_prefix=kind != "gemma",
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
     )
     text.unlink()
     Path(str(prefix) + ".vocab").unlink()
@@ -134,10 +148,17 @@ def build(arch: str, out: Path, *, seed: int = 0, std: float = 0.02, steps: int 
     else:
         tok, sp_model = spm_tokenizer(out / "_sp", "gemma" if arch == "gemma3" else "llama")
     common = dict(
-        vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        initializer_range=std, rms_norm_eps=1e-6,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=std,
+        rms_norm_eps=1e-6,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     if arch == "qwen3":
@@ -156,7 +177,10 @@ def build(arch: str, out: Path, *, seed: int = 0, std: float = 0.02, steps: int 
         from transformers import Gemma3TextConfig
 
         cfg = Gemma3TextConfig(
-            head_dim=64, query_pre_attn_scalar=64, sliding_window=32, **common,
+            head_dim=64,
+            query_pre_attn_scalar=64,
+            sliding_window=32,
+            **common,
         )
     else:
         raise ValueError(arch)

@@ -69,8 +69,9 @@ def test_the_prompt_lists_the_actions_with_their_legal_values():
 
 
 def test_grammar_admits_exactly_the_declared_calls():
-    specs = [a.spec({Target.ANYONE: ["Jory", "Traveler"], Target.CHARACTER: ["Jory"]})
-             for a in ACTIONS]
+    specs = [
+        a.spec({Target.ANYONE: ["Jory", "Traveler"], Target.CHARACTER: ["Jory"]}) for a in ACTIONS
+    ]
     g = build_grammar("Mara", calls=specs)
     assert 'call0 ::= "[give" " item=" ("key" | "coin") ", to=" ("Jory" | "Traveler") "]"' in g
     assert 'call1 ::= "[open_gate" "]"' in g

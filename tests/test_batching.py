@@ -29,8 +29,13 @@ def test_priority_names():
 
 def test_admission_by_priority_then_age_of_request():
     s: Scheduler[str] = Scheduler(clock=Clock())
-    for name, prio in [("bg1", "background"), ("n1", "normal"), ("p1", "player"),
-                       ("bg2", "background"), ("p2", "player")]:
+    for name, prio in [
+        ("bg1", "background"),
+        ("n1", "normal"),
+        ("p1", "player"),
+        ("bg2", "background"),
+        ("p2", "player"),
+    ]:
         s.submit(name, priority_rank(prio))
     assert s.admit(0) == []
     assert s.admit(3) == ["p1", "p2", "n1"]

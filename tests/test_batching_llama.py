@@ -168,8 +168,10 @@ def test_player_turn_is_admitted_before_earlier_background_turns():
             list(m.stream(f"The {name}", sampling=GREEDY, priority=priority))
             order.append(name)
 
-        threads = [threading.Thread(target=run, args=("wall", "background")),
-                   threading.Thread(target=run, args=("road", "background"))]
+        threads = [
+            threading.Thread(target=run, args=("wall", "background")),
+            threading.Thread(target=run, args=("road", "background")),
+        ]
         for t in threads:
             t.start()
         time.sleep(0.3)

@@ -80,8 +80,9 @@ def test_every_recipe_command_parses_with_its_options():
         ("eval", "compare"),
     }
     for call in calls:
-        res = subprocess.run([HER, *call[:2], "--help"], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run(
+            [HER, *call[:2], "--help"], capture_output=True, text=True, timeout=120
+        )
         assert res.returncode == 0, (call[:2], res.stderr)
         flags = {w.split("=")[0] for w in call[2:] if w.startswith("--") and "$" not in w}
         if "--$g" in call:  # the eval loop: for g in grammar no-grammar

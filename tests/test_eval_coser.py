@@ -105,8 +105,15 @@ def _settings(**kw) -> CoserSettings:
 def test_gca_loop_keeps_each_mind_private():
     actor, agents = MockBackend(actor_turn), MockBackend(agent_reply())
     seen: list[tuple[str, str]] = []
-    sim = simulate(RECORDS[0], 0, actor, agents, agents, _settings(),
-                   on_prompt=lambda who, p: seen.append((who, p)))
+    sim = simulate(
+        RECORDS[0],
+        0,
+        actor,
+        agents,
+        agents,
+        _settings(),
+        on_prompt=lambda who, p: seen.append((who, p)),
+    )
     assert seen and all(p in actor.prompts + agents.prompts for _, p in seen)
     for who, prompt in seen:
         for name in ("Wren", "Tomas"):
@@ -160,8 +167,11 @@ def _write_agent_scripts(tmp_path: Path, judge: dict | None = None) -> dict:
     if judge is not None:
         judge_path = tmp_path / "judge.json"
         judge_path.write_text(json.dumps(judge))
-    return {"actor": f"mock:{tmp_path / 'actor.json'}", "env": f"mock:{tmp_path / 'agents.json'}",
-            "judge": f"mock:{judge_path}"}
+    return {
+        "actor": f"mock:{tmp_path / 'actor.json'}",
+        "env": f"mock:{tmp_path / 'agents.json'}",
+        "judge": f"mock:{judge_path}",
+    }
 
 
 def test_run_judges_each_dimension_once_and_scores(tmp_path):
@@ -200,8 +210,14 @@ def test_run_judges_each_dimension_once_and_scores(tmp_path):
         assert (tmp_path / "run" / f).is_file()
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["records"] == 2 and set(saved["scores"]) >= {
-        "storyline_consistency", "anthropomorphism", "character_fidelity", "storyline_quality",
-        "average", "bleu", "rouge_l"}
+        "storyline_consistency",
+        "anthropomorphism",
+        "character_fidelity",
+        "storyline_quality",
+        "average",
+        "bleu",
+        "rouge_l",
+    }
     assert saved["settings"]["prompts_sha256"] and saved["settings"]["seed"] == 42
 
 
@@ -253,8 +269,9 @@ def test_resume_after_a_crash_continues_where_it_stopped(tmp_path):
 def test_her_preset_shows_thoughts_to_the_judge(tmp_path):
     specs = _write_agent_scripts(tmp_path)
     pool = BackendPool()
-    run_coser(TEST_SET, tmp_path / "run", CoserSettings.for_preset("her", **specs), records=1,
-              pool=pool)
+    run_coser(
+        TEST_SET, tmp_path / "run", CoserSettings.for_preset("her", **specs), records=1, pool=pool
+    )
     judge = pool.get(specs["judge"], "", "judge")
     assert "[SECRET-WREN is what I hide]" in judge.prompts[0]
     assert "[The lantern is getting closer.]" in judge.prompts[0]  # the gold dialogue, too
@@ -287,8 +304,7 @@ class _Server(BaseHTTPRequestHandler):
             system = body["messages"][0]["content"]
             if "literary critic" in system:
                 dim = re.search(r"in terms of (.+?), i\.e\.", system).group(1)
-                text = json.dumps({dim: {"flaws": [{"instance": "x", "type": "t",
-                                                    "severity": 2}]}})
+                text = json.dumps({dim: {"flaws": [{"instance": "x", "type": "t", "severity": 2}]}})
             else:
                 text = agent_reply("<END CHAT>")(system)
             chunk = {"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}
@@ -338,8 +354,13 @@ def test_gca_on_the_embedded_model_with_a_scripted_judge(tmp_path):
     pytest.importorskip("llama_cpp")
     settings = CoserSettings.for_preset("coser", judge=f"mock:{JUDGE}", max_rounds=3)
     seen: list[tuple[str, str]] = []
-    results = run_coser(TEST_SET, tmp_path / "run", settings, records=1,
-                        on_prompt=lambda who, p: seen.append((who, p)))
+    results = run_coser(
+        TEST_SET,
+        tmp_path / "run",
+        settings,
+        records=1,
+        on_prompt=lambda who, p: seen.append((who, p)),
+    )
     assert results["records"] == 1 and results["parse_failures"]["total"] == 0
     assert results["per_record"][0]["rounds"] == 3
     record = json.loads((tmp_path / "run" / "records" / "0000.json").read_text())

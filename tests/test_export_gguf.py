@@ -36,7 +36,9 @@ def models(tmp_path_factory):
 
 def character_turn(backend) -> None:
     npc = Character(
-        name="Mara", model=backend, profile="Gate captain of Vell.",
+        name="Mara",
+        model=backend,
+        profile="Gate captain of Vell.",
         sampling=Sampling(max_tokens=12, temperature=0.0),
     )
     npc.hear("Traveler", "Let me through.")
@@ -89,8 +91,9 @@ def test_every_type_qwen3(models, qtype, tmp_path):
 def test_f32_smaller_types_are_smaller(models, tmp_path):
     sizes = {}
     for t in ("f16", "q4_k_m"):
-        sizes[t] = export_gguf(models("qwen3"), tmp_path / f"{t}.gguf", outtype=t,
-                               verify=False)["size_bytes"]
+        sizes[t] = export_gguf(models("qwen3"), tmp_path / f"{t}.gguf", outtype=t, verify=False)[
+            "size_bytes"
+        ]
     assert sizes["q4_k_m"] < 0.5 * sizes["f16"]
 
 
@@ -113,8 +116,9 @@ def _lora(base, out, seed=0):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
-                                                         "o_proj", "down_proj"])
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    )
     peft_model = get_peft_model(model, cfg)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -160,13 +164,26 @@ def test_cli(models, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "cli.q8_0.gguf"
-    res = runner.invoke(app, ["export", "gguf", str(models("qwen3")), "--out", str(out),
-                              "--type", "q8_0"])
+    res = runner.invoke(
+        app, ["export", "gguf", str(models("qwen3")), "--out", str(out), "--type", "q8_0"]
+    )
     assert res.exit_code == 0, res.output
     assert out.is_file() and (tmp_path / "cli.q8_0.verify.md").is_file()
     res = runner.invoke(app, ["export", "gguf", str(tmp_path), "--out", str(out)])
     assert res.exit_code == 1 and "config.json" in res.output
     # an impossible tolerance makes the verification fail: exit code 2, with the reason
-    res = runner.invoke(app, ["export", "gguf", str(models("qwen3")), "--out",
-                              str(tmp_path / "f.gguf"), "--type", "f32", "--tolerance", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "gguf",
+            str(models("qwen3")),
+            "--out",
+            str(tmp_path / "f.gguf"),
+            "--type",
+            "f32",
+            "--tolerance",
+            "0",
+        ],
+    )
     assert res.exit_code == 2 and "max logit diff" in res.output

@@ -34,8 +34,13 @@ def onnx_dirs(tmp_path_factory):
 
 # Gemma3 exercises the transformers-5 rope fix; the others run in the slow set.
 @pytest.mark.parametrize(
-    "arch", ["qwen3", "gemma3", pytest.param("llama", marks=pytest.mark.slow),
-             pytest.param("qwen2", marks=pytest.mark.slow)],
+    "arch",
+    [
+        "qwen3",
+        "gemma3",
+        pytest.param("llama", marks=pytest.mark.slow),
+        pytest.param("qwen2", marks=pytest.mark.slow),
+    ],
 )
 def test_fp32_matches_transformers(onnx_dirs, arch):
     summary, out = onnx_dirs(arch)
@@ -47,8 +52,12 @@ def test_fp32_matches_transformers(onnx_dirs, arch):
     backend = load_model(out)
     assert isinstance(backend, OnnxBackend)
     assert backend.prompt_style == "chatml"
-    npc = Character(name="Mara", model=backend, profile="Gate captain.",
-                    sampling=Sampling(max_tokens=12, temperature=0.0))
+    npc = Character(
+        name="Mara",
+        model=backend,
+        profile="Gate captain.",
+        sampling=Sampling(max_tokens=12, temperature=0.0),
+    )
     npc.hear("Traveler", "Let me through.")
     reply = npc.reply()
     assert reply.completion_tokens > 0

@@ -16,8 +16,11 @@ def test_real_model_turn_end_to_end():
     model = load_model(n_threads=2, n_ctx=2048)
     with running(model, expose_thoughts=True) as server, Client(server.target, timeout=300) as c:
         mara = c.create_character(
-            "Mara", profile="Captain of the north gate of Vell. Stern, speaks briefly.",
-            goals="Keep the gate shut until dawn.", max_tokens=64, seed=1,
+            "Mara",
+            profile="Captain of the north gate of Vell. Stern, speaks briefly.",
+            goals="Keep the gate shut until dawn.",
+            max_tokens=64,
+            seed=1,
         )
         scene = c.create_scene([mara], players="Traveler", seed=7)
         scene.say("Traveler", "Let me through, captain. I have papers.", "holds up a letter")

@@ -146,9 +146,7 @@ def test_load_scene_is_held_to_the_servers_limits():
 def test_concurrency_bound_is_on_by_default_and_spares_health_checks():
     assert ServerSettings().max_concurrent_rpcs < ServerSettings().max_workers
     slow = mock(chunk_delay=0.05)
-    with running(slow, max_concurrent_rpcs=2, max_workers=4) as server, Client(
-        server.target
-    ) as c:
+    with running(slow, max_concurrent_rpcs=2, max_workers=4) as server, Client(server.target) as c:
         ids = [c.create_character(f"N{i}") for i in range(2)]
         scenes = [c.create_scene([cid], players=["T"]) for cid in ids]
         streams = [s.stream(f"N{i}") for i, s in enumerate(scenes)]
@@ -278,9 +276,7 @@ def test_nan_sampling_values_are_invalid_argument():
 
 
 def test_a_scene_bigger_than_a_message_says_how_to_save_it(tmp_path):
-    with connected(
-        max_message_bytes=64 * 1024, expose_thoughts=True, save_dir=tmp_path
-    ) as (_, c):
+    with connected(max_message_bytes=64 * 1024, expose_thoughts=True, save_dir=tmp_path) as (_, c):
         mara = c.create_character("Mara")
         scene = c.create_scene([mara], players=["T"])
         for _ in range(40):
@@ -340,4 +336,3 @@ def test_turns_taken_counts_neither_cancelled_nor_empty_turns():
     assert stream.reply.finish_reason == "cancelled" and mara.turns_taken == 0
     mara.reply()
     assert mara.turns_taken == 1
-

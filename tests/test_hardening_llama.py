@@ -160,4 +160,3 @@ def test_bad_hyper_parameters_are_invalid_model_errors(tmp_path, key, value):
     res = _load_in_subprocess(path)
     assert res.returncode == 3, (res.returncode, res.stdout, res.stderr[-2000:])
     assert key in res.stdout and path in res.stdout
-

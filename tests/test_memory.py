@@ -27,8 +27,10 @@ class Model(MockBackend):
             if "You rate memories" in prompt:
                 self.rating_calls.append(prompt)
                 n = len(re.findall(r"^\d+\. ", prompt, re.M))
-                return "\n".join("9" if "dragon" in line else "1"
-                                 for line in prompt.split("<|im_start|>user\n")[1].splitlines()[:n])
+                return "\n".join(
+                    "9" if "dragon" in line else "1"
+                    for line in prompt.split("<|im_start|>user\n")[1].splitlines()[:n]
+                )
             self.turn_prompts.append(prompt)
             return self.turn_text
 
@@ -169,10 +171,13 @@ def test_old_events_come_back_from_long_term_memory():
 
 
 def test_private_memories_never_reach_another_characters_prompt():
-    mara_model, jory_model = Model(
-        turn="<system_thinking>PLAN-x</system_thinking>Mara: "
-        "<role_thinking>SECRET-THOUGHT the chalice is mine</role_thinking>No chalice here."
-    ), Model(turn="Jory: Sure.")
+    mara_model, jory_model = (
+        Model(
+            turn="<system_thinking>PLAN-x</system_thinking>Mara: "
+            "<role_thinking>SECRET-THOUGHT the chalice is mine</role_thinking>No chalice here."
+        ),
+        Model(turn="Jory: Sure."),
+    )
     mara = Character(name="Mara", model=mara_model, max_memory=4, summarize=False)
     jory = Character(name="Jory", model=jory_model, max_memory=4, summarize=False)
     scene = Scene([mara, jory], player="Traveler")

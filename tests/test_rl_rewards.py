@@ -216,7 +216,7 @@ def test_plan_cap_is_one_constant():
     assert inspect.signature(validate_plan).parameters["max_chars"].default == MAX_PLAN_CHARS
     assert inspect.signature(build_grammar).parameters["max_plan_chars"].default == MAX_PLAN_CHARS
     assert f"{{0,{MAX_PLAN_CHARS - 1}}}" in build_grammar("Mara")
-    plan = ("Mara stalls him because she distrusts strangers at night. " * 20)[: MAX_PLAN_CHARS]
+    plan = ("Mara stalls him because she distrusts strangers at night. " * 20)[:MAX_PLAN_CHARS]
     assert validate_plan(plan, "Mara") is None
     assert validate_plan(plan + " More.", "Mara") == "too long"
     fits = f"<system_thinking>{plan}</system_thinking>Mara: Go."

@@ -97,8 +97,13 @@ def test_validate_thoughts_rules():
     ok = "<role_thinking>He is hiding something</role_thinking><role_action>crosses her arms"
     assert check(ok + "</role_action>Papers, now.") is None
     # a thought between two words of the speech is fine: the spoken words are unchanged
-    assert check("<role_action>crosses her arms</role_action>Papers,"
-                 "<role_thinking>Do not blink</role_thinking> now.") is None
+    assert (
+        check(
+            "<role_action>crosses her arms</role_action>Papers,"
+            "<role_thinking>Do not blink</role_thinking> now."
+        )
+        is None
+    )
     assert check("Papers, now.") == "changed actions or speech"  # the action is gone
     assert check("<role_action>crosses her arms</role_action>Papers, please.") == (
         "changed actions or speech"
@@ -111,19 +116,28 @@ def test_validate_thoughts_rules():
         )
         == "thought too long"
     )
-    assert check(
-        "<role_thinking>Mara thinks he lies</role_thinking><role_action>crosses her arms"
-        "</role_action>Papers, now."
-    ) == "not first person"
-    assert check(
-        "<role_thinking>The user wants me to be strict</role_thinking><role_action>crosses her "
-        "arms</role_action>Papers, now."
-    ) == "mentions the user"
-    assert check(
-        "<role_thinking>Tomorrow he will burn the whole gate down</role_thinking>"
-        "<role_action>crosses her arms</role_action>Papers, now.",
-        future="Brannoc: I will burn the whole gate down tomorrow night.",
-    ) == "knows later turns"
+    assert (
+        check(
+            "<role_thinking>Mara thinks he lies</role_thinking><role_action>crosses her arms"
+            "</role_action>Papers, now."
+        )
+        == "not first person"
+    )
+    assert (
+        check(
+            "<role_thinking>The user wants me to be strict</role_thinking><role_action>crosses her "
+            "arms</role_action>Papers, now."
+        )
+        == "mentions the user"
+    )
+    assert (
+        check(
+            "<role_thinking>Tomorrow he will burn the whole gate down</role_thinking>"
+            "<role_action>crosses her arms</role_action>Papers, now.",
+            future="Brannoc: I will burn the whole gate down tomorrow night.",
+        )
+        == "knows later turns"
+    )
 
 
 def test_turn_shape():
@@ -196,20 +210,36 @@ def test_cli_enrich_and_complete(data, tmp_path):
 
     runner = CliRunner()
     t, s = tmp_path / "t.jsonl", tmp_path / "s.jsonl"
-    res = runner.invoke(app, ["data", "enrich-thoughts", str(data), "--out", str(t),
-                              "--teacher", "mock"])
+    res = runner.invoke(
+        app, ["data", "enrich-thoughts", str(data), "--out", str(t), "--teacher", "mock"]
+    )
     assert res.exit_code == 0, res.output
     assert "kept 2" in res.output and len(read_jsonl(t)) == 9
-    res = runner.invoke(app, ["data", "complete-settings", str(t), "--out", str(s),
-                              "--teacher", "mock"])
+    res = runner.invoke(
+        app, ["data", "complete-settings", str(t), "--out", str(s), "--teacher", "mock"]
+    )
     assert res.exit_code == 0, res.output
     assert "kept 4" in res.output and len(read_jsonl(s)) == 9
-    res = runner.invoke(app, ["data", "rm-pairs", str(s), "--out", str(tmp_path / "p.jsonl"),
-                              "--policy", "mock", "--teacher", "heuristic", "--corruptions",
-                              "repetition"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "rm-pairs",
+            str(s),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--policy",
+            "mock",
+            "--teacher",
+            "heuristic",
+            "--corruptions",
+            "repetition",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "length check" in res.output
-    res = runner.invoke(app, ["data", "enrich-thoughts", str(data), "--out", str(t),
-                              "--teacher", "nonsense:x"])
+    res = runner.invoke(
+        app, ["data", "enrich-thoughts", str(data), "--out", str(t), "--teacher", "nonsense:x"]
+    )
     assert res.exit_code == 1 and "unknown backend" in res.output
     assert render_turn  # the format module is the one contract (imported above)

@@ -37,7 +37,6 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=1)
 
 
-
 data_app = typer.Typer(
     help="HER training data: convert datasets, synthesize plans, split by stage.",
     no_args_is_help=True,

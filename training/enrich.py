@@ -199,9 +199,7 @@ def _replace_own_turns(
     history: Sequence[Heard | Turn], name: str, done: dict[str, Turn]
 ) -> list[Heard | Turn]:
     """History with the character's own earlier turns swapped for their enriched versions."""
-    return [
-        done.get(render_turn(h, name), h) if isinstance(h, Turn) else h for h in history
-    ]
+    return [done.get(render_turn(h, name), h) if isinstance(h, Turn) else h for h in history]
 
 
 def enrich_thoughts(
@@ -341,9 +339,7 @@ def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) ->
 
 
 def _setting_prompt(persona: Persona, behaviour: str) -> str:
-    fields = "\n".join(
-        f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS
-    )
+    fields = "\n".join(f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS)
     user = (
         f"=== {persona.name}'s sheet ===\n{_sheet(persona)}\n\n"
         f"=== Fields to complete ===\n{fields}\n\n"
@@ -440,9 +436,7 @@ def complete_settings(
         persona = decoded[0][0]
         turns = [d[2] for d in decoded]
         behaviour = _scene_behaviour(persona, turns, max_turns)
-        scene_text = "\n".join(
-            [behaviour, *(_history_text(p, h) for p, h, _ in decoded[-1:])]
-        )
+        scene_text = "\n".join([behaviour, *(_history_text(p, h) for p, h, _ in decoded[-1:])])
 
         def check(text: str) -> tuple[Any, str | None]:
             obj = _json_answer(text)

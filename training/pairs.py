@@ -613,14 +613,11 @@ def mock_policy() -> Callable[[str], str]:
         m = _YOU_ARE.search(prompt)
         name = m.group(1) if m else "Character"
         shape = _MOCK_SHAPES[i % len(_MOCK_SHAPES)]
-        return (
-            f"<system_thinking>{name} answers in character.</system_thinking>"
-            + shape.format(
-                name=name,
-                speech=_MOCK_SPEECH[(i * 3) % len(_MOCK_SPEECH)],
-                action=_MOCK_ACTIONS[i % len(_MOCK_ACTIONS)],
-                thought=_MOCK_THOUGHTS[i % len(_MOCK_THOUGHTS)],
-            )
+        return f"<system_thinking>{name} answers in character.</system_thinking>" + shape.format(
+            name=name,
+            speech=_MOCK_SPEECH[(i * 3) % len(_MOCK_SPEECH)],
+            action=_MOCK_ACTIONS[i % len(_MOCK_ACTIONS)],
+            thought=_MOCK_THOUGHTS[i % len(_MOCK_THOUGHTS)],
         )
 
     return handler

@@ -88,9 +88,7 @@ def mock_teacher(prompt: str) -> str:
     )
 
 
-def teacher_from_spec(
-    spec: str, *, mock: Callable[[str], str] | None = None, **kw: Any
-) -> Backend:
+def teacher_from_spec(spec: str, *, mock: Callable[[str], str] | None = None, **kw: Any) -> Backend:
     """Any her_sdk backend by spec: `mock` (a scripted stand-in: `mock`, default the plan
     teacher), `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH` or `gguf` (the embedded
     model), `hf:DIR` (a transformers checkpoint or LoRA adapter, in-process; `train` extra)."""
@@ -498,7 +496,11 @@ def synth_plans(
         def check(text: str) -> tuple[dict | None, str | None]:
             plan = extract_plan(text)
             bad = validate_plan(
-                plan, persona.name, known=known, future=future, min_words=min_words,
+                plan,
+                persona.name,
+                known=known,
+                future=future,
+                min_words=min_words,
                 max_chars=max_chars,
             )
             if bad is not None:
@@ -526,6 +528,4 @@ def synth_plans(
             stop=("</system_thinking>", *CHATML_STOP),
         )
 
-    return run_jobs(
-        rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress
-    )
+    return run_jobs(rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress)

@@ -63,7 +63,10 @@ __all__ = ["LlamaBackend", "cpu_has_amx"]
 
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data layout
 _END = object()  # a turn's last queue item
-_DEFAULT_MAX_SEQUENCES = 8
+# In-process default: each sequence owns n_ctx of KV cache (about 75 MB for the embedded model at
+# 4096 tokens), so a game that runs one or two NPCs should not pay for eight. `her serve`
+# asks for 8 (ServerSettings.max_sequences).
+_DEFAULT_MAX_SEQUENCES = 4
 
 log = logging.getLogger("her_sdk")
 
@@ -118,7 +121,7 @@ class LlamaBackend(Backend):
       which is also the granularity at which a cached prompt prefix is re-used and the chunk in
       which a new prompt is read while other turns run.
     - `max_sequences`: turns decoded together (each gets its own `n_ctx` of KV cache); more
-      wait in a queue. Default: up to 8, fewer when the KV caches would take over a quarter of
+      wait in a queue. Default: up to 4, fewer when the KV caches would take over a quarter of
       the available memory.
     - `max_waiting`: turns that may wait for a sequence; past it `stream()` raises
       `LimitExceededError` when iterated.
@@ -266,8 +269,8 @@ class LlamaBackend(Backend):
     # -- setup helpers ------------------------------------------------------------------------
 
     def _default_sequences(self, n_ctx: int) -> int:
-        """Up to 8 sequences, fewer when their KV caches (f16) would take over a quarter of the
-        available memory."""
+        """Up to `_DEFAULT_MAX_SEQUENCES`, fewer when their KV caches (f16) would take over a
+        quarter of the available memory."""
         lib, meta = self._lib, self.info.metadata
         arch = meta.get("general.architecture", "")
         n_head = max(1, lib.llama_model_n_head(self._model))

@@ -119,7 +119,7 @@ class OnnxBackend(Backend):
         context = int(genai.get("model", {}).get("context_length", 4096))
         self.n_ctx = min(n_ctx, context) if n_ctx else context
         # GroupQueryAttention refuses a KV cache smaller than the sliding window.
-        window = (genai.get("model", {}).get("decoder", {}).get("sliding_window") or {})
+        window = genai.get("model", {}).get("decoder", {}).get("sliding_window") or {}
         self.min_length = int(window.get("window_size", 0)) + 1
         eos = genai.get("model", {}).get("eos_token_id", [])
         self._eos = set(eos if isinstance(eos, list) else [eos])

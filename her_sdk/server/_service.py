@@ -539,4 +539,3 @@ def _produce(stream, queue: SimpleQueue, cancel: CancelToken) -> None:
 
 def _is_map(field) -> bool:
     return field.message_type.GetOptions().map_entry
-

@@ -84,10 +84,10 @@ class ServerSettings(BaseModel):
         "RESOURCE_EXHAUSTED.",
     )
     max_sequences: int | None = Field(
-        default=None,
+        default=8,
         ge=1,
         le=256,
-        description="Turns a GGUF model decodes together (default: up to 8, as memory allows).",
+        description="Turns a GGUF model decodes together (each holds n_ctx tokens of KV cache).",
     )
     max_waiting_turns: int = Field(
         default=256,
