@@ -26,9 +26,11 @@ TEST_SET = FIXTURES / "test_set.json"
 
 
 def _pool_with(backend) -> BackendPool:
-    pool = BackendPool()
-    pool._loaded[(None, "", "")] = backend  # the default-model slot
-    return pool
+    class _Pool(BackendPool):  # every role, default model included, is the scripted backend
+        def get(self, *args, **kwargs):
+            return backend
+
+    return _Pool()
 
 
 def test_strict_validity():

@@ -91,3 +91,26 @@ def test_split_file_reports_and_rejects_empty_input(tmp_path):
     src.write_text("")
     with pytest.raises(ConfigError):
         split_file(src, tmp_path / "out")
+
+
+COSER = Path(__file__).resolve().parents[2] / "shared" / "data" / "coser"
+
+
+@pytest.mark.skipif(
+    not (COSER / "King_Lear.json").is_file(),
+    reason="the CoSER sample (../shared/data/coser) is not beside this checkout",
+)
+def test_no_scene_of_the_coser_sample_lands_in_two_portions(tmp_path):
+    data = tmp_path / "books.jsonl"
+    rows = []
+    for book in ("King_Lear.json", "Othello.json"):
+        convert_file("coser", COSER / book, tmp_path / f"{book}.jsonl")
+        rows += read_jsonl(tmp_path / f"{book}.jsonl")
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split_file(data, tmp_path / "parts")
+    parts = {name: read_jsonl(tmp_path / "parts" / f"{name}.jsonl") for name in PORTIONS}
+    assert sum(len(p) for p in parts.values()) == len(rows)
+    assert all(parts.values())
+    for a in parts:
+        for b in parts:
+            assert a == b or not _scenes(parts[a]) & _scenes(parts[b])
