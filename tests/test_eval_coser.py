@@ -24,7 +24,7 @@ from her_sdk import MockBackend
 from her_sdk._errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
-TEST_SET = FIXTURES / "test_set.json"
+TEST_SET = FIXTURES / "salt_road_records.json"
 JUDGE = FIXTURES / "judge_script.json"
 RECORDS = json.loads(TEST_SET.read_text())
 NAMES = ["Wren", "Tomas", "Officer Hale"]

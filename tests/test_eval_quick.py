@@ -22,7 +22,7 @@ from her_sdk._errors import ConfigError
 from her_sdk.cli import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
-TEST_SET = FIXTURES / "test_set.json"
+TEST_SET = FIXTURES / "salt_road_records.json"
 
 
 def _pool_with(backend) -> BackendPool:
