@@ -161,8 +161,13 @@ def test_player_turn_is_admitted_before_earlier_background_turns():
     m._sched.age_bound_s = 1e6  # a slow shared machine must not make the others "old"
     try:
         order: list[str] = []
-        blocker = m.stream("The gate", sampling=Sampling(max_tokens=12, temperature=0))
-        next(blocker)  # the only sequence is busy: the others queue
+        # The only sequence stays busy (a long turn, cancelled below) while the others queue:
+        # a short one could finish before the player turn is even submitted on a fast machine.
+        stop_blocker = CancelToken()
+        blocker = m.stream(
+            "The gate", sampling=Sampling(max_tokens=250, temperature=0), cancel=stop_blocker
+        )
+        next(blocker)
 
         def run(name: str, priority: str) -> None:
             list(m.stream(f"The {name}", sampling=GREEDY, priority=priority))
@@ -178,6 +183,7 @@ def test_player_turn_is_admitted_before_earlier_background_turns():
         threads.append(threading.Thread(target=run, args=("king", "player")))
         threads[-1].start()
         time.sleep(0.3)
+        stop_blocker.cancel()
         list(blocker)
         for t in threads:
             t.join(timeout=120)
