@@ -159,7 +159,7 @@ def real(turns: int) -> None:
     try:
         from her_sdk import load_model
 
-        model = load_model(n_threads=os.cpu_count() or 2)
+        model = load_model(adapter=None, n_threads=os.cpu_count() or 2)  # as in the README
     except Exception as exc:  # no llama extra / no default model: say so, don't fail
         print(f"[real] skipped: {exc}")
         return

@@ -196,7 +196,8 @@ def compare(
         _fail(exc)
         return
     if markdown:
-        _out.print(compare_markdown(result, str(run_a), str(run_b)), markup=False)
+        # Plain stdout: the console would wrap long lines and break the table.
+        typer.echo(compare_markdown(result, str(run_a), str(run_b)))
         return
     from ._report import _fmt
 

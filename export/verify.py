@@ -43,8 +43,11 @@ __all__ = [
 # type -> (max |logit diff| or None, min top-1 agreement, max perplexity ratio export/source).
 # The logit limit is for logits up to 10 in magnitude and grows linearly above (see check_metrics).
 LIMITS: dict[str, tuple[float | None, float, float]] = {
-    "f32": (1e-3, 0.99, 1.001),
-    "fp32": (1e-3, 0.99, 1.001),
+    # f32 is not bit-exact: llama.cpp evaluates GELU through an f16 table, an error relative to
+    # the activations that grows with depth (the embedded Gemma-3-270M exported at f32: 0.024 at
+    # logits up to 32, i.e. 7.6e-3 per 10 units; a conversion bug shows as errors of order 1).
+    "f32": (1e-2, 0.99, 1.001),
+    "fp32": (1e-2, 0.99, 1.001),
     "f16": (None, 0.95, 1.01),
     "bf16": (None, 0.9, 1.02),
     "q8_0": (None, 0.9, 1.02),
@@ -460,8 +463,7 @@ def check_metrics(
             f"{1 - metrics['tokenizer_agreement']:.0%} of the texts"
         )
     if max_diff is not None and tolerance is None:
-        # The f32 limit is per 10 units of logit: llama.cpp evaluates GELU through an f16
-        # table, an error relative to the activations (Gemma logits reach 30+).
+        # The f32 limit is per 10 units of logit (see LIMITS; Gemma logits reach 30+).
         max_diff *= max(1.0, metrics["max_abs_logit"] / 10.0)
     if max_diff is not None and metrics["max_logit_diff"] > max_diff:
         why.append(f"max logit diff {metrics['max_logit_diff']:.3g} > {max_diff:g}")

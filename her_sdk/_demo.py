@@ -59,3 +59,31 @@ def build_demo_scene(model: Backend, seed: int | None = 2) -> Scene:
         model=model,
     )
     return Scene([mara, jory], player=PLAYER, name="The North Gate of Vell", seed=seed)
+
+
+# `her demo --crowd`: two guards talk by the fire while the gate scene plays, on the same model.
+CROWD_OPENING = "Hale, you hear the captain shut the gate? On a market night."
+CROWD_TURNS = 4  # the guards' turns, taken one after the other in their own scene
+
+
+def build_crowd_scene(model: Backend, seed: int | None = 3) -> Scene:
+    """A side conversation: two off-duty guards at the guardhouse fire, who gossip about the
+    gate. Its turns run as background turns beside the player's scene."""
+    guards = {
+        "Doran": "A young guard of the north gate, bored and hungry, who loves gossip.",
+        "Hale": "An old soldier of the guard who misses the war and distrusts merchants.",
+    }
+    characters = [
+        Character(
+            name=name,
+            source="the border town of Vell",
+            profile=profile,
+            scenario="Off duty at the guardhouse fire, in the rain, near the north gate.",
+            others={other: guards[other] for other in guards if other != name},
+            model=model,
+        )
+        for name, profile in guards.items()
+    ]
+    scene = Scene(characters, name="By the guardhouse fire", seed=seed)
+    scene.say("Doran", CROWD_OPENING)
+    return scene

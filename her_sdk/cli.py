@@ -69,11 +69,11 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=1)
 
 
-def _load(model: Path | None):
+def _load(model: Path | None, **kwargs):
     from ._model import load_model
 
     with console.status("Loading model…" if model else "Preparing the embedded model…"):
-        return load_model(model)
+        return load_model(model, **kwargs)
 
 
 class _Printer:
@@ -103,10 +103,10 @@ class _Printer:
         self._end()
 
 
-def _play_turn(scene, name: str, show_thoughts: bool) -> None:
+def _play_turn(scene, name: str, show_thoughts: bool, **options) -> None:
     console.print(f"[bold green]{name}[/]")
     printer = _Printer(name)
-    stream = scene.stream(name, private=show_thoughts)
+    stream = scene.stream(name, private=show_thoughts, **options)
     for delta in stream:
         printer.delta(delta.channel, delta.text, delta.segment)
     printer.finish()
@@ -125,15 +125,28 @@ def demo(
         Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 2,
+    crowd: Annotated[
+        bool,
+        typer.Option(
+            "--crowd",
+            help="Meanwhile, two guards talk by the fire on the same model (batched with the "
+            "gate scene, whose turns go first).",
+        ),
+    ] = False,
 ) -> None:
     """Play a short offline scene: a gate captain, a smuggler and a scripted traveler."""
     from ._demo import PLAYER, SCRIPT, build_demo_scene
 
     try:
-        backend = _load(model)
+        # The scene takes one turn at a time: one llama.cpp sequence (two with the side
+        # conversation) keeps the KV cache, and so the memory, small.
+        backend = _load(model, max_sequences=2 if crowd else 1)
         scene = build_demo_scene(backend, seed=seed)
+        side = _Crowd(backend, show_thoughts) if crowd else None
         console.rule(f"[bold]{scene.name}")
         for kind, text, action in SCRIPT:
+            if side is not None:
+                side.print_new()
             if kind == "narrate":
                 scene.narrate(text)
                 console.print(f"[dim italic]{text}[/]")
@@ -142,12 +155,65 @@ def demo(
                 act = f"[yellow]({action})[/] " if action else ""
                 console.print(f"[bold blue]{PLAYER}[/]\n  {act}[bold]“{text}”[/]")
             else:
-                _play_turn(scene, text, show_thoughts)
+                _play_turn(scene, text, show_thoughts, priority="player" if side else "normal")
+        if side is not None:
+            side.finish()
         console.rule()
         if not show_thoughts:
             console.print("[dim]Run `her demo --show-thoughts` to see what they were thinking.[/]")
     except HerError as exc:
         _fail(exc)
+
+
+class _Crowd:
+    """`her demo --crowd`: the guards' side conversation, played on a thread of its own as
+    background turns. Its lines are printed whole, between the gate scene's turns, so the two
+    conversations never interleave mid-line."""
+
+    def __init__(self, backend, show_thoughts: bool) -> None:
+        import queue
+        import threading
+
+        from ._demo import CROWD_OPENING, build_crowd_scene
+
+        self.scene = build_crowd_scene(backend)
+        self.show_thoughts = show_thoughts
+        self.lines: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._print("Doran", CROWD_OPENING, [], None)
+        self.thread = threading.Thread(target=self._run, name="her-demo-crowd", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from ._demo import CROWD_TURNS
+
+        try:
+            for _ in range(CROWD_TURNS):
+                reply = self.scene.turn(priority="background")
+                self.lines.put(reply)
+        except BaseException as exc:  # shown by the main thread, which owns the console
+            self.error = exc
+
+    def _print(self, name: str, speech: str, actions: list[str], thoughts: str | None) -> None:
+        from rich.markup import escape  # model text may hold [brackets]
+
+        parts = [f"({a})" for a in actions] + ([f"“{speech}”"] if speech else [])
+        line = escape(" ".join(parts) or "(says nothing)")
+        console.print(f"  [dim]· by the fire · [bold]{name}[/bold]: {line}[/]")
+        if thoughts:
+            console.print(f"  [dim italic]    thinks: {escape(thoughts)}[/]")
+
+    def print_new(self) -> None:
+        while not self.lines.empty():
+            r = self.lines.get()
+            thoughts = " ".join(r.thoughts) if self.show_thoughts and r.thoughts else None
+            self._print(r.character, r.speech, list(r.actions), thoughts)
+
+    def finish(self) -> None:
+        self.thread.join()
+        self.print_new()
+        if self.error is not None:
+            raise self.error
 
 
 def _character_from_file(path: Path, model):

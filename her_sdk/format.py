@@ -240,7 +240,7 @@ class TurnParser:
       after the private sections a turn opens with (`<system_thinking>p</system_thinking>Mara:
       Hello` gives the speech "Hello"), never from a turn that starts with speech.
     - `start`: the channel the text starts in, when the prompt already began the reply: "plan"
-      when it ended with `<system_thinking>`, "speech" when it ended with `NAME: `.
+      when it ended with `<system_thinking>`, "speech" when it ended with `NAME:`.
     - `coser`: treat `[...]` as thought and `(...)` as action. `None` (default) means: only until
       the first HER tag appears, since HER-tagged text uses brackets literally.
 
@@ -303,6 +303,13 @@ class TurnParser:
     # -- machinery ------------------------------------------------------------------------------
 
     def _emit(self, out: list[Delta], channel: Channel, text: str) -> None:
+        continues = bool(self._segments) and self._segments[-1][0] == channel
+        continues = continues and not self._new_segment
+        if not self._segments:
+            # The turn starts at its first visible character: the space after a prefilled
+            # "NAME:" opens no empty speech segment. (Later segments keep their whitespace:
+            # clients that join speech deltas rely on it between segments.)
+            text = text.lstrip()
         if not text:
             return
         if text.strip():
@@ -310,7 +317,7 @@ class TurnParser:
             if channel in PUBLIC_CHANNELS:
                 self._public_seen = True
                 self._expect_label = False
-        if self._segments and self._segments[-1][0] == channel and not self._new_segment:
+        if continues:
             self._segments[-1] = (channel, self._segments[-1][1] + text)
         else:
             self._segments.append((channel, text))
@@ -821,7 +828,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     """A rendered prompt, ready for a backend.
 
     `text` ends with `prefill`, the start of the reply that the prompt already wrote
-    (`<system_thinking>`, or `NAME: ` without a plan); `start` is the channel that prefill
+    (`<system_thinking>`, or `NAME:` without a plan); `start` is the channel that prefill
     leaves the reply in ("plan" or "speech"; None without a prefill), for `TurnParser`.
     """
 
@@ -850,7 +857,10 @@ _CHATML_MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\n?|\Z)"
 def _prefill(name: str, plan: bool, prefill: bool = True) -> tuple[str, Channel | None]:
     if not prefill:
         return "", None
-    return ("<system_thinking>", "plan") if plan else (f"{name}: ", "speech")
+    # "NAME:" without the space: tokenizers attach a space to the word after it (" Shut",
+    # " <role_action>"), so a prompt ending in a bare space token is one no model saw in
+    # training (a tuned 270M model answered it with stray numbers).
+    return ("<system_thinking>", "plan") if plan else (f"{name}:", "speech")
 
 
 def render_chatml(messages: Sequence[Message], prefill: str = "") -> str:
@@ -1027,7 +1037,7 @@ def render_prompt(
     """Render a character's next-turn prompt in one of the three styles.
 
     With `prefill` (the default) the prompt already begins the reply (`<system_thinking>`, or
-    `NAME: ` without a plan) so that even a base model starts in the right place. `memories`,
+    `NAME:` without a plan) so that even a base model starts in the right place. `memories`,
     `summary` and `calls` are rendered into the system prompt (see `render_system_prompt`).
     The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
     memories, earlier turns), which engines tokenize without special tokens.
@@ -1100,10 +1110,11 @@ def build_grammar(
     """GBNF for one HER turn, with a length cap on every section.
 
     The grammar covers what follows the prompt: when `prefilled`, the prompt already ends with
-    `<system_thinking>` (plan) or `NAME: ` (no plan). `actions`, when given, is the closed set of
-    actions legal right now. `calls`, when given, are the typed actions that may be called in an
-    action segment, each only with legal values (see `render_call`); free action text then may
-    not begin with '[', so it can never be taken for a call. Text never contains '<' or a
+    `<system_thinking>` (plan) or `NAME:` (no plan; the turn then begins with a space).
+    `actions`, when given, is the closed set of actions legal right now. `calls`, when given,
+    are the typed actions that may be called in an action segment, each only with legal values
+    (see `render_call`); free action text then may not begin with '[', so it can never be taken
+    for a call. Text never contains '<' or a
     newline, so a section can only end by its closing tag. Decoding cost stays small because the
     backend samples freely and consults the grammar only to verify the token it picked (see
     `LlamaBackend`).
@@ -1124,7 +1135,7 @@ def build_grammar(
         rules.append(f"root ::= {head}plan {label_lit} body end")
         rules.append('plan ::= ptext "</system_thinking>"')
     else:
-        head = "" if prefilled else f"{label_lit} "
+        head = '" "? ' if prefilled else f"{label_lit} "  # prefilled: the prompt ends "NAME:"
         rules.append(f"root ::= {head}body end")
     rules.append(f"end ::= {_gbnf_literal(end)}" if end else 'end ::= ""')
     rest = max_segments - 1

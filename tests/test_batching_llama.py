@@ -42,7 +42,7 @@ def vault(word: str) -> str:
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_model(n_ctx=1024, max_sequences=4)
+    m = load_model(n_ctx=1024, max_sequences=4, adapter=None)
     yield m
     m.close()
 
@@ -138,7 +138,7 @@ def test_cancelling_one_sequence_frees_it_and_leaves_the_others_alone(model):
 
 
 def test_limits_queue_then_refuse(model):
-    tiny = load_model(n_ctx=256, max_sequences=1, max_waiting=1)
+    tiny = load_model(n_ctx=256, max_sequences=1, max_waiting=1, adapter=None)
     try:
         slow = Sampling(max_tokens=30, temperature=0)
         first = tiny.stream("The gate", sampling=slow)
@@ -157,7 +157,7 @@ def test_limits_queue_then_refuse(model):
 
 
 def test_player_turn_is_admitted_before_earlier_background_turns():
-    m = load_model(n_ctx=256, max_sequences=1)
+    m = load_model(n_ctx=256, max_sequences=1, adapter=None)
     m._sched.age_bound_s = 1e6  # a slow shared machine must not make the others "old"
     try:
         order: list[str] = []
@@ -218,7 +218,7 @@ def test_logprobs_of_a_continuation(model):
 def test_closing_ends_running_and_waiting_turns():
     from her_sdk import GenerationError
 
-    m = load_model(n_ctx=256, max_sequences=1)
+    m = load_model(n_ctx=256, max_sequences=1, adapter=None)
     running = m.stream("The gate", sampling=Sampling(max_tokens=200, seed=1))
     waiting = m.stream("The wall", sampling=Sampling(max_tokens=200, seed=1))
     outcome: list[BaseException] = []

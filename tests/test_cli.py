@@ -41,7 +41,22 @@ def test_demo_prints_a_scene_and_hides_thoughts_by_default():
     assert "Mara" in out and "Jory" in out and "Traveler" in out
     assert "plan:" not in out and "thinks:" not in out
     shown = run("demo", "--seed", "3", "--show-thoughts")
-    assert shown.returncode == 0 and "plan:" in shown.stdout
+    # The default model is plan-less (its adapter was trained without plans): thoughts only.
+    assert shown.returncode == 0 and ("plan:" in shown.stdout or "thinks:" in shown.stdout)
+
+
+@pytest.mark.slow
+def test_demo_crowd_plays_a_side_conversation_beside_the_scene():
+    pytest.importorskip("llama_cpp")
+    res = run("demo", "--seed", "3", "--crowd")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    side = [line for line in out.splitlines() if "by the fire" in line]
+    # The opening line and the guards' four turns, each printed whole on a line of its own.
+    assert len(side) == 5, out
+    assert {"Doran", "Hale"} <= {w.strip(":") for line in side for w in line.split()}
+    assert "Mara" in out and "Jory" in out
+    assert "thinks:" not in out and "plan:" not in out  # private text stays private
 
 
 @pytest.mark.slow

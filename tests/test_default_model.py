@@ -21,17 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "recipes" / "default_model.sh"
 CONFIG = ROOT / "training" / "configs" / "sft_gemma3_270m_default.yaml"
 HER = shutil.which("her", path=str(Path(sys.executable).parent)) or "her"
-# The adapter ships only when `her eval` shows it beats the base (issue 12); until then the
-# embedded default is the base model and these tests have nothing to check.
-shipped = pytest.mark.skipif(
-    default_adapter_path() is None, reason=f"her_sdk/models/{DEFAULT_ADAPTER_NAME} not shipped"
-)
 
 
 # -- the shipped adapter (no model load) ------------------------------------------------------
 
 
-@shipped
 def test_the_adapter_ships_inside_the_package_and_is_small():
     path = default_adapter_path()
     assert path is not None, f"her_sdk/models/{DEFAULT_ADAPTER_NAME} is missing"
@@ -39,7 +33,6 @@ def test_the_adapter_ships_inside_the_package_and_is_small():
     assert 500_000 < path.stat().st_size < 5_000_000  # a few MB: tracked files stay < 5 MB
 
 
-@shipped
 def test_the_adapter_says_it_is_a_plan_less_her_adapter_for_gemma3():
     path = default_adapter_path()
     assert path is not None
@@ -116,7 +109,6 @@ def test_the_recipe_config_parses_into_the_sft_configs():
 
 
 @pytest.mark.slow
-@shipped
 def test_the_default_model_plays_a_turn_with_the_shipped_adapter():
     pytest.importorskip("llama_cpp")
     with load_model(n_ctx=1024) as model:

@@ -162,6 +162,8 @@ def test_cli_coser_then_compare(tmp_path):
         app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--markdown"]
     )
     assert "| metric |" in md.output and "Δ (B − A)" in md.output
+    table = md.output.split("\n\n")[0].splitlines()
+    assert len(table) > 3 and all(r.startswith("|") and r.endswith("|") for r in table)  # unwrapped
     # A judge is required; the error is one clean line, not a traceback.
     bad = runner.invoke(app, ["eval", "coser", str(TEST_SET), "--out", str(tmp_path / "c")])
     assert bad.exit_code == 1 and "needs a judge" in bad.output

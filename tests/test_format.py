@@ -456,7 +456,8 @@ def test_chatml_prompt_and_prefill():
     assert p.text.endswith("<|im_start|>assistant\n<system_thinking>")
     assert p.start == "plan" and "<|im_end|>" in p.stop
     q = render_prompt(persona(), [], plan=False)
-    assert q.text.endswith("<|im_start|>assistant\nMara: ") and q.start == "speech"
+    # No trailing space: the model writes " <role_...>" / " Hello" as it saw in training.
+    assert q.text.endswith("<|im_start|>assistant\nMara:") and q.start == "speech"
     assert "system_thinking" not in q.text.split("<|im_start|>user")[0]
 
 
@@ -604,3 +605,15 @@ def test_grammar_caps_and_actions():
     assert '"draw sword"' in g
     with pytest.raises(ValueError):
         build_grammar("Mara", max_plan_chars=0)
+
+
+def test_plan_less_prefill_leaves_the_space_to_the_model():
+    # The prompt ends "Mara:"; the grammar lets the turn begin with the space the tokenizer
+    # attaches to the next word, and the parsed turn is the same either way.
+    g = build_grammar("Mara", plan=False, prefilled=True)
+    assert g.splitlines()[0].startswith('root ::= " "? body')
+    for raw in (" <role_action>nods</role_action>Halt.", "<role_action>nods</role_action>Halt."):
+        parser = TurnParser("Mara", start="speech")
+        parser.feed(raw)
+        parser.close()
+        assert parser.turn().speech == "Halt." and parser.turn().actions == ["nods"]

@@ -31,6 +31,11 @@ def test_real_model_turn_end_to_end():
     assert 0 < reply.completion_tokens <= 64 and reply.prompt_tokens > 0
     assert reply.finish_reason in ("stop", "length")
     assert deltas and reply.first_token_s is not None
-    # What streamed is what the summary holds, channel by channel.
-    streamed = "".join(d.text for d in deltas if d.channel == "speech").strip()
+    # What streamed is what the summary holds: the speech segments, in order, joined by a
+    # space (segments may abut in the raw text: `papers.<role_action>…</role_action>"The`).
+    segments: dict[int, str] = {}
+    for d in deltas:
+        if d.channel == "speech":
+            segments[d.segment] = segments.get(d.segment, "") + d.text
+    streamed = " ".join(t.strip() for _, t in sorted(segments.items()) if t.strip())
     assert " ".join(streamed.split()) == " ".join(reply.speech.split())

@@ -30,7 +30,7 @@ GEMMA = {"style": "template", "chat_template": GEMMA_TEMPLATE, "bos_token": "<bo
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_model(n_ctx=2048)
+    m = load_model(n_ctx=2048, adapter=None)  # the engine on the bare base model
     yield m
     m.close()
 

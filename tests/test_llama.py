@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_model(n_ctx=2048)
+    m = load_model(n_ctx=2048, adapter=None)  # the engine on the bare base model
     yield m
     m.close()
 
@@ -119,7 +119,7 @@ def test_actions_are_restricted_to_the_legal_set(model):
 
 def test_amx_cpus_load_without_weight_repacking(monkeypatch):
     monkeypatch.setattr(_llama, "cpu_has_amx", lambda: True)
-    m = load_model(n_ctx=256)
+    m = load_model(n_ctx=256, adapter=None)
     try:
         assert m.use_extra_bufts is False
         c = Character(name="Mara", model=m, grammar=False)
@@ -223,3 +223,52 @@ def test_invalid_grammar_is_a_config_error(model):
     with pytest.raises(ConfigError, match="GBNF"):
         list(model.stream("hello", grammar="root ::= ( [a-", sampling=Sampling(max_tokens=2)))
     assert "".join(model.stream("The gate", sampling=Sampling(max_tokens=2, seed=1)))
+
+
+def _full_penalty_chain(lib, s):
+    """The textbook chain: the repeat penalty over the whole vocabulary, then the cuts."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    add = lib.llama_sampler_chain_add
+    add(chain, lib.llama_sampler_init_penalties(64, 64, s.repeat_penalty, 0.0, 0.0))
+    if s.temperature == 0:
+        add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    add(chain, lib.llama_sampler_init_top_k(s.top_k))
+    add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
+    add(chain, lib.llama_sampler_init_min_p(s.min_p, 1))
+    add(chain, lib.llama_sampler_init_temp(s.temperature))
+    add(chain, lib.llama_sampler_init_dist(s.seed))
+    return chain
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(seed=5), dict(seed=6, temperature=1.5, top_k=8), dict(temperature=0, seed=0)],
+    ids=["default", "hot", "greedy"],
+)
+def test_repeat_penalty_shortcut_picks_what_the_full_pass_picks(model, settings):
+    from her_sdk import Sampling
+
+    s = Sampling(repeat_penalty=1.8, **settings)  # strong, so it changes picks
+    lib = model._lib
+    ours, ref = model._make_chain(s), _full_penalty_chain(lib, s)
+    # Repetitive text, so that many candidates near the top are penalised.
+    tokens = model.tokenize("the gate the gate the gate is shut, the gate is shut tonight " * 3)
+    picks = []
+    with model._ctx_lock:
+        seq = 0
+        lib.llama_memory_seq_rm(model._mem, seq, 0, -1)
+        model._seqs[seq].tokens.clear()
+        model._seqs[seq].canonical = 0
+        assert model._decode([(t, p, seq, True) for p, t in enumerate(tokens)]) == 0
+        for chain in (ours, ref):
+            for t in tokens[-64:]:
+                lib.llama_sampler_accept(chain, t)
+        for row in range(len(tokens) - 64, len(tokens)):
+            a = lib.llama_sampler_sample(ours, model._ctx, row)
+            b = lib.llama_sampler_sample(ref, model._ctx, row)
+            picks.append((a, b))
+        lib.llama_memory_seq_rm(model._mem, seq, 0, -1)
+    lib.llama_sampler_free(ours)
+    lib.llama_sampler_free(ref)
+    assert all(a == b for a, b in picks), picks

@@ -7,7 +7,7 @@
 # Environment: COSER (the CoSER folder: King_Lear.json, Othello.json, books/, sft_sharegpt.json,
 # example_test_set.json; default ../shared/data/coser), RUN (work folder, default
 # runs/default_model; everything generated goes there, git-ignored: the data is never committed),
-# MAX_STEPS (default 20: what fitted an hour on 2 CPU cores shared with other jobs), HER (the `her` command).
+# MAX_STEPS (default 200: about an hour on 2 quiet CPU cores), HER (the `her` command).
 # Needs the `train`, `export` and `llama` extras (`make .venv/.test-installed`).
 #
 # No teacher model is available here, so turns are trained without a plan (`<system_thinking>`):
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 COSER=${COSER:-../shared/data/coser}
 RUN=${RUN:-runs/default_model}
-MAX_STEPS=${MAX_STEPS:-20}
+MAX_STEPS=${MAX_STEPS:-200}
 HER=${HER:-.venv/bin/her}
 PY=${PY:-.venv/bin/python}
 DATA=$RUN/data
@@ -87,7 +87,7 @@ fi
 
 if has train; then
   # LoRA r=4 on all linear layers, ChatML, completion-only loss, samples <= 640 tokens, batch 1
-  # x 2 accumulation; checkpoints every 6 steps (a stopped run resumes from the latest one).
+  # x 2 accumulation; checkpoints every 20 steps (a stopped run resumes from the latest one).
   resume=()
   if compgen -G "$SFT/checkpoint-*" > /dev/null; then resume=(resume_from_checkpoint=latest); fi
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
