@@ -142,8 +142,8 @@ def demo(
         # conversation) keeps the KV cache, and so the memory, small.
         backend = _load(model, max_sequences=2 if crowd else 1)
         scene = build_demo_scene(backend, seed=seed)
-        side = _Crowd(backend, show_thoughts) if crowd else None
         console.rule(f"[bold]{scene.name}")
+        side = _Crowd(backend, show_thoughts) if crowd else None
         for kind, text, action in SCRIPT:
             if side is not None:
                 side.print_new()
