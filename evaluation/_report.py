@@ -173,18 +173,7 @@ def _report_md(results: dict, plots: list[str]) -> str:
             s = r["scores"]
             lines.append(
                 f"| {r['id']} | "
-                + " | ".join(
-                    _fmt(s.get(k), k)
-                    for k in (
-                        "storyline_consistency",
-                        "anthropomorphism",
-                        "character_fidelity",
-                        "storyline_quality",
-                        "average",
-                        "bleu",
-                        "rouge_l",
-                    )
-                )
+                + " | ".join(_fmt(s.get(k), k) for k, _, _ in COSER_ROWS)
                 + f" | {r['rounds']} | {r['end_reason']} |"
             )
     else:

@@ -203,9 +203,7 @@ def _score_line(backend, persona, history, gold: dict, who: str) -> tuple[float,
     c = Character(persona=persona, model=backend, plan=False)
     c.memory = list(history)
     prompt = c.prompt(max_tokens=1)
-    turn = f"{persona.name}: " + render_turn(
-        _data.gold_turn(gold["message"], who), persona.name, label=False
-    )
+    turn = render_turn(_data.gold_turn(gold["message"], who), persona.name)  # "NAME: …"
     # The target is what follows the prompt: the turn after the prefill ("NAME:" or nothing).
     target = turn[len(prompt.prefill) :] if turn.startswith(prompt.prefill) else turn
     try:

@@ -303,8 +303,6 @@ class TurnParser:
     # -- machinery ------------------------------------------------------------------------------
 
     def _emit(self, out: list[Delta], channel: Channel, text: str) -> None:
-        continues = bool(self._segments) and self._segments[-1][0] == channel
-        continues = continues and not self._new_segment
         if not self._segments:
             # The turn starts at its first visible character: the space after a prefilled
             # "NAME:" opens no empty speech segment. (Later segments keep their whitespace:
@@ -317,7 +315,7 @@ class TurnParser:
             if channel in PUBLIC_CHANNELS:
                 self._public_seen = True
                 self._expect_label = False
-        if continues:
+        if self._segments and self._segments[-1][0] == channel and not self._new_segment:
             self._segments[-1] = (channel, self._segments[-1][1] + text)
         else:
             self._segments.append((channel, text))
@@ -1114,10 +1112,9 @@ def build_grammar(
     `actions`, when given, is the closed set of actions legal right now. `calls`, when given,
     are the typed actions that may be called in an action segment, each only with legal values
     (see `render_call`); free action text then may not begin with '[', so it can never be taken
-    for a call. Text never contains '<' or a
-    newline, so a section can only end by its closing tag. Decoding cost stays small because the
-    backend samples freely and consults the grammar only to verify the token it picked (see
-    `LlamaBackend`).
+    for a call. Text never contains '<' or a newline, so a section can only end by its closing
+    tag. Decoding cost stays small because the backend samples freely and consults the grammar
+    only to verify the token it picked (see `LlamaBackend`).
     """
     for label, n in (
         ("max_plan_chars", max_plan_chars),
