@@ -6,13 +6,15 @@ bookkeeping, not prose.
 
 from __future__ import annotations
 
-import re
+import math
 import threading
 import time
 
 import pytest
 
 pytest.importorskip("llama_cpp")
+
+from _turns import her_shaped
 
 from her_sdk import (
     CancelToken,
@@ -65,6 +67,21 @@ def run_together(model, prompts, sampling=GREEDY, **kw):
     return [out[i] for i in range(len(prompts))]
 
 
+def test_the_shape_check_accepts_budget_ends_anywhere_and_nothing_else():
+    turn = "<system_thinking>She stalls.</system_thinking>Mara: Papers first."
+    for cut in range(1, len(turn)):
+        assert her_shaped(turn[:cut], "Mara", complete=False), turn[:cut]
+    assert her_shaped(turn, "Mara", complete=True)
+    assert not her_shaped("<system_thinking>She stalls.</", "Mara", complete=True)
+    for bad in (
+        "<system_thinking>She stalls.</system_thinking>Jory: Papers first.",
+        "<system_thinking>She stalls.<role_action>waves</role_action>",
+        "Mara: Papers first.",
+        "<system_thinking>She stalls.</system_thinking> Mara: no",
+    ):
+        assert not her_shaped(bad, "Mara", complete=False), bad
+
+
 def test_sequences_decoded_together_keep_their_own_private_text(model):
     model.reset()
     "".join(model.stream(vault(WORDS[0]), sampling=GREEDY))  # one sequence reads the preamble
@@ -94,11 +111,10 @@ def test_batched_turns_are_well_formed_turns_of_the_right_character(model):
         name = "Mara" if i % 2 else "Jory"
         other = "Jory" if name == "Mara" else "Mara"
         assert reply.character == name
-        # the HER shape under the grammar (a turn may end at its token budget anywhere)
-        assert re.match(rf"^<system_thinking>[^<]*(</system_thinking>{name}:|$)", reply.raw), (
-            reply.raw
-        )
+        # The HER shape under the grammar; a turn that hit its budget is a prefix of one,
+        # wherever the budget fell (inside the plan, or inside `</system_thinking>NAME:`).
         assert reply.finish_reason in ("stop", "length")
+        assert her_shaped(reply.raw, name, complete=reply.finish_reason == "stop"), reply.raw
         assert reply.plan, reply.raw
         assert f"{other}:" not in reply.raw
         other_prompt = scenes[i].characters[other].prompt().text
@@ -129,12 +145,47 @@ def test_cancelling_one_sequence_frees_it_and_leaves_the_others_alone(model):
     assert streams[0].completion_tokens < 24
     for i in range(1, 4):
         assert streams[i].finish_reason in ("stop", "length")
-        assert WORDS[i] in texts[i]
-        # Greedy text of a turn decoded beside others equals the same turn alone (batched
-        # numerics may differ in the last bits, but not enough to change these picks).
-        assert texts[i] == alone[i - 1]
+        # Greedy agreement where the model is sure: each vault's password (its log-probability
+        # checked alone, so any decode that computes this sequence's logits picks it). After it,
+        # batched and single kernels round differently on some CPUs, enough to flip a near-tie
+        # (a newline or a space after the password): the logits themselves are compared
+        # within a stated tolerance in test_batched_logits_match_single_logits.
+        sure = f" {WORDS[i]}."
+        assert math.exp(sum(model.logprobs(vault(WORDS[i]), sure))) > 0.5
+        assert alone[i - 1].startswith(sure) and texts[i].startswith(sure), (texts[i], alone)
     assert model._busy == [None] * model.max_sequences  # every sequence is free again
     assert "".join(model.stream(vault(WORDS[0]), sampling=GREEDY))  # and usable
+
+
+# Batched (several sequences per llama_decode) and single decoding use other kernels; on every
+# CPU seen their log-probabilities agree to ~1e-2 nats. A sequence reading another's KV cells or
+# logits rows is off by whole nats.
+LOGPROB_TOLERANCE = 0.25
+
+
+def test_batched_logits_match_single_logits(model):
+    conts = [f" {w}. Asked once more, the keeper says: {w}." for w in WORDS]
+    alone = [model.logprobs(vault(w), c) for w, c in zip(WORDS, conts, strict=True)]
+    together: dict[int, list[float]] = {}
+    barrier = threading.Barrier(len(WORDS))
+
+    def score(i: int) -> None:
+        barrier.wait()
+        together[i] = model.logprobs(vault(WORDS[i]), conts[i])
+
+    model.reset()  # cold caches: all four prompts are read in shared batches
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(len(WORDS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for i in range(len(WORDS)):
+        assert len(together[i]) == len(alone[i])
+        worst = max(abs(a - b) for a, b in zip(alone[i], together[i], strict=True))
+        assert worst < LOGPROB_TOLERANCE, (WORDS[i], worst)
+    # The check can fail: another prompt's numbers are far outside the tolerance.
+    other = model.logprobs(vault(WORDS[1]), conts[0])
+    assert max(abs(a - b) for a, b in zip(alone[0], other, strict=True)) > LOGPROB_TOLERANCE
 
 
 def test_limits_queue_then_refuse(model):

@@ -81,7 +81,7 @@ def test_every_recipe_command_parses_with_its_options():
     }
     for call in calls:
         res = subprocess.run(
-            [HER, *call[:2], "--help"], capture_output=True, text=True, timeout=120
+            [HER, *call[:2], "--help"], capture_output=True, text=True, timeout=600
         )
         assert res.returncode == 0, (call[:2], res.stderr)
         flags = {w.split("=")[0] for w in call[2:] if w.startswith("--") and "$" not in w}

@@ -364,11 +364,61 @@ def test_gca_on_the_embedded_model_with_a_scripted_judge(tmp_path):
     assert results["records"] == 1 and results["parse_failures"]["total"] == 0
     assert results["per_record"][0]["rounds"] == 3
     record = json.loads((tmp_path / "run" / "records" / "0000.json").read_text())
-    turns = [m for m in record["simulation"]["transcript"] if m["role"] in ("Wren", "Tomas")]
-    # Whatever the model thought stays out of every other agent's prompt.
+    # Whatever the model thought stays out of every other agent's prompt, unless the thought
+    # repeats text every agent sees anyway (a small model copies lines said aloud).
+    assert _leaked_thoughts(record["simulation"]["transcript"], seen, RECORDS[0]) == []
+
+
+def _public_corpus(transcript: list[dict], rec: dict) -> str:
+    """Everything an agent may legitimately see: the record's setup (scenario, profiles,
+    motivations), the prompts' own wording, and the public part of every turn."""
+    from her_sdk.evaluation import _prompts
+
     from her_sdk.format import parse_turn
 
-    for m in turns:
+    setup = json.dumps({k: v for k, v in rec.items() if k != "dialogues"}, ensure_ascii=False)
+    wording = [v for v in vars(_prompts).values() if isinstance(v, str)]
+    public = []
+    for m in transcript:
+        if m["role"] in ("Wren", "Tomas"):
+            turn = parse_turn(m["raw"], m["role"]).public()
+            public += [*turn.actions, turn.speech]
+        else:
+            public.append(m["content"])
+    return "\n".join([setup, *wording, *public])
+
+
+def _leaked_thoughts(transcript: list[dict], seen: list[tuple[str, str]], rec: dict) -> list:
+    """(thinker, thought, agent) for each thought of 12+ characters found in another agent's
+    prompt that is not public text."""
+    from her_sdk.format import parse_turn
+
+    corpus = _public_corpus(transcript, rec)
+    leaks = []
+    for m in transcript:
+        if m["role"] not in ("Wren", "Tomas"):
+            continue
         for thought in parse_turn(m["raw"], m["role"]).thoughts:
-            if len(thought) >= 12:
-                assert not any(thought in p for who, p in seen if who != m["role"])
+            if len(thought) < 12 or thought in corpus:
+                continue
+            leaks += [
+                (m["role"], thought, who) for who, p in seen if who != m["role"] and thought in p
+            ]
+    return leaks
+
+
+def test_the_leak_check_tells_a_leak_from_a_thought_that_repeats_public_text():
+    line = "The officer's lantern is on the beach."
+    turn = {
+        "role": "Wren",
+        "raw": f"<system_thinking>Stall.</system_thinking>Wren: <role_thinking>{line}"
+        "</role_thinking><role_thinking>I hid the cargo under the stairs.</role_thinking>"
+        "Keep your voice down.",
+    }
+    spoken = {"role": "Tomas", "raw": f"Tomas: {line}"}
+    honest = [("Tomas", f"Wren: Keep your voice down.\nTomas: {line}")]
+    assert _leaked_thoughts([spoken, turn], honest, RECORDS[0]) == []  # a copy of a public line
+    leaky = [("Tomas", "Wren: [I hid the cargo under the stairs.] Keep your voice down.")]
+    assert _leaked_thoughts([spoken, turn], leaky, RECORDS[0]) == [
+        ("Wren", "I hid the cargo under the stairs.", "Tomas")
+    ]

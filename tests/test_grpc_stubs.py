@@ -20,6 +20,43 @@ def test_committed_stubs_match_the_proto():
     assert _codegen.stale() == [], "run: python -m her_sdk.server._codegen"
 
 
+def test_a_changed_proto_makes_the_stubs_stale(tmp_path):
+    proto = tmp_path / _codegen.PROTO
+    proto.parent.mkdir(parents=True)
+    text = (_codegen.PROTO_DIR / _codegen.PROTO).read_text()
+    proto.write_text(
+        text + "\n// A message the committed stubs lack.\nmessage Extra { string x = 1; }\n"
+    )
+    assert set(_codegen.stale(tmp_path)) >= {"her_pb2.py", "her_pb2.pyi"}
+
+
+def test_only_the_generator_version_lines_are_ignored():
+    pb2 = (_codegen.OUT / "her_pb2.py").read_text()
+    grpc_py = (_codegen.OUT / "her_pb2_grpc.py").read_text()
+    # Another patch release of grpcio-tools / protoc writes other numbers there: same content.
+    other_pb2 = re.sub(r"(Protobuf Python Version: )[\d.]+", r"\g<1>7.99.9", pb2)
+    other_pb2 = re.sub(r"(Domain\.PUBLIC,)\s*\d+,\s*\d+,\s*\d+,", r"\1 7, 99, 9,", other_pb2)
+    other_grpc = re.sub(
+        r"GRPC_GENERATED_VERSION = '[\d.]+'", "GRPC_GENERATED_VERSION = '1.99.9'", grpc_py
+    )
+    assert other_pb2 != pb2 and other_grpc != grpc_py
+    assert _codegen._content(other_pb2) == _codegen._content(pb2)
+    assert _codegen._content(other_grpc) == _codegen._content(grpc_py)
+    # ...but nothing else is: a changed service name or descriptor byte is a difference.
+    assert _codegen._content(grpc_py.replace("HerService", "HisService")) != _codegen._content(
+        grpc_py
+    )
+    assert _codegen._content(pb2.replace("her.v1", "her.v2")) != _codegen._content(pb2)
+
+
+def test_codegen_help_writes_nothing(capsys):
+    before = {n: (_codegen.OUT / n).stat().st_mtime_ns for n in _codegen.FILES}
+    with pytest.raises(SystemExit) as exit_:
+        _codegen.main(["--help"])
+    assert exit_.value.code == 0 and "--check" in capsys.readouterr().out
+    assert {n: (_codegen.OUT / n).stat().st_mtime_ns for n in _codegen.FILES} == before
+
+
 def _lower_bound(spec: list[str], package: str) -> tuple[int, ...]:
     for item in spec:
         m = re.fullmatch(rf"{re.escape(package)}>=([\d.]+),<(\d+)", item.replace(" ", ""))

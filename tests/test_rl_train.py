@@ -94,7 +94,7 @@ def test_rl_config_errors():
 
     with pytest.raises(ConfigError, match="rewards"):
         parse_config(config_types(), RL_YAML, ["rewards={style: 1}"])
-    with pytest.raises(ConfigError, match=r"GRPOConfig.*2 generations"):  # trl's own check
+    with pytest.raises(ConfigError, match="GRPOConfig"):  # trl's own check, its words
         parse_config(config_types(), RL_YAML, ["num_generations=1"])
     with pytest.raises(ConfigError, match="judge_model"):
         parse_config(config_types(), RL_YAML, ["judge_model=[a]"])

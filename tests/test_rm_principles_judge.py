@@ -59,8 +59,8 @@ def test_packaged_principles_cover_the_twelve_dimensions():
         (lambda d: d["principles"][0].update(polarity="neutral"), "polarity"),
         (lambda d: d["principles"][0].update(dimension="vibes"), "dimension"),
         (lambda d: d["principles"][1].update(id=d["principles"][0]["id"]), "duplicate"),
-        (lambda d: d["principles"][0].pop("definition"), "missing"),
-        (lambda d: d["principles"][0].update(colour="red"), "unknown field"),
+        (lambda d: d["principles"][0].pop("definition"), "definition"),
+        (lambda d: d["principles"][0].update(colour="red"), "colour"),
         (
             lambda d: d.update(
                 principles=[p for p in d["principles"] if p["dimension"] != "safety and boundaries"]

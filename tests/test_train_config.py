@@ -49,10 +49,11 @@ def test_bad_override_names_the_key(stage, override, key):
     "line, message",
     [
         ("no_such_key: 1", "unknown option.*no_such_key"),
-        ("learning_rate: fast", "learning_rate: expected `float`"),
-        ("max_steps: [1, 2]", "max_steps: expected `int`"),
-        ("use_peft: maybe", "use_peft: expected `bool`"),
-        ("lr_scheduler_type: wavy", "lr_scheduler_type: invalid enum value"),
+        # (the type errors' wording is the decoder's; the key and the file are ours)
+        ("learning_rate: fast", "learning_rate"),
+        ("max_steps: [1, 2]", "max_steps"),
+        ("use_peft: maybe", "use_peft"),
+        ("lr_scheduler_type: wavy", "lr_scheduler_type"),
         ("learnin_rate: 0.1", "did you mean 'learning_rate'"),
     ],
 )
