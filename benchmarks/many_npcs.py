@@ -1,13 +1,24 @@
 """Many NPCs on one model: concurrent turns decoded together vs one at a time, and priorities.
 
     .venv/bin/python benchmarks/many_npcs.py [--model PATH] [--tokens 48] [--sizes 1,2,4,8]
+                                             [--ceiling 1,2,4,8,16] [--profile 1,2,4,8]
                                              [--runs 3] [--grpc 64] [--json OUT.json]
 
 Prints, each measured in this one run on the same model:
+- the CPU and its vector extensions (llama.cpp picks its kernels by them: figures from different
+  CPUs do not compare);
 - aggregate generation tokens/s of N NPC turns started together (N = --sizes) vs the same N
   turns one after another, and their ratio (target for N = 8 on 2 CPU cores: >= 1.8x). Every
   NPC has its own persona and prompt; prompts are read once beforehand, so both modes generate
   from cached prompts, and each turn generates exactly --tokens tokens (fixed budget, no stop);
+- the ceiling: raw llama.cpp (llama-cpp-python's low-level API, no her_sdk) on the same model
+  file and the same prompts' tokens, one `llama_decode` per step holding one token of each of N
+  sequences (N = --ceiling), with the same sampler chain per sequence: tokens/s counting decode
+  time only, and counting decode and sampling; then SDK / ceiling for each N measured both ways;
+- with --profile: where the SDK engine's time goes at N = 1, 2, 4, 8 turns together (decode,
+  sampling, text out, prompt reading, the step's own Python, and time outside steps), by timing
+  the backend's own methods, and its decode time per step against the raw decode of a batch of
+  the same size;
 - time to first speech of a player-facing turn (the demo's Mara, plan and grammar on) while 7
   background turns are generating vs on an idle model (target <= 2x), and the same turn at the
   background turns' own priority under that load, to show what the priority buys;
@@ -21,12 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
+from collections import Counter
 
 from her_sdk import CancelToken, Character, Sampling, load_model
+from her_sdk._backends._llama import cpu_has_amx
 from her_sdk._demo import PLAYER, build_demo_scene
+
+_PENALTY_LAST_N = 64  # as the SDK's sampler chain (her_sdk._backends._llama)
 
 TRADES = [
     ("Bram", "the blacksmith, loud and proud of his blades"),
@@ -111,6 +127,274 @@ def throughput(model, sizes: list[int], tokens: int, runs: int) -> list[dict]:
         print(
             f"N={n}: one at a time {row['sequential_tok_s']:.1f} tok/s, together "
             f"{row['concurrent_tok_s']:.1f} tok/s aggregate: {row['ratio']:.2f}x",
+            flush=True,
+        )
+    return rows
+
+
+def cpu_header() -> str:
+    """The CPU's model name, cores and vector extensions, as /proc/cpuinfo gives them."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl"]
+    wanted += ["avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+    ext = " ".join(f for f in wanted if f in flags) or "unknown"
+    return f"CPU: {model or 'unknown'}, {os.cpu_count()} cores; vector extensions: {ext}"
+
+
+def sampler_chain(lib, s: Sampling):
+    """The SDK's sampler chain for `s` (her_sdk._backends._llama.LlamaBackend._make_chain)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    add = lib.llama_sampler_chain_add
+    if s.repeat_penalty != 1.0:
+        k = 1 if s.temperature == 0 else s.top_k
+        if s.repeat_penalty > 1.0 and k > 0:
+            add(chain, lib.llama_sampler_init_top_k(k + _PENALTY_LAST_N))
+        n = _PENALTY_LAST_N
+        add(chain, lib.llama_sampler_init_penalties(n, n, s.repeat_penalty, 0.0, 0.0))
+    if s.temperature == 0:
+        add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        add(chain, lib.llama_sampler_init_top_k(s.top_k))
+    add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
+    add(chain, lib.llama_sampler_init_min_p(s.min_p, 1))
+    add(chain, lib.llama_sampler_init_temp(s.temperature))
+    add(chain, lib.llama_sampler_init_dist((s.seed or 0) & 0xFFFFFFFF))
+    return chain
+
+
+def raw_ceiling(
+    path: str, prompts: list[list[int]], sizes: list[int], tokens: int, n_ctx: int, runs: int
+) -> list[dict]:
+    """Raw llama.cpp batched decoding: for each N, `tokens` steps of one `llama_decode` with one
+    token of each of N sequences whose prompts are already read, and the SDK's sampler chain.
+
+    The model and context are set up as the SDK sets them up (same threads, one KV stream per
+    sequence, no weight repacking on AMX CPUs, prompts read in n_batch chunks). It runs on a
+    thread of its own that ends with it, as the SDK's engine thread does: two live OpenMP teams
+    in one process slow each other down (see benchmarks/runtime.py).
+    """
+    out: list[dict] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.extend(_raw_ceiling(path, prompts, sizes, tokens, n_ctx, runs))
+        except BaseException as exc:  # reported by the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="raw-llama")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return out
+
+
+def _raw_ceiling(path, prompts, sizes, tokens, n_ctx, runs) -> list[dict]:
+    import llama_cpp as lib
+
+    threads = os.cpu_count() or 1
+    n_seq, n_batch = max(sizes), 64
+    mparams = lib.llama_model_default_params()
+    mparams.use_extra_bufts = not cpu_has_amx()
+    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+    cparams = lib.llama_context_default_params()
+    cparams.n_ctx = n_ctx * n_seq
+    cparams.n_seq_max = n_seq
+    cparams.kv_unified = False
+    cparams.n_batch = cparams.n_ubatch = max(n_batch, n_seq)
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = lib.llama_init_from_model(model, cparams)
+    mem = lib.llama_get_memory(ctx)
+    batch = lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
+
+    def decode(items) -> None:
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        if lib.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    try:
+        for seq in range(n_seq):  # every prompt but its last token, in n_batch chunks
+            p = prompts[seq % len(prompts)]
+            for start in range(0, len(p) - 1, n_batch):
+                stop = min(len(p) - 1, start + n_batch)
+                decode([(p[i], i, seq, False) for i in range(start, stop)])
+        rows = []
+        for n in sizes:
+            decode_s, sample_s, wall_s = [], [], []
+            for r in range(runs):
+                chains = [
+                    sampler_chain(lib, Sampling(temperature=0.8, seed=100 * r + i))
+                    for i in range(n)
+                ]
+                pending, pos = [], []
+                for seq in range(n):
+                    p = prompts[seq % len(prompts)]
+                    lib.llama_memory_seq_rm(mem, seq, len(p) - 1, -1)  # back to the prompt
+                    pending.append(p[-1])
+                    pos.append(len(p) - 1)
+                dec = smp = 0.0
+                t0 = time.perf_counter()
+                for _ in range(tokens):
+                    ta = time.perf_counter()
+                    decode([(pending[i], pos[i], i, True) for i in range(n)])
+                    tb = time.perf_counter()
+                    for i in range(n):
+                        token = lib.llama_sampler_sample(chains[i], ctx, i)
+                        pending[i], pos[i] = token, pos[i] + 1
+                    dec += tb - ta
+                    smp += time.perf_counter() - tb
+                wall_s.append(time.perf_counter() - t0)
+                decode_s.append(dec)
+                sample_s.append(smp)
+                for chain in chains:
+                    lib.llama_sampler_free(chain)
+            dec, smp, wall = (statistics.median(x) for x in (decode_s, sample_s, wall_s))
+            rows.append(
+                {
+                    "n": n,
+                    "decode_tok_s": n * tokens / dec,
+                    "raw_tok_s": n * tokens / wall,
+                    "decode_ms_per_step": 1000 * dec / tokens,
+                    "sample_ms_per_step": 1000 * smp / tokens,
+                }
+            )
+        return rows
+    finally:
+        lib.llama_batch_free(batch)
+        lib.llama_free(ctx)
+        lib.llama_model_free(model)
+
+
+def print_ceiling(rows: list[dict], sdk: list[dict]) -> None:
+    base = rows[0]["raw_tok_s"] if rows and rows[0]["n"] == 1 else None
+    by_n = {r["n"]: r for r in sdk}
+    for r in rows:
+        vs = f" ({r['raw_tok_s'] / base:.2f}x one sequence)" if base else ""
+        line = (
+            f"raw llama.cpp N={r['n']}: {r['decode_tok_s']:.1f} tok/s counting decode only, "
+            f"{r['raw_tok_s']:.1f} with sampling{vs}; per step: decode "
+            f"{r['decode_ms_per_step']:.1f} ms, sampling {r['sample_ms_per_step']:.2f} ms"
+        )
+        if r["n"] in by_n:
+            got = by_n[r["n"]]["concurrent_tok_s"]
+            r["sdk_over_raw"] = got / r["raw_tok_s"]
+            r["sdk_over_decode"] = got / r["decode_tok_s"]
+            line += (
+                f"; SDK together / ceiling: {r['sdk_over_raw']:.2f} (with sampling), "
+                f"{r['sdk_over_decode']:.2f} (decode only)"
+            )
+        print(line, flush=True)
+
+
+class StepProfile:
+    """Where the SDK engine's time goes: the backend's own methods, timed where they are called
+    (instance attributes over its methods: nothing of the SDK is changed)."""
+
+    METHODS = ("_step", "_decode", "_pick", "_emit", "_read_chunk", "_start", "_finish")
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.time: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.batches: list[int] = []
+        self._reading = False
+        for name in self.METHODS:
+            self._wrap(name)
+
+    def _wrap(self, name: str) -> None:
+        method = getattr(self.model, name)
+
+        def timed(*args, **kwargs):
+            key = name
+            if name == "_decode":
+                key = "_decode(prompt)" if self._reading else "_decode"
+                if not self._reading:
+                    self.batches.append(len(args[0]))
+            if name == "_read_chunk":
+                self._reading = True
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.time[key] += time.perf_counter() - t0
+                self.calls[key] += 1
+                if name == "_read_chunk":
+                    self._reading = False
+
+        setattr(self.model, name, timed)
+
+    def close(self) -> None:
+        for name in self.METHODS:
+            delattr(self.model, name)
+
+
+def profile_steps(model, sizes: list[int], tokens: int, runs: int, ceiling: list[dict]) -> list:
+    """For each N: N turns together, with the engine's methods timed."""
+    npcs = town_npcs(model, max(sizes))
+    prompts = prompts_of(npcs)
+    run_turns(model, prompts, 2, together=False)  # prompts cached, as in the throughput runs
+    raw = {r["n"]: r for r in ceiling}
+    rows = []
+    for n in sizes:
+        prof = StepProfile(model)
+        try:
+            wall = sum(run_turns(model, prompts[:n], tokens, together=True)[0] for _ in range(runs))
+        finally:
+            prof.close()
+        t, c = prof.time, prof.calls
+        steps = max(c["_step"], 1)
+        ms = {k: 1000 * v / steps for k, v in t.items()}
+        inside = ms.get("_step", 0.0)
+        own = inside - sum(
+            ms.get(k, 0.0) for k in ("_decode", "_pick", "_emit", "_read_chunk", "_finish")
+        )
+        row = {
+            "n": n,
+            "tok_s": n * tokens * runs / wall,
+            "steps": steps,
+            "mean_batch": statistics.mean(prof.batches) if prof.batches else 0.0,
+            "wall_ms_per_step": 1000 * wall / steps,
+            "decode_ms": ms.get("_decode", 0.0),
+            "sampling_ms": ms.get("_pick", 0.0),
+            "text_out_ms": ms.get("_emit", 0.0) + ms.get("_finish", 0.0),
+            "prompt_ms": ms.get("_read_chunk", 0.0),
+            "start_ms": ms.get("_start", 0.0),
+            "step_python_ms": own,
+            "outside_steps_ms": 1000 * wall / steps - inside - ms.get("_start", 0.0),
+        }
+        full = [b for b in prof.batches if b == n]
+        row["full_batch_share"] = len(full) / max(len(prof.batches), 1)
+        ceiling = ""
+        if n in raw:
+            row["raw_decode_ms"] = raw[n]["decode_ms_per_step"]
+            row["sdk_over_raw"] = row["tok_s"] / raw[n]["raw_tok_s"]
+            ceiling = f", {row['sdk_over_raw']:.2f} of the raw ceiling"
+        rows.append(row)
+        vs_raw = (
+            f" (raw decode of {n}: {row['raw_decode_ms']:.1f} ms)" if "raw_decode_ms" in row else ""
+        )
+        print(
+            f"SDK step at N={n}: {row['tok_s']:.1f} tok/s{ceiling}; "
+            f"{row['wall_ms_per_step']:.1f} ms per step "
+            f"(mean batch {row['mean_batch']:.2f}, {row['full_batch_share']:.0%} of steps with "
+            f"all {n}): decode {row['decode_ms']:.1f} ms{vs_raw}, sampling "
+            f"{row['sampling_ms']:.2f}, text out {row['text_out_ms']:.2f}, prompt reading "
+            f"{row['prompt_ms']:.2f}, starting turns {row['start_ms']:.2f}, the step's own Python "
+            f"{row['step_python_ms']:.2f}, outside steps {row['outside_steps_ms']:.2f}",
             flush=True,
         )
     return rows
@@ -223,35 +507,59 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
     ap.add_argument("--tokens", type=int, default=48, help="tokens per turn (throughput)")
-    ap.add_argument("--sizes", default="1,2,4,8", help="numbers of concurrent turns")
+    ap.add_argument("--sizes", default="1,2,4,8", help="concurrent turns ('': skip throughput)")
+    ap.add_argument("--ceiling", default="1,2,4,8,16", help="raw llama.cpp batch sizes ('': skip)")
+    ap.add_argument("--profile", default="", help="SDK step profile at these N (e.g. 1,2,4,8)")
     ap.add_argument("--runs", type=int, default=3, help="repeats (medians are reported)")
     ap.add_argument("--background", type=int, default=7, help="background turns under load")
     ap.add_argument("--grpc", type=int, default=64, help="concurrent gRPC streams (0: skip)")
+    ap.add_argument("--no-latency", action="store_true", help="skip time to first speech")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    ceiling_sizes = [int(x) for x in args.ceiling.split(",") if x]
+    profile_sizes = [int(x) for x in args.profile.split(",") if x]
+    print(cpu_header(), flush=True)
     # The bare embedded model (adapter=None), as in the README's figures: the engine, not the
     # adapter, is what this measures.
-    model = load_model(args.model, adapter=None, n_ctx=args.n_ctx, max_sequences=max(8, *sizes))
-    print(f"{model!r}, {model.n_threads} threads", flush=True)
-    results: dict = {"model": str(model.path), "tokens": args.tokens}
-    results["throughput"] = throughput(model, sizes, args.tokens, args.runs)
-    idle = first_speech(model, "player", 0, args.runs)
-    loaded = first_speech(model, "player", args.background, args.runs)
-    same = first_speech(model, "background", args.background, args.runs)
-    results["first_speech"] = {
-        "idle_s": idle,
-        "player_under_load_s": loaded,
-        "same_priority_under_load_s": same,
-        "ratio": loaded / idle,
-    }
-    print(
-        f"time to first speech: idle {idle:.2f} s; with {args.background} background turns "
-        f"{loaded:.2f} s as player-facing ({loaded / idle:.2f}x idle), {same:.2f} s at their "
-        f"priority ({same / idle:.2f}x)",
-        flush=True,
+    model = load_model(
+        args.model,
+        adapter=None,
+        n_ctx=args.n_ctx,
+        max_sequences=max(8, *sizes, *profile_sizes),
     )
+    print(f"{model!r}, {model.n_threads} threads", flush=True)
+    results: dict = {"cpu": cpu_header(), "model": str(model.path), "tokens": args.tokens}
+    results["throughput"] = throughput(model, sizes, args.tokens, args.runs) if sizes else []
+    if ceiling_sizes:
+        npcs = town_npcs(model, max(ceiling_sizes))
+        tokens = [model.tokenize(p) for p in prompts_of(npcs)]
+        rows = raw_ceiling(
+            str(model.path), tokens, ceiling_sizes, args.tokens, model.n_ctx, args.runs
+        )
+        print_ceiling(rows, results["throughput"])
+        results["ceiling"] = rows
+    if profile_sizes:
+        results["profile"] = profile_steps(
+            model, profile_sizes, args.tokens, args.runs, results.get("ceiling", [])
+        )
+    if not args.no_latency:
+        idle = first_speech(model, "player", 0, args.runs)
+        loaded = first_speech(model, "player", args.background, args.runs)
+        same = first_speech(model, "background", args.background, args.runs)
+        results["first_speech"] = {
+            "idle_s": idle,
+            "player_under_load_s": loaded,
+            "same_priority_under_load_s": same,
+            "ratio": loaded / idle,
+        }
+        print(
+            f"time to first speech: idle {idle:.2f} s; with {args.background} background turns "
+            f"{loaded:.2f} s as player-facing ({loaded / idle:.2f}x idle), {same:.2f} s at "
+            f"their priority ({same / idle:.2f}x)",
+            flush=True,
+        )
     if args.grpc:
         results["grpc"] = grpc_load(model, args.grpc, 16)
     model.close()
