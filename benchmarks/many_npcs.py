@@ -1,8 +1,8 @@
 """Many NPCs on one model: concurrent turns decoded together vs one at a time, and priorities.
 
     .venv/bin/python benchmarks/many_npcs.py [--model PATH] [--tokens 48] [--sizes 1,2,4,8]
-                                             [--ceiling 1,2,4,8,16] [--profile 1,2,4,8]
-                                             [--runs 3] [--grpc 64] [--json OUT.json]
+                                             [--ceiling 1,2,4,8,16] [--runs 3] [--grpc 64]
+                                             [--no-latency] [--json OUT.json]
 
 Prints, each measured in this one run on the same model:
 - the CPU and its vector extensions (llama.cpp picks its kernels by them: figures from different
@@ -11,14 +11,13 @@ Prints, each measured in this one run on the same model:
   turns one after another, and their ratio (target for N = 8 on 2 CPU cores: >= 1.8x). Every
   NPC has its own persona and prompt; prompts are read once beforehand, so both modes generate
   from cached prompts, and each turn generates exactly --tokens tokens (fixed budget, no stop);
-- the ceiling: raw llama.cpp (llama-cpp-python's low-level API, no her_sdk) on the same model
-  file and the same prompts' tokens, one `llama_decode` per step holding one token of each of N
-  sequences (N = --ceiling), with the same sampler chain per sequence: tokens/s counting decode
-  time only, and counting decode and sampling; then SDK / ceiling for each N measured both ways;
-- with --profile: where the SDK engine's time goes at N = 1, 2, 4, 8 turns together (decode,
-  sampling, text out, prompt reading, the step's own Python, and time outside steps), by timing
-  the backend's own methods, and its decode time per step against the raw decode of a batch of
-  the same size;
+- the ceiling (N = --ceiling): raw llama.cpp (llama-cpp-python's low-level API, no her_sdk) on
+  the same model file and the same prompts' tokens, one `llama_decode` per step holding one token
+  of each of N sequences, each sampled with the SDK's sampler chain: tokens/s counting decode
+  time only and counting decode and sampling; the SDK's N turns together; SDK / ceiling. Raw and
+  SDK runs alternate, so both meet the same machine. Each SDK step is profiled from outside (its
+  backend's own methods timed): decode, sampling, text out, prompt reading, the step's own
+  Python, time outside steps, and how full its batches were;
 - time to first speech of a player-facing turn (the demo's Mara, plan and grammar on) while 7
   background turns are generating vs on an idle model (target <= 2x), and the same turn at the
   background turns' own priority under that load, to show what the priority buys;
@@ -172,24 +171,16 @@ def sampler_chain(lib, s: Sampling):
     return chain
 
 
-def raw_ceiling(
-    path: str, prompts: list[list[int]], sizes: list[int], tokens: int, n_ctx: int, runs: int
-) -> list[dict]:
-    """Raw llama.cpp batched decoding: for each N, `tokens` steps of one `llama_decode` with one
-    token of each of N sequences whose prompts are already read, and the SDK's sampler chain.
-
-    The model and context are set up as the SDK sets them up (same threads, one KV stream per
-    sequence, no weight repacking on AMX CPUs, prompts read in n_batch chunks). It runs on a
-    thread of its own that ends with it, as the SDK's engine thread does: two live OpenMP teams
-    in one process slow each other down (see benchmarks/runtime.py).
-    """
-    out: list[dict] = []
+def on_own_thread(fn):
+    """Run `fn()` on a thread that ends with it, as the SDK's engine thread does: two live
+    OpenMP teams in one process slow each other down (see benchmarks/runtime.py)."""
+    out: list = []
     error: list[BaseException] = []
 
     def run() -> None:
         try:
-            out.extend(_raw_ceiling(path, prompts, sizes, tokens, n_ctx, runs))
-        except BaseException as exc:  # reported by the caller's thread
+            out.append(fn())
+        except BaseException as exc:  # re-raised on the caller's thread
             error.append(exc)
 
     thread = threading.Thread(target=run, name="raw-llama")
@@ -197,107 +188,85 @@ def raw_ceiling(
     thread.join()
     if error:
         raise error[0]
-    return out
+    return out[0]
 
 
-def _raw_ceiling(path, prompts, sizes, tokens, n_ctx, runs) -> list[dict]:
-    import llama_cpp as lib
+class RawEngine:
+    """Raw llama.cpp on the same model file, set up as the SDK sets it up (same threads, one KV
+    stream per sequence, no weight repacking on AMX CPUs, prompts read in n_batch chunks), with
+    every prompt but its last token read once. `run(n)` then decodes `tokens` steps of one
+    `llama_decode` holding one token of each of n sequences, sampling each with the SDK's
+    sampler chain: the batched-decoding ceiling, free of any SDK code."""
 
-    threads = os.cpu_count() or 1
-    n_seq, n_batch = max(sizes), 64
-    mparams = lib.llama_model_default_params()
-    mparams.use_extra_bufts = not cpu_has_amx()
-    model = lib.llama_model_load_from_file(str(path).encode(), mparams)
-    cparams = lib.llama_context_default_params()
-    cparams.n_ctx = n_ctx * n_seq
-    cparams.n_seq_max = n_seq
-    cparams.kv_unified = False
-    cparams.n_batch = cparams.n_ubatch = max(n_batch, n_seq)
-    cparams.n_threads = cparams.n_threads_batch = threads
-    ctx = lib.llama_init_from_model(model, cparams)
-    mem = lib.llama_get_memory(ctx)
-    batch = lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
+    def __init__(self, path: str, prompts: list[list[int]], n_seq: int, n_ctx: int) -> None:
+        import llama_cpp as lib
 
-    def decode(items) -> None:
+        self.lib, self.prompts = lib, prompts
+        threads = os.cpu_count() or 1
+        n_batch = 64
+        mparams = lib.llama_model_default_params()
+        mparams.use_extra_bufts = not cpu_has_amx()
+        self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = n_ctx * n_seq
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = False
+        cparams.n_batch = cparams.n_ubatch = max(n_batch, n_seq)
+        cparams.n_threads = cparams.n_threads_batch = threads
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        self.mem = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
+
+        def read() -> None:
+            for seq in range(n_seq):
+                p = prompts[seq % len(prompts)]
+                for start in range(0, len(p) - 1, n_batch):
+                    stop = min(len(p) - 1, start + n_batch)
+                    self._decode([(p[i], i, seq, False) for i in range(start, stop)])
+
+        on_own_thread(read)
+
+    def _decode(self, items) -> None:
+        batch = self.batch
         batch.n_tokens = len(items)
         for i, (token, pos, seq, logits) in enumerate(items):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
-        if lib.llama_decode(ctx, batch) != 0:
+        if self.lib.llama_decode(self.ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
 
-    try:
-        for seq in range(n_seq):  # every prompt but its last token, in n_batch chunks
-            p = prompts[seq % len(prompts)]
-            for start in range(0, len(p) - 1, n_batch):
-                stop = min(len(p) - 1, start + n_batch)
-                decode([(p[i], i, seq, False) for i in range(start, stop)])
-        rows = []
-        for n in sizes:
-            decode_s, sample_s, wall_s = [], [], []
-            for r in range(runs):
-                chains = [
-                    sampler_chain(lib, Sampling(temperature=0.8, seed=100 * r + i))
-                    for i in range(n)
-                ]
-                pending, pos = [], []
-                for seq in range(n):
-                    p = prompts[seq % len(prompts)]
-                    lib.llama_memory_seq_rm(mem, seq, len(p) - 1, -1)  # back to the prompt
-                    pending.append(p[-1])
-                    pos.append(len(p) - 1)
-                dec = smp = 0.0
-                t0 = time.perf_counter()
-                for _ in range(tokens):
-                    ta = time.perf_counter()
-                    decode([(pending[i], pos[i], i, True) for i in range(n)])
-                    tb = time.perf_counter()
-                    for i in range(n):
-                        token = lib.llama_sampler_sample(chains[i], ctx, i)
-                        pending[i], pos[i] = token, pos[i] + 1
-                    dec += tb - ta
-                    smp += time.perf_counter() - tb
-                wall_s.append(time.perf_counter() - t0)
-                decode_s.append(dec)
-                sample_s.append(smp)
-                for chain in chains:
-                    lib.llama_sampler_free(chain)
-            dec, smp, wall = (statistics.median(x) for x in (decode_s, sample_s, wall_s))
-            rows.append(
-                {
-                    "n": n,
-                    "decode_tok_s": n * tokens / dec,
-                    "raw_tok_s": n * tokens / wall,
-                    "decode_ms_per_step": 1000 * dec / tokens,
-                    "sample_ms_per_step": 1000 * smp / tokens,
-                }
-            )
-        return rows
-    finally:
-        lib.llama_batch_free(batch)
-        lib.llama_free(ctx)
-        lib.llama_model_free(model)
+    def run(self, n: int, tokens: int, seed: int) -> tuple[float, float, float]:
+        """(decode seconds, sampling seconds, wall seconds) of n sequences x `tokens` tokens."""
+        return on_own_thread(lambda: self._run(n, tokens, seed))
 
+    def _run(self, n: int, tokens: int, seed: int) -> tuple[float, float, float]:
+        lib = self.lib
+        chains = [sampler_chain(lib, Sampling(temperature=0.8, seed=seed + i)) for i in range(n)]
+        pending, pos = [], []
+        for seq in range(n):
+            p = self.prompts[seq % len(self.prompts)]
+            lib.llama_memory_seq_rm(self.mem, seq, len(p) - 1, -1)  # back to the read prompt
+            pending.append(p[-1])
+            pos.append(len(p) - 1)
+        dec = smp = 0.0
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            ta = time.perf_counter()
+            self._decode([(pending[i], pos[i], i, True) for i in range(n)])
+            tb = time.perf_counter()
+            for i in range(n):
+                pending[i], pos[i] = lib.llama_sampler_sample(chains[i], self.ctx, i), pos[i] + 1
+            dec += tb - ta
+            smp += time.perf_counter() - tb
+        wall = time.perf_counter() - t0
+        for chain in chains:
+            lib.llama_sampler_free(chain)
+        return dec, smp, wall
 
-def print_ceiling(rows: list[dict], sdk: list[dict]) -> None:
-    base = rows[0]["raw_tok_s"] if rows and rows[0]["n"] == 1 else None
-    by_n = {r["n"]: r for r in sdk}
-    for r in rows:
-        vs = f" ({r['raw_tok_s'] / base:.2f}x one sequence)" if base else ""
-        line = (
-            f"raw llama.cpp N={r['n']}: {r['decode_tok_s']:.1f} tok/s counting decode only, "
-            f"{r['raw_tok_s']:.1f} with sampling{vs}; per step: decode "
-            f"{r['decode_ms_per_step']:.1f} ms, sampling {r['sample_ms_per_step']:.2f} ms"
-        )
-        if r["n"] in by_n:
-            got = by_n[r["n"]]["concurrent_tok_s"]
-            r["sdk_over_raw"] = got / r["raw_tok_s"]
-            r["sdk_over_decode"] = got / r["decode_tok_s"]
-            line += (
-                f"; SDK together / ceiling: {r['sdk_over_raw']:.2f} (with sampling), "
-                f"{r['sdk_over_decode']:.2f} (decode only)"
-            )
-        print(line, flush=True)
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)
 
 
 class StepProfile:
@@ -342,62 +311,76 @@ class StepProfile:
             delattr(self.model, name)
 
 
-def profile_steps(model, sizes: list[int], tokens: int, runs: int, ceiling: list[dict]) -> list:
-    """For each N: N turns together, with the engine's methods timed."""
+def ceiling(model, sizes: list[int], tokens: int, runs: int) -> list[dict]:
+    """For each N: raw llama.cpp runs and SDK runs of N turns together, alternating (so both
+    see the same machine), the SDK's engine methods timed; medians over `runs`."""
     npcs = town_npcs(model, max(sizes))
     prompts = prompts_of(npcs)
-    run_turns(model, prompts, 2, together=False)  # prompts cached, as in the throughput runs
-    raw = {r["n"]: r for r in ceiling}
+    run_turns(model, prompts, 2, together=False)  # SDK: every prompt cached, as in a game
+    raw = RawEngine(str(model.path), [model.tokenize(p) for p in prompts], max(sizes), model.n_ctx)
     rows = []
-    for n in sizes:
-        prof = StepProfile(model)
-        try:
-            wall = sum(run_turns(model, prompts[:n], tokens, together=True)[0] for _ in range(runs))
-        finally:
-            prof.close()
-        t, c = prof.time, prof.calls
-        steps = max(c["_step"], 1)
-        ms = {k: 1000 * v / steps for k, v in t.items()}
-        inside = ms.get("_step", 0.0)
-        own = inside - sum(
-            ms.get(k, 0.0) for k in ("_decode", "_pick", "_emit", "_read_chunk", "_finish")
-        )
-        row = {
-            "n": n,
-            "tok_s": n * tokens * runs / wall,
-            "steps": steps,
-            "mean_batch": statistics.mean(prof.batches) if prof.batches else 0.0,
-            "wall_ms_per_step": 1000 * wall / steps,
-            "decode_ms": ms.get("_decode", 0.0),
-            "sampling_ms": ms.get("_pick", 0.0),
-            "text_out_ms": ms.get("_emit", 0.0) + ms.get("_finish", 0.0),
-            "prompt_ms": ms.get("_read_chunk", 0.0),
-            "start_ms": ms.get("_start", 0.0),
-            "step_python_ms": own,
-            "outside_steps_ms": 1000 * wall / steps - inside - ms.get("_start", 0.0),
-        }
-        full = [b for b in prof.batches if b == n]
-        row["full_batch_share"] = len(full) / max(len(prof.batches), 1)
-        ceiling = ""
-        if n in raw:
-            row["raw_decode_ms"] = raw[n]["decode_ms_per_step"]
-            row["sdk_over_raw"] = row["tok_s"] / raw[n]["raw_tok_s"]
-            ceiling = f", {row['sdk_over_raw']:.2f} of the raw ceiling"
-        rows.append(row)
-        vs_raw = (
-            f" (raw decode of {n}: {row['raw_decode_ms']:.1f} ms)" if "raw_decode_ms" in row else ""
-        )
-        print(
-            f"SDK step at N={n}: {row['tok_s']:.1f} tok/s{ceiling}; "
-            f"{row['wall_ms_per_step']:.1f} ms per step "
-            f"(mean batch {row['mean_batch']:.2f}, {row['full_batch_share']:.0%} of steps with "
-            f"all {n}): decode {row['decode_ms']:.1f} ms{vs_raw}, sampling "
-            f"{row['sampling_ms']:.2f}, text out {row['text_out_ms']:.2f}, prompt reading "
-            f"{row['prompt_ms']:.2f}, starting turns {row['start_ms']:.2f}, the step's own Python "
-            f"{row['step_python_ms']:.2f}, outside steps {row['outside_steps_ms']:.2f}",
-            flush=True,
-        )
+    try:
+        for n in sizes:
+            raw_runs, sdk_runs = [], []
+            prof = StepProfile(model)
+            try:
+                for r in range(runs):
+                    raw_runs.append(raw.run(n, tokens, seed=100 * r))
+                    sdk_runs.append(run_turns(model, prompts[:n], tokens, together=True)[0])
+            finally:
+                prof.close()
+            rows.append(ceiling_row(n, tokens, runs, raw_runs, sdk_runs, prof))
+    finally:
+        raw.close()
     return rows
+
+
+def ceiling_row(n, tokens, runs, raw_runs, sdk_runs, prof: StepProfile) -> dict:
+    dec, smp, wall = (statistics.median(x) for x in zip(*raw_runs, strict=True))
+    sdk_wall = statistics.median(sdk_runs)
+    t, c = prof.time, prof.calls
+    steps = max(c["_step"], 1)
+    ms = {k: 1000 * v / steps for k, v in t.items()}
+    inside = ms.get("_step", 0.0)
+    measured = ("_decode", "_pick", "_emit", "_read_chunk", "_finish")
+    row = {
+        "n": n,
+        "raw_decode_tok_s": n * tokens / dec,
+        "raw_tok_s": n * tokens / wall,
+        "sdk_tok_s": n * tokens / sdk_wall,
+        "raw_decode_ms_per_step": 1000 * dec / tokens,
+        "raw_sample_ms_per_step": 1000 * smp / tokens,
+        "sdk_steps_per_turn": steps / runs,
+        "sdk_wall_ms_per_step": 1000 * sum(sdk_runs) / steps,
+        "sdk_mean_batch": statistics.mean(prof.batches) if prof.batches else 0.0,
+        "sdk_full_batch_share": sum(b == n for b in prof.batches) / max(len(prof.batches), 1),
+        "sdk_decode_ms": ms.get("_decode", 0.0),
+        "sdk_sampling_ms": ms.get("_pick", 0.0),
+        "sdk_text_out_ms": ms.get("_emit", 0.0) + ms.get("_finish", 0.0),
+        "sdk_prompt_ms": ms.get("_read_chunk", 0.0),
+        "sdk_step_python_ms": inside - sum(ms.get(k, 0.0) for k in measured),
+    }
+    row["sdk_outside_steps_ms"] = row["sdk_wall_ms_per_step"] - inside - ms.get("_start", 0.0)
+    row["sdk_over_raw"] = row["sdk_tok_s"] / row["raw_tok_s"]
+    row["sdk_over_decode"] = row["sdk_tok_s"] / row["raw_decode_tok_s"]
+    print(
+        f"N={n}: raw llama.cpp {row['raw_decode_tok_s']:.1f} tok/s counting decode only, "
+        f"{row['raw_tok_s']:.1f} with sampling (decode {row['raw_decode_ms_per_step']:.1f} ms, "
+        f"sampling {row['raw_sample_ms_per_step']:.2f} ms a step); SDK {row['sdk_tok_s']:.1f} "
+        f"tok/s: SDK / ceiling {row['sdk_over_raw']:.2f} ({row['sdk_over_decode']:.2f} of "
+        f"decode only)",
+        flush=True,
+    )
+    print(
+        f"    SDK step: {row['sdk_wall_ms_per_step']:.1f} ms (mean batch "
+        f"{row['sdk_mean_batch']:.2f}, {row['sdk_full_batch_share']:.0%} of steps with all {n}): "
+        f"decode {row['sdk_decode_ms']:.1f}, sampling {row['sdk_sampling_ms']:.2f}, text out "
+        f"{row['sdk_text_out_ms']:.2f}, prompt reading {row['sdk_prompt_ms']:.1f}, the step's "
+        f"own Python {row['sdk_step_python_ms']:.2f}, outside steps "
+        f"{row['sdk_outside_steps_ms']:.2f} ms",
+        flush=True,
+    )
+    return row
 
 
 def first_speech(model, priority: str, load: int, runs: int) -> float:
@@ -508,8 +491,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
     ap.add_argument("--tokens", type=int, default=48, help="tokens per turn (throughput)")
     ap.add_argument("--sizes", default="1,2,4,8", help="concurrent turns ('': skip throughput)")
-    ap.add_argument("--ceiling", default="1,2,4,8,16", help="raw llama.cpp batch sizes ('': skip)")
-    ap.add_argument("--profile", default="", help="SDK step profile at these N (e.g. 1,2,4,8)")
+    ap.add_argument("--ceiling", default="1,2,4,8,16", help="N for raw vs SDK ('': skip)")
     ap.add_argument("--runs", type=int, default=3, help="repeats (medians are reported)")
     ap.add_argument("--background", type=int, default=7, help="background turns under load")
     ap.add_argument("--grpc", type=int, default=64, help="concurrent gRPC streams (0: skip)")
@@ -519,7 +501,6 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     ceiling_sizes = [int(x) for x in args.ceiling.split(",") if x]
-    profile_sizes = [int(x) for x in args.profile.split(",") if x]
     print(cpu_header(), flush=True)
     # The bare embedded model (adapter=None), as in the README's figures: the engine, not the
     # adapter, is what this measures.
@@ -527,23 +508,13 @@ def main() -> None:
         args.model,
         adapter=None,
         n_ctx=args.n_ctx,
-        max_sequences=max(8, *sizes, *profile_sizes),
+        max_sequences=max(8, *sizes, *ceiling_sizes),
     )
     print(f"{model!r}, {model.n_threads} threads", flush=True)
     results: dict = {"cpu": cpu_header(), "model": str(model.path), "tokens": args.tokens}
     results["throughput"] = throughput(model, sizes, args.tokens, args.runs) if sizes else []
     if ceiling_sizes:
-        npcs = town_npcs(model, max(ceiling_sizes))
-        tokens = [model.tokenize(p) for p in prompts_of(npcs)]
-        rows = raw_ceiling(
-            str(model.path), tokens, ceiling_sizes, args.tokens, model.n_ctx, args.runs
-        )
-        print_ceiling(rows, results["throughput"])
-        results["ceiling"] = rows
-    if profile_sizes:
-        results["profile"] = profile_steps(
-            model, profile_sizes, args.tokens, args.runs, results.get("ceiling", [])
-        )
+        results["ceiling"] = ceiling(model, ceiling_sizes, args.tokens, args.runs)
     if not args.no_latency:
         idle = first_speech(model, "player", 0, args.runs)
         loaded = first_speech(model, "player", args.background, args.runs)
