@@ -195,7 +195,7 @@ def play(ops, new: MemoryStore, ref: ReferenceStore) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    ops=st.lists(op, max_size=160),
+    ops=st.lists(op, min_size=40, max_size=300),
     capacity=st.integers(1, 60),
     decay=st.floats(0.9, 0.999),
     weights=st.tuples(*[st.sampled_from([0.0, 0.5, 1.0, 2.0])] * 3),
@@ -206,23 +206,44 @@ def test_recall_and_forgetting_match_the_original_scorer(ops, capacity, decay, w
     play(ops, MemoryStore(candidates=None, **kw), ReferenceStore(**kw))
 
 
-def test_a_long_random_game_matches_the_original_scorer():
-    # Hundreds of memories sharing few words: every recall scores most of the store, and
-    # forgetting ranks memories recalled at many different times.
-    rng = random.Random(7)
-    kw = {"capacity": 300, "decay": 0.97, "weights": (1.0, 1.0, 1.0)}
-    new, ref = MemoryStore(**kw), ReferenceStore(**kw)
-    ops = []
-    for _ in range(900):
+def random_ops(rng: random.Random, n: int, words: list[str]) -> list[tuple]:
+    """A random game: memories formed, recalled (touching or not, with exclusions), rated and
+    re-dated directly, in proportions that fill and overflow a store."""
+    ops: list[tuple] = []
+    for _ in range(n):
         r = rng.random()
-        if r < 0.6:
-            ops.append(("add", " ".join(rng.choices(WORDS, k=rng.randint(1, 9))), None, "own"))
+        if r < 0.55:
+            imp = rng.choice([None, None, rng.randint(1, 10), round(rng.uniform(1, 10), 2)])
+            kind = rng.choice(["perceived", "own", "planted"])
+            ops.append(("add", " ".join(rng.choices(words, k=rng.randint(1, 10))), imp, kind))
         elif r < 0.9:
-            q = " ".join(rng.choices(WORDS, k=rng.randint(1, 5)))
-            ops.append(("recall", q, 5, [rng.randrange(1000)], True))
-        else:
+            q = " ".join(rng.choices(words, k=rng.randint(1, 8)))
+            ex = [rng.randrange(1000) for _ in range(rng.randint(0, 6))]
+            ops.append(("recall", q, rng.randint(0, 8), ex, rng.random() < 0.7))
+        elif r < 0.97:
             ops.append(("rate", rng.randrange(1000), rng.randint(1, 10)))
-    play(ops, new, ref)
+        else:
+            ops.append(("recency", rng.randrange(1000), rng.randrange(1000)))
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_long_random_games_match_the_original_scorer(seed):
+    # Hundreds of memories over a small vocabulary: every recall scores most of the store,
+    # forgetting ranks memories recalled at many different times, ratings move them.
+    rng = random.Random(seed)
+    vocab = WORDS + [f"w{i}" for i in range(rng.choice([5, 40, 200]))]
+    kw = {
+        "capacity": rng.choice([50, 150, 400]),
+        "decay": rng.choice([0.95, 0.98, 0.99, 0.995]),
+        "weights": rng.choice([(1.0, 1.0, 1.0), (0.5, 2.0, 1.0), (1.0, 0.0, 2.0)]),
+    }
+    ops = random_ops(rng, 1200, vocab)
+    play(ops, MemoryStore(candidates=None, **kw), ReferenceStore(**kw))
+    # The default store too: these stores stay under its budget, so it scores exactly.
+    store = MemoryStore(**kw)
+    play(ops, store, ReferenceStore(**kw))
+    assert store.candidates is not None
 
 
 # -- bounded recall -----------------------------------------------------------------------------
