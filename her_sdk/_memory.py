@@ -18,9 +18,15 @@ candidates.
 Why BM25 is written here rather than taken from `bm25s`: a memory store grows by one item at a
 time and is queried after every few additions, so it needs an incremental inverted index;
 `bm25s` builds a static sparse-matrix index (re-indexed on every change) and would add numpy to
-the core install, which needs only msgspec. A store of a few thousand short memories is scored
-here in well under a millisecond. The scoring is BM25 as Lucene computes it, the variant `bm25s`
-calls "lucene", and gives the same scores.
+the core install, which needs only msgspec. The scoring is BM25 as Lucene computes it, the
+variant `bm25s` calls "lucene", and gives the same scores.
+
+A recall's work does not grow with the length of the game. The index keeps postings, document
+frequencies and lengths as memories come and go, and the store files its memories by recency and
+by importance; a recall scores every memory sharing a term with the query while those are few
+(exactly what scoring the whole store gives), and past a budget a bounded set chosen from the
+postings and the files (see `MemoryStore`). The index is rebuilt when a save is loaded: save files
+hold the memories only.
 
 Privacy holds by construction: a store belongs to one character and is rendered only into that
 character's prompt. `MemoryItem.private` marks items that hold its own thoughts, for views that
@@ -32,12 +38,15 @@ does, for importance ratings and summaries).
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import threading
+import weakref
+from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 
@@ -95,14 +104,18 @@ class BM25:
     that occurs in most documents still counts a little instead of counting against; the term
     weight is Lucene's `tf / (tf + k1 * (1 - b + b * len / avg_len))`. Scores equal those of
     `bm25s.BM25(method="lucene")` (checked against bm25s 0.3.16).
+
+    Postings map each term to its documents and their term frequencies; document frequencies,
+    lengths and their total are kept as documents come and go, so scoring a query touches only
+    the postings of its terms (`scores`), or only the documents asked about (`score_docs`).
     """
 
     def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
         self.k1 = k1
         self.b = b
-        self._docs: dict[int, Counter[str]] = {}
+        self._docs: dict[int, dict[str, int]] = {}  # doc -> its terms' frequencies
         self._lengths: dict[int, int] = {}
-        self._postings: dict[str, set[int]] = {}
+        self._postings: dict[str, dict[int, int]] = {}  # term -> {doc: frequency}
         self._total = 0
 
     def __len__(self) -> int:
@@ -111,13 +124,15 @@ class BM25:
     def add(self, doc_id: int, tokens: Iterable[str]) -> None:
         if doc_id in self._docs:
             self.remove(doc_id)
-        tf = Counter(tokens)
+        tf: dict[str, int] = {}
+        for t in tokens:
+            tf[t] = tf.get(t, 0) + 1
         self._docs[doc_id] = tf
         n = sum(tf.values())
         self._lengths[doc_id] = n
         self._total += n
-        for term in tf:
-            self._postings.setdefault(term, set()).add(doc_id)
+        for term, f in tf.items():
+            self._postings.setdefault(term, {})[doc_id] = f
 
     def remove(self, doc_id: int) -> None:
         tf = self._docs.pop(doc_id, None)
@@ -126,30 +141,70 @@ class BM25:
         self._total -= self._lengths.pop(doc_id)
         for term in tf:
             ids = self._postings[term]
-            ids.discard(doc_id)
+            del ids[doc_id]
             if not ids:
                 del self._postings[term]
+
+    def df(self, term: str) -> int:
+        """How many documents hold `term`."""
+        return len(self._postings.get(term, ()))
 
     def idf(self, term: str) -> float:
         n = len(self._docs)
         df = len(self._postings.get(term, ()))
         return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
+    def terms(self, doc_id: int) -> Mapping[str, int]:
+        """The terms of a document and their frequencies (a view: do not change it)."""
+        return self._docs[doc_id]
+
+    def postings(self, term: str) -> Mapping[int, int]:
+        """The documents holding `term` and its frequency there (a view: do not change it)."""
+        return self._postings.get(term, {})
+
     def scores(self, query: Iterable[str]) -> dict[int, float]:
         """BM25 score of every document sharing a term with `query` (others score 0)."""
         if not self._docs:
             return {}
         avg = self._total / len(self._docs) or 1.0
+        k1, b, lengths = self.k1, self.b, self._lengths
         out: dict[int, float] = {}
         for term, qtf in Counter(query).items():
             ids = self._postings.get(term)
             if not ids:
                 continue
-            idf = self.idf(term)
-            for d in ids:
-                f = self._docs[d][term]
-                norm = f + self.k1 * (1 - self.b + self.b * self._lengths[d] / avg)
-                out[d] = out.get(d, 0.0) + qtf * idf * f / norm
+            w = qtf * self.idf(term)
+            for d, f in ids.items():
+                norm = f + k1 * (1 - b + b * lengths[d] / avg)
+                out[d] = out.get(d, 0.0) + w * f / norm
+        return out
+
+    def score_docs(self, query: Iterable[str], docs: Iterable[int]) -> dict[int, float]:
+        """`scores(query)` for `docs` only (those sharing no term with `query` are left out).
+
+        Each score is the same float `scores` gives: the terms are summed in the query's order.
+        """
+        if not self._docs:
+            return {}
+        avg = self._total / len(self._docs) or 1.0
+        k1, b, lengths = self.k1, self.b, self._lengths
+        weights = [
+            (term, qtf * self.idf(term))
+            for term, qtf in Counter(query).items()
+            if term in self._postings
+        ]
+        out: dict[int, float] = {}
+        for d in docs:
+            tf = self._docs[d]
+            acc, hit = 0.0, False
+            for term, w in weights:
+                f = tf.get(term)
+                if f:
+                    # As `scores` computes it, operation for operation: the same float.
+                    norm = f + k1 * (1 - b + b * lengths[d] / avg)
+                    acc, hit = acc + w * f / norm, True
+            if hit:
+                out[d] = acc
         return out
 
 
@@ -168,6 +223,38 @@ class MemoryItem(msgspec.Struct, kw_only=True):
     last_recalled: int = 0
     kind: MemoryKind = "perceived"
     private: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _struct_setattr(self, name, value)
+        if name in _FILED_BY:
+            held = _HELD.get(id(self))
+            if held is not None:  # a store holds it: tell the store to refile it
+                held[0].append(held[1])
+
+
+_struct_setattr = msgspec.Struct.__setattr__
+# A store files its items by these fields. Games and the SDK may set them on an item a store
+# holds (a model rating comes a turn after the memory formed): the store refiles it then.
+_FILED_BY = frozenset(["text", "importance", "last_recalled"])
+# id(item) -> (the edits list of the store holding it, its key there). A store holds its own
+# copies, so an item has at most one; the store removes its entries when it lets an item go or
+# is itself collected.
+_HELD: dict[int, tuple[list[int], int]] = {}
+
+
+def _let_go(items: dict[int, MemoryItem], edits: list[int]) -> None:
+    for item in items.values():
+        held = _HELD.get(id(item))
+        if held is not None and held[0] is edits:
+            del _HELD[id(item)]
+
+
+# A recall scores every memory sharing a term with the query while their postings number at most
+# _EXACT * candidates; past that, it reads at most _COUNTED * candidates postings (counting, in C)
+# and scores about 1.25 * candidates memories.
+_EXACT = 8
+_COSTS = ("postings", "counted", "walked", "scored")
+_COUNTED = 32
 
 
 # Words that mark an event as weighty: harm, loss, love, debts, promises, family, power.
@@ -217,6 +304,14 @@ def _scale(values: dict[int, float]) -> dict[int, float]:
     return {k: (v - lo) / (hi - lo) for k, v in values.items()}
 
 
+def _scaled(values: list[float]) -> list[float]:
+    """`_scale` of a list: the same floats."""
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        return [1.0] * len(values)
+    return [(v - lo) / (hi - lo) for v in values]
+
+
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=False))
     na = math.sqrt(sum(x * x for x in a))
@@ -231,6 +326,23 @@ class MemoryStore:
     forgotten (planted facts last longest, being rated by the game). `decay` is the recency
     factor per memory formed; `weights` weigh (recency, importance, relevance). Thread-safe: a
     scene may deliver a perception while the character recalls for its turn.
+
+    `candidates` bounds the work of one recall, so that it does not grow with the length of the
+    game. While the postings of the query's terms number at most 8 x `candidates` (in a game's
+    first few hundred memories, always), a recall scores every memory sharing a term with the
+    query, exactly as the store always did. Past that, it scores about 1.25 x `candidates`
+    memories: those of the query's rarest terms (up to half a budget of postings), those holding
+    the most of its next terms (counted over at most 32 budgets of postings, in C), the most
+    recently formed or recalled and the most important sharing a term, and the oldest and the
+    least important of those (so that recency and importance are scaled over the same range as
+    over the whole store). On a long game that returns the same memories as scoring everything in
+    the large majority of turns (benchmarks/long_session.py reports how often); the others differ
+    where a memory outside the set would have ranked. `candidates=None` always scores everything
+    (work that grows with the store). `recall_cost` counts the work of the last recall. With an
+    embedder, every memory is compared with the query by meaning, whatever `candidates` says.
+
+    The store keeps its own copies of the items given to it. Setting `importance`,
+    `last_recalled` or `text` on an item it holds refiles the item (`MemoryItem.__setattr__`).
     """
 
     def __init__(
@@ -242,6 +354,7 @@ class MemoryStore:
         weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         embedder: Embedder | None = None,
         min_cosine: float = 0.3,
+        candidates: int | None = 256,
     ) -> None:
         if capacity < 1:
             raise ConfigError("memory capacity must be >= 1")
@@ -249,20 +362,35 @@ class MemoryStore:
             raise ConfigError("memory decay must be in (0, 1]")
         if len(weights) != 3 or any(w < 0 for w in weights):
             raise ConfigError("memory weights are three non-negative numbers")
+        if candidates is not None and (not isinstance(candidates, int) or candidates < 16):
+            raise ConfigError("memory candidates must be a whole number >= 16, or None")
         self.capacity = capacity
         self.decay = decay
         self.weights = weights
         self.embedder = embedder
         self.min_cosine = min_cosine
-        self._items: dict[int, MemoryItem] = {}
+        self.candidates = candidates
+        self._items: dict[int, MemoryItem] = {}  # by key: the order in which they were stored
         self._index = BM25()
         self._vectors: dict[int, Sequence[float]] = {}
         self._next_id = 0
         self._lock = threading.RLock()
         self.clock = 0  # memories formed so far: the store's notion of time
+        # The files: keys by recency, least recently formed or recalled first (ties: oldest key
+        # first), over all items and per importance; the (importance, last_recalled, text) each
+        # is filed under; the keys of items edited directly since (see MemoryItem.__setattr__).
+        self._recent: dict[int, None] = {}
+        self._levels: dict[float, dict[int, None]] = {}
+        self._level_order: list[float] = []  # the importances that have items, ascending
+        self._filed: dict[int, tuple[float, int, str]] = {}
+        self._edits: list[int] = []
+        weakref.finalize(self, _let_go, self._items, self._edits)
+        self.recall_cost: dict[str, int] = dict.fromkeys(_COSTS, 0)
         for item in items:
-            self._insert(item)
+            self._insert(msgspec.structs.replace(item), file=False)
             self.clock = max(self.clock, item.tick + 1)
+        for key in sorted(self._items, key=lambda k: (self._items[k].last_recalled, k)):
+            self._file(key)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -275,6 +403,7 @@ class MemoryStore:
             weights=self.weights,
             embedder=self.embedder,
             min_cosine=self.min_cosine,
+            candidates=self.candidates,
         )
 
     @property
@@ -315,66 +444,235 @@ class MemoryStore:
                 self._forget_one()
             return item
 
-    def _insert(self, item: MemoryItem) -> int:
-        i = self._next_id
+    # -- the files ------------------------------------------------------------------------------
+
+    def _insert(self, item: MemoryItem, file: bool = True) -> int:
+        key = self._next_id
         self._next_id += 1
-        self._items[i] = item
-        self._index.add(i, tokenize(item.text))
-        return i
+        self._items[key] = item
+        _HELD[id(item)] = (self._edits, key)
+        self._index.add(key, tokenize(item.text))
+        if file:
+            self._file(key)
+        return key
+
+    def _file(self, key: int) -> None:
+        it = self._items[key]
+        importance = float(it.importance)
+        self._filed[key] = (importance, it.last_recalled, it.text)
+        self._place(self._recent, key)
+        level = self._levels.get(importance)
+        if level is None:
+            level = self._levels[importance] = {}
+            insort(self._level_order, importance)
+        self._place(level, key)
+
+    def _unfile(self, key: int) -> None:
+        importance = self._filed.pop(key)[0]
+        del self._recent[key]
+        level = self._levels[importance]
+        del level[key]
+        if not level:
+            del self._levels[importance]
+            del self._level_order[bisect_left(self._level_order, importance)]
+
+    def _place(self, order: dict[int, None], key: int) -> None:
+        """Put `key` into `order` (keys by (last_recalled, key)). New and just-recalled items go
+        last at once; an item edited to an older recency moves the newer ones behind it."""
+        filed = self._filed
+        at = (filed[key][1], key)
+        newer: list[int] = []
+        while order:
+            last = next(reversed(order))
+            if (filed[last][1], last) <= at:
+                break
+            del order[last]
+            newer.append(last)
+        order[key] = None
+        for k in reversed(newer):
+            order[k] = None
+
+    def _sync(self) -> None:
+        """Refile the items edited directly since the last look."""
+        if not self._edits:
+            return
+        edited = self._edits[:]
+        del self._edits[: len(edited)]  # not `clear`: another thread may have added one
+        for key in dict.fromkeys(edited):
+            item = self._items.get(key)
+            if item is None:
+                continue  # forgotten since
+            filed = self._filed[key]
+            if filed == (item.importance, item.last_recalled, item.text):
+                continue
+            if filed[2] != item.text:
+                self._index.add(key, tokenize(item.text))
+                self._vectors.pop(key, None)
+            self._unfile(key)
+            self._file(key)
 
     def _forget_one(self) -> None:
-        def keep(i: int) -> float:
-            it = self._items[i]
-            return it.importance / 10 + self.decay ** (self.clock - it.last_recalled)
+        """Forget the item of least `importance / 10 + decay ** age`.
 
-        victim = min(self._items, key=keep)
-        del self._items[victim]
-        self._index.remove(victim)
-        self._vectors.pop(victim, None)
+        Within an importance, that is the least recently recalled item (on a tie, the oldest);
+        across importances, the least value (on a tie, the oldest). Items whose recency no
+        longer changes the sum in floating point (about 3,900 memories back at decay 0.99) tie:
+        of those, the least recently recalled goes.
+        """
+        self._sync()
+        clock, decay, filed = self.clock, self.decay, self._filed
+        victim: tuple[float, int] | None = None
+        for importance, level in self._levels.items():
+            head = next(iter(level))
+            value = importance / 10 + decay ** (clock - filed[head][1])
+            if victim is None or (value, head) < victim:
+                victim = (value, head)
+        assert victim is not None
+        self._remove(victim[1])
+
+    def _remove(self, key: int) -> None:
+        self._unfile(key)
+        item = self._items.pop(key)
+        _HELD.pop(id(item), None)
+        self._index.remove(key)
+        self._vectors.pop(key, None)
+
+    # -- recall ---------------------------------------------------------------------------------
 
     def recall(
         self,
         query: str,
         *,
         k: int = 5,
-        exclude: Container[str] = (),
+        exclude: Iterable[str] = (),
         touch: bool = True,
     ) -> list[MemoryItem]:
         """The `k` best memories for `query`, best first.
 
-        Items whose text is in `exclude` are left out (the prompt shows them already). `touch`
-        marks the returned items as recalled now, which makes them recent again.
+        Items whose text is in `exclude` are left out (the prompt shows them already; texts are
+        compared as stored, with runs of whitespace as one space). `touch` marks the returned
+        items as recalled now, which makes them recent again.
         """
         with self._lock:
             return self._recall(query, k, exclude, touch)
 
-    def _recall(self, query: str, k: int, exclude: Container[str], touch: bool) -> list[MemoryItem]:
+    def _recall(self, query: str, k: int, exclude: Iterable[str], touch: bool) -> list[MemoryItem]:
+        self.recall_cost = dict.fromkeys(_COSTS, 0)
         if k < 1 or not self._items:
             return []
-        relevance = self._relevance(query, exclude)
+        self._sync()
+        excluded = {" ".join(t.split()) for t in exclude}
+        if self.embedder is None:
+            relevance = self._relevance(query, excluded)
+        else:
+            relevance = self._relevance_by_meaning(query, excluded)
         if not relevance:
             return []
-        now = self.clock
-        wr, wi, wv = self.weights
-        rec = _scale({i: self.decay ** (now - self._items[i].last_recalled) for i in relevance})
-        imp = _scale({i: self._items[i].importance for i in relevance})
-        rel = _scale(relevance)
-        score = {i: wr * rec[i] + wi * imp[i] + wv * rel[i] for i in relevance}
-        best = sorted(score, key=lambda i: (-score[i], -i))[:k]
-        out = [self._items[i] for i in best]
+        self.recall_cost["scored"] = len(relevance)
+        best = self._best(relevance, k)
         if touch:
-            for it in out:
-                it.last_recalled = now
-        return out
+            self._touch(best)
+        return [self._items[i] for i in best]
 
-    def _relevance(self, query: str, exclude: Container[str]) -> dict[int, float]:
-        def eligible(i: int) -> bool:
-            return self._items[i].text not in exclude
+    def _best(self, relevance: dict[int, float], k: int) -> list[int]:
+        """The keys of the `k` best candidates, each scaled to [0, 1] over the candidates."""
+        now, decay, items = self.clock, self.decay, self._items
+        wr, wi, wv = self.weights
+        keys = list(relevance)
+        rec = _scaled([decay ** (now - items[i].last_recalled) for i in keys])
+        imp = _scaled([items[i].importance for i in keys])
+        rel = _scaled(list(relevance.values()))
+        score = [wr * a + wi * b + wv * c for a, b, c in zip(rec, imp, rel, strict=True)]
+        top = heapq.nlargest(k, range(len(keys)), key=lambda j: (score[j], keys[j]))
+        return [keys[j] for j in top]
 
-        bm25 = {i: s for i, s in self._index.scores(tokenize(query)).items() if eligible(i)}
-        if self.embedder is None:
-            return bm25
-        ids = [i for i in self._items if eligible(i)]
+    def _touch(self, keys: list[int]) -> None:
+        now = self.clock
+        for key in sorted(keys):  # equal recency: the older key first, as `_place` keeps them
+            _struct_setattr(self._items[key], "last_recalled", now)
+            self._unfile(key)
+            self._file(key)
+
+    def _relevance(self, query: str, excluded: set[str]) -> dict[int, float]:
+        index, items = self._index, self._items
+        tokens = tokenize(query)
+        terms = [t for t in dict.fromkeys(tokens) if index.df(t)]
+        postings = sum(index.df(t) for t in terms)
+        if self.candidates is None or postings <= _EXACT * self.candidates:
+            self.recall_cost["postings"] = postings
+            return {i: s for i, s in index.scores(tokens).items() if items[i].text not in excluded}
+        return index.score_docs(tokens, self._candidates(terms, excluded, self.candidates))
+
+    def _candidates(self, terms: list[str], excluded: set[str], budget: int) -> list[int]:
+        """A bounded set of memories sharing a term with the query (see the class docstring)."""
+        index, items, docs = self._index, self._items, self._index._docs
+        query = set(terms)
+        found: dict[int, None] = {}
+        cost = self.recall_cost
+
+        def walk(keys: Iterable[int], want: int, limit: int) -> None:
+            taken = walked = 0
+            for key in keys:
+                walked += 1
+                if (
+                    key not in found
+                    and not query.isdisjoint(docs[key])
+                    and items[key].text not in excluded
+                ):
+                    found[key] = None
+                    taken += 1
+                    if taken >= want:
+                        break
+                if walked >= limit:
+                    break
+            cost["walked"] += walked
+
+        # The rarest terms' memories, whole: the most relevant by BM25 hold rare terms.
+        order = sorted(terms, key=index.df, reverse=True)  # stable: ties in query order
+        spent = 0
+        while order and spent + index.df(order[-1]) <= budget // 2:
+            term = order.pop()
+            spent += index.df(term)
+            found.update(dict.fromkeys(index.postings(term)))
+        cost["postings"] = spent
+        for key in [k for k in found if items[k].text in excluded]:
+            del found[key]
+        # Then, of the next terms' memories, those holding the most of them (counted in C, at
+        # the cost of reading the postings): many shared middling terms make a relevant memory.
+        hits: Counter[int] = Counter()
+        while order and cost["counted"] + index.df(order[-1]) <= _COUNTED * budget:
+            postings = index.postings(order.pop())
+            cost["counted"] += len(postings)
+            hits.update(iter(postings))
+        if hits:
+            want, enough, least = budget // 4, 0, 1
+            for n, docs_with_n in sorted(Counter(hits.values()).items(), reverse=True):
+                enough, least = enough + docs_with_n, n
+                if enough >= want:
+                    break
+            best = [k for k, n in hits.items() if n >= least]
+            best.sort(key=lambda k: (hits[k], k), reverse=True)  # ties: the most recent
+            walk(best, want, budget)
+        # The most recent, the most important, then the least of each (the scales' low ends).
+        walk(reversed(self._recent), budget // 4, budget)
+        levels = self._levels
+        walk(
+            (k for v in reversed(self._level_order) for k in reversed(levels[v])),
+            budget // 4,
+            budget,
+        )
+        walk(iter(self._recent), 1, budget // 4)
+        walk((k for v in self._level_order for k in levels[v]), 1, budget // 4)
+        return list(found)
+
+    def _relevance_by_meaning(self, query: str, excluded: set[str]) -> dict[int, float]:
+        assert self.embedder is not None
+        bm25 = {
+            i: s
+            for i, s in self._index.scores(tokenize(query)).items()
+            if self._items[i].text not in excluded
+        }
+        ids = [i for i, it in self._items.items() if it.text not in excluded]
         cos = self._cosines(query, ids)
         lexical = _scale(bm25) if bm25 else {}
         out: dict[int, float] = {}
@@ -382,6 +680,7 @@ class MemoryStore:
             c = cos.get(i, 0.0)
             if i in lexical or c >= self.min_cosine:
                 out[i] = (lexical.get(i, 0.0) + max(c, 0.0)) / 2
+        self.recall_cost["postings"] = sum(self._index.df(t) for t in set(tokenize(query)))
         return out
 
     def _cosines(self, query: str, ids: list[int]) -> dict[int, float]:

@@ -129,6 +129,7 @@ class Scene:
         self._characters: dict[str, Character] = {}
         self._players: list[str] = []
         self._events: list[Event] = []
+        self._last_event: dict[str, int] = {}  # speaker -> index of its latest event
         self._clock = 0  # counts events; drives per-turn seeds
         self._lock = threading.RLock()
         self._on_blocked: list[Callable[[BlockedReveal], None]] = []
@@ -261,6 +262,7 @@ class Scene:
 
     def _append(self, event: Event) -> None:
         self._events.append(event)
+        self._last_event[event.speaker] = event.index
         self._clock += 1
         if len(self._events) > self.max_events:
             del self._events[: len(self._events) - self.max_events]
@@ -385,10 +387,10 @@ class Scene:
                 for n in candidates:
                     if re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE):
                         return n
-            last_spoke = {n: -1 for n in candidates}
-            for e in self._events:
-                if e.speaker in last_spoke:
-                    last_spoke[e.speaker] = e.index
+            # When each last spoke in the log (-1: not in it), without reading the whole log.
+            first = self._events[0].index if self._events else 0
+            last_spoke = {n: self._last_event.get(n, -1) for n in candidates}
+            last_spoke = {n: i if i >= first else -1 for n, i in last_spoke.items()}
             return min(candidates, key=lambda n: last_spoke[n])
 
     def transcript(self, viewer: str | None = None) -> list[Event]:
@@ -431,6 +433,7 @@ class Scene:
             m = (models or {}).get(cs.persona.name, model)
             scene.add(Character.from_state(cs, model=m, embedder=embedder))
         scene._events = list(state.events)
+        scene._last_event = {e.speaker: e.index for e in scene._events}
         scene._clock = state.clock
         return scene
 
