@@ -58,8 +58,14 @@ def test_grammar_constrained_turns_parse_and_never_leak(model):
         stream = scene.stream("Mara", seed=seed, max_tokens=160)
         public = "".join(d.text for d in stream)
         reply = stream.reply
-        assert reply.finish_reason in ("stop", "length")
+        # "blocked" is the secrets guard doing its job: which seed's sampling drifts towards
+        # Mara's secret depends on the CPU's rounding, so any of the three may happen here.
+        assert reply.finish_reason in ("stop", "length", "blocked")
         complete = reply.finish_reason == "stop"
+        for blocked in reply.blocked_reveals:  # the turn ended where the reveal began
+            assert blocked.text.lower() not in public.lower()
+            assert blocked.text.lower() not in (reply.speech + " ".join(reply.actions)).lower()
+        assert reply.blocked_reveals or reply.finish_reason != "blocked"
         assert her_shaped(reply.raw, "Mara", complete=complete, plan_newlines=False), reply.raw
         assert reply.plan, reply.raw
         assert reply.speech or reply.actions or not complete, reply.raw
