@@ -187,7 +187,7 @@ def test_onnx_folder_of_a_newer_her_format_is_refused(tmp_path):
 
 
 def test_export_writes_this_runtimes_format_version(tmp_path):
-    """The exporter's metadata (full models and adapters alike) carries format.py's version,
+    """The exporter's metadata (full models and adapters alike) carries her_sdk.format's version,
     and a file written that way passes the runtime's check."""
     gguf = pytest.importorskip("gguf")
     np = pytest.importorskip("numpy")
