@@ -585,7 +585,7 @@ class Character:
         return render_prompt(
             self.persona,
             history,
-            style=model.prompt_style,  # type: ignore[arg-type]
+            style=model.prompt_style,
             plan=self.plan,
             keep_plans=self.keep_plans,
             chat_template=model.chat_template,

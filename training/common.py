@@ -335,7 +335,7 @@ def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
     """
     from transformers import AutoTokenizer
 
-    from .tiny import CHATML_TEMPLATE
+    from her_sdk.format import CHATML_TEMPLATE
 
     # local_files_only: a hub id must already be in the local cache; nothing is downloaded.
     kw: dict[str, Any] = {"local_files_only": True}

@@ -16,56 +16,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
+from ..format import PromptStyle, PromptText
+
 __all__ = [
     "Backend",
     "CancelToken",
-    "PromptText",
     "Sampling",
     "StopScanner",
     "TextStream",
     "cut_at_stop",
     "tokenize_prompt",
 ]
-
-
-class PromptText(str):
-    """A rendered prompt that knows which of its characters are literal text.
-
-    Literal text is what the prompt quotes rather than writes: players' lines, character-card
-    and persona fields, a character's memories and earlier turns, anything from a save file.
-    `literal` holds its (start, end) character ranges, sorted and disjoint; the rest is the
-    prompt's own scaffolding (chat-template markers, section heads, tags).
-
-    The contract for engines (`her_sdk.format.render_prompt` makes these):
-    - an engine whose tokenizer turns special-token strings into control tokens (`<|im_end|>`,
-      `<end_of_turn>`, `<unused0>`) must parse special tokens in the scaffolding only, and
-      tokenize literal ranges as plain text, so that no quoted text becomes a control token;
-      `tokenize_prompt` does exactly that on top of an engine's own tokenizer;
-    - an engine that receives text (an HTTP server) cannot; the format module's neutralisation
-      of tags and section heads in literal text is then what protects the prompt's structure;
-    - a plain `str` prompt is all scaffolding, as before (callers that render their own prompts).
-
-    It is a `str`, so backends that do not care see an ordinary string; string operations
-    (concatenation, slicing) return plain `str` and drop the ranges.
-    """
-
-    literal: tuple[tuple[int, int], ...]
-
-    def __new__(cls, text: str, literal: Iterable[tuple[int, int]] = ()) -> PromptText:
-        self = super().__new__(cls, text)
-        self.literal = tuple((a, b) for a, b in literal if a < b)
-        return self
-
-    def scaffold(self) -> list[tuple[int, int]]:
-        """The (start, end) ranges that are not literal text."""
-        out, pos = [], 0
-        for a, b in self.literal:
-            if a > pos:
-                out.append((pos, a))
-            pos = max(pos, b)
-        if pos < len(self):
-            out.append((pos, len(self)))
-        return out
 
 
 def tokenize_prompt(
@@ -87,7 +48,7 @@ def tokenize_prompt(
     if not literal:
         return tokenize(prompt, True)
     cuts: list[tuple[int, int, int]] = []  # (start, end, token) of each scaffolding control
-    for a, b in PromptText.scaffold(prompt):  # type: ignore[arg-type]
+    for a, b in PromptText(prompt, literal).scaffold():
         fragment = prompt[a:b]
         at = 0
         for token in tokenize(fragment, True):
@@ -227,7 +188,7 @@ class Backend(ABC):
     plans: bool = True
     prefills: bool = True
     schedules: bool = False
-    prompt_style: str = "chatml"
+    prompt_style: PromptStyle = "chatml"
     chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""

@@ -55,7 +55,7 @@ from .._errors import (
     MissingDependencyError,
 )
 from .._gguf import GGUFInfo, read_gguf_info
-from ..format import detect_prompt_style
+from ..format import PromptStyle, check_prompt_style, detect_prompt_style
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream, tokenize_prompt
 from ._scheduler import Priority, Scheduler, priority_rank
 
@@ -156,7 +156,7 @@ class LlamaBackend(Backend):
         lora_path: str | os.PathLike[str] | None = None,
         use_extra_bufts: bool | None = None,
         cache_slots: int = 4,
-        prompt_style: str | None = None,
+        prompt_style: PromptStyle | None = None,
         verbose: bool = False,
     ) -> None:
         # llama.cpp handles (ctypes objects), None once closed
@@ -256,15 +256,12 @@ class LlamaBackend(Backend):
         # A HER adapter makes a HER model of any base: its metadata decides the prompt style
         # (ChatML, no few-shot example) and whether turns begin with a plan (`her.plan`).
         her_meta = [i for i in (self.lora_info, self.info) if i and i.her_format_version]
-        self.prompt_style = prompt_style or detect_prompt_style(
-            self.chat_template, her_model=bool(her_meta)
+        self.prompt_style = check_prompt_style(
+            prompt_style or detect_prompt_style(self.chat_template, her_model=bool(her_meta)),
+            self.chat_template,
         )
         plans = [m.metadata.get("her.plan") for m in her_meta]
         self.plans = next((p for p in plans if isinstance(p, bool)), True)
-        if self.prompt_style not in ("chatml", "template", "fewshot"):
-            raise ConfigError(f"unknown prompt_style {self.prompt_style!r}")
-        if self.prompt_style == "template" and not self.chat_template:
-            raise ConfigError(f"{path} has no chat template; use prompt_style='fewshot'")
 
     # -- setup helpers ------------------------------------------------------------------------
 

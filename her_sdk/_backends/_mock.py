@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .._errors import ConfigError, GenerationError
+from ..format import PromptStyle, check_prompt_style
 from ._base import Backend, CancelToken, Sampling, TextStream, cut_at_stop
 
 __all__ = ["MockBackend"]
@@ -40,7 +41,7 @@ class MockBackend(Backend):
         self,
         handler: Callable[[str], str] | Sequence[str],
         *,
-        prompt_style: str = "chatml",
+        prompt_style: PromptStyle = "chatml",
         n_ctx: int = 8192,
         chunk_delay: float = 0.0,
     ) -> None:
@@ -59,9 +60,7 @@ class MockBackend(Backend):
             self._handler = scripted
         else:
             raise ConfigError("MockBackend needs a callable or a list of outputs")
-        if prompt_style not in ("chatml", "fewshot"):
-            raise ConfigError("MockBackend prompt_style must be 'chatml' or 'fewshot'")
-        self.prompt_style = prompt_style
+        self.prompt_style = check_prompt_style(prompt_style)  # a mock has no chat template
         self.n_ctx = n_ctx
         self.chunk_delay = chunk_delay
         self.prompts: list[str] = []

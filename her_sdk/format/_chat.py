@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 
 from .._errors import ConfigError, MissingDependencyError
-from ._contract import Message, PromptStyle
+from ._contract import PROMPT_STYLES, Message, PromptStyle
 
 # ChatML, the chat format of the released HER (Qwen3-based) models.
 _IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
@@ -61,6 +61,20 @@ def detect_prompt_style(chat_template: str | None, *, her_model: bool = False) -
     if _IM_START in chat_template:
         return "chatml"
     return "template"
+
+
+def check_prompt_style(style: object, chat_template: str | None = None) -> PromptStyle:
+    """`style` as a `PromptStyle`, checked: a known name, and "template" only with a template.
+
+    Backends call it once, when they are made; whatever renders for them then trusts the style.
+    """
+    known = next((s for s in PROMPT_STYLES if s == style), None)
+    if known is None:
+        names = ", ".join(repr(s) for s in PROMPT_STYLES)
+        raise ConfigError(f"unknown prompt style {style!r}; use one of {names}")
+    if known == "template" and not (chat_template and chat_template.strip()):
+        raise ConfigError("prompt style 'template' needs the model's chat_template; use 'fewshot'")
+    return known
 
 
 def render_template(

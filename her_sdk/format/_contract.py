@@ -20,7 +20,10 @@ HER_FORMAT_VERSION = 1
 FORMAT_VERSION_KEY = "her.format_version"
 
 Channel = Literal["plan", "thought", "action", "speech"]
+# How a model's prompts are written: ChatML, the model's own Jinja chat template, or a plain-text
+# script for base models without one. A property of the model (`Backend.prompt_style`).
 PromptStyle = Literal["chatml", "template", "fewshot"]
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("chatml", "template", "fewshot")
 
 CHANNELS: tuple[Channel, ...] = ("plan", "thought", "action", "speech")
 PRIVATE_CHANNELS: frozenset[Channel] = frozenset({"plan", "thought"})
@@ -147,3 +150,43 @@ def format_version_problem(version: object, *, key: str = FORMAT_VERSION_KEY) ->
             f"understands (version {HER_FORMAT_VERSION}); upgrade her-sdk"
         )
     return None
+
+
+class PromptText(str):
+    """A rendered prompt that knows which of its characters are literal text.
+
+    Literal text is what the prompt quotes rather than writes: players' lines, character-card
+    and persona fields, a character's memories and earlier turns, anything from a save file.
+    `literal` holds its (start, end) character ranges, sorted and disjoint; the rest is the
+    prompt's own scaffolding (chat-template markers, section heads, tags).
+
+    The contract for engines (`render_prompt` and `render_messages` make these):
+    - an engine whose tokenizer turns special-token strings into control tokens (`<|im_end|>`,
+      `<end_of_turn>`, `<unused0>`) must parse special tokens in the scaffolding only, and
+      tokenize literal ranges as plain text, so that no quoted text becomes a control token;
+      the backends' `tokenize_prompt` does exactly that on top of an engine's own tokenizer;
+    - an engine that receives text (an HTTP server) cannot; the format module's neutralisation
+      of tags and section heads in literal text is then what protects the prompt's structure;
+    - a plain `str` prompt is all scaffolding (callers that render their own prompts).
+
+    It is a `str`, so backends that do not care see an ordinary string; string operations
+    (concatenation, slicing) return plain `str` and drop the ranges.
+    """
+
+    literal: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, literal: Iterable[tuple[int, int]] = ()) -> PromptText:
+        self = super().__new__(cls, text)
+        self.literal = tuple((a, b) for a, b in literal if a < b)
+        return self
+
+    def scaffold(self) -> list[tuple[int, int]]:
+        """The (start, end) ranges that are not literal text."""
+        out, pos = [], 0
+        for a, b in self.literal:
+            if a > pos:
+                out.append((pos, a))
+            pos = max(pos, b)
+        if pos < len(self):
+            out.append((pos, len(self)))
+        return out

@@ -12,8 +12,7 @@ from contextvars import ContextVar
 
 import msgspec
 
-from .._backends._base import PromptText
-from ._contract import Prompt
+from ._contract import Prompt, PromptText
 
 _P = typing.ParamSpec("_P")
 
