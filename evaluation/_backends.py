@@ -24,7 +24,7 @@ from pathlib import Path
 
 from her_sdk import Backend, MockBackend, Sampling
 from her_sdk._errors import ConfigError, DataError
-from her_sdk.format import CHATML_STOP, Message, render_chatml, render_template
+from her_sdk.format import Message, Rendered, render_messages
 
 __all__ = ["BackendPool", "ChatAgent", "backend_from_spec", "plain_sampling"]
 
@@ -170,24 +170,11 @@ class ChatAgent:
         else:
             self.messages.append(Message(role, text))
 
-    def render(self, messages: list[Message] | None = None) -> tuple[str, list[str]]:
-        """(prompt text, stop strings) for the backend's prompt style."""
+    def render(self, messages: list[Message] | None = None) -> Rendered:
+        """(prompt text, stop strings) for the backend's prompt style; in a base model's
+        script the agent answers one line after its label."""
         msgs = messages if messages is not None else self.messages
-        b = self.backend
-        if b.prompt_style == "template" and b.chat_template:
-            text = render_template(
-                msgs, b.chat_template, bos_token=b.bos_token, eos_token=b.eos_token
-            )
-            return text, [b.eos_token] if b.eos_token else []
-        if b.prompt_style == "fewshot":
-            lines = [msgs[0].content, ""]
-            for m in msgs[1:]:
-                content = m.content.strip("\n")
-                if m.role == "assistant" and not content.startswith(self.label + ":"):
-                    content = f"{self.label}: {content}"
-                lines.append(content)
-            return "\n".join(lines) + f"\n{self.label}:", ["\n"]
-        return render_chatml(msgs), list(CHATML_STOP)
+        return render_messages(msgs, self.backend, label=self.label, one_line=True)
 
     def chat(self, sampling: Sampling, messages: list[Message] | None = None) -> str:
         msgs = list(messages if messages is not None else self.messages)

@@ -54,10 +54,9 @@ from .format import (
     Turn,
     TurnParser,
     build_grammar,
-    render_chatml,
+    render_messages,
     render_prompt,
     render_system_prompt,
-    render_template,
 )
 
 __all__ = ["Character", "CharacterState", "Reply", "Seat", "TurnStream"]
@@ -599,25 +598,10 @@ class Character:
 
     # -- the model calls memory makes -----------------------------------------------------------
 
-    def _aux_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, list[str]]:
-        """A plain request (not a HER turn) in the model's prompt style: (text, stop)."""
-        model = self._require_model()
-        msgs = [Message(r, c) for r, c in messages]
-        if model.prompt_style == "template" and model.chat_template:
-            text = render_template(
-                msgs, model.chat_template, bos_token=model.bos_token, eos_token=model.eos_token
-            )
-            return text, [model.eos_token] if model.eos_token else []
-        if model.prompt_style == "fewshot":
-            body = "\n\n".join(c for _, c in messages)
-            return f"{body}\n\nAnswer:\n", ["\n\n"]
-        from .format import CHATML_STOP
-
-        return render_chatml(msgs), list(CHATML_STOP)
-
     def _complete(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:
+        """One plain request (not a HER turn) in the model's prompt style; its answer."""
         model = self._require_model()
-        text, stop = self._aux_prompt(messages)
+        text, stop = render_messages([Message(r, c) for r, c in messages], model)
         use_grammar = self.grammar if self.grammar is not None else model.supports_grammar
         sampling = msgspec.structs.replace(
             self.sampling, max_tokens=max_tokens, temperature=0.3, seed=self._turn_seed(None)

@@ -32,15 +32,14 @@ from typing import Any
 
 from her_sdk import Backend, Persona, Sampling
 from her_sdk.format import (
-    CHATML_STOP,
     TAG,
     Heard,
     Message,
+    Rendered,
     Turn,
-    render_chatml,
+    render_messages,
     render_perception,
     render_system_prompt,
-    render_template,
     render_turn,
 )
 
@@ -148,14 +147,10 @@ def judge_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> str:
-    """Judge messages as prompt text for `backend` (ChatML unless it has its own template)."""
+def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> Rendered:
+    """Judge messages as `backend`'s prompt text (ChatML without one) and its stop strings."""
     msgs = [Message(m["role"], m["content"]) for m in messages]
-    if backend is not None and backend.prompt_style == "template" and backend.chat_template:
-        return render_template(
-            msgs, backend.chat_template, bos_token=backend.bos_token, eos_token=backend.eos_token
-        )
-    return render_chatml(msgs)
+    return render_messages(msgs, backend if backend is not None else "chatml")
 
 
 def render_verdict(
@@ -396,7 +391,7 @@ class Judge:
         history: Sequence[Heard | Turn],
         cand_1: Turn | str,
         cand_2: Turn | str,
-    ) -> str:
+    ) -> Rendered:
         msgs = judge_messages(
             persona,
             history,
@@ -408,11 +403,11 @@ class Judge:
         )
         return render_judge_prompt(msgs, self.backend)
 
-    def _generate(self, prompt: str, attempt: int) -> str:
+    def _generate(self, prompt: Rendered, attempt: int) -> str:
         # Retries sample a little so that a deterministic failure is not simply repeated.
         temp = self.temperature if attempt == 0 else max(self.temperature, 0.7)
         sampling = Sampling(max_tokens=self.max_tokens, temperature=temp)
-        stream = self.backend.stream(prompt, stop=list(CHATML_STOP), sampling=sampling)
+        stream = self.backend.stream(prompt.text, stop=prompt.stop, sampling=sampling)
         try:
             return "".join(stream)
         finally:

@@ -45,7 +45,6 @@ from typing import Any
 
 from her_sdk import Backend, MockBackend, Persona, Sampling
 from her_sdk.format import (
-    CHATML_STOP,
     ENVIRONMENT,
     TAG,
     Heard,
@@ -641,7 +640,7 @@ def _policy_candidates(
     prompt = render_prompt(
         persona,
         history,
-        style=policy.prompt_style,  # type: ignore[arg-type]
+        style=policy.prompt_style,
         plan=plan,
         chat_template=policy.chat_template,
         bos_token=policy.bos_token,
@@ -657,7 +656,7 @@ def _policy_candidates(
             max_tokens=max_tokens, temperature=temperature, seed=seed_for(key, 1000 + i)
         )
         try:
-            text = generate_text(policy, prompt.text, sampling, timeout, prompt.stop or CHATML_STOP)
+            text = generate_text(policy, prompt.text, sampling, timeout, prompt.stop)
         except TimeoutError:
             failures.append("policy timeout")
             continue

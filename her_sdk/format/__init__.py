@@ -56,10 +56,13 @@ from ._calls import (
 from ._chat import (
     CHATML_STOP,
     CHATML_TEMPLATE,
+    ChatModel,
+    Rendered,
     chatml_to_messages,
     check_prompt_style,
     detect_prompt_style,
     render_chatml,
+    render_messages,
     render_template,
 )
 from ._contract import (
@@ -124,6 +127,7 @@ __all__ = [
     "TAG",
     "CallSpec",
     "Channel",
+    "ChatModel",
     "Delta",
     "Heard",
     "HistoryItem",
@@ -132,6 +136,7 @@ __all__ = [
     "Prompt",
     "PromptStyle",
     "PromptText",
+    "Rendered",
     "Segment",
     "Turn",
     "TurnParser",
@@ -148,6 +153,7 @@ __all__ = [
     "render_chatml",
     "render_fewshot",
     "render_memories",
+    "render_messages",
     "render_perception",
     "render_prompt",
     "render_system_prompt",

@@ -6,10 +6,12 @@ that picks a prompt style for a model (`detect_prompt_style`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 from .._errors import ConfigError, MissingDependencyError
-from ._contract import PROMPT_STYLES, Message, PromptStyle
+from ._contract import PROMPT_STYLES, Message, PromptStyle, PromptText
+from ._quote import _remark, _unmark
 
 # ChatML, the chat format of the released HER (Qwen3-based) models.
 _IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
@@ -109,3 +111,97 @@ def render_template(
     if bos_token and text.startswith(bos_token):
         text = text[len(bos_token) :]  # the engine adds BOS itself
     return text + prefill
+
+
+class ChatModel(Protocol):
+    """What `render_messages` reads of a model: a `Backend` is one."""
+
+    prompt_style: PromptStyle
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+
+class Rendered(NamedTuple):
+    """A prompt rendered for a model, and the strings that end the model's answer."""
+
+    text: PromptText
+    stop: list[str]
+
+
+def _render_chatml(
+    messages: list[Message], prefill: str, model: _Model, label: str, one_line: bool
+) -> tuple[str, list[str]]:
+    return render_chatml(messages, prefill), list(CHATML_STOP)
+
+
+def _render_template(
+    messages: list[Message], prefill: str, model: _Model, label: str, one_line: bool
+) -> tuple[str, list[str]]:
+    template, bos, eos = model
+    text = render_template(messages, template or "", prefill, bos_token=bos, eos_token=eos)
+    return text, [eos] if eos else []
+
+
+def _render_script(
+    messages: list[Message], prefill: str, model: _Model, label: str, one_line: bool
+) -> tuple[str, list[str]]:
+    """A base model's plain-text script: the system text, a blank line, the messages (the
+    model's own ones after `label:`), then `label:` for the answer. A one-line answer ends at
+    the line's end; a longer one ends at a blank line, which then also separates messages."""
+    sep = "\n" if one_line else "\n\n"
+    head = ""
+    if messages and messages[0].role == "system":
+        head = messages[0].content.strip("\n") + "\n\n"
+        messages = messages[1:]
+    lines = []
+    for m in messages:
+        content = m.content.strip("\n")
+        if m.role == "assistant" and not content.startswith(f"{label}:"):
+            content = f"{label}: {content}"
+        lines.append(content + sep)
+    opener = f"{label}:" if one_line else f"{label}:\n"
+    return head + "".join(lines) + opener + prefill, [sep]
+
+
+_Model = tuple[str | None, str, str]  # (chat template, BOS text, EOS text)
+_RENDERERS: dict[
+    PromptStyle, Callable[[list[Message], str, _Model, str, bool], tuple[str, list[str]]]
+] = {
+    "chatml": _render_chatml,
+    "template": _render_template,
+    "fewshot": _render_script,
+}
+
+
+def render_messages(
+    messages: Sequence[Message],
+    style: PromptStyle | ChatModel,
+    *,
+    prefill: str = "",
+    chat_template: str | None = None,
+    bos_token: str = "",
+    eos_token: str = "",
+    label: str = "Answer",
+    one_line: bool = False,
+) -> Rendered:
+    """Chat messages as the prompt text of one model, with the stop strings that end its answer.
+
+    `style` is a prompt style, or a model (any `Backend`): then its style, chat template and
+    BOS/EOS texts are used and the keywords of the same names are ignored. The open answer
+    begins with `prefill`. By style:
+
+    - "chatml": ChatML, stopped by ChatML's end markers;
+    - "template": the model's own Jinja chat template, stopped by its EOS text;
+    - "fewshot" (a base model without a template): a plain-text script that ends with
+      `label:`; with `one_line` the answer ends at the line's end, otherwise at a blank line.
+
+    A message's content may be a `PromptText`: its literal ranges are kept in the result's.
+    """
+    if not isinstance(style, str):
+        chat_template, bos_token, eos_token = style.chat_template, style.bos_token, style.eos_token
+        style = style.prompt_style
+    render = _RENDERERS[check_prompt_style(style, chat_template)]
+    msgs = [Message(m.role, _remark(m.content)) for m in messages]
+    text, stop = render(msgs, prefill, (chat_template, bos_token, eos_token), label, one_line)
+    return Rendered(_unmark(text), stop)

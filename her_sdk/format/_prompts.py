@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._errors import ConfigError
 from .._persona import Persona
 from ._calls import CallSpec, render_actions
-from ._chat import CHATML_STOP, render_chatml, render_template
+from ._chat import check_prompt_style, render_messages
 from ._contract import (
     CONVERSATION_START,
     ENVIRONMENT,
@@ -24,7 +23,7 @@ from ._contract import (
     PromptStyle,
     Turn,
 )
-from ._quote import _block, _clean, _literal_ranges, _name
+from ._quote import _block, _clean, _marking, _name, _unmark
 
 
 def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True) -> str:
@@ -242,7 +241,6 @@ def render_fewshot(
     return text
 
 
-@_literal_ranges
 def render_prompt(
     persona: Persona,
     history: Sequence[HistoryItem],
@@ -266,9 +264,11 @@ def render_prompt(
     The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
     memories, earlier turns), which engines tokenize without special tokens.
     """
+    style = check_prompt_style(style, chat_template)
     prefill_text, start = _prefill(persona.name, plan, prefill)
-    if style == "fewshot":
-        text = render_fewshot(
+    render = render_fewshot if style == "fewshot" else build_messages
+    with _marking():  # quoted text is marked, then becomes the result's literal ranges
+        rendered = render(
             persona,
             history,
             plan=plan,
@@ -277,32 +277,15 @@ def render_prompt(
             summary=summary,
             calls=calls,
         )
-        return Prompt(
-            text=text + prefill_text, stop=["\n"], prefill=prefill_text, start=start, style=style
+    if isinstance(rendered, str):  # few-shot: a script of HER turns, one a line
+        text, stop = _unmark(rendered + prefill_text), ["\n"]
+    else:
+        text, stop = render_messages(
+            rendered,
+            style,
+            prefill=prefill_text,
+            chat_template=chat_template,
+            bos_token=bos_token,
+            eos_token=eos_token,
         )
-    messages = build_messages(
-        persona,
-        history,
-        plan=plan,
-        keep_plans=keep_plans,
-        memories=memories,
-        summary=summary,
-        calls=calls,
-    )
-    if style == "template":
-        if not chat_template:
-            raise ConfigError("style='template' needs the model's chat_template")
-        text = render_template(
-            messages, chat_template, prefill_text, bos_token=bos_token, eos_token=eos_token
-        )
-        stop = [eos_token] if eos_token else []
-        return Prompt(text=text, stop=stop, prefill=prefill_text, start=start, style=style)
-    if style != "chatml":
-        raise ConfigError(f"unknown prompt style {style!r}")
-    return Prompt(
-        text=render_chatml(messages, prefill_text),
-        stop=list(CHATML_STOP),
-        prefill=prefill_text,
-        start=start,
-        style=style,
-    )
+    return Prompt(text=text, stop=stop, prefill=prefill_text, start=start, style=style)

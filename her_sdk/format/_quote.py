@@ -4,17 +4,12 @@ marked, so that it can never carry structure of its own and engines know where i
 
 from __future__ import annotations
 
-import functools
 import re
-import typing
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
-import msgspec
-
-from ._contract import Prompt, PromptText
-
-_P = typing.ParamSpec("_P")
+from ._contract import PromptText
 
 # Quoted text (players' lines, persona and card fields, memories, a character's earlier turns,
 # anything from a save) may never carry structure of its own: a HER tag would let one channel
@@ -85,16 +80,25 @@ def _unmark(text: str) -> PromptText:
     return PromptText("".join(out), ranges)
 
 
-def _literal_ranges(render: Callable[_P, Prompt]) -> Callable[_P, Prompt]:
-    """Make `render` return its text as a `PromptText` that knows where quoted text is."""
+@contextmanager
+def _marking() -> Iterator[None]:
+    """While it is open, quoted text is rendered with its marks (see `_unmark`)."""
+    token = _MARKING.set(True)
+    try:
+        yield
+    finally:
+        _MARKING.reset(token)
 
-    @functools.wraps(render)
-    def marked(*args: _P.args, **kwargs: _P.kwargs) -> Prompt:
-        token = _MARKING.set(True)
-        try:
-            prompt = render(*args, **kwargs)
-        finally:
-            _MARKING.reset(token)
-        return msgspec.structs.replace(prompt, text=_unmark(prompt.text))
 
-    return marked
+def _remark(text: str) -> str:
+    """A `PromptText`'s literal ranges as marks again (plain text is returned as it is), so
+    that it can be rendered into a larger prompt and keep them."""
+    literal = getattr(text, "literal", ())
+    if not literal:
+        return str(text)
+    out, pos = [], 0
+    for a, b in literal:
+        out += [text[pos:a], _OPEN, text[a:b], _CLOSE]
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
