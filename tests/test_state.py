@@ -203,7 +203,7 @@ def test_a_character_using_no_new_feature_saves_as_before():
     [
         (b"", "not a her_sdk save"),
         (b"\xff\xfe\x00\x01binary", "not a her_sdk save"),
-        (b'{"kind": "scene", "version": 1, "scene": {"name": "\xff\xfe"}}', "corrupt.*utf-8"),
+        (b'{"kind": "scene", "version": 1, "scene": {"name": "\xff\xfe"}}', "corrupt"),
         (b"[1, 2]", "not a her_sdk save"),
         (b"3", "not a her_sdk save"),
         (b'{"version": 1, "scene": {}}', "holds a None save"),
