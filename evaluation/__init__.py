@@ -10,8 +10,8 @@
   speakers, copying, repetition, diversity, lengths, time to first speech).
 - `compare`: two runs side by side.
 
-Every model role takes any her_sdk backend, or a spec string (`backend_from_spec`). This package
-imports nothing heavy at import time.
+Every model role takes any her_sdk backend, or a spec string (`her_sdk.backend_from_spec`).
+This package imports nothing heavy at import time.
 """
 
 from __future__ import annotations

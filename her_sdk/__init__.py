@@ -42,7 +42,7 @@ from ._errors import (
     VerificationError,
 )
 from ._memory import MemoryItem
-from ._model import load_model
+from ._model import BackendSpec, backend_from_spec, load_model, parse_backend_spec
 from ._persona import Persona
 from ._scene import Event, Scene
 from ._secrets import BlockedReveal
@@ -54,6 +54,7 @@ __all__ = [
     "AuthenticationError",
     "Backend",
     "BackendHTTPError",
+    "BackendSpec",
     "BackendUnavailableError",
     "BlockedReveal",
     "Call",
@@ -91,13 +92,16 @@ __all__ = [
     "Target",
     "Text",
     "TextStream",
+    "TransformersBackend",
     "Turn",
     "TurnParser",
     "TurnStream",
     "VerificationError",
     "__version__",
+    "backend_from_spec",
     "build_grammar",
     "load_model",
+    "parse_backend_spec",
     "parse_turn",
 ]
 
@@ -116,4 +120,8 @@ def __getattr__(name: str):
         from ._backends._openai import OpenAIBackend
 
         return OpenAIBackend
+    if name == "TransformersBackend":
+        from ._backends._transformers import TransformersBackend
+
+        return TransformersBackend
     raise AttributeError(f"module 'her_sdk' has no attribute {name!r}")

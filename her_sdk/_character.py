@@ -762,14 +762,13 @@ class Character:
                 )
             log.debug("turn of %s: %d prompt chars", self.name, len(prompt.text))
             t0 = time.perf_counter()
-            scheduling = {"priority": priority} if model.schedules else {}
             text_stream: TextStream = model.stream(
                 prompt.text,
                 stop=prompt.stop,
                 sampling=sampling,
                 grammar=grammar,
                 cancel=cancel,
-                **scheduling,
+                priority=priority,
             )
             # Under the grammar the turn is tagged HER text, so brackets in speech are literal
             # (not CoSER's "(action)"): only a <role_action> can hold an action, or a call.

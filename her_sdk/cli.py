@@ -69,11 +69,17 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=1)
 
 
-def _load(model: Path | None, **kwargs):
-    from ._model import load_model
+def _load(model: str | None, **kwargs):
+    from ._model import backend_from_spec
 
     with console.status("Loading model…" if model else "Preparing the embedded model…"):
-        return load_model(model, **kwargs)
+        return backend_from_spec(model, **kwargs)
+
+
+_MODEL_HELP = (
+    "The model: a GGUF file, an ONNX folder, http://HOST/v1#MODEL (an OpenAI-compatible "
+    "server), ... (a backend spec; default: the embedded model)."
+)
 
 
 class _Printer:
@@ -121,9 +127,7 @@ def demo(
         bool,
         typer.Option("--show-thoughts", help="Also show each NPC's private plan and thoughts."),
     ] = False,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
-    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 2,
     crowd: Annotated[
         bool,
@@ -250,7 +254,7 @@ def chat(
         ),
     ],
     as_name: Annotated[str, typer.Option("--as", help="Your name in the scene.")] = "Traveler",
-    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     show_thoughts: Annotated[bool, typer.Option("--show-thoughts")] = False,
     save: Annotated[
         Path | None, typer.Option("--save", help="Save the character here when you leave.")

@@ -16,13 +16,13 @@ from her_sdk.training.rl import (
     completion_text,
     format_reward,
     format_score,
-    judge_backend_from_spec,
+    judge_backend,
     length_penalty,
     policy_rows,
     repetition_penalty,
 )
 
-from her_sdk import ConfigError, MockBackend, Persona
+from her_sdk import ConfigError, MockBackend, ModelNotFoundError, Persona
 from her_sdk.format import Heard, Segment, Turn
 
 GOOD = (
@@ -139,13 +139,15 @@ def test_policy_rows_use_the_runtime_prompt():
 
 
 def test_judge_spec():
-    assert judge_backend_from_spec("none") is None
-    assert isinstance(judge_backend_from_spec("heuristic"), MockBackend)
-    assert judge_backend_from_spec("openai:http://localhost:1/v1#m").model == "m"
+    assert judge_backend("none") is None
+    assert isinstance(judge_backend("heuristic"), MockBackend)
+    assert judge_backend("http://localhost:1/v1#m").model == "m"
+    with pytest.warns(DeprecationWarning, match="openai:"):
+        assert judge_backend("openai:http://localhost:1/v1#m").model == "m"
     with pytest.raises(ConfigError):
-        judge_backend_from_spec("mock")
-    with pytest.raises(ConfigError):
-        judge_backend_from_spec("carrier-pigeon:x")
+        judge_backend("chat+ftp://x")
+    with pytest.raises(ModelNotFoundError):
+        judge_backend("carrier-pigeon:x")  # a path: no such model file
 
 
 def _gemma_like_tokenizer(path):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from her_sdk import ConfigError
+from her_sdk import ConfigError, parse_backend_spec
 
 from .common import EMBEDDED_GEMMA, _merge, parse_overrides, read_config_file
 
@@ -544,13 +544,6 @@ def _stage_of(config: str | os.PathLike, data: dict) -> str:
     return "sft"
 
 
-def _url_host(spec: str) -> str | None:
-    """The host of an `openai:URL#MODEL` judge spec (None for in-process judges)."""
-    if not spec.startswith(("openai:", "openai-chat:")):
-        return None
-    return urlparse(spec.split(":", 1)[1].split("#", 1)[0]).hostname or ""
-
-
 @dataclasses.dataclass
 class _Ctx:
     rep: CheckReport
@@ -807,25 +800,28 @@ def _external(ctx: _Ctx, name: str, what: str, host: str, where: str) -> None:
 
 
 def _judge(ctx: _Ctx, her_args: Any, ph: Phase) -> None:
+    """Where the RL judge runs: a server (placed), llama.cpp, or transformers in-process (its
+    weights counted). The spec is read as `her_sdk.backend_from_spec` reads it."""
     spec = str(her_args.judge_model or "none")
     rep = ctx.rep
     rep.sources.append(("judge", spec))
-    host = _url_host(spec)
-    if host is not None:
-        _external(ctx, "RL", "the judge server", host, spec)
+    if spec in ("none", "heuristic", "mock"):
         return
-    if spec.startswith("hf:"):
+    judge = parse_backend_spec(spec)
+    if judge.kind == "url":
+        _external(ctx, "RL", "the judge server", urlparse(judge.target).hostname or "", spec)
+    elif judge.kind == "default" or judge.target.endswith(".gguf"):
+        rep.note("RL: the GGUF judge runs on the CPU (llama.cpp) in every training process")
+    elif judge.kind == "path":  # a checkpoint folder, in-process on every rank
         try:
-            jd = model_dims(spec[3:], arch=None)
+            jd = model_dims(judge.target, arch=None)
         except ConfigError as exc:
             rep.warn(f"RL: in-process judge {spec}: {exc}; its weights are not counted")
             return
         ph.lines.insert(-1, MemoryLine(
-            "judge in-process (hf:, bf16)", _gib(jd.params() * 2),
+            "judge in-process (transformers, bf16)", _gib(jd.params() * 2),
             f"{_fmt(jd.params())} params × 2 B on every rank ({jd.source})",
         ))  # fmt: skip
-    elif spec.startswith("gguf:"):
-        rep.note("RL: the gguf: judge runs on the CPU (llama.cpp) in every training process")
 
 
 def check_config(

@@ -1,12 +1,12 @@
 """`her data ...` and `her train ...`: the command-line face of `her_sdk.training` (typer sub-apps).
 
     her data convert coser BOOK.json --out data/train.jsonl --eval-ratio 0.05
-    her data synth-plans data/train.jsonl --out data/planned.jsonl --teacher openai:URL#MODEL
-    her data enrich-thoughts data/train.jsonl --out data/thoughts.jsonl --teacher openai:URL#MODEL
+    her data synth-plans data/train.jsonl --out data/planned.jsonl --teacher http://HOST/v1#MODEL
+    her data enrich-thoughts data/train.jsonl --out data/thoughts.jsonl --teacher http://HOST/v1#M
     her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher ...
     her data split data/planned.jsonl --out data/her      # sft.jsonl, rm.jsonl, rl.jsonl
     her data rm-pairs data/her/rm.jsonl --out data/rm_pairs.jsonl \
-        --policy openai:URL#SFT_MODEL --teacher openai:URL#TEACHER --samples 4
+        --policy http://HOST/v1#SFT_MODEL --teacher http://HOST/v1#TEACHER --samples 4
     her train sft --config training/configs/sft_tiny_cpu.yaml [key=value | --key value ...]
     her train rm  --config training/configs/rm_tiny_cpu.yaml
     her train rl  --config training/configs/rl_tiny_cpu.yaml
@@ -24,7 +24,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from her_sdk._errors import HerError
+from her_sdk import HerError, backend_from_spec
+
+# A model for a teacher, a policy or a judge: any backend spec (her_sdk.backend_from_spec), or
+# `mock`, the command's own scripted stand-in.
+_TEACHER_HELP = (
+    "mock | http(s)://HOST/v1#MODEL | chat+http(s)://HOST/v1#MODEL | a GGUF file | "
+    "a checkpoint folder | mock:FILE"
+)
 
 __all__ = ["data_app", "train_app"]
 
@@ -117,9 +124,7 @@ def data_synth_plans(
     out: Annotated[Path, typer.Option("--out", help="Output JSONL (appended; resumable).")],
     teacher: Annotated[
         str,
-        typer.Option(
-            "--teacher", help="mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH | hf:DIR"
-        ),
+        typer.Option("--teacher", help=_TEACHER_HELP),
     ],
     concurrency: Annotated[int, typer.Option("--concurrency")] = 4,
     retries: Annotated[int, typer.Option("--retries")] = 2,
@@ -130,11 +135,11 @@ def data_synth_plans(
     ] = None,
 ) -> None:
     """Ask a teacher for the third-person plan behind each known reply; keep the valid ones."""
-    from her_sdk.training.plans import synth_plans, teacher_from_spec
+    from her_sdk.training.plans import mock_teacher, synth_plans
     from rich.progress import Progress
 
     try:
-        backend = teacher_from_spec(teacher)
+        backend = backend_from_spec(teacher, mock=mock_teacher)
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("plans", total=None)
 
@@ -162,9 +167,6 @@ def data_synth_plans(
     )
     if r["rejections"]:
         console.print(f"[dim]rejected attempts: {r['rejections']}[/]")
-
-
-_TEACHER_HELP = "mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH | hf:DIR"
 
 
 def _run_teacher_job(label: str, run) -> dict:
@@ -241,7 +243,6 @@ def data_rm_pairs(
     """HER's reward data: N policy samples per prompt, paired, judged by a teacher in both
     orders; the teacher's reasoning and ties are kept as the reward model's targets."""
     from her_sdk.training.pairs import CORRUPTIONS, heuristic_judge, mock_policy, rm_pairs
-    from her_sdk.training.plans import teacher_from_spec
     from her_sdk.training.principles import load_principles
 
     kinds: list[str] = []
@@ -250,9 +251,9 @@ def data_rm_pairs(
     if detail not in ("full", "brief"):
         raise typer.BadParameter("--detail must be full or brief")
     try:
-        policy_backend = teacher_from_spec(policy, mock=mock_policy())
+        policy_backend = backend_from_spec(policy, mock=mock_policy())
         spec = "mock" if teacher == "heuristic" else teacher
-        teacher_backend = teacher_from_spec(spec, mock=heuristic_judge)
+        teacher_backend = backend_from_spec(spec, mock=heuristic_judge)
         ps = load_principles(str(principles) if principles else None)
     except (HerError, OSError, ValueError) as exc:
         _fail(exc)
@@ -309,10 +310,9 @@ def data_enrich_thoughts(
     """HER data step 2: a teacher makes each turn's inner thoughts explicit (actions and speech
     kept word for word), scene by scene; every sample is re-rendered with the enriched turns."""
     from her_sdk.training.enrich import enrich_thoughts, mock_thought_teacher
-    from her_sdk.training.plans import teacher_from_spec
 
     try:
-        backend = teacher_from_spec(teacher, mock=mock_thought_teacher)
+        backend = backend_from_spec(teacher, mock=mock_thought_teacher)
     except (HerError, OSError) as exc:
         _fail(exc)
     r = _run_teacher_job(
@@ -348,10 +348,9 @@ def data_complete_settings(
     """HER data step 4: a teacher completes each character's sheet (profile, background,
     motivation) so it explains the character's behaviour in the scene; originals are kept."""
     from her_sdk.training.enrich import complete_settings, mock_setting_teacher
-    from her_sdk.training.plans import teacher_from_spec
 
     try:
-        backend = teacher_from_spec(teacher, mock=mock_setting_teacher)
+        backend = backend_from_spec(teacher, mock=mock_setting_teacher)
     except (HerError, OSError) as exc:
         _fail(exc)
     _run_teacher_job(
@@ -420,7 +419,7 @@ def train_rl(
     output_dir: _OutputDir = None,
 ) -> None:
     """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
-    Extra args override the config (e.g. judge_model=hf:runs/rm max_steps=10)."""
+    Extra args override the config (e.g. judge_model=runs/rm max_steps=10)."""
     _train_stage("rl", ctx, config, output_dir)
 
 

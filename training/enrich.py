@@ -1,7 +1,7 @@
 """HER's data steps 2 and 4 with a teacher: role-thinking enrichment and setting completion.
 
-    her data enrich-thoughts  data/train.jsonl --out data/thoughts.jsonl --teacher openai:URL#MODEL
-    her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher gguf:M.gguf
+    her data enrich-thoughts  data/train.jsonl --out data/thoughts.jsonl --teacher http://HOST/v1#MODEL
+    her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher M.gguf
 
 `enrich_thoughts` (HER step 2, "role thinking enhancement"): scene by scene, turn by turn, the
 teacher sees the character sheet, the scene as the character perceived it (its own earlier

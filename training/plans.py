@@ -1,8 +1,8 @@
 """Reverse-engineered plans (HER's method): ask a teacher for the plan behind a known reply.
 
     her data synth-plans coser.jsonl --out coser_planned.jsonl \
-        --teacher openai:http://localhost:8000/v1#Qwen/Qwen3-32B --concurrency 16
-    her data synth-plans coser.jsonl --out planned.jsonl --teacher gguf:model.gguf
+        --teacher http://localhost:8000/v1#Qwen/Qwen3-32B --concurrency 16
+    her data synth-plans coser.jsonl --out planned.jsonl --teacher model.gguf
     her data synth-plans coser.jsonl --out planned.jsonl --teacher mock     # tests, dry runs
 
 For every sample (from `training.data`) whose target turn has no plan, the teacher sees the
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, CancelToken, ConfigError, MockBackend, Persona, Sampling, parse_turn
+from her_sdk import Backend, CancelToken, Persona, Sampling, parse_turn
 from her_sdk.format import (
     MAX_PLAN_CHARS,
     ChatModel,
@@ -59,7 +59,6 @@ __all__ = [
     "run_jobs",
     "seed_for",
     "synth_plans",
-    "teacher_from_spec",
     "validate_plan",
 ]
 
@@ -87,37 +86,6 @@ def mock_teacher(prompt: str) -> str:
         f"<system_thinking>{name} weighs what was just said and keeps the inner doubt private. "
         f"{name} should answer in character, briefly, steering the moment toward what {name} "
         "wants now.</system_thinking>"
-    )
-
-
-def teacher_from_spec(spec: str, *, mock: Callable[[str], str] | None = None, **kw: Any) -> Backend:
-    """Any her_sdk backend by spec: `mock` (a scripted stand-in: `mock`, default the plan
-    teacher), `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH` or `gguf` (the embedded
-    model), `hf:DIR` (a transformers checkpoint or LoRA adapter, in-process; `train` extra)."""
-    if spec == "mock":
-        return MockBackend(mock or mock_teacher)
-    kind, _, rest = spec.partition(":")
-    if kind in ("openai", "openai-chat"):
-        from her_sdk._backends._openai import OpenAIBackend
-
-        url, _, model = rest.partition("#")
-        if not url:
-            raise ConfigError("teacher spec openai:URL#MODEL needs a URL")
-        mode = "chat" if kind == "openai-chat" else "completions"
-        return OpenAIBackend(url, model, mode=mode, **kw)
-    if kind == "gguf":
-        from her_sdk import load_model
-
-        return load_model(rest or None, **kw)
-    if kind == "hf":
-        if not rest or not Path(rest).exists():
-            raise ConfigError(f"hf:DIR needs an existing model directory, not {rest!r}")
-        from .hf_backend import TransformersBackend
-
-        return TransformersBackend(rest, **kw)
-    raise ConfigError(
-        f"unknown backend {spec!r}: use mock, openai:URL#MODEL, openai-chat:URL#MODEL, "
-        "gguf:PATH or hf:DIR"
     )
 
 

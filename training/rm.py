@@ -293,7 +293,7 @@ verdict_reward.__name__ = "verdict"
 
 
 def _load_judge(spec, tokenizer, adapter_dir: str | None, batch_size: int = 8):
-    from .hf_backend import TransformersBackend
+    from her_sdk import TransformersBackend
 
     model = load_causal_lm(spec)
     if adapter_dir and (Path(adapter_dir) / "adapter_config.json").exists():
@@ -426,7 +426,7 @@ def _judge_rl(cfg: RMArguments, out: Path, tok, rows: list[dict], sft, ps, eval_
         "reward_last": trace[-1] if trace else None,
     }
     if eval_sel:
-        from .hf_backend import TransformersBackend
+        from her_sdk import TransformersBackend
 
         info["accuracy"] = judge_accuracy(
             TransformersBackend(trainer.model, tok), eval_sel, ps, max_tokens=cfg.eval_max_tokens

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
+from .._errors import ConfigError
 from ..format import PromptStyle, PromptText
+from ._scheduler import Priority
 
 __all__ = [
     "Backend",
@@ -85,8 +87,6 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        from .._errors import ConfigError
-
         floats = (self.temperature, self.top_p, self.min_p, self.repeat_penalty)
         if not all(math.isfinite(x) for x in floats):
             raise ConfigError("sampling values must be finite numbers (not NaN or infinity)")
@@ -169,25 +169,28 @@ class Backend(ABC):
       with "template", `chat_template` holds the model's Jinja template.
     - `n_ctx`: the context window in tokens.
     - `stream(...)`: generate text for a prompt, stopping at any of `stop` (the stop string is
-      not yielded), honouring `sampling`, an optional GBNF `grammar`, and `cancel`.
+      not yielded), honouring `sampling`, an optional GBNF `grammar`, `cancel`, and the turn's
+      `priority` ("player", "normal" or "background"; see `schedules`).
     - `count_tokens(text)`: how many tokens the engine would read for `text`.
 
-    Capabilities, which `Character` reads to decide how to drive the backend:
+    Capabilities, declared here and read by callers (never inferred from a backend's type):
     - `supports_grammar`: the engine honours a GBNF `grammar`; a Character constrains its turns
       with one by default only then (a backend that ignores grammars says False).
     - `plans`: the model was trained to write a plan before each turn; a Character asks for
       one by default only then (False for a model tuned on plan-less turns).
     - `prefills`: the engine continues the prompt text as given, so a prompt may already begin
       the reply (`<system_thinking>`); False for backends that produce whole turns themselves.
-    - `schedules`: concurrent `stream` calls are decoded together and scheduled by a
-      `priority=` keyword of `stream` ("player", "normal" or "background"); a Character passes
-      its turn's priority only then.
+    - `schedules`: concurrent `stream` calls are decoded together and scheduled by their
+      `priority`; other backends take the keyword and run calls as they come.
+    - `supports_logprobs`: `logprobs(prompt, continuation)` scores text (held-out NLL);
+      backends without it raise `ConfigError` there.
     """
 
     supports_grammar: bool = True
     plans: bool = True
     prefills: bool = True
     schedules: bool = False
+    supports_logprobs: bool = False
     prompt_style: PromptStyle = "chatml"
     chat_template: str | None = None
     bos_token: str = ""
@@ -204,10 +207,18 @@ class Backend(ABC):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream: ...
 
     @abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    def logprobs(
+        self, prompt: str, continuation: str, *, priority: Priority = "normal"
+    ) -> list[float]:
+        """The natural-log probability of each token of `continuation` after `prompt` (and the
+        continuation's tokens before it), in order; only where `supports_logprobs`."""
+        raise ConfigError(f"{type(self).__name__} cannot score text (supports_logprobs is False)")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources. The backend is unusable afterwards."""

@@ -141,6 +141,7 @@ class LlamaBackend(Backend):
     """
 
     schedules = True
+    supports_logprobs = True
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from .._errors import (
 )
 from ..format import PromptStyle, check_prompt_style, detect_prompt_style, format_version_problem
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
+from ._scheduler import Priority
 
 __all__ = ["OnnxBackend"]
 
@@ -155,6 +156,7 @@ class OnnxBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         self._check_open()
         sampling = sampling or Sampling()

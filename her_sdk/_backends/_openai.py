@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from .._errors import BackendHTTPError, BackendUnavailableError, ConfigError
 from ..format import PromptStyle, chatml_to_messages, check_prompt_style
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
+from ._scheduler import Priority
 
 __all__ = ["OpenAIBackend"]
 
@@ -117,6 +118,7 @@ class OpenAIBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         s = sampling or Sampling()
         body: dict = {
