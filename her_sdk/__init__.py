@@ -19,7 +19,7 @@ from __future__ import annotations
 from ._actions import Action, Call, InvalidCall, Target, Text
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._mock import MockBackend
-from ._character import Character, Reply, TurnStream
+from ._character import Character
 from ._errors import (
     AuthenticationError,
     BackendHTTPError,
@@ -46,6 +46,7 @@ from ._model import BackendSpec, backend_from_spec, load_model, parse_backend_sp
 from ._persona import Persona
 from ._scene import Event, Scene
 from ._secrets import BlockedReveal
+from ._turn import Reply, TurnStream
 from ._version import __version__
 from .format import Delta, Heard, Segment, Turn, TurnParser, build_grammar, parse_turn
 

@@ -15,6 +15,11 @@ guard (`_secrets`) keeps the persona's secrets out of what it says and does in p
 Generation streams: `character.stream()` yields typed `Delta`s as tokens arrive (public
 channels only unless `private=True`) and leaves the finished `Reply` on the stream object.
 
+Beside the turn loop, which is here: what goes into the prompt and how it is fitted to the
+context window is `_prompting`; the model calls memory makes between turns (importance ratings,
+summaries) are `_upkeep`; reading a turn's text as it streams (parser, secrets guard) and the
+`Reply` it makes are `_turn`.
+
 A character knows nothing of `Scene`. A scene that adds it hands it a `Seat`: the two things it
 needs from the scene (the seed of its next turn, and where its finished turn goes). The scene
 delivers what the character perceives through `perceive()`. Saving is `to_state()` /
@@ -26,168 +31,31 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from . import _memory, _state
-from ._actions import Action, ActionState, Call, InvalidCall, Target, check_actions, read_calls
+from . import _state
+from ._actions import Action, ActionState, Call, Target, check_actions, read_calls
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._scheduler import Priority, priority_rank
-from ._errors import Cancelled, ConfigError, ContextOverflowError, GenerationError, StateError
+from ._errors import ConfigError, ContextOverflowError, StateError
 from ._memory import Embedder, MemoryItem, MemoryStore
 from ._persona import Persona
+from ._prompting import fit, memory_text, recall, target_names
 from ._secrets import BlockedReveal, SecretsGuard, normalize
-from .format import (
-    ENVIRONMENT,
-    PRIVATE_CHANNELS,
-    CallSpec,
-    Delta,
-    Heard,
-    Message,
-    Prompt,
-    Segment,
-    Turn,
-    TurnParser,
-    build_grammar,
-    render_messages,
-    render_prompt,
-    render_system_prompt,
-)
+from ._turn import Reply, Seat, TurnReader, TurnStream, iter_nothing, mix_seed
+from ._upkeep import ask, rate_importance, summarize
+from .format import CallSpec, Delta, Heard, Prompt, Segment, Turn, build_grammar, render_prompt
 
-__all__ = ["Character", "CharacterState", "Reply", "Seat", "TurnStream"]
+__all__ = ["Character", "CharacterState"]
 
 log = logging.getLogger("her_sdk")
 
-_TRIMMED = Heard(speaker=ENVIRONMENT, speech="(Earlier events are no longer remembered.)")
 ImportanceRater = Literal["heuristic", "model"]
-
-
-class Reply(msgspec.Struct, frozen=True, kw_only=True):
-    """One finished turn of a character.
-
-    Public: `speech`, `actions` (as written, calls in their bracket form). Private: `plan`,
-    `thoughts` (yours to show in a debug view or a "read mind" mechanic; other characters never
-    see them). `raw` is the model's text.
-
-    For the game: `calls`, the legal calls of typed actions the character made, in order;
-    `invalid_calls`, calls it wrote that were not legal (only possible without a grammar);
-    `blocked_reveals`, secrets the guard stopped it from saying (`finish_reason` is then
-    "blocked": the turn ends where the reveal began).
-    """
-
-    character: str
-    speech: str = ""
-    actions: list[str] = msgspec.field(default_factory=list)
-    plan: str = ""
-    thoughts: list[str] = msgspec.field(default_factory=list)
-    segments: list[Segment] = msgspec.field(default_factory=list)
-    raw: str = ""
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    first_token_s: float | None = None
-    first_speech_s: float | None = None
-    total_s: float = 0.0
-    calls: list[Call] = msgspec.field(default_factory=list)
-    invalid_calls: list[InvalidCall] = msgspec.field(default_factory=list)
-    blocked_reveals: list[BlockedReveal] = msgspec.field(default_factory=list)
-
-    @property
-    def turn(self) -> Turn:
-        return Turn.from_segments(self.segments)
-
-    @property
-    def public_text(self) -> str:
-        """What onlookers perceive: actions in parentheses, then speech."""
-        parts = [f"({a})" for a in self.actions]
-        if self.speech:
-            parts.append(self.speech)
-        return " ".join(parts)
-
-
-class TurnStream:
-    """Deltas of one turn as they arrive; `reply` is set once iteration has finished.
-
-    `cancel()` (from any thread) stops generation before the next token; what was produced up to
-    then is kept as the turn (it was already said) and `reply.finish_reason` is "cancelled".
-    Iterating a cancelled stream simply ends; `wait()` raises `Cancelled`.
-    """
-
-    def __init__(
-        self, character: Character, gen: Generator[Delta, None, None], cancel: CancelToken
-    ) -> None:
-        self.character = character
-        self._gen = gen
-        self._cancel = cancel
-        self.reply: Reply | None = None
-
-    def __iter__(self) -> Iterator[Delta]:
-        return self._gen
-
-    def __next__(self) -> Delta:
-        return next(self._gen)
-
-    def cancel(self) -> None:
-        self._cancel.cancel()
-
-    def close(self) -> None:
-        """Stop early and release the model; safe to call at any time."""
-        if self.reply is None:
-            self._cancel.cancel()
-        self._gen.close()
-
-    def wait(self) -> Reply:
-        """Consume the rest of the stream and return the reply.
-
-        Raises `Cancelled` if the turn was cancelled or closed; what it said up to then is on
-        `reply` and in the character's memory.
-        """
-        for _ in self._gen:
-            pass
-        name = self.character.name
-        if self.reply is None:  # closed before generation started: nothing was said
-            raise Cancelled(f"the turn of {name!r} was closed before it started")
-        if self.reply.finish_reason == "cancelled":
-            raise Cancelled(f"the turn of {name!r} was cancelled")
-        return self.reply
-
-
-def iter_nothing() -> Generator[Delta, None, None]:
-    yield from ()
-
-
-def mix_seed(seed: int, n: int) -> int:
-    """The seed of turn `n` of something seeded with `seed` (a character, a scene)."""
-    # SplitMix64 step: per-turn seeds that differ widely for consecutive turns.
-    z = (seed + 0x9E3779B97F4A7C15 * (n + 1)) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFF
-
-
-class Seat(Protocol):
-    """What a character in a scene uses of it. `Scene.add` hands one to the character."""
-
-    def turn_seed(self) -> int | None:
-        """The seed of the character's next turn, or None when the scene sets no seed."""
-        ...
-
-    def publish(self, turn: Turn) -> None:
-        """Let everyone present perceive the public part of the character's finished turn."""
-        ...
-
-    def others(self) -> tuple[list[str], list[str]]:
-        """(characters, players) present now, the character itself left out."""
-        ...
-
-    def report(self, blocked: BlockedReveal) -> None:
-        """Tell the game that the secrets guard stopped a reveal."""
-        ...
 
 
 class CharacterState(msgspec.Struct, kw_only=True):
@@ -223,22 +91,6 @@ class CharacterState(msgspec.Struct, kw_only=True):
 
 def _unset_if(value, default):
     return UNSET if value == default else value
-
-
-def memory_text(item: Heard | Turn, name: str) -> tuple[str, bool]:
-    """How `name` remembers `item` in long-term memory, and whether that holds its thoughts."""
-    if isinstance(item, Heard):
-        acts = " ".join(f"({a})" for a in item.actions if a.strip())
-        return f"{item.speaker}: {' '.join(x for x in (acts, item.speech) if x)}", False
-    parts = []
-    for seg in item.segments:
-        if seg.channel == "action":
-            parts.append(f"({seg.text})")
-        elif seg.channel == "speech":
-            parts.append(seg.text)
-        elif seg.channel == "thought":
-            parts.append(f"[I thought: {seg.text}]")
-    return f"{name} (me): {' '.join(parts)}", bool(item.thoughts)
 
 
 class Character:
@@ -416,11 +268,6 @@ class Character:
             raise ConfigError("remember() needs some text")
         return self._store(text, importance=importance, kind="planted", private=False)
 
-    def recall_for(self, query: str, k: int | None = None) -> list[MemoryItem]:
-        """The long-term memories a turn would recall for `query` now (does not mark them)."""
-        exclude = {memory_text(i, self.name)[0] for i in self.memory}
-        return self.long_term.recall(query, k=k or self.recall or 5, exclude=exclude, touch=False)
-
     def _store(
         self, text: str, *, importance: float | None, kind: str, private: bool
     ) -> MemoryItem:
@@ -490,44 +337,12 @@ class Character:
 
     def _names(self) -> dict[Target, list[str]]:
         """Who each `Target` may name now."""
-        if self._seat is not None:
-            characters, players = self._seat.others()
-        else:
-            known = [*self.persona.others, *self.persona.relationships]
-            known += [h.speaker for h in self.memory if isinstance(h, Heard)]
-            characters = players = [
-                n for n in dict.fromkeys(known) if n not in (self.name, ENVIRONMENT)
-            ]
-        return {
-            Target.CHARACTER: list(characters),
-            Target.PLAYER: list(players),
-            Target.ANYONE: list(dict.fromkeys([*characters, *players])),
-        }
+        present = self._seat.others() if self._seat is not None else None
+        return target_names(self.name, self.persona, self.memory, present)
 
-    def _call_specs(self) -> list[CallSpec]:
-        names = self._names()
+    def _call_specs(self, names: dict[Target, list[str]] | None = None) -> list[CallSpec]:
+        names = names if names is not None else self._names()
         return [s for a in self.actions if (s := a.spec(names)) is not None]
-
-    def _recalled(self, touch: bool) -> list[str]:
-        """Texts recalled from long-term memory for the next turn."""
-        if not self.recall or not len(self.long_term):
-            return []
-        exclude = {memory_text(i, self.name)[0] for i in self.memory}
-        items = self.long_term.recall(self._query(), k=self.recall, exclude=exclude, touch=touch)
-        return [it.text for it in items]
-
-    def _query(self) -> str:
-        """What just happened (up to three items since its own last turn), without speaker
-        labels: a name that starts every line would make every memory of that person relevant."""
-        recent: list[str] = []
-        for item in reversed(self.memory[-3:]):
-            if isinstance(item, Turn):
-                break
-            recent.append(" ".join([*item.actions, item.speech]))
-        if not recent and self.memory:  # it spoke last: its own words are the situation
-            item = self.memory[-1]
-            recent.append(" ".join([*item.actions, item.speech]))
-        return " ".join(reversed(recent))
 
     def prompt(self, *, max_tokens: int | None = None) -> Prompt:
         """The exact prompt of this character's next turn, trimmed to fit the context window.
@@ -537,124 +352,59 @@ class Character:
         are left out of this prompt (a turn folds them into the summary first); the persona is
         always kept. Calling this does not change the character.
         """
-        return self._fit(self._recalled(touch=False), self._call_specs(), max_tokens)[0]
-
-    def _budget(self, max_tokens: int | None) -> int:
-        model = self._require_model()
-        return model.n_ctx - (max_tokens or self.sampling.max_tokens) - 8
+        recalled = recall(self.long_term, self.memory, self.name, self.recall, touch=False)
+        return self._fit(recalled, self._call_specs(), max_tokens)[0]
 
     def _fit(
         self, recalled: list[str], calls: list[CallSpec], max_tokens: int | None
     ) -> tuple[Prompt, int]:
         """(prompt, how many of the oldest memory items it leaves out)."""
         model = self._require_model()
-        budget = self._budget(max_tokens)
+        reserved = max_tokens or self.sampling.max_tokens
 
         def render(history: Sequence[Heard | Turn]) -> Prompt:
-            return self._render(history, recalled, calls)
+            return render_prompt(
+                self.persona,
+                history,
+                style=model.prompt_style,
+                plan=self.plan,
+                keep_plans=self.keep_plans,
+                chat_template=model.chat_template,
+                bos_token=model.bos_token,
+                eos_token=model.eos_token,
+                prefill=model.prefills,
+                memories=recalled,
+                summary=self.summary,
+                calls=calls,
+            )
 
-        full = render(self.memory)
-        if model.count_tokens(full.text) <= budget:
-            return full, 0
-        # Binary search the fewest oldest items to drop so the prompt fits.
-        lo, hi = 1, len(self.memory)
-        best: tuple[Prompt, int] | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            head = [] if self.summary else [_TRIMMED]
-            p = render([*head, *self.memory[mid:]])
-            if model.count_tokens(p.text) <= budget:
-                best, hi = (p, mid), mid - 1
-            else:
-                lo = mid + 1
-        if best is None:
+        budget = model.n_ctx - reserved - 8
+        fitted = fit(render, model.count_tokens, self.memory, budget, summarized=bool(self.summary))
+        if fitted is None:
             raise ContextOverflowError(
                 f"the persona of {self.name!r} alone does not fit the context window "
-                f"({model.n_ctx} tokens, {max_tokens or self.sampling.max_tokens} reserved)"
+                f"({model.n_ctx} tokens, {reserved} reserved)"
             )
-        return best
+        return fitted
 
-    def _render(
-        self,
-        history: Sequence[Heard | Turn],
-        recalled: Sequence[str] = (),
-        calls: Sequence[CallSpec] = (),
-    ) -> Prompt:
+    def _ask(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:
+        """One plain request (not a HER turn) to this character's model: a rating, a summary."""
         model = self._require_model()
-        return render_prompt(
-            self.persona,
-            history,
-            style=model.prompt_style,
-            plan=self.plan,
-            keep_plans=self.keep_plans,
-            chat_template=model.chat_template,
-            bos_token=model.bos_token,
-            eos_token=model.eos_token,
-            prefill=model.prefills,
-            memories=recalled,
-            summary=self.summary,
-            calls=calls,
-        )
-
-    # -- the model calls memory makes -----------------------------------------------------------
-
-    def _complete(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:
-        """One plain request (not a HER turn) in the model's prompt style; its answer."""
-        model = self._require_model()
-        text, stop = render_messages([Message(r, c) for r, c in messages], model)
-        use_grammar = self.grammar if self.grammar is not None else model.supports_grammar
         sampling = msgspec.structs.replace(
             self.sampling, max_tokens=max_tokens, temperature=0.3, seed=self._turn_seed(None)
         )
-        stream = model.stream(
-            text, stop=stop, sampling=sampling, grammar=grammar if use_grammar else None
-        )
-        try:
-            return "".join(stream).strip()
-        finally:
-            stream.close()
+        return ask(model, messages, sampling, grammar if self._constrained(model) else None)
 
-    def _rate_unrated(self) -> None:
-        """One model call rating the memories formed since the last turn (at most 16)."""
-        pending, self._unrated = self._unrated[-16:], []
-        if not pending:
-            return
-        answer = self._complete(
-            _memory.rating_messages(self.name, [it.text for it in pending]),
-            _memory.rating_grammar(len(pending)),
-            max_tokens=4 * len(pending) + 4,
-        )
-        ratings = _memory.parse_ratings(answer, len(pending))
-        if ratings is None:  # keep the heuristic ratings
-            log.debug("importance rating of %s unreadable: %r", self.name, answer[:80])
-            return
-        for it, r in zip(pending, ratings, strict=True):
-            it.importance = r
-
-    def _fold(self, items: Sequence[Heard | Turn]) -> None:
-        """Fold `items` (the oldest of what it remembers) into the running summary: one call."""
-        lines = [memory_text(i, self.name)[0] for i in items]
-        if not lines:
-            return
-        sheet = render_system_prompt(self.persona, plan=False).split("\n\n===Requirements===")[0]
-        max_words = 120
-        text = self._complete(
-            _memory.summary_messages(self.name, sheet, self.summary, lines, max_words=max_words),
-            _memory.summary_grammar(max_words * 8),
-            max_tokens=max_words * 2,
-        )
-        text = " ".join(text.replace("<", " ").split())
-        if not text:
-            raise GenerationError(f"the model wrote an empty summary for {self.name!r}")
-        self.summary = text
-        log.debug("%s folded %d memories into its summary", self.name, len(lines))
+    def _constrained(self, model: Backend) -> bool:
+        return self.grammar if self.grammar is not None else model.supports_grammar
 
     def _prepare(self, max_tokens: int) -> Prompt:
         """Everything before a turn: ratings, a fold if needed, recall; then the prompt."""
         if self._unrated:
-            self._rate_unrated()
+            pending, self._unrated = self._unrated[-16:], []
+            rate_importance(self._ask, self.name, pending)
         calls = self._call_specs()
-        recalled = self._recalled(touch=True)
+        recalled = recall(self.long_term, self.memory, self.name, self.recall, touch=True)
         prompt, dropped = self._fit(recalled, calls, max_tokens)
         if not self.summarize:
             return prompt
@@ -665,7 +415,11 @@ class Character:
             n = min(max(dropped, len(self.memory) // 2), len(self.memory) - 1)
         if self._to_fold or n:
             # What max_memory pushed out and what the context cannot hold: one call for both.
-            self._fold([*self._to_fold, *self.memory[:n]])
+            folded = [*self._to_fold, *self.memory[:n]]
+            if folded:
+                lines = [memory_text(i, self.name)[0] for i in folded]
+                self.summary = summarize(self._ask, self.persona, self.summary, lines)
+                log.debug("%s folded %d memories into its summary", self.name, len(lines))
             self._to_fold = []
             del self.memory[:n]
             prompt, _ = self._fit(recalled, calls, max_tokens)
@@ -743,26 +497,17 @@ class Character:
     ) -> Generator[Delta, None, None]:
         model = self._require_model()
         with self._lock:
-            sampling = sampling or self.sampling
-            sampling = msgspec.structs.replace(sampling, seed=self._turn_seed(seed))
+            sampling = msgspec.structs.replace(
+                sampling or self.sampling, seed=self._turn_seed(seed)
+            )
             prompt = self._prepare(sampling.max_tokens)
-            use_grammar = self.grammar if self.grammar is not None else model.supports_grammar
-            grammar = None
-            allowed = allowed_actions if allowed_actions is not None else self.allowed_actions
             names = self._names()
-            specs = [s for a in self.actions if (s := a.spec(names)) is not None]
-            if use_grammar:
-                grammar = build_grammar(
-                    self.name,
-                    plan=self.plan,
-                    prefilled=bool(prompt.prefill),
-                    actions=allowed,
-                    calls=specs or None,
-                    end="\n" if prompt.style == "fewshot" else "",
-                )
+            grammar = self._grammar(model, prompt, allowed_actions, names)
             log.debug("turn of %s: %d prompt chars", self.name, len(prompt.text))
-            t0 = time.perf_counter()
-            text_stream: TextStream = model.stream(
+            reader = TurnReader(
+                self.name, prompt, tagged=grammar is not None, guard=self._guard(), private=private
+            )
+            text = model.stream(
                 prompt.text,
                 stop=prompt.stop,
                 sampling=sampling,
@@ -770,81 +515,59 @@ class Character:
                 cancel=cancel,
                 priority=priority,
             )
-            # Under the grammar the turn is tagged HER text, so brackets in speech are literal
-            # (not CoSER's "(action)"): only a <role_action> can hold an action, or a call.
-            parser = TurnParser(self.name, start=prompt.start, coser=False if grammar else None)
-            guard = self._guard()
-            segments: dict[int, list[str]] = {}  # what was said, as it was let through
-            raw: list[str] = []
-            first_speech: float | None = None
-
-            def shown(deltas: Sequence[Delta]) -> Iterator[Delta]:
-                # Deltas the guard let through: they are what was said, and what is streamed.
-                nonlocal first_speech
-                for d in deltas:
-                    seg = segments.setdefault(d.segment, [d.channel, ""])
-                    seg[1] += d.text
-                    if first_speech is None and d.channel == "speech" and d.text.strip():
-                        first_speech = time.perf_counter() - t0
-                    if private or d.channel not in PRIVATE_CHANNELS:
-                        yield d
-
-            def passed(deltas: Sequence[Delta]) -> Iterator[Delta]:
-                for delta in deltas:
-                    yield from shown(guard.feed(delta) if guard is not None else (delta,))
-
             try:
-                for piece in text_stream:
-                    raw.append(piece)
-                    yield from passed(parser.feed(piece))
-                    if guard is not None and guard.blocked is not None:
-                        break  # the turn ends where the reveal began
-                else:
-                    yield from passed(parser.close())
-                    if guard is not None:
-                        yield from shown(guard.close())
+                yield from reader.read(text)
             finally:
-                text_stream.close()
-                parser.close()
-                turn = Turn.from_segments(
-                    Segment(c, t)  # type: ignore[arg-type]
-                    for _, (c, t) in sorted(segments.items())
-                )
-                blocked = [guard.blocked] if guard is not None and guard.blocked else []
-                calls, invalid = (
-                    read_calls(turn.actions, self.actions, names) if self.actions else ([], [])
-                )
-                if cancel.cancelled:
-                    finish = "cancelled"
-                elif blocked:
-                    finish = "blocked"
-                else:
-                    finish = text_stream.finish_reason or "stop"
-                reply = Reply(
-                    character=self.name,
-                    speech=turn.speech,
-                    actions=turn.actions,
-                    plan=turn.plan,
-                    thoughts=turn.thoughts,
-                    segments=turn.segments,
-                    raw=prompt.prefill + "".join(raw),
-                    finish_reason=finish,
-                    prompt_tokens=text_stream.prompt_tokens,
-                    completion_tokens=text_stream.completion_tokens,
-                    first_token_s=text_stream.first_token_s,
-                    first_speech_s=first_speech,
-                    total_s=time.perf_counter() - t0,
-                    calls=calls,
-                    invalid_calls=invalid,
-                    blocked_reveals=blocked,
-                )
-                stream.reply = reply
-                self._apply(calls)
-                self._commit(turn, counted=finish != "cancelled")
-                for b in blocked:
-                    self._report(b)
-                for bad in invalid:
-                    log.warning("%s wrote an invalid call %r: %s", self.name, bad.text, bad.error)
+                text.close()
+                self._finish(stream, reader, text, cancel, names)
+
+    def _grammar(
+        self,
+        model: Backend,
+        prompt: Prompt,
+        allowed_actions: Sequence[str] | None,
+        names: dict[Target, list[str]],
+    ) -> str | None:
+        """The GBNF of this turn (its closed set of actions and its typed calls), if constrained."""
+        if not self._constrained(model):
+            return None
+        return build_grammar(
+            self.name,
+            plan=self.plan,
+            prefilled=bool(prompt.prefill),
+            actions=allowed_actions if allowed_actions is not None else self.allowed_actions,
+            calls=self._call_specs(names) or None,
+            end="\n" if prompt.style == "fewshot" else "",
+        )
+
+    def _finish(
+        self,
+        stream: TurnStream,
+        reader: TurnReader,
+        text: TextStream,
+        cancel: CancelToken,
+        names: dict[Target, list[str]],
+    ) -> None:
+        """End a turn, however it ended: its reply on `stream`, its calls applied, the turn
+        remembered and published, a stopped reveal reported."""
+        turn = reader.turn()
+        calls, invalid = read_calls(turn.actions, self.actions, names) if self.actions else ([], [])
+        blocked = reader.blocked
+        if cancel.cancelled:
+            finish = "cancelled"
+        elif blocked:
+            finish = "blocked"
+        else:
+            finish = text.finish_reason or "stop"
+        stream.reply = reader.reply(
+            self.name, turn, text, finish=finish, calls=calls, invalid=invalid
+        )
+        self._apply(calls)
+        self._commit(turn, counted=finish != "cancelled")
+        for b in blocked:
+            self._report(b)
+        for bad in invalid:
+            log.warning("%s wrote an invalid call %r: %s", self.name, bad.text, bad.error)
 
     def _apply(self, calls: Sequence[Call]) -> None:
         """The effects a character's calls have on itself (relationship updates)."""

@@ -28,10 +28,11 @@ import msgspec
 
 from . import _state
 from ._backends._base import Backend
-from ._character import Character, CharacterState, Reply, TurnStream, mix_seed
+from ._character import Character, CharacterState
 from ._errors import ConfigError, StateError
 from ._memory import Embedder
 from ._secrets import BlockedReveal
+from ._turn import Reply, TurnStream, mix_seed
 from .format import ENVIRONMENT, Heard, Turn
 
 __all__ = ["Event", "Scene", "SceneState"]

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import overload
 
 from ._actions import Action
-from ._character import Reply
 from ._errors import ConfigError, MissingDependencyError, ServerError
 from ._scene import Event
+from ._turn import Reply
 from .format import Delta
 
 try:
