@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from her_sdk._errors import ConfigError
-from her_sdk._state import atomic_write
+from her_sdk._savefile import atomic_write
 
 __all__ = ["atomic_json", "compare", "load_results", "write_outputs"]
 

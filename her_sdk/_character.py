@@ -15,47 +15,45 @@ guard (`_secrets`) keeps the persona's secrets out of what it says and does in p
 Generation streams: `character.stream()` yields typed `Delta`s as tokens arrive (public
 channels only unless `private=True`) and leaves the finished `Reply` on the stream object.
 
-Beside the turn loop, which is here: what goes into the prompt and how it is fitted to the
-context window is `_prompting`; the model calls memory makes between turns (importance ratings,
-summaries) are `_upkeep`; reading a turn's text as it streams (parser, secrets guard) and the
-`Reply` it makes are `_turn`.
+Beside the turn loop, which is here: what a character knows and remembers, without its model,
+is its `Mind` (`_mind`); what goes into the prompt and how it is fitted to the context window is
+`_prompting`; the model calls memory makes between turns (importance ratings, summaries) are
+`_upkeep`; reading a turn's text as it streams (parser, secrets guard) and the `Reply` it makes
+are `_turn`.
 
 A character knows nothing of `Scene`. A scene that adds it hands it a `Seat`: the two things it
 needs from the scene (the seed of its next turn, and where its finished turn goes). The scene
 delivers what the character perceives through `perceive()`. Saving is `to_state()` /
-`from_state()` here, inside the save-file envelope of `_state`.
+`from_state()` here; `save` / `load` and the save-file envelope are `_savefile`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from . import _state
 from ._actions import Action, ActionState, Call, Target, check_actions, read_calls
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._scheduler import Priority, priority_rank
-from ._errors import ConfigError, ContextOverflowError, StateError
+from ._errors import ConfigError, ContextOverflowError
 from ._memory import Embedder, MemoryItem, MemoryStore
+from ._mind import ImportanceRater, Mind
 from ._persona import Persona
 from ._prompting import fit, memory_text, recall, target_names
-from ._secrets import BlockedReveal, SecretsGuard, normalize
+from ._savefile import Saveable
+from ._secrets import BlockedReveal, SecretsGuard
 from ._turn import Reply, Seat, TurnReader, TurnStream, iter_nothing, mix_seed
 from ._upkeep import ask, rate_importance, summarize
-from .format import CallSpec, Delta, Heard, Prompt, Segment, Turn, build_grammar, render_prompt
+from .format import CallSpec, Delta, Heard, Prompt, Turn, build_grammar, render_prompt
 
 __all__ = ["Character", "CharacterState"]
 
 log = logging.getLogger("her_sdk")
-
-ImportanceRater = Literal["heuristic", "model"]
 
 
 class CharacterState(msgspec.Struct, kw_only=True):
@@ -89,11 +87,17 @@ class CharacterState(msgspec.Struct, kw_only=True):
     max_long_term: int | UnsetType = UNSET
 
 
-def _unset_if(value, default):
-    return UNSET if value == default else value
+# Settings saved only when they differ from their defaults (CharacterState's UNSET fields).
+_LATER_SETTINGS: dict[str, Any] = {
+    "recall": 5,
+    "summarize": True,
+    "rate_importance": "heuristic",
+    "guard_secrets": True,
+    "max_long_term": 5000,
+}
 
 
-class Character:
+class Character(Mind, Saveable):
     """An NPC that thinks before it acts.
 
         mara = Character(name="Mara", profile="Gate captain of Vell.", goals="keep the gate shut",
@@ -126,7 +130,13 @@ class Character:
       `allow_reveal`); a stopped reveal is in `Reply.blocked_reveals` and goes to
       `on_blocked_reveal` and to the scene.
     - `max_long_term`: memories kept in long-term memory (the least important and oldest go).
+
+    `save` / `load` (and `dumps` / `loads`) take the keywords of `from_state`: `model` and
+    `embedder`, which a save does not hold.
     """
+
+    save_kind = "character"
+    state_type = CharacterState
 
     def __init__(
         self,
@@ -176,13 +186,15 @@ class Character:
             raise ConfigError(f"name {name!r} differs from persona name {persona.name!r}")
         if model is not None and not isinstance(model, Backend):
             raise ConfigError("model must be a her_sdk Backend (see load_model, MockBackend)")
-        if max_memory < 2:
-            raise ConfigError("max_memory must be >= 2")
-        if not isinstance(recall, int) or recall < 0:
-            raise ConfigError("recall must be a whole number >= 0")
-        if rate_importance not in ("heuristic", "model"):
-            raise ConfigError("rate_importance must be 'heuristic' or 'model'")
-        self.persona = persona
+        super().__init__(
+            persona,
+            max_memory=max_memory,
+            recall=recall,
+            summarize=summarize,
+            rate_importance=rate_importance,
+            max_long_term=max_long_term,
+            embedder=embedder,
+        )
         self.model = model
         # None: as the model was trained (`model.plans`; a plan-less HER adapter says False).
         self.plan = plan if plan is not None else bool(getattr(model, "plans", True))
@@ -192,25 +204,11 @@ class Character:
         self.actions = check_actions(actions or [])
         self.sampling = sampling or Sampling(max_tokens=320)
         self.seed = seed
-        self.max_memory = max_memory
-        self.recall = recall
-        self.summarize = summarize
-        self.rate_importance = rate_importance
         self.guard_secrets = guard_secrets
         self.on_blocked_reveal = on_blocked_reveal
-        self.memory: list[Heard | Turn] = []
-        self.long_term = MemoryStore(capacity=max_long_term, embedder=embedder)
-        self.summary = ""  # the running summary of what was folded out of `memory`
-        self.revealable: list[str] = []  # secrets (or parts) the game allowed to come out
         self.turns_taken = 0
-        self._to_fold: list[Heard | Turn] = []  # dropped from `memory`, not yet summarized
-        self._unrated: list[MemoryItem] = []  # waiting for a model rating
         self._seat: Seat | None = None
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self.persona.name
 
     @property
     def seat(self) -> Seat | None:
@@ -230,103 +228,6 @@ class Character:
 
     def __repr__(self) -> str:
         return f"Character({self.name!r}, turns={self.turns_taken}, memory={len(self.memory)})"
-
-    # -- perception and memory ------------------------------------------------------------------
-
-    def perceive(self, heard: Heard) -> None:
-        """Remember something this character perceived. Only public content belongs here.
-
-        A line of its own (one the game scripted for it) is remembered as a turn it took, so
-        that its prompt shows those words as its own.
-        """
-        if not isinstance(heard, Heard):
-            raise ConfigError("perceive() takes a Heard (public speech/actions or narration)")
-        if heard.speaker != self.name:
-            self._remember(heard)
-            return
-        segments = [Segment("action", a) for a in heard.actions]
-        if heard.speech:
-            segments.append(Segment("speech", heard.speech))
-        self._remember(Turn.from_segments(segments))
-
-    def hear(self, speaker: str, text: str = "", action: str | Sequence[str] | None = None) -> None:
-        """Shorthand: `speaker` said `text` (and did `action`) where this character could see."""
-        if not speaker or not speaker.strip():
-            raise ConfigError("speaker must be a non-empty name")
-        actions = [action] if isinstance(action, str) else list(action or [])
-        if not (text or "").strip() and not any(a.strip() for a in actions):
-            raise ConfigError("nothing was said or done: give text or an action")
-        self.perceive(Heard(speaker=speaker.strip(), speech=(text or "").strip(), actions=actions))
-
-    def remember(self, text: str, *, importance: float | None = None) -> MemoryItem:
-        """Plant a fact in this character's long-term memory ("The traveler saved my daughter").
-
-        It comes back into the prompt when something related happens. `importance` (1-10)
-        defaults to a rating like that of any memory (see `rate_importance`).
-        """
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError("remember() needs some text")
-        return self._store(text, importance=importance, kind="planted", private=False)
-
-    def _store(
-        self, text: str, *, importance: float | None, kind: str, private: bool
-    ) -> MemoryItem:
-        by_model = importance is None and self.rate_importance == "model"
-        item = self.long_term.add(
-            text,
-            importance=importance,
-            kind=kind,  # type: ignore[arg-type]
-            private=private,
-            name=self.name,
-        )
-        if by_model:
-            self._unrated.append(item)
-        return item
-
-    def _remember(self, item: Heard | Turn) -> None:
-        self.memory.append(item)
-        text, private = memory_text(item, self.name)
-        if text.split(":", 1)[1].strip():
-            kind = "own" if isinstance(item, Turn) else "perceived"
-            self._store(text, importance=None, kind=kind, private=private)
-        if len(self.memory) > self.max_memory:
-            dropped = self.memory[: len(self.memory) - self.max_memory]
-            del self.memory[: len(dropped)]
-            if self.summarize:
-                # Folded into the summary before the next turn; bounded if no turn comes.
-                self._to_fold.extend(dropped)
-                del self._to_fold[: max(len(self._to_fold) - self.max_memory, 0)]
-
-    # -- relationships and secrets --------------------------------------------------------------
-
-    @property
-    def relationships(self) -> dict[str, str]:
-        """How this character regards each person it has a note on (a copy)."""
-        return dict(self.persona.relationships)
-
-    def set_relationship(self, who: str, note: str) -> None:
-        """Set how this character regards `who` (an empty note removes it). Saved with it."""
-        if not isinstance(who, str) or not who.strip():
-            raise ConfigError("set_relationship needs a name")
-        rel = dict(self.persona.relationships)
-        if note and note.strip():
-            rel[who.strip()] = " ".join(note.split())
-        else:
-            rel.pop(who.strip(), None)
-        self.persona = msgspec.structs.replace(self.persona, relationships=rel)
-
-    def allow_reveal(self, secret: str | None = None) -> None:
-        """Let this character say `secret` (its whole `secrets`, or a part of them) in public.
-
-        A part must be a piece of the persona's secrets (compared case-insensitively).
-        """
-        secret = self.persona.secrets if secret is None else secret
-        if not isinstance(secret, str) or not secret.strip():
-            raise ConfigError("allow_reveal needs the secret (or a part of it)")
-        if normalize(secret) not in normalize(self.persona.secrets):
-            raise ConfigError(f"{secret!r} is not one of {self.name!r}'s secrets")
-        if secret not in self.revealable:
-            self.revealable.append(secret)
 
     # -- prompting ------------------------------------------------------------------------------
 
@@ -602,6 +503,7 @@ class Character:
 
     def to_state(self) -> CharacterState:
         """Everything this character is but its model, as saved."""
+        settings = {k: getattr(self, k) for k in _LATER_SETTINGS}
         return CharacterState(
             persona=self.persona,
             memory=list(self.memory),
@@ -618,11 +520,7 @@ class Character:
             to_fold=list(self._to_fold) or UNSET,
             typed_actions=[a.to_state() for a in self.actions] or UNSET,
             revealable=list(self.revealable) or UNSET,
-            recall=_unset_if(self.recall, 5),
-            summarize=_unset_if(self.summarize, True),
-            rate_importance=_unset_if(self.rate_importance, "heuristic"),
-            guard_secrets=_unset_if(self.guard_secrets, True),
-            max_long_term=_unset_if(self.long_term.capacity, 5000),
+            **{k: UNSET if v == _LATER_SETTINGS[k] else v for k, v in settings.items()},
         )
 
     @classmethod
@@ -641,6 +539,7 @@ class Character:
         def given(value, default):
             return default if value is UNSET else value
 
+        settings = {k: given(getattr(state, k), d) for k, d in _LATER_SETTINGS.items()}
         c = cls(
             persona=state.persona,
             model=model,
@@ -652,12 +551,8 @@ class Character:
             sampling=state.sampling,
             seed=state.seed,
             max_memory=state.max_memory,
-            recall=given(state.recall, 5),
-            summarize=given(state.summarize, True),
-            rate_importance=given(state.rate_importance, "heuristic"),
             embedder=embedder,
-            guard_secrets=given(state.guard_secrets, True),
-            max_long_term=given(state.max_long_term, 5000),
+            **settings,
         )
         c.turns_taken = state.turns_taken
         c.summary = given(state.summary, "")
@@ -675,39 +570,3 @@ class Character:
             )
         c.memory = list(state.memory)
         return c
-
-    def dumps(self) -> bytes:
-        """This character as save-file bytes (what `save` writes)."""
-        return _state.encode("character", self.to_state())
-
-    @classmethod
-    def loads(
-        cls, data: bytes, *, model: Backend | None = None, embedder: Embedder | None = None
-    ) -> Character:
-        """Read a character from save-file bytes; anything else raises `StateError`."""
-        return cls._decode(data, model, embedder, "character data")
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this character (persona, memory, settings) atomically to `path` (JSON)."""
-        _state.atomic_write(path, self.dumps())
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        model: Backend | None = None,
-        embedder: Embedder | None = None,
-    ) -> Character:
-        """Read a character written by `save`; a missing or bad file raises `StateError`."""
-        return cls._decode(_state.read(path), model, embedder, str(Path(path)))
-
-    @classmethod
-    def _decode(
-        cls, data: bytes, model: Backend | None, embedder: Embedder | None, source: str
-    ) -> Character:
-        state = _state.decode(data, "character", CharacterState, source=source)
-        try:
-            return cls.from_state(state, model=model, embedder=embedder)
-        except ConfigError as exc:
-            raise StateError(f"{source} is corrupt: {exc}") from None

@@ -8,7 +8,7 @@ The nodes are the modules of the packages the distribution installs under `her_s
 `her_sdk.training`, ...), except the generated protobuf stubs in her_sdk/server/_pb.
 
 An edge goes to the module an import names (`from her_sdk.format import Turn` -> her_sdk.format,
-`from . import _state` -> her_sdk._state, `from her_sdk import Persona` -> the package her_sdk).
+`from . import _savefile` -> her_sdk._savefile, `from her_sdk import Persona` -> the package her_sdk).
 Python also runs each parent package's `__init__` on the way, but that implicit step is not an
 edge: a package's `__init__` re-exporting its submodules (the public facade) is the intended
 shape, and counting it would make every submodule depend on everything.
@@ -175,7 +175,7 @@ def test_the_import_graph_sees_hidden_and_type_only_imports():
 
 def test_her_sdk_has_no_import_cycle():
     graph = import_graph()
-    assert {"her_sdk._character", "her_sdk._scene", "her_sdk._state"} <= set(graph)
+    assert {"her_sdk._character", "her_sdk._scene", "her_sdk._savefile"} <= set(graph)
     assert "her_sdk.training.sft" in graph and "her_sdk.export.cli" in graph
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
@@ -183,7 +183,7 @@ def test_her_sdk_has_no_import_cycle():
 
 def test_the_save_file_is_a_leaf_and_a_character_knows_no_scene():
     graph = import_graph()
-    assert graph["her_sdk._state"] == {"her_sdk._errors"}
+    assert graph["her_sdk._savefile"] == {"her_sdk._errors"}
     assert not graph["her_sdk._character"] & {"her_sdk._scene", "her_sdk"}
     # Inside the runtime nobody goes through the public facade: it sits on top of everything.
     facade_users = {m for m in runtime_modules() if "her_sdk" in graph[m]}
