@@ -71,9 +71,9 @@ def _gguf():
 
 
 def _llama_cpp():
-    from her_sdk._backends._llama import _import_llama_cpp
+    from her_sdk._backends._llama_engine import import_llama_cpp
 
-    return _import_llama_cpp()
+    return import_llama_cpp()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,11 +199,11 @@ class LlamaScorer:
     ) -> None:
         import ctypes
 
-        from her_sdk._backends._llama import _import_llama_cpp, cpu_has_amx
+        from her_sdk._backends._llama_engine import cpu_has_amx, import_llama_cpp
         from her_sdk._gguf import read_gguf_info
 
         read_gguf_info(path)
-        lib = self._lib = _import_llama_cpp()
+        lib = self._lib = import_llama_cpp()
         mp = lib.llama_model_default_params()
         if hasattr(mp, "use_extra_bufts"):
             mp.use_extra_bufts = not cpu_has_amx()  # DESIGN §4: AMX repacking crashes
