@@ -26,7 +26,7 @@ import threading
 import time
 
 from her_sdk import CancelToken, Character, Sampling, load_model
-from her_sdk._demo import PLAYER, build_demo_scene
+from her_sdk.demo import PLAYER, build_demo_scene
 
 TRADES = [
     ("Bram", "the blacksmith, loud and proud of his blades"),

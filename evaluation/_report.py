@@ -10,8 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from her_sdk._errors import ConfigError
-from her_sdk._savefile import atomic_write
+from her_sdk import ConfigError, atomic_write
 
 __all__ = ["atomic_json", "compare", "load_results", "write_outputs"]
 

@@ -64,8 +64,7 @@ from pathlib import Path
 
 import msgspec
 
-from her_sdk import Backend, Character, Scene
-from her_sdk._errors import ConfigError, GenerationError, StateError
+from her_sdk import Backend, Character, ConfigError, GenerationError, Scene, StateError
 from her_sdk.format import CONVERSATION_START, ENVIRONMENT, PUBLIC_CHANNELS, Message, Segment
 
 from . import _data

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from her_sdk import Character, Sampling, Scene
-from her_sdk._errors import ContextOverflowError
+from her_sdk import Character, ContextOverflowError, Sampling, Scene
 from her_sdk.format import FEWSHOT_PREAMBLE, PRIVATE_CHANNELS, PUBLIC_CHANNELS, TAG, render_turn
 
 from . import _data

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelNotFoundError
+from her_sdk import ConfigError, MissingDependencyError, ModelNotFoundError
 
 __all__ = [
     "SUPPORTED",

@@ -55,7 +55,7 @@ def _show(summary: dict) -> None:
 
 
 def _run(fn) -> None:
-    from her_sdk._errors import HerError, VerificationError
+    from her_sdk import HerError, VerificationError
 
     try:
         summary = fn()

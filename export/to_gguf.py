@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
+from her_sdk import ConfigError, MissingDependencyError, ModelError
 from her_sdk.format import FORMAT_VERSION_KEY, HER_FORMAT_VERSION
 
 from ._source import arch_of, import_torch, load_source
@@ -71,9 +71,9 @@ def _gguf():
 
 
 def _llama_cpp():
-    from her_sdk._backends._llama_engine import import_llama_cpp
+    from her_sdk import LlamaBackend
 
-    return import_llama_cpp()
+    return LlamaBackend.llama_cpp()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
+from her_sdk import ConfigError, MissingDependencyError, ModelError
 
 from ._source import import_torch, load_source, read_hf_config, save_merged
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from her_sdk._errors import VerificationError
+from her_sdk import VerificationError
 
 __all__ = [
     "LIMITS",
@@ -199,14 +199,13 @@ class LlamaScorer:
     ) -> None:
         import ctypes
 
-        from her_sdk._backends._llama_engine import cpu_has_amx, import_llama_cpp
-        from her_sdk._gguf import read_gguf_info
+        from her_sdk import LlamaBackend
 
-        read_gguf_info(path)
-        lib = self._lib = import_llama_cpp()
+        LlamaBackend.check_file(path)
+        lib = self._lib = LlamaBackend.llama_cpp()
         mp = lib.llama_model_default_params()
         if hasattr(mp, "use_extra_bufts"):
-            mp.use_extra_bufts = not cpu_has_amx()  # DESIGN §4: AMX repacking crashes
+            mp.use_extra_bufts = not LlamaBackend.cpu_has_amx()  # AMX repacking crashes
         self._model = lib.llama_model_load_from_file(str(path).encode(), mp)
         if not self._model:
             raise VerificationError(f"llama.cpp could not load {path}")
@@ -262,7 +261,7 @@ class LlamaScorer:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         if len(ids) > self.n_ctx:
-            raise ValueError("sequence longer than the scorer's context")
+            raise VerificationError("sequence longer than the scorer's context")
         self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
         self._decode(ids, 0, True)
         ptr = self._lib.llama_get_logits(self._ctx)
@@ -302,9 +301,9 @@ class OnnxScorer:
     """Full-sequence logits and greedy decoding through ONNX Runtime GenAI."""
 
     def __init__(self, path: str | Path) -> None:
-        from her_sdk._backends._onnx import _import_og
+        from her_sdk import OnnxBackend
 
-        og = self._og = _import_og()
+        og = self._og = OnnxBackend.genai()
         self._model = og.Model(str(path))
         self._tok = og.Tokenizer(self._model)
         cfg = json.loads((Path(path) / "genai_config.json").read_text())

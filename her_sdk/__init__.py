@@ -17,7 +17,7 @@ load only when used.
 from __future__ import annotations
 
 from ._actions import Action, Call, InvalidCall, Target, Text
-from ._backends._base import Backend, CancelToken, Sampling, TextStream
+from ._backends._base import Backend, CancelToken, Sampling, StopScanner, TextStream, cut_at_stop
 from ._backends._mock import MockBackend
 from ._character import Character
 from ._errors import (
@@ -42,8 +42,15 @@ from ._errors import (
     VerificationError,
 )
 from ._memory import MemoryItem
-from ._model import BackendSpec, backend_from_spec, load_model, parse_backend_spec
+from ._model import (
+    BackendSpec,
+    backend_from_spec,
+    default_model_path,
+    load_model,
+    parse_backend_spec,
+)
 from ._persona import Persona
+from ._savefile import atomic_write
 from ._scene import Event, Scene
 from ._secrets import BlockedReveal
 from ._turn import Reply, TurnStream
@@ -90,6 +97,7 @@ __all__ = [
     "Segment",
     "ServerError",
     "StateError",
+    "StopScanner",
     "Target",
     "Text",
     "TextStream",
@@ -99,8 +107,11 @@ __all__ = [
     "TurnStream",
     "VerificationError",
     "__version__",
+    "atomic_write",
     "backend_from_spec",
     "build_grammar",
+    "cut_at_stop",
+    "default_model_path",
     "load_model",
     "parse_backend_spec",
     "parse_turn",

@@ -91,10 +91,6 @@ class GGUFInfo:
         return str(self.metadata.get("general.architecture", ""))
 
     @property
-    def file_type(self) -> str:
-        return str(self.metadata.get("general.type", "model"))
-
-    @property
     def chat_template(self) -> str | None:
         t = self.metadata.get("tokenizer.chat_template")
         return t if isinstance(t, str) and t.strip() else None

@@ -19,6 +19,7 @@ transport), and always lets the caller pass a `Backend` instead; its docstring i
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -150,10 +151,12 @@ def load_model(
 
 # The spellings of the first command lines (`her train`'s teachers and judges), still read.
 _OLD_PREFIXES = {"openai:": "", "openai-chat:": "chat+", "gguf:": "", "hf:": ""}
+# What looks like a kind of spec (`word:`) rather than a path (a drive letter is one letter).
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]+:")
 
 
 class BackendSpec(NamedTuple):
-    """What a backend spec names, read from its text alone (nothing is opened or loaded).
+    """What a backend spec names, read from its text (nothing is opened or loaded).
 
     `kind`: "default" (the embedded model), "mock" (the caller's stand-in), "script"
     (`mock:FILE`), "url" (an OpenAI-compatible server) or "path" (a model file or folder).
@@ -194,6 +197,11 @@ def parse_backend_spec(spec: str | os.PathLike[str] | None) -> BackendSpec:
         return BackendSpec("url", base, model, chat=url != text)
     if url != text or "://" in text:
         raise ConfigError(f"backend spec {text!r}: a server is http(s)://HOST/v1#MODEL")
+    if _SCHEME.match(text) and not Path(text).expanduser().exists():
+        raise ConfigError(
+            f"unknown backend spec {text!r}: use a model path, http(s)://HOST/v1#MODEL, "
+            "chat+http(s)://HOST/v1#MODEL, mock:FILE or default"
+        )
     return BackendSpec("path", text)
 
 

@@ -139,7 +139,7 @@ def demo(
     ] = False,
 ) -> None:
     """Play a short offline scene: a gate captain, a smuggler and a scripted traveler."""
-    from ._demo import PLAYER, SCRIPT, build_demo_scene
+    from .demo import PLAYER, SCRIPT, build_demo_scene
 
     try:
         # The scene takes one turn at a time: one llama.cpp sequence (two with the side
@@ -178,7 +178,7 @@ class _Crowd:
         import queue
         import threading
 
-        from ._demo import CROWD_OPENING, build_crowd_scene
+        from .demo import CROWD_OPENING, build_crowd_scene
 
         self.scene = build_crowd_scene(backend)
         self.show_thoughts = show_thoughts
@@ -189,7 +189,7 @@ class _Crowd:
         self.thread.start()
 
     def _run(self) -> None:
-        from ._demo import CROWD_TURNS
+        from .demo import CROWD_TURNS
 
         try:
             for _ in range(CROWD_TURNS):

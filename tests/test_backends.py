@@ -63,7 +63,7 @@ def test_backend_spec_grammar_reads_without_loading():
         "url", "https://h/v1", "a/b", chat=True
     )
     assert parse_backend_spec("runs/judge") == BackendSpec("path", "runs/judge")
-    for bad in ("chat+ftp://x", "ftp://x/v1", "mock:"):
+    for bad in ("chat+ftp://x", "ftp://x/v1", "mock:", "carrier-pigeon:x"):
         with pytest.raises(ConfigError):
             parse_backend_spec(bad)
     for old, new in (

@@ -24,8 +24,8 @@ from her_sdk import (  # noqa: E402
 )
 from her_sdk._backends import _llama  # noqa: E402
 from her_sdk._backends._llama_sampling import make_chain  # noqa: E402
-from her_sdk._demo import PLAYER, build_demo_scene  # noqa: E402
 from her_sdk._model import default_model_path  # noqa: E402
+from her_sdk.demo import PLAYER, build_demo_scene  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

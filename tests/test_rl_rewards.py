@@ -146,8 +146,10 @@ def test_judge_spec():
         assert judge_backend("openai:http://localhost:1/v1#m").model == "m"
     with pytest.raises(ConfigError):
         judge_backend("chat+ftp://x")
+    with pytest.raises(ConfigError, match="unknown backend spec"):
+        judge_backend("carrier-pigeon:x")
     with pytest.raises(ModelNotFoundError):
-        judge_backend("carrier-pigeon:x")  # a path: no such model file
+        judge_backend("runs/no-such-judge.gguf")
 
 
 def _gemma_like_tokenizer(path):

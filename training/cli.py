@@ -85,7 +85,7 @@ def data_convert(
     )
     try:
         report = convert_file(source, input_path, out, opts)
-    except (OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = report.as_dict()
     console.print(
@@ -181,7 +181,7 @@ def _run_teacher_job(label: str, run) -> dict:
                 bar.update(task, completed=done, total=total)
 
             report = run(progress)
-    except (HerError, OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = report.as_dict()
     console.print(
@@ -255,7 +255,7 @@ def data_rm_pairs(
         spec = "mock" if teacher == "heuristic" else teacher
         teacher_backend = backend_from_spec(spec, mock=heuristic_judge)
         ps = load_principles(str(principles) if principles else None)
-    except (HerError, OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = _run_teacher_job(
         "pairs",

@@ -289,7 +289,7 @@ def resolve_model(
         state.wait_for_everyone()
         return ModelSpec(str(base))
     if model == EMBEDDED_GEMMA:
-        from her_sdk._model import default_model_path
+        from her_sdk import default_model_path
 
         p = default_model_path()
         return ModelSpec(str(p.parent), p.name)

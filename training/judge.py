@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from her_sdk import Backend, Persona, Sampling
+from her_sdk import Backend, ConfigError, Persona, Sampling
 from her_sdk.format import (
     TAG,
     Heard,
@@ -161,7 +161,7 @@ def render_verdict(
 ) -> str:
     """A verdict in the judge's answer shape (training target for the generative judge)."""
     if better not in OUTCOMES:
-        raise ValueError(f"better must be one of {OUTCOMES}")
+        raise ConfigError(f"better must be one of {OUTCOMES}")
     notes = notes or {}
     lines = [f"Applicable: {', '.join(principles) or 'none'}."]
     for slot in SLOTS:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, MockBackend, Persona, Sampling
+from her_sdk import Backend, ConfigError, MockBackend, Persona, Sampling
 from her_sdk.format import (
     ENVIRONMENT,
     TAG,
@@ -281,7 +281,7 @@ def _corrupt_raw(
         return (
             render_turn(turn, name) + f"\n{other}: <{TAG['action']}>nods</{TAG['action']}>{reply}"
         )
-    raise ValueError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
+    raise ConfigError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
 
 
 def corrupt(
@@ -326,7 +326,7 @@ def auto_pairs(
     """
     for k in kinds:
         if k not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
+            raise ConfigError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
     rng = random.Random(seed)
     out: list[dict] = []
     turn_no = 0
@@ -742,10 +742,10 @@ def rm_pairs(
     drops, and `stats["length"]` is `length_balance` over the whole output file.
     """
     if samples < 2 and not corruptions:
-        raise ValueError("rm_pairs needs samples >= 2 (or corruptions)")
+        raise ConfigError("rm_pairs needs samples >= 2 (or corruptions)")
     for k in corruptions:
         if k not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
+            raise ConfigError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
     ps = principles if principles is not None else load_principles()
     judge = Judge(teacher, principles=ps, detail=detail)
     rows = read_jsonl(input_path)

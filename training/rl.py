@@ -42,8 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from her_sdk import Backend, ConfigError, backend_from_spec
-from her_sdk._backends._base import cut_at_stop
+from her_sdk import Backend, ConfigError, backend_from_spec, cut_at_stop
 from her_sdk.format import (
     CHATML_STOP,
     MAX_PLAN_CHARS,

@@ -19,13 +19,14 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._errors import ConfigError, ContextOverflowError
 from .._gguf import GGUFInfo, read_gguf_info
 from ..format import PromptStyle, check_prompt_style, detect_prompt_style
 from ._base import Backend, CancelToken, Sampling, TextStream, tokenize_prompt
 from ._llama_batching import BatchingEngine, _Turn
-from ._llama_engine import cpu_has_amx
+from ._llama_engine import cpu_has_amx, import_llama_cpp
 from ._scheduler import Priority, priority_rank
 
 __all__ = ["LlamaBackend", "cpu_has_amx"]
@@ -58,6 +59,22 @@ class LlamaBackend(Backend, BatchingEngine):
 
     schedules = True
     supports_logprobs = True
+
+    # For code that runs llama.cpp itself beside her_sdk (export's verification, benchmarks):
+    # the same crash guard, the same quiet import, the same file checks.
+    cpu_has_amx = staticmethod(cpu_has_amx)
+
+    @staticmethod
+    def llama_cpp() -> Any:
+        """llama-cpp-python's module, its logs routed to Python's logging (at DEBUG)."""
+        return import_llama_cpp()
+
+    @staticmethod
+    def check_file(path: str | os.PathLike[str], kind: str = "model") -> GGUFInfo:
+        """The checks every load makes before llama.cpp sees a file (structure, the values
+        llama.cpp would abort on, the HER format version); `kind` "model" or "adapter".
+        A bad file raises `InvalidModelError`, a missing one `ModelNotFoundError`."""
+        return read_gguf_info(path, kind=kind)
 
     def __init__(
         self,

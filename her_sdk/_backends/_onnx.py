@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._errors import (
     ContextOverflowError,
@@ -79,6 +80,11 @@ class OnnxBackend(Backend):
     """
 
     supports_grammar = False  # ONNX Runtime GenAI does not read GBNF (see the module doc)
+
+    @staticmethod
+    def genai() -> Any:
+        """The `onnxruntime_genai` module (`MissingDependencyError` without the onnx extra)."""
+        return _import_og()
 
     def __init__(
         self,
