@@ -26,6 +26,8 @@ from rich.console import Console
 
 from her_sdk import HerError, backend_from_spec
 
+from .stages import STAGES, Stage
+
 # A model for a teacher, a policy or a judge: any backend spec (her_sdk.backend_from_spec), or
 # `mock`, the command's own scripted stand-in.
 _TEACHER_HELP = (
@@ -374,7 +376,7 @@ def _train_stage(stage: str, ctx: typer.Context, config: Path, output_dir: str |
     """Run `stage` with `config` and the key=value / --key value overrides after it; print."""
     import logging
 
-    from her_sdk.training.launch import run_stage
+    from .launch import run_stage
 
     overrides = list(ctx.args) + (["--output_dir", output_dir] if output_dir else [])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -390,43 +392,34 @@ _OutputDir = Annotated[str | None, typer.Option("--output_dir", "--output-dir")]
 _CONFIG_HELP = "YAML config (training/configs/{}_*.yaml, or a bare packaged name)."
 
 
-@train_app.command("sft", context_settings=_OVERRIDES)
-def train_sft(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("sft"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Supervised fine-tuning (trl SFTTrainer, LoRA/QLoRA/full).
-    Extra args override the config: key=value or --key value (e.g. max_steps=10)."""
-    _train_stage("sft", ctx, config, output_dir)
+def _stage_command(stage: Stage) -> None:
+    """`her train NAME`: one command per row of the stage table."""
+
+    def command(ctx: typer.Context, config: Path, output_dir: _OutputDir = None) -> None:
+        _train_stage(stage.name, ctx, config, output_dir)
+
+    # An annotation object, not text: typer reads the help of this stage's --config from it.
+    help_text = _CONFIG_HELP.format(stage.name)
+    command.__annotations__["config"] = Annotated[Path, typer.Option("--config", help=help_text)]
+    command.__doc__ = (
+        f"{stage.help}\n    Extra args override the config: key=value or --key value "
+        f"(e.g. {stage.example})."
+    )
+    train_app.command(stage.name, context_settings=_OVERRIDES)(command)
 
 
-@train_app.command("rm", context_settings=_OVERRIDES)
-def train_rm(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("rm"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Train the HER reward model (pairwise judge): SFT on verdicts, optional RL of the judge.
-    Extra args override the config (e.g. train.max_steps=2 rl_steps=4)."""
-    _train_stage("rm", ctx, config, output_dir)
-
-
-@train_app.command("rl", context_settings=_OVERRIDES)
-def train_rl(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("rl"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
-    Extra args override the config (e.g. judge_model=runs/rm max_steps=10)."""
-    _train_stage("rl", ctx, config, output_dir)
+for _stage in STAGES.values():
+    _stage_command(_stage)
 
 
 @train_app.command("check", context_settings=_OVERRIDES)
 def train_check(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", help="A stage config (sft/rm/rl).")],
+    stage: Annotated[
+        str | None,
+        typer.Option("--stage", help="The config's stage (default: its own `stage:` line)."),
+    ] = None,
     gpus: Annotated[
         int | None, typer.Option("--gpus", help="GPUs per node (default: the config's header).")
     ] = None,
@@ -458,7 +451,9 @@ def train_check(
             if gpus is None or gpu_memory is None:
                 raise typer.BadParameter("give both --gpus and --gpu-memory (or neither)")
             hw = Hardware(gpus, gpu_memory, nodes, bf16=not no_bf16)
-        report = check_config(config, hw, overrides=list(ctx.args), launcher=launcher, arch=arch)
+        report = check_config(
+            config, hw, overrides=list(ctx.args), stage=stage, launcher=launcher, arch=arch
+        )
     except HerError as exc:
         _fail(exc)
     if as_json:

@@ -62,6 +62,7 @@ __all__ = [
     "rl_configs",
     "run_rm",
     "sft_configs",
+    "trainer_phases",
     "verdict_reward",
 ]
 
@@ -168,6 +169,21 @@ def check_nested(args: RMArguments, *, for_this_machine: bool = True) -> None:
     sft = sft_configs(args, for_this_machine=for_this_machine)
     if args.rl_steps > 0:
         rl_configs(args, "judge", sft, for_this_machine=for_this_machine)
+
+
+def trainer_phases(args: RMArguments) -> list[tuple[str, str, str, tuple[Any, ...]]]:
+    """The trainers a run starts, for the memory plan of `her train check`: (phase, trainer
+    "sft" or "grpo", the config section holding its keys, its three configs)."""
+    sft = sft_configs(args, for_this_machine=False)
+    phases = []
+    if not args.rl_from:  # rl_from: a launch of the judge's RL alone
+        phases.append(("judge SFT", "sft", "train", sft))
+    if args.rl_steps > 0:
+        start = args.rl_from or sft[1].model_name_or_path
+        phases.append(
+            ("judge RL", "grpo", "rl", rl_configs(args, start, sft, for_this_machine=False))
+        )
+    return phases
 
 
 @dataclass
