@@ -187,8 +187,7 @@ def compare(
     """Two runs side by side, with the differences marked."""
     from her_sdk import HerError
 
-    from ._report import compare as compare_runs
-    from ._report import compare_markdown
+    from ._report import compare_markdown, compare_runs
 
     try:
         result = compare_runs(run_a, run_b)

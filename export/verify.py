@@ -193,7 +193,7 @@ class LlamaScorer:
         self,
         path: str | Path,
         *,
-        lora: str | Path | None = None,
+        adapter: str | Path | None = None,
         n_ctx: int = 1024,
         n_threads: int | None = None,
     ) -> None:
@@ -210,10 +210,10 @@ class LlamaScorer:
         if not self._model:
             raise VerificationError(f"llama.cpp could not load {path}")
         self._lora = None
-        if lora is not None:
-            self._lora = lib.llama_adapter_lora_init(self._model, str(lora).encode())
+        if adapter is not None:
+            self._lora = lib.llama_adapter_lora_init(self._model, str(adapter).encode())
             if not self._lora:
-                raise VerificationError(f"llama.cpp could not load the LoRA adapter {lora}")
+                raise VerificationError(f"llama.cpp could not load the LoRA adapter {adapter}")
         cp = lib.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx
@@ -230,7 +230,7 @@ class LlamaScorer:
         if self._lora is not None:
             arr = (lib.llama_adapter_lora_p_ctypes * 1)(self._lora)
             if lib.llama_set_adapters_lora(self._ctx, arr, 1, (ctypes.c_float * 1)(1.0)):
-                raise VerificationError(f"LoRA adapter {lora} does not fit {path}")
+                raise VerificationError(f"LoRA adapter {adapter} does not fit {path}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self.n_ctx = n_ctx
@@ -564,7 +564,7 @@ def verify_gguf(
     tok,
     *,
     outtype: str,
-    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
     report_path: str | Path | None = None,
     tolerance: float | None = None,
     raise_on_fail: bool = True,
@@ -574,7 +574,7 @@ def verify_gguf(
     """Compare a GGUF file (optionally with a LoRA adapter) with `model` (transformers)."""
     path = Path(path)
     return _run(
-        lambda: LlamaScorer(path, lora=lora, n_ctx=max(max_len, 64)),
+        lambda: LlamaScorer(path, adapter=adapter, n_ctx=max(max_len, 64)),
         model,
         tok,
         path=path,

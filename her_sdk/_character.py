@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -114,9 +115,9 @@ class Character(Mind, Saveable):
       honours grammars, `model.supports_grammar`).
     - `allowed_actions`: if given, the only action texts the character may write (enforced by
       the grammar). `Reply.actions` are the actions it did take.
-    - `actions`: typed `Action`s the game executes; the character's calls come back as
+    - `typed_actions`: `Action`s the game executes; the character's calls come back as
       `Reply.calls` (see `her_sdk.Action`). With `allowed_actions` too, an action is one of
-      those texts or a call.
+      those texts or a call. (`actions=`, their first name, is deprecated.)
     - `sampling`: default `Sampling` for turns; `seed` makes the whole character reproducible.
     - `max_memory`: perceptions and own turns kept verbatim for the prompt (the working
       memory). Older ones are folded into a running summary the model writes from the
@@ -156,7 +157,7 @@ class Character(Mind, Saveable):
         keep_plans: bool = False,
         grammar: bool | None = None,
         allowed_actions: Sequence[str] | None = None,
-        actions: Sequence[Action] | None = None,
+        typed_actions: Sequence[Action] | None = None,
         sampling: Sampling | None = None,
         seed: int | None = None,
         max_memory: int = 2000,
@@ -167,7 +168,13 @@ class Character(Mind, Saveable):
         guard_secrets: bool = True,
         on_blocked_reveal: Callable[[BlockedReveal], None] | None = None,
         max_long_term: int = 5000,
+        actions: Sequence[Action] | None = None,
     ) -> None:
+        if actions is not None:
+            warnings.warn(
+                "Character(actions=) is deprecated; use typed_actions=", DeprecationWarning, 2
+            )
+            typed_actions = typed_actions if typed_actions is not None else actions
         if persona is None:
             if name is None:
                 raise ConfigError("a Character needs a name or a persona")
@@ -201,7 +208,7 @@ class Character(Mind, Saveable):
         self.keep_plans = keep_plans
         self.grammar = grammar
         self.allowed_actions = list(allowed_actions) if allowed_actions else None
-        self.actions = check_actions(actions or [])
+        self.typed_actions = check_actions(typed_actions or [])
         self.sampling = sampling or Sampling(max_tokens=320)
         self.seed = seed
         self.guard_secrets = guard_secrets
@@ -209,6 +216,12 @@ class Character(Mind, Saveable):
         self.turns_taken = 0
         self._seat: Seat | None = None
         self._lock = threading.Lock()
+
+    @property
+    def actions(self) -> list[Action]:
+        """Deprecated: `typed_actions` (a turn's performed actions are `Reply.actions`)."""
+        warnings.warn("Character.actions is deprecated; use typed_actions", DeprecationWarning, 2)
+        return self.typed_actions
 
     @property
     def seat(self) -> Seat | None:
@@ -243,7 +256,7 @@ class Character(Mind, Saveable):
 
     def _call_specs(self, names: dict[Target, list[str]] | None = None) -> list[CallSpec]:
         names = names if names is not None else self._names()
-        return [s for a in self.actions if (s := a.spec(names)) is not None]
+        return [s for a in self.typed_actions if (s := a.spec(names)) is not None]
 
     def prompt(self, *, max_tokens: int | None = None) -> Prompt:
         """The exact prompt of this character's next turn, trimmed to fit the context window.
@@ -432,11 +445,13 @@ class Character(Mind, Saveable):
         """The GBNF of this turn (its closed set of actions and its typed calls), if constrained."""
         if not self._constrained(model):
             return None
+        if allowed_actions is None:
+            allowed_actions = self.allowed_actions
         return build_grammar(
             self.name,
             plan=self.plan,
             prefilled=bool(prompt.prefill),
-            actions=allowed_actions if allowed_actions is not None else self.allowed_actions,
+            allowed_actions=allowed_actions,
             calls=self._call_specs(names) or None,
             end="\n" if prompt.style == "fewshot" else "",
         )
@@ -452,7 +467,8 @@ class Character(Mind, Saveable):
         """End a turn, however it ended: its reply on `stream`, its calls applied, the turn
         remembered and published, a stopped reveal reported."""
         turn = reader.turn()
-        calls, invalid = read_calls(turn.actions, self.actions, names) if self.actions else ([], [])
+        typed = self.typed_actions
+        calls, invalid = read_calls(turn.actions, typed, names) if typed else ([], [])
         blocked = reader.blocked
         if cancel.cancelled:
             finish = "cancelled"
@@ -472,7 +488,7 @@ class Character(Mind, Saveable):
 
     def _apply(self, calls: Sequence[Call]) -> None:
         """The effects a character's calls have on itself (relationship updates)."""
-        regard = {a.name for a in self.actions if a.updates_relationship}
+        regard = {a.name for a in self.typed_actions if a.updates_relationship}
         for call in calls:
             if call.name in regard:
                 self.set_relationship(call.args["who"], call.args["view"])
@@ -518,7 +534,7 @@ class Character(Mind, Saveable):
             long_term=[msgspec.structs.replace(i) for i in self.long_term.items] or UNSET,
             summary=self.summary or UNSET,
             to_fold=list(self._to_fold) or UNSET,
-            typed_actions=[a.to_state() for a in self.actions] or UNSET,
+            typed_actions=[a.to_state() for a in self.typed_actions] or UNSET,
             revealable=list(self.revealable) or UNSET,
             **{k: UNSET if v == _LATER_SETTINGS[k] else v for k, v in settings.items()},
         )
@@ -547,7 +563,7 @@ class Character(Mind, Saveable):
             keep_plans=state.keep_plans,
             grammar=state.grammar,
             allowed_actions=state.allowed_actions,
-            actions=[Action.from_state(a) for a in given(state.typed_actions, [])],
+            typed_actions=[Action.from_state(a) for a in given(state.typed_actions, [])],
             sampling=state.sampling,
             seed=state.seed,
             max_memory=state.max_memory,

@@ -110,7 +110,7 @@ def load_model(
       adapter (`default_adapter_path()`), prompted as the adapter was trained.
     - `load_model(adapter=None)`: the bare embedded base model, prompted with a few-shot script.
     - `load_model("model.gguf")`: any GGUF model through llama.cpp, with no adapter unless
-      `adapter=` names a GGUF LoRA adapter (`lora=` is the same argument under its older name).
+      `adapter=` names a GGUF LoRA adapter (`lora=`, its first name, is deprecated).
       Keyword arguments go to `LlamaBackend` (n_ctx, n_threads, n_gpu_layers, ...).
     - `load_model("folder/")` with `genai_config.json` inside: an ONNX Runtime GenAI model
       (`her export onnx`); keyword arguments go to `OnnxBackend`.
@@ -121,6 +121,7 @@ def load_model(
     `InvalidModelError`. Both name the file.
     """
     if lora is not None:
+        warnings.warn("load_model(lora=) is deprecated; use adapter=", DeprecationWarning, 2)
         if adapter is not _DEFAULT and adapter is not None:
             raise ConfigError("give the adapter once: adapter= (lora= is its older name)")
         adapter = lora
@@ -135,7 +136,7 @@ def load_model(
             if adapter is not None:
                 raise InvalidModelError(
                     "adapter= applies to GGUF models; merge the adapter at export "
-                    "(her export onnx --lora)",
+                    "(her export onnx --adapter)",
                     str(model_path),
                 )
             return OnnxBackend(model_path, **kwargs)
@@ -146,7 +147,7 @@ def load_model(
         )
     from ._backends._llama import LlamaBackend
 
-    return LlamaBackend(model_path, lora_path=adapter, **kwargs)
+    return LlamaBackend(model_path, adapter=adapter, **kwargs)
 
 
 # The spellings of the first command lines (`her train`'s teachers and judges), still read.

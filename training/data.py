@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 SOURCES = ("coser", "her", "sharegpt")
-SPLITS = ("train", "eval", "test")
 
 
 @dataclass

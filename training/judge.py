@@ -4,7 +4,7 @@
     from her_sdk.training.judge import Judge
     from her_sdk.training.pairs import heuristic_judge
     judge = Judge(MockBackend(heuristic_judge))          # or any her_sdk Backend (HTTP, GGUF, HF)
-    cmp = judge.compare(persona, history, rollout_text, reference_turn)
+    cmp = judge.compare_turns(persona, history, rollout_text, reference_turn)
     cmp.score            # 1.0 rollout wins, 0.5 tie, 0.0 loses (both orders combined), None abstain
 
 The judge sees the character sheet, the conversation as the character perceived it, and two
@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -449,7 +450,7 @@ class Judge:
             raise GenerationError(f"the judge answered without a readable verdict: {head!r}")
         return v
 
-    def compare(
+    def compare_turns(
         self,
         persona: Persona,
         history: Sequence[Heard | Turn],
@@ -469,14 +470,29 @@ class Judge:
                 scores.append(_score_for_first(v2, "cand_2"))
         return Comparison(sum(scores) / len(scores) if scores else None, verdicts)
 
-    def compare_many(
+    def compare_turns_many(
         self,
         items: Sequence[tuple[Persona, Sequence[Heard | Turn], Any, Any]],
         *,
         both_orders: bool = True,
     ) -> list[Comparison]:
-        """`compare` over many (persona, history, a, b), concurrently (HTTP judges batch)."""
+        """`compare_turns` over many (persona, history, a, b), concurrently (HTTP judges
+        batch)."""
         if self.concurrency <= 1 or len(items) <= 1:
-            return [self.compare(*it, both_orders=both_orders) for it in items]
+            return [self.compare_turns(*it, both_orders=both_orders) for it in items]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda it: self.compare(*it, both_orders=both_orders), items))
+            return list(
+                pool.map(lambda it: self.compare_turns(*it, both_orders=both_orders), items)
+            )
+
+    def compare(self, *args: Any, **kwargs: Any) -> Comparison:
+        """Deprecated: `compare_turns` (`her_sdk.evaluation.compare_runs` compares runs)."""
+        warnings.warn("Judge.compare is deprecated; use compare_turns", DeprecationWarning, 2)
+        return self.compare_turns(*args, **kwargs)
+
+    def compare_many(self, *args: Any, **kwargs: Any) -> list[Comparison]:
+        """Deprecated: `compare_turns_many`."""
+        warnings.warn(
+            "Judge.compare_many is deprecated; use compare_turns_many", DeprecationWarning, 2
+        )
+        return self.compare_turns_many(*args, **kwargs)

@@ -556,7 +556,7 @@ def teacher_rows(
     for pair in pairs:
         persona, history = _pair_inputs(pair)
         items.append((persona, history, pair["chosen"], pair["rejected"]))
-    comps = judge.compare_many(items, both_orders=True)
+    comps = judge.compare_turns_many(items, both_orders=True)
     kept: list[dict] = []
     counts = {"pairs": len(pairs), "kept": 0, "inconsistent": 0, "abstained": 0, "ties": 0}
     for pair, comp in zip(pairs, comps, strict=True):

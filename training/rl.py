@@ -258,7 +258,7 @@ class JudgeReward:
         for c, p, her in zip(completions, prefills, kw["her_json"], strict=True):
             persona, history, reference = decode_her({"her": json.loads(her)})
             items.append((persona, history, completion_text(c, p), reference))
-        comps = self.judge.compare_many(items, both_orders=self.both_orders)
+        comps = self.judge.compare_turns_many(items, both_orders=self.both_orders)
         self._watch([c.score is None for c in comps], kw.get("log_metric"))
         return [self.abstain if c.score is None else c.score for c in comps]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ class LlamaBackend(Backend, BatchingEngine):
       `LimitExceededError` when iterated.
     - `n_threads` / `n_threads_batch`: CPU threads for generation / prompt; default all cores.
     - `n_gpu_layers`: layers to offload when llama.cpp was built with a GPU backend.
-    - `lora_path`: a GGUF LoRA adapter applied at load time.
+    - `adapter`: a GGUF LoRA adapter applied at load time (`lora_path=`, its first name, is
+      deprecated).
     - `use_extra_bufts`: weight repacking; default on except on CPUs with AMX (see module doc).
     - `cache_slots`: saved prompt states kept in host memory for characters whose sequence was
       given to another (each a copy of their KV cache), so many characters on one model each
@@ -87,12 +89,18 @@ class LlamaBackend(Backend, BatchingEngine):
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
-        lora_path: str | os.PathLike[str] | None = None,
+        adapter: str | os.PathLike[str] | None = None,
         use_extra_bufts: bool | None = None,
         cache_slots: int = 4,
         prompt_style: PromptStyle | None = None,
         verbose: bool = False,
+        lora_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        if lora_path is not None:
+            warnings.warn(
+                "LlamaBackend(lora_path=) is deprecated; use adapter=", DeprecationWarning, 2
+            )
+            adapter = adapter if adapter is not None else lora_path
         self._last_tokens: tuple[tuple, list[int]] | None = None
         self.info: GGUFInfo = read_gguf_info(model_path)
         if n_ctx < 64 or n_batch < 1:
@@ -106,11 +114,11 @@ class LlamaBackend(Backend, BatchingEngine):
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_threads_batch = n_threads_batch or self.n_threads
         self.use_extra_bufts = not cpu_has_amx() if use_extra_bufts is None else use_extra_bufts
-        self.lora_path: Path | None = None
-        self.lora_info: GGUFInfo | None = None
-        if lora_path is not None:
-            self.lora_path = Path(lora_path).expanduser()
-            self.lora_info = read_gguf_info(self.lora_path, kind="adapter")
+        self.adapter_path: Path | None = None
+        self.adapter_info: GGUFInfo | None = None
+        if adapter is not None:
+            self.adapter_path = Path(adapter).expanduser()
+            self.adapter_info = read_gguf_info(self.adapter_path, kind="adapter")
         super().__init__(
             self.info,
             n_ctx=n_ctx,
@@ -121,7 +129,7 @@ class LlamaBackend(Backend, BatchingEngine):
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads_batch,
             n_gpu_layers=n_gpu_layers,
-            lora=self.lora_info,
+            adapter=self.adapter_info,
             use_extra_bufts=self.use_extra_bufts,
             verbose=verbose,
         )
@@ -131,13 +139,21 @@ class LlamaBackend(Backend, BatchingEngine):
         self.chat_template = self.info.chat_template
         # A HER adapter makes a HER model of any base: its metadata decides the prompt style
         # (ChatML, no few-shot example) and whether turns begin with a plan (`her.plan`).
-        her_meta = [i for i in (self.lora_info, self.info) if i and i.her_format_version]
+        her_meta = [i for i in (self.adapter_info, self.info) if i and i.her_format_version]
         self.prompt_style = check_prompt_style(
             prompt_style or detect_prompt_style(self.chat_template, her_model=bool(her_meta)),
             self.chat_template,
         )
         plans = [m.metadata.get("her.plan") for m in her_meta]
         self.plans = next((p for p in plans if isinstance(p, bool)), True)
+
+    @property
+    def lora_path(self) -> Path | None:
+        """Deprecated: `adapter_path`."""
+        warnings.warn(
+            "LlamaBackend.lora_path is deprecated; use adapter_path", DeprecationWarning, 2
+        )
+        return self.adapter_path
 
     # -- tokens ---------------------------------------------------------------------------------
 

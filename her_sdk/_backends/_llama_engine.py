@@ -89,7 +89,7 @@ class LlamaEngine:
         n_threads: int,
         n_threads_batch: int,
         n_gpu_layers: int,
-        lora: GGUFInfo | None,
+        adapter: GGUFInfo | None,
         use_extra_bufts: bool,
         verbose: bool,
     ) -> None:
@@ -102,12 +102,12 @@ class LlamaEngine:
         path = info.path
         try:
             self._load_model(info, n_gpu_layers, use_extra_bufts)
-            if lora is not None:
-                adapter = str(lora.path)
-                self._lora = lib.llama_adapter_lora_init(self._model, adapter.encode("utf-8"))
+            if adapter is not None:
+                file = str(adapter.path)
+                self._lora = lib.llama_adapter_lora_init(self._model, file.encode("utf-8"))
                 if not self._lora:
                     raise InvalidModelError(
-                        f"llama.cpp could not load the LoRA adapter {adapter}", adapter
+                        f"llama.cpp could not load the LoRA adapter {file}", file
                     )
                 self._stack.callback(lib.llama_adapter_lora_free, self._lora)
             n_seq = max_sequences or self._default_sequences(info, n_ctx)
@@ -130,7 +130,8 @@ class LlamaEngine:
                 adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._lora)
                 if lib.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
                     raise InvalidModelError(
-                        f"LoRA adapter {self._lora_path(lora)} does not fit {path}", str(path)
+                        f"LoRA adapter {adapter.path if adapter else ''} does not fit {path}",
+                        str(path),
                     )
             self._batch = lib.llama_batch_init(max(n_batch, n_seq), 0, 1)
             self._stack.callback(lib.llama_batch_free, self._batch)
@@ -141,10 +142,6 @@ class LlamaEngine:
         self._mem = lib.llama_get_memory(ctx)
         self.n_seq = n_seq
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-
-    @staticmethod
-    def _lora_path(lora: GGUFInfo | None) -> str:
-        return str(lora.path) if lora is not None else ""
 
     def _load_model(self, info: GGUFInfo, n_gpu_layers: int, use_extra_bufts: bool) -> None:
         lib, path = self._lib, info.path

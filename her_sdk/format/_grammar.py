@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from .._errors import ConfigError
@@ -24,21 +25,28 @@ def build_grammar(
     max_action_chars: int = 120,
     max_speech_chars: int = 300,
     max_segments: int = 6,
-    actions: Sequence[str] | None = None,
+    allowed_actions: Sequence[str] | None = None,
     calls: Sequence[CallSpec] | None = None,
     end: str = "\n",
+    actions: Sequence[str] | None = None,
 ) -> str:
     """GBNF for one HER turn, with a length cap on every section.
 
     The grammar covers what follows the prompt: when `prefilled`, the prompt already ends with
     `<system_thinking>` (plan) or `NAME:` (no plan; the turn then begins with a space).
-    `actions`, when given, is the closed set of actions legal right now. `calls`, when given,
+    `allowed_actions`, when given, is the closed set of action texts legal right now (`actions=`,
+    its first name, is deprecated). `calls`, when given,
     are the typed actions that may be called in an action segment, each only with legal values
     (see `render_call`); free action text then may not begin with '[', so it can never be taken
     for a call. Text never contains '<' or a newline, so a section can only end by its closing
     tag. Decoding cost stays small because the backend samples freely and consults the grammar
     only to verify the token it picked (see `LlamaBackend`).
     """
+    if actions is not None:
+        warnings.warn(
+            "build_grammar(actions=) is deprecated; use allowed_actions=", DeprecationWarning, 2
+        )
+        allowed_actions = allowed_actions if allowed_actions is not None else actions
     for label, n in (
         ("max_plan_chars", max_plan_chars),
         ("max_thought_chars", max_thought_chars),
@@ -65,8 +73,8 @@ def build_grammar(
     rules.append("tagged ::= thought | action")
     rules.append('thought ::= "<role_thinking>" ttext "</role_thinking>"')
     forms = []
-    if actions:
-        forms += [_gbnf_literal(_clean(a)) for a in actions if _clean(a)]
+    if allowed_actions:
+        forms += [_gbnf_literal(_clean(a)) for a in allowed_actions if _clean(a)]
     elif not calls:
         forms.append("atext")
     else:

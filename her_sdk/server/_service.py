@@ -230,7 +230,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
         if s.allowed_actions:
             kwargs["allowed_actions"] = list(s.allowed_actions)
         if s.actions:
-            kwargs["actions"] = [action_from_pb(a) for a in s.actions]
+            kwargs["typed_actions"] = [action_from_pb(a) for a in s.actions]
         if s.HasField("seed"):
             kwargs["seed"] = s.seed
         if s.HasField("max_memory"):
