@@ -1,6 +1,6 @@
 """The `her` command line (typer + rich; installed by the `cli` extra).
 
-    her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
+    her demo [--show-thoughts] [--model SPEC] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
     her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
                                                             (one flag per ServerSettings field)
@@ -13,7 +13,8 @@
 `demo`, `chat` and `serve` live here; the other groups are typer sub-apps of their packages,
 registered at the end of this module. Each command imports its engines (llama.cpp, grpc, torch)
 when it runs, so `her --help` stays quick; only `serve`'s flags are read at start, from the
-`ServerSettings` pydantic model. This module holds no game or model logic of its own.
+`ServerSettings` pydantic model. A model is named by a backend spec everywhere
+(`her_sdk.backend_from_spec`). This module holds no game or model logic of its own.
 """
 
 from __future__ import annotations
