@@ -16,8 +16,8 @@ from her_sdk.training.rl import (
     completion_text,
     format_reward,
     format_score,
-    judge_backend,
     length_penalty,
+    load_judge_backend,
     policy_rows,
     repetition_penalty,
 )
@@ -139,17 +139,17 @@ def test_policy_rows_use_the_runtime_prompt():
 
 
 def test_judge_spec():
-    assert judge_backend("none") is None
-    assert isinstance(judge_backend("heuristic"), MockBackend)
-    assert judge_backend("http://localhost:1/v1#m").model == "m"
+    assert load_judge_backend("none") is None
+    assert isinstance(load_judge_backend("heuristic"), MockBackend)
+    assert load_judge_backend("http://localhost:1/v1#m").model == "m"
     with pytest.warns(DeprecationWarning, match="openai:"):
-        assert judge_backend("openai:http://localhost:1/v1#m").model == "m"
+        assert load_judge_backend("openai:http://localhost:1/v1#m").model == "m"
     with pytest.raises(ConfigError):
-        judge_backend("chat+ftp://x")
+        load_judge_backend("chat+ftp://x")
     with pytest.raises(ConfigError, match="unknown backend spec"):
-        judge_backend("carrier-pigeon:x")
+        load_judge_backend("carrier-pigeon:x")
     with pytest.raises(ModelNotFoundError):
-        judge_backend("runs/no-such-judge.gguf")
+        load_judge_backend("runs/no-such-judge.gguf")
 
 
 def _gemma_like_tokenizer(path):

@@ -77,8 +77,8 @@ __all__ = [
     "config_types",
     "format_reward",
     "format_score",
-    "judge_backend",
     "length_penalty",
+    "load_judge_backend",
     "policy_rows",
     "repetition_penalty",
     "run_rl",
@@ -288,7 +288,7 @@ class JudgeReward:
             )
 
 
-def judge_backend(spec: str | None) -> Backend | None:
+def load_judge_backend(spec: str | None) -> Backend | None:
     """The judge `judge_model` names: `none` (no judge), `heuristic` (the rule-based judge,
     in-process) or any backend spec (`her_sdk.backend_from_spec`)."""
     if spec in ("none", "", None):
@@ -322,7 +322,7 @@ class RLArguments:
     max_train_samples: int | None = None
     max_prompt_tokens: int = 1024  # longer prompts are dropped
     plan: bool = True  # ask for a plan (system prompt + `<system_thinking>` prefill)
-    # the judge: `judge_backend`'s spec (heuristic, none or a backend spec) and its prompt
+    # the judge: `load_judge_backend`'s spec (heuristic, none or a backend spec) and its prompt
     judge_model: str = "heuristic"
     judge_both_orders: bool = True
     judge_detail: str = "brief"  # "brief" | "full" principle descriptions
@@ -461,7 +461,7 @@ def build_rewards(
     if w.get("judge", 0):
         backend = judge_backend
         if backend is None:
-            backend = judge_backend(args.judge_model)
+            backend = load_judge_backend(args.judge_model)
         if backend is not None:
             ps = load_principles(args.judge_principles).subset(args.judge_principle_ids)
             judge = Judge(
