@@ -212,6 +212,7 @@ def backend_from_spec(
     adapter: str | os.PathLike[str] | None = _DEFAULT,
     n_ctx: int | None = None,
     n_threads: int | None = None,
+    n_gpu_layers: int | None = None,
     max_sequences: int | None = None,
     max_waiting: int | None = None,
     prompt_style: PromptStyle | None = None,
@@ -238,11 +239,11 @@ def backend_from_spec(
 
     The keyword settings apply where the engine has them and are ignored elsewhere (a remote
     server's context window and batching are its own): `n_ctx` for local engines; `n_threads`,
-    `max_sequences`, `max_waiting` and `adapter` for llama.cpp; `prompt_style` for every engine
-    but transformers (which runs ChatML prompts). The first spellings of the training commands
-    (`openai:URL#M`, `openai-chat:URL#M`, `gguf:PATH`, `hf:DIR`) still work, with a
-    DeprecationWarning. A missing file raises `ModelNotFoundError`; a spec that names nothing
-    usable, `ConfigError`.
+    `n_gpu_layers`, `max_sequences`, `max_waiting` and `adapter` for llama.cpp; `prompt_style`
+    for every engine but transformers (which runs ChatML prompts). The first spellings of the
+    training commands (`openai:URL#M`, `openai-chat:URL#M`, `gguf:PATH`, `hf:DIR`) still work,
+    with a DeprecationWarning. A missing file raises `ModelNotFoundError`; a spec that names
+    nothing usable, `ConfigError`.
     """
     if isinstance(spec, Backend):
         return spec
@@ -277,6 +278,7 @@ def backend_from_spec(
         k: v
         for k, v in (
             ("n_threads", n_threads),
+            ("n_gpu_layers", n_gpu_layers),
             ("max_sequences", max_sequences),
             ("max_waiting", max_waiting),
         )
