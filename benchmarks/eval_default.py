@@ -32,7 +32,6 @@ def main() -> int:
         print(f"skipped: {args.data} not found (the CoSER sample is not shipped with the project)")
         return 0
     from her_sdk.evaluation import QuickSettings, run_quick
-    from her_sdk.evaluation._report import QUICK_ROWS, _fmt
 
     out = args.out or Path(tempfile.mkdtemp(prefix="her-eval-quick-"))
     settings = QuickSettings(grammar=args.grammar, max_lines=args.lines)
@@ -45,11 +44,8 @@ def main() -> int:
         f"grammar={'default' if args.grammar is None else args.grammar}, {wall:.0f} s"
     )
     print()
-    print("| metric | value |")
-    print("|---|---|")
-    for key, label, _, _ in QUICK_ROWS:
-        print(f"| {label} | {_fmt(res['scores'].get(key), key)} |")
-    print(f"\nrun written to {out}")
+    print((out / "report.md").read_text(encoding="utf-8"))  # the run's own table of metrics
+    print(f"run written to {out}")
     return 0
 
 

@@ -48,7 +48,7 @@ def main() -> None:
 
     from her_sdk.export.to_gguf import export_gguf
 
-    from her_sdk._model import default_model_path
+    from her_sdk import default_model_path
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="her-roundtrip-"))
     work.mkdir(parents=True, exist_ok=True)

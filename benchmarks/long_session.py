@@ -38,7 +38,6 @@ import statistics
 import time
 
 from her_sdk import Character, MockBackend, Scene
-from her_sdk._character import memory_text
 
 PLAYER = "Traveler"
 NPCS = ("Mara", "Jory")
@@ -205,18 +204,17 @@ class Session:
 
 
 def same_recall(c: Character) -> bool:
-    """Whether `c`'s bounded recall for its next turn returns what scoring everything would."""
+    """Whether `c`'s prompt for its next turn, made with the bounded recall, is the prompt that
+    scoring every memory would make (a look at the prompt recalls without marking)."""
     store = c.long_term
-    query = c._query()
-    exclude = {memory_text(i, c.name)[0] for i in c.memory}
     budget = store.candidates
-    got = store.recall(query, k=c.recall, exclude=exclude, touch=False)
+    got = c.prompt().text
     store.candidates = None
     try:
-        want = store.recall(query, k=c.recall, exclude=exclude, touch=False)
+        want = c.prompt().text
     finally:
         store.candidates = budget
-    return [m.tick for m in got] == [m.tick for m in want]
+    return got == want
 
 
 def cpu_header() -> str:

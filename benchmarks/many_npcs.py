@@ -37,11 +37,8 @@ import threading
 import time
 from collections import Counter
 
-from her_sdk import CancelToken, Character, Sampling, load_model
-from her_sdk._backends._llama import cpu_has_amx
-from her_sdk._demo import PLAYER, build_demo_scene
-
-_PENALTY_LAST_N = 64  # as the SDK's sampler chain (her_sdk._backends._llama)
+from her_sdk import CancelToken, Character, LlamaBackend, Sampling, load_model
+from her_sdk.demo import PLAYER, build_demo_scene
 
 TRADES = [
     ("Bram", "the blacksmith, loud and proud of his blades"),
@@ -149,28 +146,6 @@ def cpu_header() -> str:
     return f"CPU: {model or 'unknown'}, {os.cpu_count()} cores; vector extensions: {ext}"
 
 
-def sampler_chain(lib, s: Sampling):
-    """The SDK's sampler chain for `s` (her_sdk._backends._llama.LlamaBackend._make_chain)."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    add = lib.llama_sampler_chain_add
-    if s.repeat_penalty != 1.0:
-        k = 1 if s.temperature == 0 else s.top_k
-        if s.repeat_penalty > 1.0 and k > 0:
-            add(chain, lib.llama_sampler_init_top_k(k + _PENALTY_LAST_N))
-        n = _PENALTY_LAST_N
-        add(chain, lib.llama_sampler_init_penalties(n, n, s.repeat_penalty, 0.0, 0.0))
-    if s.temperature == 0:
-        add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    if s.top_k > 0:
-        add(chain, lib.llama_sampler_init_top_k(s.top_k))
-    add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
-    add(chain, lib.llama_sampler_init_min_p(s.min_p, 1))
-    add(chain, lib.llama_sampler_init_temp(s.temperature))
-    add(chain, lib.llama_sampler_init_dist((s.seed or 0) & 0xFFFFFFFF))
-    return chain
-
-
 def on_own_thread(fn):
     """Run `fn()` on a thread that ends with it, as the SDK's engine thread does: two live
     OpenMP teams in one process slow each other down (see benchmarks/runtime.py)."""
@@ -205,7 +180,7 @@ class RawEngine:
         threads = os.cpu_count() or 1
         n_batch = 64
         mparams = lib.llama_model_default_params()
-        mparams.use_extra_bufts = not cpu_has_amx()
+        mparams.use_extra_bufts = not LlamaBackend.cpu_has_amx()
         self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx * n_seq
@@ -241,7 +216,10 @@ class RawEngine:
 
     def _run(self, n: int, tokens: int, seed: int) -> tuple[float, float, float]:
         lib = self.lib
-        chains = [sampler_chain(lib, Sampling(temperature=0.8, seed=seed + i)) for i in range(n)]
+        chains = [
+            LlamaBackend.sampler_chain(lib, Sampling(temperature=0.8, seed=seed + i))
+            for i in range(n)
+        ]
         pending, pos = [], []
         for seq in range(n):
             p = self.prompts[seq % len(self.prompts)]

@@ -16,7 +16,7 @@ Prints, all measured in this one run on this machine:
    rl_gemma3_270m.yaml) of Gemma-3-270M rollouts (temperature 0.7) on held-out prompts, before
    and after a short GRPO run with `training.rl` (LoRA; bf16 weights by default, ~2x faster
    than f32 on CPU). To fit a CPU budget the RL judge is the rule-based in-process judge
-   (`heuristic`); `--rl-judge hf:DIR` uses a trained judge instead.
+   (`heuristic`); `--rl-judge DIR` uses a trained judge instead.
 
 Data are synthetic HER scenes (`training.tiny.synthetic_samples`), split by scene. Everything is
 written under --work (a temp dir by default).
@@ -147,10 +147,11 @@ def score(rows, texts, funcs, weights) -> dict:
 
 def policy_part(args, work: Path) -> dict:
     from her_sdk.training.common import load_causal_lm, load_tokenizer, resolve_model
-    from her_sdk.training.hf_backend import TransformersBackend
     from her_sdk.training.launch import parse_stage
     from her_sdk.training.rl import build_grpo_trainer, build_rewards, policy_rows
     from her_sdk.training.tiny import synthetic_samples
+
+    from her_sdk import TransformersBackend
 
     cfg, model_args, train_args = parse_stage(
         "rl",

@@ -25,15 +25,14 @@ import statistics
 import threading
 import time
 
-from her_sdk import Character, Sampling, load_model
-from her_sdk._backends._llama import cpu_has_amx
-from her_sdk._demo import PLAYER, build_demo_scene
+from her_sdk import Character, LlamaBackend, MockBackend, Sampling, load_model
+from her_sdk.demo import PLAYER, build_demo_scene
 
 
 def raw_llama(path: str, n_ctx: int):
     import llama_cpp
 
-    if cpu_has_amx():  # same crash guard as the SDK, else the baseline itself segfaults
+    if LlamaBackend.cpu_has_amx():  # the SDK's crash guard, else the baseline segfaults
         orig = llama_cpp.llama_cpp.llama_model_default_params
 
         def patched():
@@ -119,8 +118,6 @@ def _turn_s(character: Character, tokens: int, seed: int) -> tuple[float, object
 
 def npc_mind_costs(backend, runs: int = 5, tokens: int = 96) -> None:
     """Per-turn cost of long-term memory recall and of the secrets guard on `backend`."""
-    from her_sdk._secrets import SecretsGuard
-
     scene = build_demo_scene(backend)
     scene.say(PLAYER, "Let me through, captain. Your brother said you would understand.")
     mara = scene.characters["Mara"]
@@ -134,10 +131,11 @@ def npc_mind_costs(backend, runs: int = 5, tokens: int = 96) -> None:
         mara.long_term.add(f"Traveler: {' '.join(rng.choices(words, k=12))} ({i})")
 
     # Recall alone, in Python: what the turn computes before it renders the prompt.
+    situation = "Let me through, captain. Your brother said you would understand."
     t = []
     for _ in range(runs * 20):
         t0 = time.perf_counter()
-        mara._recalled(touch=False)
+        mara.long_term.recall(situation, k=mara.recall, touch=False)
         t.append(time.perf_counter() - t0)
     recall_s = statistics.median(t)
 
@@ -160,19 +158,23 @@ def npc_mind_costs(backend, runs: int = 5, tokens: int = 96) -> None:
         f"{100 * (a / b - 1):+.1f}%  (target <= 5%)"
     )
 
-    # The guard: feed a real turn's deltas through it, and whole turns with and without it.
+    # The guard: a real turn replayed by a scripted model with and without it (its Python cost
+    # alone), and whole turns with and without it.
     mara.recall = 0
     turn_s, reply = _turn_s(mara, tokens, 400)
-    deltas = list(parse_deltas(reply.raw))
-    t = []
-    for _ in range(runs * 20):
-        guard = SecretsGuard([mara.persona.secrets])
-        t0 = time.perf_counter()
-        for d in deltas:
-            guard.feed(d)
-        guard.close()
-        t.append(time.perf_counter() - t0)
-    guard_s = statistics.median(t)
+    replayed = {}
+    for guard_on in (True, False):
+        actor = Character(
+            persona=mara.persona, model=MockBackend(lambda _prompt: reply.raw), grammar=False
+        )
+        actor.guard_secrets = guard_on
+        t = []
+        for _ in range(runs * 20):
+            t0 = time.perf_counter()
+            actor.reply()
+            t.append(time.perf_counter() - t0)
+        replayed[guard_on] = statistics.median(t)
+    guard_s = max(replayed[True] - replayed[False], 0.0)
     on, off = [], []
     for guard_on in (True, False):
         mara.guard_secrets = guard_on
@@ -188,16 +190,6 @@ def npc_mind_costs(backend, runs: int = 5, tokens: int = 96) -> None:
         f"({100 * guard_s / turn_s:.2f}% of a {1000 * turn_s:.0f} ms turn); turn {1000 * a:.0f} ms "
         f"on vs {1000 * b:.0f} ms off: {100 * (a / b - 1):+.1f}%  (target <= 5%)"
     )
-
-
-def parse_deltas(raw: str):
-    from her_sdk import TurnParser
-
-    parser = TurnParser("Mara")
-    pieces = [raw[i : i + 4] for i in range(0, len(raw), 4)]  # about a token each
-    for piece in pieces:
-        yield from parser.feed(piece)
-    yield from parser.close()
 
 
 def main() -> None:
@@ -218,7 +210,7 @@ def main() -> None:
     scene.say(PLAYER, "Let me through, captain. I carry papers sealed by the duke himself.")
     mara = scene.characters["Mara"]
     llm = raw_llama(path, backend.n_ctx)
-    print(f"model: {path}\ncpu threads: {os.cpu_count()}  AMX: {cpu_has_amx()}")
+    print(f"model: {path}\ncpu threads: {os.cpu_count()}  AMX: {LlamaBackend.cpu_has_amx()}")
 
     # 1. Throughput on the identical prompt, grammar off.
     mara.grammar = False

@@ -1,6 +1,6 @@
 """her_sdk.evaluation: measure role-play quality (`her eval`; the `eval` extra).
 
-    from her_sdk.evaluation import CoserSettings, run_coser, QuickSettings, run_quick, compare
+    from her_sdk.evaluation import CoserSettings, run_coser, QuickSettings, run_quick, compare_runs
 
 - `run_coser`: CoSER's Given-Circumstance Acting benchmark (multi-agent simulation with
   her_sdk characters, environment model, next-speaker prediction, then one judge call per
@@ -8,17 +8,17 @@
   for what follows which reference file and where it differs.
 - `run_quick`: CPU metrics without a judge (held-out NLL, format validity, leaks, forged
   speakers, copying, repetition, diversity, lengths, time to first speech).
-- `compare`: two runs side by side.
+- `compare_runs`: two runs side by side (`her eval compare`).
 
-Every model role takes any her_sdk backend, or a spec string (`backend_from_spec`). This package
-imports nothing heavy at import time.
+Every model role takes any her_sdk backend, or a spec string (`her_sdk.backend_from_spec`).
+This package imports nothing heavy at import time.
 """
 
 from __future__ import annotations
 
 from ._backends import BackendPool, backend_from_spec
 from ._metrics import bleu_rouge, score_from_flaws
-from ._report import compare, load_results
+from ._report import compare_runs, load_results
 from .coser import CoserSettings, judge_record, run_coser, simulate
 from .quick import QuickSettings, run_quick
 
@@ -28,7 +28,7 @@ __all__ = [
     "QuickSettings",
     "backend_from_spec",
     "bleu_rouge",
-    "compare",
+    "compare_runs",
     "judge_record",
     "load_results",
     "run_coser",
@@ -36,3 +36,14 @@ __all__ = [
     "score_from_flaws",
     "simulate",
 ]
+
+
+def __getattr__(name: str):
+    if name == "compare":  # its first name, which the judge's comparison of turns also had
+        import warnings
+
+        warnings.warn(
+            "her_sdk.evaluation.compare is deprecated; use compare_runs", DeprecationWarning, 2
+        )
+        return compare_runs
+    raise AttributeError(f"module 'her_sdk.evaluation' has no attribute {name!r}")

@@ -1,30 +1,26 @@
-"""Backends from command-line specs, and the plain chat agents (environment, next speaker, judge).
+"""The models of an evaluation, by role, and the plain chat agents (environment, next speaker,
+judge).
 
-A spec is one of:
-- a path to a `.gguf` file or an ONNX model folder: `her_sdk.load_model(path)`;
-- an OpenAI-compatible base URL (`http(s)://host/v1`), with the served model's name;
-- `mock:FILE`, a scripted backend for tests and dry runs. FILE is JSON: a list of replies used in
-  order (cycling), or an object mapping a text the prompt contains to the reply (the first key,
-  in file order, found in the prompt wins; `"*"` is the default). A reply that is not a string is
-  sent as its JSON text, so a judge script can hold flaw lists as JSON.
+Every role takes a backend spec (`her_sdk.backend_from_spec`: a GGUF path, an ONNX folder, an
+OpenAI-compatible `http(s)://HOST/v1#MODEL`, `mock:FILE`, ...); `BackendPool` loads each once.
+A URL serves actors through `/completions` with her_sdk's rendered prompt (as HER's evaluation
+drives HER models) and the other roles through `/chat/completions`, so any chat model can judge.
 
 Characters (actors) run through `her_sdk.Character`, which renders HER prompts itself. The
 environment model, the next-speaker predictor and the judge are not characters: they are chat
 agents as in CoSER's `Agent` class (system prompt plus a message list, same-role messages merged),
-rendered here in the backend's prompt style: ChatML, the model's own chat template, or, for base
-models without one, a plain script that ends with the agent's label (`Environment:` or
-`Next Speaker:`) and stops at the line's end.
+rendered by `her_sdk.format.render_messages` in the backend's prompt style: ChatML, the model's
+own chat template, or, for base models without one, a plain script that ends with the agent's
+label (`Environment:` or `Next Speaker:`) and stops at the line's end.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import warnings
 
-from her_sdk import Backend, MockBackend, Sampling
-from her_sdk._errors import ConfigError, DataError
-from her_sdk.format import CHATML_STOP, Message, render_chatml, render_template
+from her_sdk import Backend, Sampling
+from her_sdk import backend_from_spec as _from_spec
+from her_sdk.format import Message, Rendered, render_messages
 
 __all__ = ["BackendPool", "ChatAgent", "backend_from_spec", "plain_sampling"]
 
@@ -43,40 +39,20 @@ def plain_sampling(temperature: float, max_tokens: int, seed: int | None = None)
     )
 
 
-def _scripted(path: Path) -> MockBackend:
-    try:
-        script = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read mock script {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"mock script {path} is not JSON: {exc}") from None
-
-    def text(value: object) -> str:
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-    if isinstance(script, list) and script:
-        replies = [text(v) for v in script]
-        state = {"n": 0}
-
-        def in_order(_prompt: str) -> str:
-            reply = replies[state["n"] % len(replies)]
-            state["n"] += 1
-            return reply
-
-        return MockBackend(in_order)
-    if isinstance(script, dict) and script:
-        table = [(k, text(v)) for k, v in script.items()]
-
-        def by_content(prompt: str) -> str:
-            for key, reply in table:
-                if key != "*" and key in prompt:
-                    return reply
-            if "*" in script:
-                return text(script["*"])
-            raise ConfigError(f"mock script {path}: no key matches the prompt and no '*' default")
-
-        return MockBackend(by_content)
-    raise DataError(f"mock script {path} must be a non-empty JSON list or object")
+def _load(
+    spec: str | None,
+    model_name: str,
+    role: str,
+    n_ctx: int,
+    api_key: str | None,
+    adapter: str | None,
+) -> Backend:
+    """A role's backend: `model_name` names the served model of a URL without `#MODEL`;
+    `adapter` "none" loads a GGUF model without any (None: `load_model`'s default)."""
+    if model_name and spec and "://" in spec and "#" not in spec:
+        spec = f"{spec}#{model_name}"
+    kw = {} if adapter is None else {"adapter": None if adapter == "none" else adapter}
+    return _from_spec(spec, n_ctx=n_ctx, chat=role != "actor", api_key=api_key, **kw)
 
 
 def backend_from_spec(
@@ -88,30 +64,13 @@ def backend_from_spec(
     api_key: str | None = None,
     adapter: str | None = None,
 ) -> Backend:
-    """A backend for one role ("actor", "env", "nsp", "judge") from a spec (see module doc).
-
-    `None` means the embedded default model (with its shipped adapter). `adapter` is a GGUF
-    LoRA adapter for a GGUF spec; "none" loads the model without any. URLs serve actors
-    through `/completions` with her_sdk's rendered ChatML (as HER's evaluation drives HER
-    models) and the other roles through `/chat/completions`, so any chat model can be the judge.
-    """
-    if spec is not None and spec.startswith("mock:"):
-        return _scripted(Path(spec[5:]))
-    if spec is not None and spec.startswith(("http://", "https://")):
-        from her_sdk import OpenAIBackend
-
-        return OpenAIBackend(
-            spec,
-            model=model_name,
-            api_key=api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
-            mode="completions" if role == "actor" else "chat",
-        )
-    from her_sdk import load_model
-
-    kw = {} if adapter is None else {"adapter": None if adapter == "none" else adapter}
-    if spec is not None and Path(spec).expanduser().is_dir():
-        return load_model(spec, **kw)
-    return load_model(spec, n_ctx=n_ctx, **kw)
+    """Deprecated: `her_sdk.backend_from_spec` reads every spec (`BackendPool` by role)."""
+    warnings.warn(
+        "her_sdk.evaluation.backend_from_spec is deprecated; use her_sdk.backend_from_spec",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _load(spec, model_name, role, n_ctx, api_key, adapter)
 
 
 class BackendPool:
@@ -131,16 +90,9 @@ class BackendPool:
         adapter: str | None = None,
     ) -> Backend:
         kind = "actor" if role == "actor" else "chat"  # URLs differ by mode only
-        key = (spec, model_name, kind if spec and spec.startswith("http") else "", adapter)
+        key = (spec, model_name, kind if spec and "://" in spec else "", adapter)
         if key not in self._loaded:
-            self._loaded[key] = backend_from_spec(
-                spec,
-                model_name=model_name,
-                role=role,
-                n_ctx=self.n_ctx,
-                api_key=self.api_key,
-                adapter=adapter,
-            )
+            self._loaded[key] = _load(spec, model_name, role, self.n_ctx, self.api_key, adapter)
         return self._loaded[key]
 
     def close(self) -> None:
@@ -170,24 +122,11 @@ class ChatAgent:
         else:
             self.messages.append(Message(role, text))
 
-    def render(self, messages: list[Message] | None = None) -> tuple[str, list[str]]:
-        """(prompt text, stop strings) for the backend's prompt style."""
+    def render(self, messages: list[Message] | None = None) -> Rendered:
+        """(prompt text, stop strings) for the backend's prompt style; in a base model's
+        script the agent answers one line after its label."""
         msgs = messages if messages is not None else self.messages
-        b = self.backend
-        if b.prompt_style == "template" and b.chat_template:
-            text = render_template(
-                msgs, b.chat_template, bos_token=b.bos_token, eos_token=b.eos_token
-            )
-            return text, [b.eos_token] if b.eos_token else []
-        if b.prompt_style == "fewshot":
-            lines = [msgs[0].content, ""]
-            for m in msgs[1:]:
-                content = m.content.strip("\n")
-                if m.role == "assistant" and not content.startswith(self.label + ":"):
-                    content = f"{self.label}: {content}"
-                lines.append(content)
-            return "\n".join(lines) + f"\n{self.label}:", ["\n"]
-        return render_chatml(msgs), list(CHATML_STOP)
+        return render_messages(msgs, self.backend, label=self.label, one_line=True)
 
     def chat(self, sampling: Sampling, messages: list[Message] | None = None) -> str:
         msgs = list(messages if messages is not None else self.messages)

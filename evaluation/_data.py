@@ -13,11 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from her_sdk import Persona
-from her_sdk._errors import DataError
-from her_sdk.format import Heard, Turn, parse_turn
-
-from ._prompts import ENVIRONMENT
+from her_sdk import DataError, Persona
+from her_sdk.format import ENVIRONMENT, Heard, Turn, parse_turn
 
 __all__ = ["gold_history", "involved_profiles", "load_test_set", "persona_for", "record_id"]
 

@@ -184,7 +184,7 @@ def _word_tokenize(text: str) -> tuple[list[str], str]:
         from nltk.tokenize import NLTKWordTokenizer
         from nltk.tokenize.punkt import PunktSentenceTokenizer
     except ImportError:
-        from her_sdk._errors import MissingDependencyError
+        from her_sdk import MissingDependencyError
 
         raise MissingDependencyError("nltk", "eval") from None
     try:
@@ -209,7 +209,7 @@ def bleu_rouge(reference: Sequence[dict], simulation: Sequence[dict]) -> tuple[f
         from nltk.translate.bleu_score import sentence_bleu
         from rouge import Rouge
     except ImportError:
-        from her_sdk._errors import MissingDependencyError
+        from her_sdk import MissingDependencyError
 
         raise MissingDependencyError("nltk and rouge", "eval") from None
     ref_tokens, tokenizer = _word_tokenize(ref.lower())

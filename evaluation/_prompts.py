@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import random
 
+from her_sdk.format import ENVIRONMENT
+
 __all__ = [
     "DIMENSIONS",
     "END_CHAT",
-    "ENVIRONMENT",
     "FIX_JSON_PROMPT",
     "JUDGE_TEMPLATE",
     "NSP",
@@ -39,7 +40,6 @@ __all__ = [
     "prompts_hash",
 ]
 
-ENVIRONMENT = "Environment"
 NSP = "NSP"
 END_CHAT = "<END CHAT>"
 

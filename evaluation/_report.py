@@ -10,10 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from her_sdk._errors import ConfigError
-from her_sdk._state import atomic_write
+from her_sdk import ConfigError, atomic_write
 
-__all__ = ["atomic_json", "compare", "load_results", "write_outputs"]
+__all__ = ["atomic_json", "compare_runs", "load_results", "write_outputs"]
 
 COSER_ROWS = [
     ("storyline_consistency", "Storyline Consistency", True),
@@ -286,7 +285,7 @@ def _save(fig, path: Path) -> str:
 # -- compare -----------------------------------------------------------------------------------
 
 
-def compare(run_a: str | Path, run_b: str | Path) -> dict:
+def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
     """Rows of (metric, A, B, B - A, mark) for two runs of the same kind, plus the settings
     that differ. `mark` is "better", "worse", "same" or "" (no preferred direction)."""
     a, b = load_results(run_a), load_results(run_b)

@@ -74,7 +74,7 @@ def coser(
     """CoSER's Given-Circumstance Acting benchmark: multi-agent simulation, then a judge."""
     from rich.progress import Progress
 
-    from her_sdk._errors import HerError
+    from her_sdk import HerError
 
     from .coser import CoserSettings, run_coser
 
@@ -144,7 +144,7 @@ def quick(
     """CPU metrics without a judge: held-out NLL, format validity, leaks, copying, diversity."""
     from rich.progress import Progress
 
-    from her_sdk._errors import HerError
+    from her_sdk import HerError
 
     from .quick import QuickSettings, run_quick
 
@@ -185,10 +185,9 @@ def compare(
     ] = False,
 ) -> None:
     """Two runs side by side, with the differences marked."""
-    from her_sdk._errors import HerError
+    from her_sdk import HerError
 
-    from ._report import compare as compare_runs
-    from ._report import compare_markdown
+    from ._report import compare_markdown, compare_runs
 
     try:
         result = compare_runs(run_a, run_b)

@@ -64,9 +64,8 @@ from pathlib import Path
 
 import msgspec
 
-from her_sdk import Backend, Character, Scene
-from her_sdk._errors import ConfigError, GenerationError, StateError
-from her_sdk.format import PUBLIC_CHANNELS, Message, Segment
+from her_sdk import Backend, Character, ConfigError, GenerationError, Scene, StateError
+from her_sdk.format import CONVERSATION_START, ENVIRONMENT, PUBLIC_CHANNELS, Message, Segment
 
 from . import _data
 from ._backends import BackendPool, ChatAgent, plain_sampling
@@ -83,7 +82,6 @@ from ._metrics import (
 from ._prompts import (
     DIMENSIONS,
     END_CHAT,
-    ENVIRONMENT,
     FIX_JSON_PROMPT,
     NSP,
     environment_prompt,
@@ -95,7 +93,6 @@ from ._report import atomic_json, write_outputs
 
 __all__ = ["CoserSettings", "judge_record", "run_coser", "simulate"]
 
-CONVERSATION_START = "===Conversation Start===\n\n"
 DIMENSION_KEYS = {d: d.lower().replace(" ", "_") for d in DIMENSIONS}
 
 

@@ -6,8 +6,8 @@ For every character line of the records' gold dialogues (Environment lines are c
   earlier lines with their thoughts, the others' public actions and speech, narration), as
   her_sdk renders it for the model (`Character.prompt()`, the model's own prompt style);
 - *held-out NLL*: the negative log-likelihood of the gold line (as HER text after `NAME: `)
-  under llama.cpp, per token (`LlamaBackend.logprobs`, on the same model and adapter that
-  generate). It needs a GGUF model; other backends report n/a;
+  per token (`Backend.logprobs`, on the same model and adapter that generate). It needs a
+  backend that scores text (`supports_logprobs`: llama.cpp's); others report n/a;
 - *generated turn*: the model plays the line itself (plan on, the grammar as chosen), inside a
   `Scene` with one other character of the record, so the other's next prompt can be checked for
   leaks. The metrics over these turns are defined one per line in `_report.QUICK_ROWS` and in
@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from her_sdk import Backend, Character, Sampling, Scene
-from her_sdk._errors import ContextOverflowError
+from her_sdk import Character, ContextOverflowError, Sampling, Scene
 from her_sdk.format import FEWSHOT_PREAMBLE, PRIVATE_CHANNELS, PUBLIC_CHANNELS, TAG, render_turn
 
 from . import _data
@@ -116,7 +115,7 @@ def run_quick(
     own_pool = pool is None
     pool = pool or BackendPool(n_ctx=settings.n_ctx)
     backend = pool.get(settings.model, settings.model_name, "actor", adapter=settings.adapter)
-    scores_nll = _is_llama(backend)
+    scores_nll = backend.supports_logprobs  # held-out NLL needs every position's logits
     plan_lines = []
     for rec in data:
         lines = [j for j, m in enumerate(rec["dialogues"]) if m["character"] != ENVIRONMENT]
@@ -188,13 +187,6 @@ def run_quick(
     atomic_json(Path(out) / "results.json", results)
     write_outputs(out, results)
     return results
-
-
-def _is_llama(backend: Backend) -> bool:
-    # Held-out NLL needs logits at every position of the gold line: llama.cpp's.
-    from her_sdk._backends._llama import LlamaBackend  # no llama_cpp import until used
-
-    return isinstance(backend, LlamaBackend)
 
 
 def _score_line(backend, persona, history, gold: dict, who: str) -> tuple[float, int] | None:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelNotFoundError
+from her_sdk import ConfigError, MissingDependencyError, ModelNotFoundError
 
 __all__ = [
     "SUPPORTED",
@@ -64,8 +64,8 @@ def arch_of(config: Any) -> str:
     raise ConfigError(f"unsupported architecture {archs or '?'}; supported: {', '.join(SUPPORTED)}")
 
 
-def load_source(src: str | Path, *, lora: str | Path | None = None, dtype: str = "float32"):
-    """(model, tokenizer) in eval mode on CPU; `lora` is merged into the weights when given."""
+def load_source(src: str | Path, *, adapter: str | Path | None = None, dtype: str = "float32"):
+    """(model, tokenizer) in eval mode on CPU; a PEFT `adapter` is merged into the weights."""
     torch = import_torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,8 +75,8 @@ def load_source(src: str | Path, *, lora: str | Path | None = None, dtype: str =
     )
     arch_of(model.config)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if lora is not None:
-        model = merge_lora(model, lora)
+    if adapter is not None:
+        model = merge_lora(model, adapter)
     model.eval()
     return model, tok
 
@@ -94,9 +94,9 @@ def merge_lora(model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, adir).merge_and_unload()
 
 
-def save_merged(src: str | Path, lora: str | Path, workdir: str | Path | None = None) -> Path:
+def save_merged(src: str | Path, adapter: str | Path, workdir: str | Path | None = None) -> Path:
     """Write base+adapter merged as a checkpoint directory (for tools that read directories)."""
-    model, tok = load_source(src, lora=lora)
+    model, tok = load_source(src, adapter=adapter)
     out = Path(workdir or tempfile.mkdtemp(prefix="her-merged-"))
     model.save_pretrained(out)
     tok.save_pretrained(out)

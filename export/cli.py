@@ -1,6 +1,6 @@
 """`her export ...`: the command-line face of `her_sdk.export` (a typer sub-app).
 
-    her export gguf SRC --out model.q4_k_m.gguf --type q4_k_m [--lora ADAPTER] [--no-verify]
+    her export gguf SRC --out model.q4_k_m.gguf --type q4_k_m [--adapter DIR] [--no-verify]
     her export gguf-lora ADAPTER --base SRC --out adapter.gguf
     her export onnx SRC --out model-onnx/ --precision int4 [--cuda]
 
@@ -55,7 +55,7 @@ def _show(summary: dict) -> None:
 
 
 def _run(fn) -> None:
-    from her_sdk._errors import HerError, VerificationError
+    from her_sdk import HerError, VerificationError
 
     try:
         summary = fn()
@@ -75,8 +75,9 @@ def gguf_cmd(
     type_: Annotated[
         str, typer.Option("--type", help="f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, ...")
     ] = "f16",
-    lora: Annotated[
-        Path | None, typer.Option("--lora", help="PEFT adapter to merge first.")
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", "--lora", help="PEFT LoRA adapter to merge first."),
     ] = None,
     verify: Verify = True,
     tolerance: Tol = None,
@@ -86,7 +87,7 @@ def gguf_cmd(
 
     _run(
         lambda: export_gguf(
-            src, out, outtype=type_.lower(), lora=lora, verify=verify, tolerance=tolerance
+            src, out, outtype=type_.lower(), adapter=adapter, verify=verify, tolerance=tolerance
         )
     )
 
@@ -107,7 +108,7 @@ def gguf_lora_cmd(
         typer.Option("--plan/--no-plan", help="Trained to plan before each turn (her.plan)."),
     ] = True,
 ) -> None:
-    """Write a LoRA adapter as a GGUF adapter (load_model(base, lora=FILE))."""
+    """Write a LoRA adapter as a GGUF adapter (load_model(base, adapter=FILE))."""
     from .to_gguf import export_gguf_lora
 
     _run(
@@ -125,8 +126,9 @@ def onnx_cmd(
         str, typer.Option("--precision", help="fp32, fp16, int8 or int4.")
     ] = "int4",
     cuda: Annotated[bool, typer.Option("--cuda", help="Build for the CUDA provider.")] = False,
-    lora: Annotated[
-        Path | None, typer.Option("--lora", help="PEFT adapter to merge first.")
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", "--lora", help="PEFT LoRA adapter to merge first."),
     ] = None,
     verify: Verify = True,
     tolerance: Tol = None,
@@ -143,7 +145,7 @@ def onnx_cmd(
             out,
             precision=precision.lower(),
             execution_provider="cuda" if cuda else "cpu",
-            lora=lora,
+            adapter=adapter,
             verify=verify,
             tolerance=tolerance,
         )

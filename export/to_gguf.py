@@ -19,12 +19,13 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
+from her_sdk import ConfigError, MissingDependencyError, ModelError
 from her_sdk.format import FORMAT_VERSION_KEY, HER_FORMAT_VERSION
 
 from ._source import arch_of, import_torch, load_source
@@ -71,9 +72,9 @@ def _gguf():
 
 
 def _llama_cpp():
-    from her_sdk._backends._llama import _import_llama_cpp
+    from her_sdk import LlamaBackend
 
-    return _import_llama_cpp()
+    return LlamaBackend.llama_cpp()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,22 +445,27 @@ def export_gguf(
     out: str | Path,
     *,
     outtype: str = "f16",
-    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
     verify: bool = True,
     name: str | None = None,
+    lora: str | Path | None = None,
     **verify_kw,
 ) -> dict:
-    """Export a checkpoint (plus an optional LoRA adapter, merged) to one GGUF file.
+    """Export a checkpoint (plus an optional PEFT LoRA `adapter`, merged) to one GGUF file.
 
     Returns a summary dict (path, sizes, timings, and the verification report unless
-    `verify=False`). Raises `her_sdk.export.verify.VerificationError` when the file is broken.
+    `verify=False`). Raises `her_sdk.VerificationError` when the file is broken. `lora=` is
+    the deprecated first name of `adapter=`.
     """
+    if lora is not None:
+        warnings.warn("export_gguf(lora=) is deprecated; use adapter=", DeprecationWarning, 2)
+        adapter = adapter if adapter is not None else lora
     if outtype not in ALL_TYPES:
         raise ConfigError(f"unknown GGUF type {outtype!r}; one of {', '.join(ALL_TYPES)}")
     import_torch()
     out = Path(out)
     t0 = time.perf_counter()
-    model, tok = load_source(src, lora=lora)
+    model, tok = load_source(src, adapter=adapter)
     t_load = time.perf_counter() - t0
     summary: dict[str, Any] = {"path": str(out), "type": outtype, "source": str(src)}
     if outtype in FLOAT_TYPES:
@@ -507,7 +513,7 @@ def export_gguf_lora(
     plan: bool = True,
     **verify_kw,
 ) -> dict:
-    """Write a PEFT LoRA adapter as a GGUF adapter for llama.cpp (`load_model(base, lora=)`).
+    """Write a PEFT LoRA adapter as a GGUF adapter for llama.cpp (`load_model(base, adapter=)`).
 
     Only the low-rank matrices are written (A as rank x in, B as out x rank, f32); llama.cpp
     computes `W x + (alpha / r) * B A x`. With `verify`, the adapter is applied to `base_gguf`
@@ -576,7 +582,7 @@ def export_gguf_lora(
     if verify:
         from .verify import verify_gguf
 
-        merged, tok = load_source(base, lora=adir)
+        merged, tok = load_source(base, adapter=adir)
         with tempfile.TemporaryDirectory(prefix="her-lora-", dir=out.parent) as tmp:
             base_file = Path(base_gguf) if base_gguf else None
             if base_file is None:
@@ -584,7 +590,7 @@ def export_gguf_lora(
                 base_file = write_gguf(bmodel, btok, Path(tmp) / "base-f32.gguf", outtype="f32")
                 del bmodel
             summary["verify"] = verify_gguf(
-                base_file, merged, tok, outtype="f32", lora=out, report_path=out, **verify_kw
+                base_file, merged, tok, outtype="f32", adapter=out, report_path=out, **verify_kw
             )
     return summary
 

@@ -18,10 +18,11 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from her_sdk._errors import ConfigError, MissingDependencyError, ModelError
+from her_sdk import ConfigError, MissingDependencyError, ModelError
 
 from ._source import import_torch, load_source, read_hf_config, save_merged
 
@@ -124,11 +125,16 @@ def export_onnx(
     *,
     precision: str = "fp32",
     execution_provider: str = "cpu",
-    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
     verify: bool = True,
+    lora: str | Path | None = None,
     **verify_kw,
 ) -> dict:
-    """Export a checkpoint (plus an optional LoRA adapter, merged) to an ONNX model folder."""
+    """Export a checkpoint (plus an optional PEFT LoRA `adapter`, merged) to an ONNX model
+    folder. `lora=` is the deprecated first name of `adapter=`."""
+    if lora is not None:
+        warnings.warn("export_onnx(lora=) is deprecated; use adapter=", DeprecationWarning, 2)
+        adapter = adapter if adapter is not None else lora
     import_torch()
     cfg = read_hf_config(src)
     if not cfg.get("architectures"):
@@ -137,9 +143,9 @@ def export_onnx(
     tmp = None
     try:
         build_src = Path(src)
-        if lora is not None:
+        if adapter is not None:
             tmp = Path(tempfile.mkdtemp(prefix="her-merged-"))
-            build_src = save_merged(src, lora, tmp)
+            build_src = save_merged(src, adapter, tmp)
         out = build_onnx(build_src, out, precision=precision, execution_provider=execution_provider)
     finally:
         if tmp is not None:
@@ -157,6 +163,6 @@ def export_onnx(
 
         if execution_provider != "cpu":
             raise ConfigError("verification runs on CPU; pass verify=False for a CUDA export")
-        model, tok = load_source(src, lora=lora)
+        model, tok = load_source(src, adapter=adapter)
         summary["verify"] = verify_onnx(out, model, tok, precision=precision, **verify_kw)
     return summary

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from her_sdk._errors import VerificationError
+from her_sdk import VerificationError
 
 __all__ = [
     "LIMITS",
@@ -193,28 +193,27 @@ class LlamaScorer:
         self,
         path: str | Path,
         *,
-        lora: str | Path | None = None,
+        adapter: str | Path | None = None,
         n_ctx: int = 1024,
         n_threads: int | None = None,
     ) -> None:
         import ctypes
 
-        from her_sdk._backends._llama import _import_llama_cpp, cpu_has_amx
-        from her_sdk._gguf import read_gguf_info
+        from her_sdk import LlamaBackend
 
-        read_gguf_info(path)
-        lib = self._lib = _import_llama_cpp()
+        LlamaBackend.check_file(path)
+        lib = self._lib = LlamaBackend.llama_cpp()
         mp = lib.llama_model_default_params()
         if hasattr(mp, "use_extra_bufts"):
-            mp.use_extra_bufts = not cpu_has_amx()  # DESIGN §4: AMX repacking crashes
+            mp.use_extra_bufts = not LlamaBackend.cpu_has_amx()  # AMX repacking crashes
         self._model = lib.llama_model_load_from_file(str(path).encode(), mp)
         if not self._model:
             raise VerificationError(f"llama.cpp could not load {path}")
         self._lora = None
-        if lora is not None:
-            self._lora = lib.llama_adapter_lora_init(self._model, str(lora).encode())
+        if adapter is not None:
+            self._lora = lib.llama_adapter_lora_init(self._model, str(adapter).encode())
             if not self._lora:
-                raise VerificationError(f"llama.cpp could not load the LoRA adapter {lora}")
+                raise VerificationError(f"llama.cpp could not load the LoRA adapter {adapter}")
         cp = lib.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx
@@ -231,7 +230,7 @@ class LlamaScorer:
         if self._lora is not None:
             arr = (lib.llama_adapter_lora_p_ctypes * 1)(self._lora)
             if lib.llama_set_adapters_lora(self._ctx, arr, 1, (ctypes.c_float * 1)(1.0)):
-                raise VerificationError(f"LoRA adapter {lora} does not fit {path}")
+                raise VerificationError(f"LoRA adapter {adapter} does not fit {path}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self.n_ctx = n_ctx
@@ -262,7 +261,7 @@ class LlamaScorer:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         if len(ids) > self.n_ctx:
-            raise ValueError("sequence longer than the scorer's context")
+            raise VerificationError("sequence longer than the scorer's context")
         self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
         self._decode(ids, 0, True)
         ptr = self._lib.llama_get_logits(self._ctx)
@@ -302,9 +301,9 @@ class OnnxScorer:
     """Full-sequence logits and greedy decoding through ONNX Runtime GenAI."""
 
     def __init__(self, path: str | Path) -> None:
-        from her_sdk._backends._onnx import _import_og
+        from her_sdk import OnnxBackend
 
-        og = self._og = _import_og()
+        og = self._og = OnnxBackend.genai()
         self._model = og.Model(str(path))
         self._tok = og.Tokenizer(self._model)
         cfg = json.loads((Path(path) / "genai_config.json").read_text())
@@ -565,7 +564,7 @@ def verify_gguf(
     tok,
     *,
     outtype: str,
-    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
     report_path: str | Path | None = None,
     tolerance: float | None = None,
     raise_on_fail: bool = True,
@@ -575,7 +574,7 @@ def verify_gguf(
     """Compare a GGUF file (optionally with a LoRA adapter) with `model` (transformers)."""
     path = Path(path)
     return _run(
-        lambda: LlamaScorer(path, lora=lora, n_ctx=max(max_len, 64)),
+        lambda: LlamaScorer(path, adapter=adapter, n_ctx=max(max_len, 64)),
         model,
         tok,
         path=path,

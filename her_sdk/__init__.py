@@ -17,9 +17,9 @@ load only when used.
 from __future__ import annotations
 
 from ._actions import Action, Call, InvalidCall, Target, Text
-from ._backends._base import Backend, CancelToken, Sampling, TextStream
+from ._backends._base import Backend, CancelToken, Sampling, StopScanner, TextStream, cut_at_stop
 from ._backends._mock import MockBackend
-from ._character import Character, Reply, TurnStream
+from ._character import Character
 from ._errors import (
     AuthenticationError,
     BackendHTTPError,
@@ -42,10 +42,18 @@ from ._errors import (
     VerificationError,
 )
 from ._memory import MemoryItem
-from ._model import load_model
+from ._model import (
+    BackendSpec,
+    backend_from_spec,
+    default_model_path,
+    load_model,
+    parse_backend_spec,
+)
 from ._persona import Persona
+from ._savefile import atomic_write
 from ._scene import Event, Scene
 from ._secrets import BlockedReveal
+from ._turn import Reply, TurnStream
 from ._version import __version__
 from .format import Delta, Heard, Segment, Turn, TurnParser, build_grammar, parse_turn
 
@@ -54,6 +62,7 @@ __all__ = [
     "AuthenticationError",
     "Backend",
     "BackendHTTPError",
+    "BackendSpec",
     "BackendUnavailableError",
     "BlockedReveal",
     "Call",
@@ -88,16 +97,23 @@ __all__ = [
     "Segment",
     "ServerError",
     "StateError",
+    "StopScanner",
     "Target",
     "Text",
     "TextStream",
+    "TransformersBackend",
     "Turn",
     "TurnParser",
     "TurnStream",
     "VerificationError",
     "__version__",
+    "atomic_write",
+    "backend_from_spec",
     "build_grammar",
+    "cut_at_stop",
+    "default_model_path",
     "load_model",
+    "parse_backend_spec",
     "parse_turn",
 ]
 
@@ -116,4 +132,8 @@ def __getattr__(name: str):
         from ._backends._openai import OpenAIBackend
 
         return OpenAIBackend
+    if name == "TransformersBackend":
+        from ._backends._transformers import TransformersBackend
+
+        return TransformersBackend
     raise AttributeError(f"module 'her_sdk' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Typed actions: what a character may *do* that the game can execute, and the calls it made.
 
-    mara = Character(name="Mara", model=model, actions=[
+    mara = Character(name="Mara", model=model, typed_actions=[
         Action("give", "hand something over", item=["key", "coin"], to=Target.ANYONE),
         Action("open_gate", "open the city gate"),
         Action("attack", target=Target.CHARACTER),
@@ -16,7 +16,7 @@ with legal arguments. Without one (a mock, a remote server), each call the model
 checked and an invalid one is kept out of `Reply.calls` and reported, with the reason, in
 `Reply.invalid_calls`.
 
-`allowed_actions` (a closed list of free-text actions, "nods", "opens the gate") is the older,
+`allowed_actions` (a closed list of free-text actions, "nods", "opens the gate") is the
 simpler tool: it decides what the visible action text may be. Typed actions add calls the game
 executes; both may be given, and then an action is either one of the allowed texts or a call.
 

@@ -15,180 +15,46 @@ guard (`_secrets`) keeps the persona's secrets out of what it says and does in p
 Generation streams: `character.stream()` yields typed `Delta`s as tokens arrive (public
 channels only unless `private=True`) and leaves the finished `Reply` on the stream object.
 
+Beside the turn loop, which is here: what a character knows and remembers, without its model,
+is its `Mind` (`_mind`); what goes into the prompt and how it is fitted to the context window is
+`_prompting`; the model calls memory makes between turns (importance ratings, summaries) are
+`_upkeep`; reading a turn's text as it streams (parser, secrets guard) and the `Reply` it makes
+are `_turn`.
+
 A character knows nothing of `Scene`. A scene that adds it hands it a `Seat`: the two things it
 needs from the scene (the seed of its next turn, and where its finished turn goes). The scene
 delivers what the character perceives through `perceive()`. Saving is `to_state()` /
-`from_state()` here, inside the save-file envelope of `_state`.
+`from_state()` here; `save` / `load` and the save-file envelope are `_savefile`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from pathlib import Path
-from typing import Any, Literal, Protocol
+import warnings
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from . import _memory, _state
-from ._actions import Action, ActionState, Call, InvalidCall, Target, check_actions, read_calls
+from ._actions import Action, ActionState, Call, Target, check_actions, read_calls
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._scheduler import Priority, priority_rank
-from ._errors import Cancelled, ConfigError, ContextOverflowError, GenerationError, StateError
+from ._errors import ConfigError, ContextOverflowError
 from ._memory import Embedder, MemoryItem, MemoryStore
+from ._mind import ImportanceRater, Mind
 from ._persona import Persona
-from ._secrets import BlockedReveal, SecretsGuard, normalize
-from .format import (
-    ENVIRONMENT,
-    PRIVATE_CHANNELS,
-    CallSpec,
-    Delta,
-    Heard,
-    Message,
-    Prompt,
-    Segment,
-    Turn,
-    TurnParser,
-    build_grammar,
-    render_chatml,
-    render_prompt,
-    render_system_prompt,
-    render_template,
-)
+from ._prompting import fit, memory_text, recall, target_names
+from ._savefile import Saveable
+from ._secrets import BlockedReveal, SecretsGuard
+from ._turn import Reply, Seat, TurnReader, TurnStream, iter_nothing, mix_seed
+from ._upkeep import ask, rate_importance, summarize
+from .format import CallSpec, Delta, Heard, Prompt, Turn, build_grammar, render_prompt
 
-__all__ = ["Character", "CharacterState", "Reply", "Seat", "TurnStream"]
+__all__ = ["Character", "CharacterState"]
 
 log = logging.getLogger("her_sdk")
-
-_TRIMMED = Heard(speaker=ENVIRONMENT, speech="(Earlier events are no longer remembered.)")
-ImportanceRater = Literal["heuristic", "model"]
-
-
-class Reply(msgspec.Struct, frozen=True, kw_only=True):
-    """One finished turn of a character.
-
-    Public: `speech`, `actions` (as written, calls in their bracket form). Private: `plan`,
-    `thoughts` (yours to show in a debug view or a "read mind" mechanic; other characters never
-    see them). `raw` is the model's text.
-
-    For the game: `calls`, the legal calls of typed actions the character made, in order;
-    `invalid_calls`, calls it wrote that were not legal (only possible without a grammar);
-    `blocked_reveals`, secrets the guard stopped it from saying (`finish_reason` is then
-    "blocked": the turn ends where the reveal began).
-    """
-
-    character: str
-    speech: str = ""
-    actions: list[str] = msgspec.field(default_factory=list)
-    plan: str = ""
-    thoughts: list[str] = msgspec.field(default_factory=list)
-    segments: list[Segment] = msgspec.field(default_factory=list)
-    raw: str = ""
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    first_token_s: float | None = None
-    first_speech_s: float | None = None
-    total_s: float = 0.0
-    calls: list[Call] = msgspec.field(default_factory=list)
-    invalid_calls: list[InvalidCall] = msgspec.field(default_factory=list)
-    blocked_reveals: list[BlockedReveal] = msgspec.field(default_factory=list)
-
-    @property
-    def turn(self) -> Turn:
-        return Turn.from_segments(self.segments)
-
-    @property
-    def public_text(self) -> str:
-        """What onlookers perceive: actions in parentheses, then speech."""
-        parts = [f"({a})" for a in self.actions]
-        if self.speech:
-            parts.append(self.speech)
-        return " ".join(parts)
-
-
-class TurnStream:
-    """Deltas of one turn as they arrive; `reply` is set once iteration has finished.
-
-    `cancel()` (from any thread) stops generation before the next token; what was produced up to
-    then is kept as the turn (it was already said) and `reply.finish_reason` is "cancelled".
-    Iterating a cancelled stream simply ends; `wait()` raises `Cancelled`.
-    """
-
-    def __init__(
-        self, character: Character, gen: Generator[Delta, None, None], cancel: CancelToken
-    ) -> None:
-        self.character = character
-        self._gen = gen
-        self._cancel = cancel
-        self.reply: Reply | None = None
-
-    def __iter__(self) -> Iterator[Delta]:
-        return self._gen
-
-    def __next__(self) -> Delta:
-        return next(self._gen)
-
-    def cancel(self) -> None:
-        self._cancel.cancel()
-
-    def close(self) -> None:
-        """Stop early and release the model; safe to call at any time."""
-        if self.reply is None:
-            self._cancel.cancel()
-        self._gen.close()
-
-    def wait(self) -> Reply:
-        """Consume the rest of the stream and return the reply.
-
-        Raises `Cancelled` if the turn was cancelled or closed; what it said up to then is on
-        `reply` and in the character's memory.
-        """
-        for _ in self._gen:
-            pass
-        name = self.character.name
-        if self.reply is None:  # closed before generation started: nothing was said
-            raise Cancelled(f"the turn of {name!r} was closed before it started")
-        if self.reply.finish_reason == "cancelled":
-            raise Cancelled(f"the turn of {name!r} was cancelled")
-        return self.reply
-
-
-def iter_nothing() -> Generator[Delta, None, None]:
-    yield from ()
-
-
-def mix_seed(seed: int, n: int) -> int:
-    """The seed of turn `n` of something seeded with `seed` (a character, a scene)."""
-    # SplitMix64 step: per-turn seeds that differ widely for consecutive turns.
-    z = (seed + 0x9E3779B97F4A7C15 * (n + 1)) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFF
-
-
-class Seat(Protocol):
-    """What a character in a scene uses of it. `Scene.add` hands one to the character."""
-
-    def turn_seed(self) -> int | None:
-        """The seed of the character's next turn, or None when the scene sets no seed."""
-        ...
-
-    def publish(self, turn: Turn) -> None:
-        """Let everyone present perceive the public part of the character's finished turn."""
-        ...
-
-    def others(self) -> tuple[list[str], list[str]]:
-        """(characters, players) present now, the character itself left out."""
-        ...
-
-    def report(self, blocked: BlockedReveal) -> None:
-        """Tell the game that the secrets guard stopped a reveal."""
-        ...
 
 
 class CharacterState(msgspec.Struct, kw_only=True):
@@ -222,27 +88,17 @@ class CharacterState(msgspec.Struct, kw_only=True):
     max_long_term: int | UnsetType = UNSET
 
 
-def _unset_if(value, default):
-    return UNSET if value == default else value
+# Settings saved only when they differ from their defaults (CharacterState's UNSET fields).
+_LATER_SETTINGS: dict[str, Any] = {
+    "recall": 5,
+    "summarize": True,
+    "rate_importance": "heuristic",
+    "guard_secrets": True,
+    "max_long_term": 5000,
+}
 
 
-def memory_text(item: Heard | Turn, name: str) -> tuple[str, bool]:
-    """How `name` remembers `item` in long-term memory, and whether that holds its thoughts."""
-    if isinstance(item, Heard):
-        acts = " ".join(f"({a})" for a in item.actions if a.strip())
-        return f"{item.speaker}: {' '.join(x for x in (acts, item.speech) if x)}", False
-    parts = []
-    for seg in item.segments:
-        if seg.channel == "action":
-            parts.append(f"({seg.text})")
-        elif seg.channel == "speech":
-            parts.append(seg.text)
-        elif seg.channel == "thought":
-            parts.append(f"[I thought: {seg.text}]")
-    return f"{name} (me): {' '.join(parts)}", bool(item.thoughts)
-
-
-class Character:
+class Character(Mind, Saveable):
     """An NPC that thinks before it acts.
 
         mara = Character(name="Mara", profile="Gate captain of Vell.", goals="keep the gate shut",
@@ -259,9 +115,9 @@ class Character:
       honours grammars, `model.supports_grammar`).
     - `allowed_actions`: if given, the only action texts the character may write (enforced by
       the grammar). `Reply.actions` are the actions it did take.
-    - `actions`: typed `Action`s the game executes; the character's calls come back as
+    - `typed_actions`: `Action`s the game executes; the character's calls come back as
       `Reply.calls` (see `her_sdk.Action`). With `allowed_actions` too, an action is one of
-      those texts or a call.
+      those texts or a call. (`actions=`, their first name, is deprecated.)
     - `sampling`: default `Sampling` for turns; `seed` makes the whole character reproducible.
     - `max_memory`: perceptions and own turns kept verbatim for the prompt (the working
       memory). Older ones are folded into a running summary the model writes from the
@@ -275,7 +131,13 @@ class Character:
       `allow_reveal`); a stopped reveal is in `Reply.blocked_reveals` and goes to
       `on_blocked_reveal` and to the scene.
     - `max_long_term`: memories kept in long-term memory (the least important and oldest go).
+
+    `save` / `load` (and `dumps` / `loads`) take the keywords of `from_state`: `model` and
+    `embedder`, which a save does not hold.
     """
+
+    save_kind = "character"
+    state_type = CharacterState
 
     def __init__(
         self,
@@ -295,7 +157,7 @@ class Character:
         keep_plans: bool = False,
         grammar: bool | None = None,
         allowed_actions: Sequence[str] | None = None,
-        actions: Sequence[Action] | None = None,
+        typed_actions: Sequence[Action] | None = None,
         sampling: Sampling | None = None,
         seed: int | None = None,
         max_memory: int = 2000,
@@ -306,7 +168,13 @@ class Character:
         guard_secrets: bool = True,
         on_blocked_reveal: Callable[[BlockedReveal], None] | None = None,
         max_long_term: int = 5000,
+        actions: Sequence[Action] | None = None,
     ) -> None:
+        if actions is not None:
+            warnings.warn(
+                "Character(actions=) is deprecated; use typed_actions=", DeprecationWarning, 2
+            )
+            typed_actions = typed_actions if typed_actions is not None else actions
         if persona is None:
             if name is None:
                 raise ConfigError("a Character needs a name or a persona")
@@ -325,41 +193,35 @@ class Character:
             raise ConfigError(f"name {name!r} differs from persona name {persona.name!r}")
         if model is not None and not isinstance(model, Backend):
             raise ConfigError("model must be a her_sdk Backend (see load_model, MockBackend)")
-        if max_memory < 2:
-            raise ConfigError("max_memory must be >= 2")
-        if not isinstance(recall, int) or recall < 0:
-            raise ConfigError("recall must be a whole number >= 0")
-        if rate_importance not in ("heuristic", "model"):
-            raise ConfigError("rate_importance must be 'heuristic' or 'model'")
-        self.persona = persona
+        super().__init__(
+            persona,
+            max_memory=max_memory,
+            recall=recall,
+            summarize=summarize,
+            rate_importance=rate_importance,
+            max_long_term=max_long_term,
+            embedder=embedder,
+        )
         self.model = model
         # None: as the model was trained (`model.plans`; a plan-less HER adapter says False).
         self.plan = plan if plan is not None else bool(getattr(model, "plans", True))
         self.keep_plans = keep_plans
         self.grammar = grammar
         self.allowed_actions = list(allowed_actions) if allowed_actions else None
-        self.actions = check_actions(actions or [])
+        self.typed_actions = check_actions(typed_actions or [])
         self.sampling = sampling or Sampling(max_tokens=320)
         self.seed = seed
-        self.max_memory = max_memory
-        self.recall = recall
-        self.summarize = summarize
-        self.rate_importance = rate_importance
         self.guard_secrets = guard_secrets
         self.on_blocked_reveal = on_blocked_reveal
-        self.memory: list[Heard | Turn] = []
-        self.long_term = MemoryStore(capacity=max_long_term, embedder=embedder)
-        self.summary = ""  # the running summary of what was folded out of `memory`
-        self.revealable: list[str] = []  # secrets (or parts) the game allowed to come out
         self.turns_taken = 0
-        self._to_fold: list[Heard | Turn] = []  # dropped from `memory`, not yet summarized
-        self._unrated: list[MemoryItem] = []  # waiting for a model rating
         self._seat: Seat | None = None
         self._lock = threading.Lock()
 
     @property
-    def name(self) -> str:
-        return self.persona.name
+    def actions(self) -> list[Action]:
+        """Deprecated: `typed_actions` (a turn's performed actions are `Reply.actions`)."""
+        warnings.warn("Character.actions is deprecated; use typed_actions", DeprecationWarning, 2)
+        return self.typed_actions
 
     @property
     def seat(self) -> Seat | None:
@@ -380,108 +242,6 @@ class Character:
     def __repr__(self) -> str:
         return f"Character({self.name!r}, turns={self.turns_taken}, memory={len(self.memory)})"
 
-    # -- perception and memory ------------------------------------------------------------------
-
-    def perceive(self, heard: Heard) -> None:
-        """Remember something this character perceived. Only public content belongs here.
-
-        A line of its own (one the game scripted for it) is remembered as a turn it took, so
-        that its prompt shows those words as its own.
-        """
-        if not isinstance(heard, Heard):
-            raise ConfigError("perceive() takes a Heard (public speech/actions or narration)")
-        if heard.speaker != self.name:
-            self._remember(heard)
-            return
-        segments = [Segment("action", a) for a in heard.actions]
-        if heard.speech:
-            segments.append(Segment("speech", heard.speech))
-        self._remember(Turn.from_segments(segments))
-
-    def hear(self, speaker: str, text: str = "", action: str | Sequence[str] | None = None) -> None:
-        """Shorthand: `speaker` said `text` (and did `action`) where this character could see."""
-        if not speaker or not speaker.strip():
-            raise ConfigError("speaker must be a non-empty name")
-        actions = [action] if isinstance(action, str) else list(action or [])
-        if not (text or "").strip() and not any(a.strip() for a in actions):
-            raise ConfigError("nothing was said or done: give text or an action")
-        self.perceive(Heard(speaker=speaker.strip(), speech=(text or "").strip(), actions=actions))
-
-    def remember(self, text: str, *, importance: float | None = None) -> MemoryItem:
-        """Plant a fact in this character's long-term memory ("The traveler saved my daughter").
-
-        It comes back into the prompt when something related happens. `importance` (1-10)
-        defaults to a rating like that of any memory (see `rate_importance`).
-        """
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError("remember() needs some text")
-        return self._store(text, importance=importance, kind="planted", private=False)
-
-    def recall_for(self, query: str, k: int | None = None) -> list[MemoryItem]:
-        """The long-term memories a turn would recall for `query` now (does not mark them)."""
-        exclude = {memory_text(i, self.name)[0] for i in self.memory}
-        return self.long_term.recall(query, k=k or self.recall or 5, exclude=exclude, touch=False)
-
-    def _store(
-        self, text: str, *, importance: float | None, kind: str, private: bool
-    ) -> MemoryItem:
-        by_model = importance is None and self.rate_importance == "model"
-        item = self.long_term.add(
-            text,
-            importance=importance,
-            kind=kind,  # type: ignore[arg-type]
-            private=private,
-            name=self.name,
-        )
-        if by_model:
-            self._unrated.append(item)
-        return item
-
-    def _remember(self, item: Heard | Turn) -> None:
-        self.memory.append(item)
-        text, private = memory_text(item, self.name)
-        if text.split(":", 1)[1].strip():
-            kind = "own" if isinstance(item, Turn) else "perceived"
-            self._store(text, importance=None, kind=kind, private=private)
-        if len(self.memory) > self.max_memory:
-            dropped = self.memory[: len(self.memory) - self.max_memory]
-            del self.memory[: len(dropped)]
-            if self.summarize:
-                # Folded into the summary before the next turn; bounded if no turn comes.
-                self._to_fold.extend(dropped)
-                del self._to_fold[: max(len(self._to_fold) - self.max_memory, 0)]
-
-    # -- relationships and secrets --------------------------------------------------------------
-
-    @property
-    def relationships(self) -> dict[str, str]:
-        """How this character regards each person it has a note on (a copy)."""
-        return dict(self.persona.relationships)
-
-    def set_relationship(self, who: str, note: str) -> None:
-        """Set how this character regards `who` (an empty note removes it). Saved with it."""
-        if not isinstance(who, str) or not who.strip():
-            raise ConfigError("set_relationship needs a name")
-        rel = dict(self.persona.relationships)
-        if note and note.strip():
-            rel[who.strip()] = " ".join(note.split())
-        else:
-            rel.pop(who.strip(), None)
-        self.persona = msgspec.structs.replace(self.persona, relationships=rel)
-
-    def allow_reveal(self, secret: str | None = None) -> None:
-        """Let this character say `secret` (its whole `secrets`, or a part of them) in public.
-
-        A part must be a piece of the persona's secrets (compared case-insensitively).
-        """
-        secret = self.persona.secrets if secret is None else secret
-        if not isinstance(secret, str) or not secret.strip():
-            raise ConfigError("allow_reveal needs the secret (or a part of it)")
-        if normalize(secret) not in normalize(self.persona.secrets):
-            raise ConfigError(f"{secret!r} is not one of {self.name!r}'s secrets")
-        if secret not in self.revealable:
-            self.revealable.append(secret)
-
     # -- prompting ------------------------------------------------------------------------------
 
     def _require_model(self) -> Backend:
@@ -491,44 +251,12 @@ class Character:
 
     def _names(self) -> dict[Target, list[str]]:
         """Who each `Target` may name now."""
-        if self._seat is not None:
-            characters, players = self._seat.others()
-        else:
-            known = [*self.persona.others, *self.persona.relationships]
-            known += [h.speaker for h in self.memory if isinstance(h, Heard)]
-            characters = players = [
-                n for n in dict.fromkeys(known) if n not in (self.name, ENVIRONMENT)
-            ]
-        return {
-            Target.CHARACTER: list(characters),
-            Target.PLAYER: list(players),
-            Target.ANYONE: list(dict.fromkeys([*characters, *players])),
-        }
+        present = self._seat.others() if self._seat is not None else None
+        return target_names(self.name, self.persona, self.memory, present)
 
-    def _call_specs(self) -> list[CallSpec]:
-        names = self._names()
-        return [s for a in self.actions if (s := a.spec(names)) is not None]
-
-    def _recalled(self, touch: bool) -> list[str]:
-        """Texts recalled from long-term memory for the next turn."""
-        if not self.recall or not len(self.long_term):
-            return []
-        exclude = {memory_text(i, self.name)[0] for i in self.memory}
-        items = self.long_term.recall(self._query(), k=self.recall, exclude=exclude, touch=touch)
-        return [it.text for it in items]
-
-    def _query(self) -> str:
-        """What just happened (up to three items since its own last turn), without speaker
-        labels: a name that starts every line would make every memory of that person relevant."""
-        recent: list[str] = []
-        for item in reversed(self.memory[-3:]):
-            if isinstance(item, Turn):
-                break
-            recent.append(" ".join([*item.actions, item.speech]))
-        if not recent and self.memory:  # it spoke last: its own words are the situation
-            item = self.memory[-1]
-            recent.append(" ".join([*item.actions, item.speech]))
-        return " ".join(reversed(recent))
+    def _call_specs(self, names: dict[Target, list[str]] | None = None) -> list[CallSpec]:
+        names = names if names is not None else self._names()
+        return [s for a in self.typed_actions if (s := a.spec(names)) is not None]
 
     def prompt(self, *, max_tokens: int | None = None) -> Prompt:
         """The exact prompt of this character's next turn, trimmed to fit the context window.
@@ -538,139 +266,59 @@ class Character:
         are left out of this prompt (a turn folds them into the summary first); the persona is
         always kept. Calling this does not change the character.
         """
-        return self._fit(self._recalled(touch=False), self._call_specs(), max_tokens)[0]
-
-    def _budget(self, max_tokens: int | None) -> int:
-        model = self._require_model()
-        return model.n_ctx - (max_tokens or self.sampling.max_tokens) - 8
+        recalled = recall(self.long_term, self.memory, self.name, self.recall, touch=False)
+        return self._fit(recalled, self._call_specs(), max_tokens)[0]
 
     def _fit(
         self, recalled: list[str], calls: list[CallSpec], max_tokens: int | None
     ) -> tuple[Prompt, int]:
         """(prompt, how many of the oldest memory items it leaves out)."""
         model = self._require_model()
-        budget = self._budget(max_tokens)
+        reserved = max_tokens or self.sampling.max_tokens
 
         def render(history: Sequence[Heard | Turn]) -> Prompt:
-            return self._render(history, recalled, calls)
+            return render_prompt(
+                self.persona,
+                history,
+                style=model.prompt_style,
+                plan=self.plan,
+                keep_plans=self.keep_plans,
+                chat_template=model.chat_template,
+                bos_token=model.bos_token,
+                eos_token=model.eos_token,
+                prefill=model.prefills,
+                memories=recalled,
+                summary=self.summary,
+                calls=calls,
+            )
 
-        full = render(self.memory)
-        if model.count_tokens(full.text) <= budget:
-            return full, 0
-        # Binary search the fewest oldest items to drop so the prompt fits.
-        lo, hi = 1, len(self.memory)
-        best: tuple[Prompt, int] | None = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            head = [] if self.summary else [_TRIMMED]
-            p = render([*head, *self.memory[mid:]])
-            if model.count_tokens(p.text) <= budget:
-                best, hi = (p, mid), mid - 1
-            else:
-                lo = mid + 1
-        if best is None:
+        budget = model.n_ctx - reserved - 8
+        fitted = fit(render, model.count_tokens, self.memory, budget, summarized=bool(self.summary))
+        if fitted is None:
             raise ContextOverflowError(
                 f"the persona of {self.name!r} alone does not fit the context window "
-                f"({model.n_ctx} tokens, {max_tokens or self.sampling.max_tokens} reserved)"
+                f"({model.n_ctx} tokens, {reserved} reserved)"
             )
-        return best
+        return fitted
 
-    def _render(
-        self,
-        history: Sequence[Heard | Turn],
-        recalled: Sequence[str] = (),
-        calls: Sequence[CallSpec] = (),
-    ) -> Prompt:
+    def _ask(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:
+        """One plain request (not a HER turn) to this character's model: a rating, a summary."""
         model = self._require_model()
-        return render_prompt(
-            self.persona,
-            history,
-            style=model.prompt_style,  # type: ignore[arg-type]
-            plan=self.plan,
-            keep_plans=self.keep_plans,
-            chat_template=model.chat_template,
-            bos_token=model.bos_token,
-            eos_token=model.eos_token,
-            prefill=model.prefills,
-            memories=recalled,
-            summary=self.summary,
-            calls=calls,
-        )
-
-    # -- the model calls memory makes -----------------------------------------------------------
-
-    def _aux_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, list[str]]:
-        """A plain request (not a HER turn) in the model's prompt style: (text, stop)."""
-        model = self._require_model()
-        msgs = [Message(r, c) for r, c in messages]
-        if model.prompt_style == "template" and model.chat_template:
-            text = render_template(
-                msgs, model.chat_template, bos_token=model.bos_token, eos_token=model.eos_token
-            )
-            return text, [model.eos_token] if model.eos_token else []
-        if model.prompt_style == "fewshot":
-            body = "\n\n".join(c for _, c in messages)
-            return f"{body}\n\nAnswer:\n", ["\n\n"]
-        from .format import CHATML_STOP
-
-        return render_chatml(msgs), list(CHATML_STOP)
-
-    def _complete(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:
-        model = self._require_model()
-        text, stop = self._aux_prompt(messages)
-        use_grammar = self.grammar if self.grammar is not None else model.supports_grammar
         sampling = msgspec.structs.replace(
             self.sampling, max_tokens=max_tokens, temperature=0.3, seed=self._turn_seed(None)
         )
-        stream = model.stream(
-            text, stop=stop, sampling=sampling, grammar=grammar if use_grammar else None
-        )
-        try:
-            return "".join(stream).strip()
-        finally:
-            stream.close()
+        return ask(model, messages, sampling, grammar if self._constrained(model) else None)
 
-    def _rate_unrated(self) -> None:
-        """One model call rating the memories formed since the last turn (at most 16)."""
-        pending, self._unrated = self._unrated[-16:], []
-        if not pending:
-            return
-        answer = self._complete(
-            _memory.rating_messages(self.name, [it.text for it in pending]),
-            _memory.rating_grammar(len(pending)),
-            max_tokens=4 * len(pending) + 4,
-        )
-        ratings = _memory.parse_ratings(answer, len(pending))
-        if ratings is None:  # keep the heuristic ratings
-            log.debug("importance rating of %s unreadable: %r", self.name, answer[:80])
-            return
-        for it, r in zip(pending, ratings, strict=True):
-            it.importance = r
-
-    def _fold(self, items: Sequence[Heard | Turn]) -> None:
-        """Fold `items` (the oldest of what it remembers) into the running summary: one call."""
-        lines = [memory_text(i, self.name)[0] for i in items]
-        if not lines:
-            return
-        sheet = render_system_prompt(self.persona, plan=False).split("\n\n===Requirements===")[0]
-        max_words = 120
-        text = self._complete(
-            _memory.summary_messages(self.name, sheet, self.summary, lines, max_words=max_words),
-            _memory.summary_grammar(max_words * 8),
-            max_tokens=max_words * 2,
-        )
-        text = " ".join(text.replace("<", " ").split())
-        if not text:
-            raise GenerationError(f"the model wrote an empty summary for {self.name!r}")
-        self.summary = text
-        log.debug("%s folded %d memories into its summary", self.name, len(lines))
+    def _constrained(self, model: Backend) -> bool:
+        return self.grammar if self.grammar is not None else model.supports_grammar
 
     def _prepare(self, max_tokens: int) -> Prompt:
         """Everything before a turn: ratings, a fold if needed, recall; then the prompt."""
         if self._unrated:
-            self._rate_unrated()
+            pending, self._unrated = self._unrated[-16:], []
+            rate_importance(self._ask, self.name, pending)
         calls = self._call_specs()
-        recalled = self._recalled(touch=True)
+        recalled = recall(self.long_term, self.memory, self.name, self.recall, touch=True)
         prompt, dropped = self._fit(recalled, calls, max_tokens)
         if not self.summarize:
             return prompt
@@ -681,7 +329,11 @@ class Character:
             n = min(max(dropped, len(self.memory) // 2), len(self.memory) - 1)
         if self._to_fold or n:
             # What max_memory pushed out and what the context cannot hold: one call for both.
-            self._fold([*self._to_fold, *self.memory[:n]])
+            folded = [*self._to_fold, *self.memory[:n]]
+            if folded:
+                lines = [memory_text(i, self.name)[0] for i in folded]
+                self.summary = summarize(self._ask, self.persona, self.summary, lines)
+                log.debug("%s folded %d memories into its summary", self.name, len(lines))
             self._to_fold = []
             del self.memory[:n]
             prompt, _ = self._fit(recalled, calls, max_tokens)
@@ -759,113 +411,84 @@ class Character:
     ) -> Generator[Delta, None, None]:
         model = self._require_model()
         with self._lock:
-            sampling = sampling or self.sampling
-            sampling = msgspec.structs.replace(sampling, seed=self._turn_seed(seed))
+            sampling = msgspec.structs.replace(
+                sampling or self.sampling, seed=self._turn_seed(seed)
+            )
             prompt = self._prepare(sampling.max_tokens)
-            use_grammar = self.grammar if self.grammar is not None else model.supports_grammar
-            grammar = None
-            allowed = allowed_actions if allowed_actions is not None else self.allowed_actions
             names = self._names()
-            specs = [s for a in self.actions if (s := a.spec(names)) is not None]
-            if use_grammar:
-                grammar = build_grammar(
-                    self.name,
-                    plan=self.plan,
-                    prefilled=bool(prompt.prefill),
-                    actions=allowed,
-                    calls=specs or None,
-                    end="\n" if prompt.style == "fewshot" else "",
-                )
+            grammar = self._grammar(model, prompt, allowed_actions, names)
             log.debug("turn of %s: %d prompt chars", self.name, len(prompt.text))
-            t0 = time.perf_counter()
-            scheduling = {"priority": priority} if model.schedules else {}
-            text_stream: TextStream = model.stream(
+            reader = TurnReader(
+                self.name, prompt, tagged=grammar is not None, guard=self._guard(), private=private
+            )
+            text = model.stream(
                 prompt.text,
                 stop=prompt.stop,
                 sampling=sampling,
                 grammar=grammar,
                 cancel=cancel,
-                **scheduling,
+                priority=priority,
             )
-            # Under the grammar the turn is tagged HER text, so brackets in speech are literal
-            # (not CoSER's "(action)"): only a <role_action> can hold an action, or a call.
-            parser = TurnParser(self.name, start=prompt.start, coser=False if grammar else None)
-            guard = self._guard()
-            segments: dict[int, list[str]] = {}  # what was said, as it was let through
-            raw: list[str] = []
-            first_speech: float | None = None
-
-            def shown(deltas: Sequence[Delta]) -> Iterator[Delta]:
-                # Deltas the guard let through: they are what was said, and what is streamed.
-                nonlocal first_speech
-                for d in deltas:
-                    seg = segments.setdefault(d.segment, [d.channel, ""])
-                    seg[1] += d.text
-                    if first_speech is None and d.channel == "speech" and d.text.strip():
-                        first_speech = time.perf_counter() - t0
-                    if private or d.channel not in PRIVATE_CHANNELS:
-                        yield d
-
-            def passed(deltas: Sequence[Delta]) -> Iterator[Delta]:
-                for delta in deltas:
-                    yield from shown(guard.feed(delta) if guard is not None else (delta,))
-
             try:
-                for piece in text_stream:
-                    raw.append(piece)
-                    yield from passed(parser.feed(piece))
-                    if guard is not None and guard.blocked is not None:
-                        break  # the turn ends where the reveal began
-                else:
-                    yield from passed(parser.close())
-                    if guard is not None:
-                        yield from shown(guard.close())
+                yield from reader.read(text)
             finally:
-                text_stream.close()
-                parser.close()
-                turn = Turn.from_segments(
-                    Segment(c, t)  # type: ignore[arg-type]
-                    for _, (c, t) in sorted(segments.items())
-                )
-                blocked = [guard.blocked] if guard is not None and guard.blocked else []
-                calls, invalid = (
-                    read_calls(turn.actions, self.actions, names) if self.actions else ([], [])
-                )
-                if cancel.cancelled:
-                    finish = "cancelled"
-                elif blocked:
-                    finish = "blocked"
-                else:
-                    finish = text_stream.finish_reason or "stop"
-                reply = Reply(
-                    character=self.name,
-                    speech=turn.speech,
-                    actions=turn.actions,
-                    plan=turn.plan,
-                    thoughts=turn.thoughts,
-                    segments=turn.segments,
-                    raw=prompt.prefill + "".join(raw),
-                    finish_reason=finish,
-                    prompt_tokens=text_stream.prompt_tokens,
-                    completion_tokens=text_stream.completion_tokens,
-                    first_token_s=text_stream.first_token_s,
-                    first_speech_s=first_speech,
-                    total_s=time.perf_counter() - t0,
-                    calls=calls,
-                    invalid_calls=invalid,
-                    blocked_reveals=blocked,
-                )
-                stream.reply = reply
-                self._apply(calls)
-                self._commit(turn, counted=finish != "cancelled")
-                for b in blocked:
-                    self._report(b)
-                for bad in invalid:
-                    log.warning("%s wrote an invalid call %r: %s", self.name, bad.text, bad.error)
+                text.close()
+                self._finish(stream, reader, text, cancel, names)
+
+    def _grammar(
+        self,
+        model: Backend,
+        prompt: Prompt,
+        allowed_actions: Sequence[str] | None,
+        names: dict[Target, list[str]],
+    ) -> str | None:
+        """The GBNF of this turn (its closed set of actions and its typed calls), if constrained."""
+        if not self._constrained(model):
+            return None
+        if allowed_actions is None:
+            allowed_actions = self.allowed_actions
+        return build_grammar(
+            self.name,
+            plan=self.plan,
+            prefilled=bool(prompt.prefill),
+            allowed_actions=allowed_actions,
+            calls=self._call_specs(names) or None,
+            end="\n" if prompt.style == "fewshot" else "",
+        )
+
+    def _finish(
+        self,
+        stream: TurnStream,
+        reader: TurnReader,
+        text: TextStream,
+        cancel: CancelToken,
+        names: dict[Target, list[str]],
+    ) -> None:
+        """End a turn, however it ended: its reply on `stream`, its calls applied, the turn
+        remembered and published, a stopped reveal reported."""
+        turn = reader.turn()
+        typed = self.typed_actions
+        calls, invalid = read_calls(turn.actions, typed, names) if typed else ([], [])
+        blocked = reader.blocked
+        if cancel.cancelled:
+            finish = "cancelled"
+        elif blocked:
+            finish = "blocked"
+        else:
+            finish = text.finish_reason or "stop"
+        stream.reply = reader.reply(
+            self.name, turn, text, finish=finish, calls=calls, invalid=invalid
+        )
+        self._apply(calls)
+        self._commit(turn, counted=finish != "cancelled")
+        for b in blocked:
+            self._report(b)
+        for bad in invalid:
+            log.warning("%s wrote an invalid call %r: %s", self.name, bad.text, bad.error)
 
     def _apply(self, calls: Sequence[Call]) -> None:
         """The effects a character's calls have on itself (relationship updates)."""
-        regard = {a.name for a in self.actions if a.updates_relationship}
+        regard = {a.name for a in self.typed_actions if a.updates_relationship}
         for call in calls:
             if call.name in regard:
                 self.set_relationship(call.args["who"], call.args["view"])
@@ -896,6 +519,7 @@ class Character:
 
     def to_state(self) -> CharacterState:
         """Everything this character is but its model, as saved."""
+        settings = {k: getattr(self, k) for k in _LATER_SETTINGS}
         return CharacterState(
             persona=self.persona,
             memory=list(self.memory),
@@ -910,13 +534,9 @@ class Character:
             long_term=[msgspec.structs.replace(i) for i in self.long_term.items] or UNSET,
             summary=self.summary or UNSET,
             to_fold=list(self._to_fold) or UNSET,
-            typed_actions=[a.to_state() for a in self.actions] or UNSET,
+            typed_actions=[a.to_state() for a in self.typed_actions] or UNSET,
             revealable=list(self.revealable) or UNSET,
-            recall=_unset_if(self.recall, 5),
-            summarize=_unset_if(self.summarize, True),
-            rate_importance=_unset_if(self.rate_importance, "heuristic"),
-            guard_secrets=_unset_if(self.guard_secrets, True),
-            max_long_term=_unset_if(self.long_term.capacity, 5000),
+            **{k: UNSET if v == _LATER_SETTINGS[k] else v for k, v in settings.items()},
         )
 
     @classmethod
@@ -935,6 +555,7 @@ class Character:
         def given(value, default):
             return default if value is UNSET else value
 
+        settings = {k: given(getattr(state, k), d) for k, d in _LATER_SETTINGS.items()}
         c = cls(
             persona=state.persona,
             model=model,
@@ -942,16 +563,12 @@ class Character:
             keep_plans=state.keep_plans,
             grammar=state.grammar,
             allowed_actions=state.allowed_actions,
-            actions=[Action.from_state(a) for a in given(state.typed_actions, [])],
+            typed_actions=[Action.from_state(a) for a in given(state.typed_actions, [])],
             sampling=state.sampling,
             seed=state.seed,
             max_memory=state.max_memory,
-            recall=given(state.recall, 5),
-            summarize=given(state.summarize, True),
-            rate_importance=given(state.rate_importance, "heuristic"),
             embedder=embedder,
-            guard_secrets=given(state.guard_secrets, True),
-            max_long_term=given(state.max_long_term, 5000),
+            **settings,
         )
         c.turns_taken = state.turns_taken
         c.summary = given(state.summary, "")
@@ -969,39 +586,3 @@ class Character:
             )
         c.memory = list(state.memory)
         return c
-
-    def dumps(self) -> bytes:
-        """This character as save-file bytes (what `save` writes)."""
-        return _state.encode("character", self.to_state())
-
-    @classmethod
-    def loads(
-        cls, data: bytes, *, model: Backend | None = None, embedder: Embedder | None = None
-    ) -> Character:
-        """Read a character from save-file bytes; anything else raises `StateError`."""
-        return cls._decode(data, model, embedder, "character data")
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this character (persona, memory, settings) atomically to `path` (JSON)."""
-        _state.atomic_write(path, self.dumps())
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        model: Backend | None = None,
-        embedder: Embedder | None = None,
-    ) -> Character:
-        """Read a character written by `save`; a missing or bad file raises `StateError`."""
-        return cls._decode(_state.read(path), model, embedder, str(Path(path)))
-
-    @classmethod
-    def _decode(
-        cls, data: bytes, model: Backend | None, embedder: Embedder | None, source: str
-    ) -> Character:
-        state = _state.decode(data, "character", CharacterState, source=source)
-        try:
-            return cls.from_state(state, model=model, embedder=embedder)
-        except ConfigError as exc:
-            raise StateError(f"{source} is corrupt: {exc}") from None

@@ -91,10 +91,6 @@ class GGUFInfo:
         return str(self.metadata.get("general.architecture", ""))
 
     @property
-    def file_type(self) -> str:
-        return str(self.metadata.get("general.type", "model"))
-
-    @property
     def chat_template(self) -> str | None:
         t = self.metadata.get("tokenizer.chat_template")
         return t if isinstance(t, str) and t.strip() else None
@@ -208,7 +204,9 @@ def _parse(buf: mmap.mmap, p: Path, size: int, kind: str) -> GGUFInfo:
         meta[key] = r.value(vtype, keep=keep or vtype != _ARRAY)
     found = meta.get("general.type", "model")
     if found != kind:
-        hint = " (a LoRA adapter loads with load_model(base, lora=...))" if kind == "model" else ""
+        hint = (
+            " (a LoRA adapter loads with load_model(base, adapter=...))" if kind == "model" else ""
+        )
         raise InvalidModelError(f"{p}: this GGUF is a {found!r}, not a {kind}{hint}", str(p))
     problem = format_version_problem(meta.get(FORMAT_VERSION_KEY))
     if problem is not None:

@@ -15,11 +15,7 @@ candidates.
   the query (a BM25 term or, with embeddings, a cosine above `min_cosine`) are candidates: an
   important but unrelated memory does not crowd the prompt.
 
-Why BM25 is written here rather than taken from `bm25s`: a memory store grows by one item at a
-time and is queried after every few additions, so it needs an incremental inverted index;
-`bm25s` builds a static sparse-matrix index (re-indexed on every change) and would add numpy to
-the core install, which needs only msgspec. The scoring is BM25 as Lucene computes it, the
-variant `bm25s` calls "lucene", and gives the same scores.
+The lexical index (tokenizer and incremental BM25) is `_bm25`.
 
 A recall's work does not grow with the length of the game. The index keeps postings, document
 frequencies and lengths as memories come and go, and the store files its memories by recency and
@@ -32,8 +28,8 @@ Privacy holds by construction: a store belongs to one character and is rendered 
 character's prompt. `MemoryItem.private` marks items that hold its own thoughts, for views that
 show memories to someone else (a debug tool, a server client).
 
-This module does not render prompts (that is `her_sdk.format`) nor call a model (the character
-does, for importance ratings and summaries).
+This module does not render prompts (that is `her_sdk.format`) nor call a model (`_upkeep` does,
+for importance ratings and summaries).
 """
 
 from __future__ import annotations
@@ -45,167 +41,21 @@ import threading
 import weakref
 from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
 
+from ._bm25 import BM25, tokenize
 from ._errors import ConfigError
 
-__all__ = [
-    "BM25",
-    "Embedder",
-    "MemoryItem",
-    "MemoryStore",
-    "rate_importance",
-    "tokenize",
-]
+__all__ = ["Embedder", "MemoryItem", "MemoryStore", "rate_importance"]
 
 # Turns texts into vectors, one per text (e.g. a sentence-embedding model). Characters use it,
 # when given one, for the relevance part of recall.
 Embedder = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 
 MemoryKind = Literal["perceived", "own", "planted"]
-
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
-# Function words carry no relevance; dropping them keeps "what is it" from matching everything.
-_STOP = frozenset(
-    [
-        "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as",
-        "at", "be", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does",
-        "doing", "for", "from", "had", "has", "have", "having", "he", "her", "here", "hers",
-        "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me",
-        "more", "most", "my", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or",
-        "other", "our", "ours", "out", "over", "own", "same", "she", "should", "so", "some",
-        "such", "than", "that", "the", "their", "theirs", "them", "then", "there", "these",
-        "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was",
-        "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will",
-        "with", "would", "you", "your", "yours", "yourself",
-    ]
-)  # fmt: skip
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased words without function words; a plural 's' is dropped ("keys" -> "key")."""
-    out = []
-    for w in _WORD.findall(text.lower()):
-        if w in _STOP:
-            continue
-        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
-            w = w[:-1]
-        out.append(w)
-    return out
-
-
-class BM25:
-    """An incremental Okapi BM25 index over documents keyed by int ids.
-
-    IDF is Lucene's `log(1 + (N - df + 0.5) / (df + 0.5))`, which is never negative, so a term
-    that occurs in most documents still counts a little instead of counting against; the term
-    weight is Lucene's `tf / (tf + k1 * (1 - b + b * len / avg_len))`. Scores equal those of
-    `bm25s.BM25(method="lucene")` (checked against bm25s 0.3.16).
-
-    Postings map each term to its documents and their term frequencies; document frequencies,
-    lengths and their total are kept as documents come and go, so scoring a query touches only
-    the postings of its terms (`scores`), or only the documents asked about (`score_docs`).
-    """
-
-    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1 = k1
-        self.b = b
-        self._docs: dict[int, dict[str, int]] = {}  # doc -> its terms' frequencies
-        self._lengths: dict[int, int] = {}
-        self._postings: dict[str, dict[int, int]] = {}  # term -> {doc: frequency}
-        self._total = 0
-
-    def __len__(self) -> int:
-        return len(self._docs)
-
-    def add(self, doc_id: int, tokens: Iterable[str]) -> None:
-        if doc_id in self._docs:
-            self.remove(doc_id)
-        tf: dict[str, int] = {}
-        for t in tokens:
-            tf[t] = tf.get(t, 0) + 1
-        self._docs[doc_id] = tf
-        n = sum(tf.values())
-        self._lengths[doc_id] = n
-        self._total += n
-        for term, f in tf.items():
-            self._postings.setdefault(term, {})[doc_id] = f
-
-    def remove(self, doc_id: int) -> None:
-        tf = self._docs.pop(doc_id, None)
-        if tf is None:
-            return
-        self._total -= self._lengths.pop(doc_id)
-        for term in tf:
-            ids = self._postings[term]
-            del ids[doc_id]
-            if not ids:
-                del self._postings[term]
-
-    def df(self, term: str) -> int:
-        """How many documents hold `term`."""
-        return len(self._postings.get(term, ()))
-
-    def idf(self, term: str) -> float:
-        n = len(self._docs)
-        df = len(self._postings.get(term, ()))
-        return math.log(1 + (n - df + 0.5) / (df + 0.5))
-
-    def terms(self, doc_id: int) -> Mapping[str, int]:
-        """The terms of a document and their frequencies (a view: do not change it)."""
-        return self._docs[doc_id]
-
-    def postings(self, term: str) -> Mapping[int, int]:
-        """The documents holding `term` and its frequency there (a view: do not change it)."""
-        return self._postings.get(term, {})
-
-    def scores(self, query: Iterable[str]) -> dict[int, float]:
-        """BM25 score of every document sharing a term with `query` (others score 0)."""
-        if not self._docs:
-            return {}
-        avg = self._total / len(self._docs) or 1.0
-        k1, b, lengths = self.k1, self.b, self._lengths
-        out: dict[int, float] = {}
-        for term, qtf in Counter(query).items():
-            ids = self._postings.get(term)
-            if not ids:
-                continue
-            w = qtf * self.idf(term)
-            for d, f in ids.items():
-                norm = f + k1 * (1 - b + b * lengths[d] / avg)
-                out[d] = out.get(d, 0.0) + w * f / norm
-        return out
-
-    def score_docs(self, query: Iterable[str], docs: Iterable[int]) -> dict[int, float]:
-        """`scores(query)` for `docs` only (those sharing no term with `query` are left out).
-
-        Each score is the same float `scores` gives: the terms are summed in the query's order.
-        """
-        if not self._docs:
-            return {}
-        avg = self._total / len(self._docs) or 1.0
-        k1, b, lengths = self.k1, self.b, self._lengths
-        weights = [
-            (term, qtf * self.idf(term))
-            for term, qtf in Counter(query).items()
-            if term in self._postings
-        ]
-        out: dict[int, float] = {}
-        for d in docs:
-            tf = self._docs[d]
-            acc, hit = 0.0, False
-            for term, w in weights:
-                f = tf.get(term)
-                if f:
-                    # As `scores` computes it, operation for operation: the same float.
-                    norm = f + k1 * (1 - b + b * lengths[d] / avg)
-                    acc, hit = acc + w * f / norm, True
-            if hit:
-                out[d] = acc
-        return out
 
 
 class MemoryItem(msgspec.Struct, kw_only=True):
@@ -696,70 +546,3 @@ class MemoryStore:
             self._vectors[i] = v
         q = vectors[0]
         return {i: _cosine(q, self._vectors[i]) for i in ids}
-
-
-# -- prompts of the model calls memory makes (a summary fold, importance ratings) -------------
-
-
-def _transcript(lines: Sequence[str]) -> str:
-    return "\n".join(f"- {line}" for line in lines)
-
-
-def summary_messages(
-    name: str,
-    sheet: str,
-    summary: str,
-    events: Sequence[str],
-    *,
-    max_words: int,
-) -> list[tuple[str, str]]:
-    """(role, content) messages asking the model for `name`'s running summary.
-
-    `sheet` is the character's system prompt (who it is); `summary` what it remembered so far;
-    `events` the lines to fold in, oldest first. The summary is the character's own, in the first
-    person: it may hold its thoughts, as they stay in its own prompt.
-    """
-    ask = [
-        f"You are {name}. Below is what you remember of the story so far, and what happened "
-        "after it.",
-    ]
-    if summary:
-        ask.append(f"What you remember so far:\n{summary}")
-    ask.append(f"What happened after that:\n{_transcript(events)}")
-    ask.append(
-        f"Write, as {name} in the first person, one paragraph of at most {max_words} words that "
-        "keeps everything worth remembering from both: who is who, what happened, what was "
-        "promised or revealed, how you feel about the others. Plain text only."
-    )
-    return [("system", sheet), ("user", "\n\n".join(ask))]
-
-
-def summary_grammar(max_chars: int) -> str:
-    """GBNF of a plain paragraph (no markup, no line breaks) of at most `max_chars`."""
-    return f"root ::= [^<\\n \\t] [^<\\n]{{0,{max_chars - 1}}}\n"
-
-
-def rating_messages(name: str, texts: Sequence[str]) -> list[tuple[str, str]]:
-    """(role, content) messages asking the model to rate each memory's importance 1-10."""
-    lines = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-    return [
-        (
-            "system",
-            "You rate memories. On a scale of 1 to 10, where 1 is purely mundane (e.g. a "
-            "greeting, the weather) and 10 is extremely poignant (e.g. a death, a betrayal, a "
-            "life saved), rate how much each memory matters to "
-            f"{name}. Answer with one number per line and nothing else.",
-        ),
-        ("user", lines),
-    ]
-
-
-def rating_grammar(n: int) -> str:
-    """GBNF of `n` ratings, one per line."""
-    return f'root ::= (rating "\\n"){{{n}}}\nrating ::= [1-9] | "10"\n'
-
-
-def parse_ratings(text: str, n: int) -> list[float] | None:
-    """The `n` ratings in the model's answer, or None when it did not give exactly `n`."""
-    found = [float(m) for m in re.findall(r"\b(10|[1-9])\b", text)]
-    return found[:n] if len(found) >= n else None

@@ -13,25 +13,24 @@ the seed of its next turn, where its finished turn goes, who else is present, wh
 reveal of a secret is reported) and delivers perceptions through `Character.perceive`. Its
 accessors (`characters`, `players`, `events`, ...) take the scene's lock and return copies, so
 no caller needs the lock. Saving is `to_state()` / `from_state()`
-here, inside the save-file envelope of `_state`.
+here; `save` / `load` and the save-file envelope are `_savefile`'s.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import msgspec
 
-from . import _state
 from ._backends._base import Backend
-from ._character import Character, CharacterState, Reply, TurnStream, mix_seed
-from ._errors import ConfigError, StateError
+from ._character import Character, CharacterState
+from ._errors import ConfigError
 from ._memory import Embedder
+from ._savefile import Saveable
 from ._secrets import BlockedReveal
+from ._turn import Reply, TurnStream, mix_seed
 from .format import ENVIRONMENT, Heard, Turn
 
 __all__ = ["Event", "Scene", "SceneState"]
@@ -91,7 +90,7 @@ class _Seat:
         self._scene._report(blocked)
 
 
-class Scene:
+class Scene(Saveable):
     """Characters and players in one place, and everything that happens between them.
 
         scene = Scene([mara, jory], player="Traveler")
@@ -101,8 +100,12 @@ class Scene:
     `seed` makes every turn in the scene reproducible, also after save and load.
     `max_events` bounds the public log kept in `events` (characters remember on their own).
     `characters`, `players`, `events` are copies taken under the scene's lock: change the scene
-    through its methods.
+    through its methods. `save` / `load` (and `dumps` / `loads`) take the keywords of
+    `from_state`: `model` for every character, or `models` by name, and an `embedder`.
     """
+
+    save_kind = "scene"
+    state_type = SceneState
 
     def __init__(
         self,
@@ -436,54 +439,3 @@ class Scene:
         scene._last_event = {e.speaker: e.index for e in scene._events}
         scene._clock = state.clock
         return scene
-
-    def dumps(self) -> bytes:
-        """This scene as save-file bytes (what `save` writes)."""
-        return _state.encode("scene", self.to_state())
-
-    @classmethod
-    def loads(
-        cls,
-        data: bytes,
-        *,
-        model: Backend | None = None,
-        models: dict[str, Backend] | None = None,
-        embedder: Embedder | None = None,
-    ) -> Scene:
-        """Read a scene from save-file bytes; anything else raises `StateError`."""
-        return cls._decode(data, model, models, embedder, "scene data")
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the whole scene (characters' minds included) atomically to `path` (JSON)."""
-        _state.atomic_write(path, self.dumps())
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        model: Backend | None = None,
-        models: dict[str, Backend] | None = None,
-        embedder: Embedder | None = None,
-    ) -> Scene:
-        """Read a scene written by `save`. `model` serves every character, or `models` by name;
-        `embedder`, if given, every character's long-term memory.
-
-        A missing or bad file raises `StateError`.
-        """
-        return cls._decode(_state.read(path), model, models, embedder, str(Path(path)))
-
-    @classmethod
-    def _decode(
-        cls,
-        data: bytes,
-        model: Backend | None,
-        models: dict[str, Backend] | None,
-        embedder: Embedder | None,
-        source: str,
-    ) -> Scene:
-        state = _state.decode(data, "scene", SceneState, source=source)
-        try:
-            return cls.from_state(state, model=model, models=models, embedder=embedder)
-        except ConfigError as exc:  # e.g. two characters of one name
-            raise StateError(f"{source} is corrupt: {exc}") from None

@@ -1,6 +1,6 @@
 """The `her` command line (typer + rich; installed by the `cli` extra).
 
-    her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
+    her demo [--show-thoughts] [--model SPEC] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
     her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
                                                             (one flag per ServerSettings field)
@@ -13,7 +13,8 @@
 `demo`, `chat` and `serve` live here; the other groups are typer sub-apps of their packages,
 registered at the end of this module. Each command imports its engines (llama.cpp, grpc, torch)
 when it runs, so `her --help` stays quick; only `serve`'s flags are read at start, from the
-`ServerSettings` pydantic model. This module holds no game or model logic of its own.
+`ServerSettings` pydantic model. A model is named by a backend spec everywhere
+(`her_sdk.backend_from_spec`). This module holds no game or model logic of its own.
 """
 
 from __future__ import annotations
@@ -69,11 +70,17 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=1)
 
 
-def _load(model: Path | None, **kwargs):
-    from ._model import load_model
+def _load(model: str | None, **kwargs):
+    from ._model import backend_from_spec
 
     with console.status("Loading model…" if model else "Preparing the embedded model…"):
-        return load_model(model, **kwargs)
+        return backend_from_spec(model, **kwargs)
+
+
+_MODEL_HELP = (
+    "The model: a GGUF file, an ONNX folder, http://HOST/v1#MODEL (an OpenAI-compatible "
+    "server), ... (a backend spec; default: the embedded model)."
+)
 
 
 class _Printer:
@@ -121,9 +128,7 @@ def demo(
         bool,
         typer.Option("--show-thoughts", help="Also show each NPC's private plan and thoughts."),
     ] = False,
-    model: Annotated[
-        Path | None, typer.Option("--model", help="A GGUF model file (default: embedded model).")
-    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for a reproducible scene.")] = 2,
     crowd: Annotated[
         bool,
@@ -135,7 +140,7 @@ def demo(
     ] = False,
 ) -> None:
     """Play a short offline scene: a gate captain, a smuggler and a scripted traveler."""
-    from ._demo import PLAYER, SCRIPT, build_demo_scene
+    from .demo import PLAYER, SCRIPT, build_demo_scene
 
     try:
         # The scene takes one turn at a time: one llama.cpp sequence (two with the side
@@ -174,7 +179,7 @@ class _Crowd:
         import queue
         import threading
 
-        from ._demo import CROWD_OPENING, build_crowd_scene
+        from .demo import CROWD_OPENING, build_crowd_scene
 
         self.scene = build_crowd_scene(backend)
         self.show_thoughts = show_thoughts
@@ -185,7 +190,7 @@ class _Crowd:
         self.thread.start()
 
     def _run(self) -> None:
-        from ._demo import CROWD_TURNS
+        from .demo import CROWD_TURNS
 
         try:
             for _ in range(CROWD_TURNS):
@@ -250,7 +255,7 @@ def chat(
         ),
     ],
     as_name: Annotated[str, typer.Option("--as", help="Your name in the scene.")] = "Traveler",
-    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)] = None,
     show_thoughts: Annotated[bool, typer.Option("--show-thoughts")] = False,
     save: Annotated[
         Path | None, typer.Option("--save", help="Save the character here when you leave.")

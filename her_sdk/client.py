@@ -21,14 +21,15 @@ logic.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
 from ._actions import Action
-from ._character import Reply
 from ._errors import ConfigError, MissingDependencyError, ServerError
 from ._scene import Event
+from ._turn import Reply
 from .format import Delta
 
 try:
@@ -127,22 +128,31 @@ class Client:
         others: dict[str, str] | None = None,
         plan: bool | None = None,
         allowed_actions: Sequence[str] | None = None,
-        actions: Sequence[Action] | None = None,
+        typed_actions: Sequence[Action] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
         max_memory: int | None = None,
+        actions: Sequence[Action] | None = None,
     ) -> str:
         """Create a character from persona fields or a Character Card (dict or JSON); its id.
 
         `allowed_actions`, if given, are the only action texts the character may write (as
-        `Character(allowed_actions=...)`); `actions` are typed actions whose calls come back in
-        `Reply.calls`. The server validates every field.
+        `Character(allowed_actions=...)`); `typed_actions` are typed actions whose calls come
+        back in `Reply.calls` (`actions=`, their first name, is deprecated). The server
+        validates every field.
         """
+        if actions is not None:
+            warnings.warn(
+                "create_character(actions=) is deprecated; use typed_actions=",
+                DeprecationWarning,
+                2,
+            )
+            typed_actions = typed_actions if typed_actions is not None else actions
         settings = pb.CharacterSettings(
             plan=plan,
             allowed_actions=list(allowed_actions or []),
-            actions=[action_to_pb(a) for a in actions or []],
+            actions=[action_to_pb(a) for a in typed_actions or []],
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,

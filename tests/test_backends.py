@@ -12,11 +12,16 @@ from hypothesis import strategies as st
 
 from her_sdk import (
     Backend,
+    BackendSpec,
     CancelToken,
+    ConfigError,
     InvalidModelError,
     MockBackend,
+    ModelNotFoundError,
     Sampling,
+    backend_from_spec,
     load_model,
+    parse_backend_spec,
 )
 from her_sdk._backends._base import StopScanner, TextStream, cut_at_stop
 from her_sdk._backends._onnx import OnnxBackend
@@ -34,6 +39,68 @@ def test_capabilities_are_declared_on_the_interface():
     assert OnnxBackend.supports_grammar is False and OnnxBackend.prefills is True
     assert OpenAIBackend("http://127.0.0.1:1/v1").supports_grammar is True
     assert OpenAIBackend("http://127.0.0.1:1/v1", grammar_field=None).supports_grammar is False
+
+
+def test_scoring_and_priority_are_declared_not_inferred():
+    mock = MockBackend(["x"])
+    assert Backend.supports_logprobs is False and Backend.schedules is False
+    with pytest.raises(ConfigError, match="supports_logprobs"):
+        mock.logprobs("prompt", "continuation")
+    # every backend takes a turn's priority; only a scheduling engine acts on it
+    assert "".join(mock.stream("p", priority="player")) == "x"
+
+
+# -- backend specs --------------------------------------------------------------------------------
+
+
+def test_backend_spec_grammar_reads_without_loading():
+    assert parse_backend_spec(None) == BackendSpec("default")
+    assert parse_backend_spec("default") == BackendSpec("default")
+    assert parse_backend_spec("mock") == BackendSpec("mock")
+    assert parse_backend_spec("mock:s.json") == BackendSpec("script", "s.json")
+    assert parse_backend_spec("http://h:8/v1#m") == BackendSpec("url", "http://h:8/v1", "m")
+    assert parse_backend_spec("chat+https://h/v1#a/b") == BackendSpec(
+        "url", "https://h/v1", "a/b", chat=True
+    )
+    assert parse_backend_spec("runs/judge") == BackendSpec("path", "runs/judge")
+    for bad in ("chat+ftp://x", "ftp://x/v1", "mock:", "carrier-pigeon:x"):
+        with pytest.raises(ConfigError):
+            parse_backend_spec(bad)
+    for old, new in (
+        ("openai:http://h/v1#m", "http://h/v1#m"),
+        ("openai-chat:http://h/v1#m", "chat+http://h/v1#m"),
+        ("hf:runs/rm", "runs/rm"),
+        ("gguf:", "default"),
+    ):
+        with pytest.warns(DeprecationWarning):
+            assert parse_backend_spec(old) == parse_backend_spec(new)
+
+
+def test_backend_from_spec_builds_each_kind(tmp_path, monkeypatch):
+    mine = MockBackend(["x"])
+    assert backend_from_spec(mine) is mine
+    stand_in = backend_from_spec("mock", mock=lambda prompt: "scripted")
+    assert isinstance(stand_in, MockBackend) and "".join(stand_in.stream("p")) == "scripted"
+    with pytest.raises(ConfigError, match="mock:FILE"):
+        backend_from_spec("mock")
+    script = tmp_path / "judge.json"
+    script.write_text(json.dumps({"cand_1": {"better": "cand_1"}, "*": "tie"}))
+    scripted = backend_from_spec(f"mock:{script}")
+    assert "".join(scripted.stream("which? cand_1")) == '{"better": "cand_1"}'
+    assert "".join(scripted.stream("anything")) == "tie"
+    (tmp_path / "list.json").write_text('["a", "b"]')
+    cycling = backend_from_spec(f"mock:{tmp_path / 'list.json'}")
+    assert ["".join(cycling.stream("p")) for _ in range(3)] == ["a", "b", "a"]
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    server = backend_from_spec("http://127.0.0.1:1/v1#her-32b")
+    assert isinstance(server, OpenAIBackend) and server.mode == "completions"
+    assert (server.base_url, server.model, server.api_key) == (
+        "http://127.0.0.1:1/v1", "her-32b", "from-env"
+    )  # fmt: skip
+    assert backend_from_spec("chat+http://127.0.0.1:1/v1#m").mode == "chat"
+    assert backend_from_spec("http://127.0.0.1:1/v1#m", chat=True, api_key="k").api_key == "k"
+    with pytest.raises(ModelNotFoundError):
+        backend_from_spec(tmp_path / "missing.gguf")
 
 
 # -- TextStream -----------------------------------------------------------------------------------
@@ -187,7 +254,7 @@ def test_onnx_folder_of_a_newer_her_format_is_refused(tmp_path):
 
 
 def test_export_writes_this_runtimes_format_version(tmp_path):
-    """The exporter's metadata (full models and adapters alike) carries format.py's version,
+    """The exporter's metadata (full models and adapters alike) carries her_sdk.format's version,
     and a file written that way passes the runtime's check."""
     gguf = pytest.importorskip("gguf")
     np = pytest.importorskip("numpy")

@@ -22,7 +22,7 @@ from her_sdk import (
     Sampling,
     load_model,
 )
-from her_sdk._demo import PLAYER, build_demo_scene
+from her_sdk.demo import PLAYER, build_demo_scene
 
 pytestmark = pytest.mark.slow
 

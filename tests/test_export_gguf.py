@@ -143,7 +143,7 @@ def test_lora_adapter_matches_merged(models, arch, tmp_path):
     # the adapter really changes the model: the base alone does not match the merged model
     from her_sdk.export._source import load_source
 
-    merged, tok = load_source(base, lora=adapter)
+    merged, tok = load_source(base, adapter=adapter)
     with pytest.raises(VerificationError):
         verify_gguf(base_gguf, merged, tok, outtype="f32", report_path=tmp_path / "x.gguf")
     with load_model(base_gguf, lora=out, n_ctx=512, n_threads=2) as backend:

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from test_hardening_prompt import GEMMA_TEMPLATE, hostile, render
 
 from her_sdk import CancelToken, Sampling, load_model
-from her_sdk._backends._base import PromptText
 from her_sdk._model import default_model_path
+from her_sdk.format import PromptText
 
 pytestmark = pytest.mark.slow
 

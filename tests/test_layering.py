@@ -8,7 +8,8 @@ The nodes are the modules of the packages the distribution installs under `her_s
 `her_sdk.training`, ...), except the generated protobuf stubs in her_sdk/server/_pb.
 
 An edge goes to the module an import names (`from her_sdk.format import Turn` -> her_sdk.format,
-`from . import _state` -> her_sdk._state, `from her_sdk import Persona` -> the package her_sdk).
+`from . import _savefile` -> her_sdk._savefile, `from her_sdk import Persona` -> the package
+her_sdk).
 Python also runs each parent package's `__init__` on the way, but that implicit step is not an
 edge: a package's `__init__` re-exporting its submodules (the public facade) is the intended
 shape, and counting it would make every submodule depend on everything.
@@ -175,7 +176,7 @@ def test_the_import_graph_sees_hidden_and_type_only_imports():
 
 def test_her_sdk_has_no_import_cycle():
     graph = import_graph()
-    assert {"her_sdk._character", "her_sdk._scene", "her_sdk._state"} <= set(graph)
+    assert {"her_sdk._character", "her_sdk._scene", "her_sdk._savefile"} <= set(graph)
     assert "her_sdk.training.sft" in graph and "her_sdk.export.cli" in graph
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
@@ -183,7 +184,7 @@ def test_her_sdk_has_no_import_cycle():
 
 def test_the_save_file_is_a_leaf_and_a_character_knows_no_scene():
     graph = import_graph()
-    assert graph["her_sdk._state"] == {"her_sdk._errors"}
+    assert graph["her_sdk._savefile"] == {"her_sdk._errors"}
     assert not graph["her_sdk._character"] & {"her_sdk._scene", "her_sdk"}
     # Inside the runtime nobody goes through the public facade: it sits on top of everything.
     facade_users = {m for m in runtime_modules() if "her_sdk" in graph[m]}
@@ -249,3 +250,56 @@ def test_each_runtime_module_imports_alone():
     missing = [f"{name} ({r.stdout.strip()})" for name, r in results if "missing" in r.stdout]
     if missing:
         pytest.skip(f"extras not installed, not checked: {', '.join(missing)}")
+
+
+# The floors above the runtime (and the examples users copy) use her_sdk as its users do:
+# through public names only. A private module (`her_sdk._x`, `her_sdk.server._x`) or a private
+# name imported from a public one is a room they must not reach into; what they truly need
+# becomes a public name of the runtime instead.
+ADD_ONS = ("training", "export", "evaluation", "benchmarks", "examples")
+
+
+def private_imports(source: str) -> list[str]:
+    """The her_sdk imports in `source` that name something private, as written."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "her_sdk" and any(p.startswith("_") for p in parts[1:]):
+                found.append(name)
+    return found
+
+
+def test_private_imports_are_recognised():
+    source = (
+        "from her_sdk import Character, _savefile\n"
+        "from her_sdk._errors import HerError\n"
+        "import her_sdk.server._pb\n"
+        "from her_sdk.training.common import parse_config\n"
+        "from .common import _merge\n"
+        "def f():\n"
+        "    from her_sdk.format import _clean\n"
+    )
+    assert private_imports(source) == [
+        "her_sdk._savefile",
+        "her_sdk._errors",
+        "her_sdk._errors.HerError",
+        "her_sdk.server._pb",
+        "her_sdk.format._clean",
+    ]
+
+
+def test_add_ons_import_only_public_names_of_her_sdk():
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder in ADD_ONS
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for name in private_imports(path.read_text())
+    ]
+    assert not offenders, "private her_sdk names used outside her_sdk/:\n" + "\n".join(offenders)

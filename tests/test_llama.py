@@ -24,8 +24,9 @@ from her_sdk import (  # noqa: E402
     load_model,
 )
 from her_sdk._backends import _llama  # noqa: E402
-from her_sdk._demo import PLAYER, build_demo_scene  # noqa: E402
+from her_sdk._backends._llama_sampling import make_chain  # noqa: E402
 from her_sdk._model import default_model_path  # noqa: E402
+from her_sdk.demo import PLAYER, build_demo_scene  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -257,7 +258,7 @@ def test_repeat_penalty_shortcut_picks_what_the_full_pass_picks(model, settings)
 
     s = Sampling(repeat_penalty=1.8, **settings)  # strong, so it changes picks
     lib = model._lib
-    ours, ref = model._make_chain(s), _full_penalty_chain(lib, s)
+    ours, ref = make_chain(lib, s), _full_penalty_chain(lib, s)
     # Repetitive text, so that many candidates near the top are penalised.
     tokens = model.tokenize("the gate the gate the gate is shut, the gate is shut tonight " * 3)
     picks = []

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from her_sdk import Character, ConfigError, MockBackend, Scene
-from her_sdk._memory import BM25, MemoryStore, rate_importance, tokenize
+from her_sdk._bm25 import BM25, tokenize
+from her_sdk._memory import MemoryStore, rate_importance
 
 
 class Model(MockBackend):

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from her_sdk import Character, MockBackend
-from her_sdk._memory import _HELD, MemoryItem, MemoryStore, rate_importance, tokenize
+from her_sdk._bm25 import tokenize
+from her_sdk._memory import _HELD, MemoryItem, MemoryStore, rate_importance
 
 # -- the scorer as it was -----------------------------------------------------------------------
 

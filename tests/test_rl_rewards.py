@@ -16,13 +16,13 @@ from her_sdk.training.rl import (
     completion_text,
     format_reward,
     format_score,
-    judge_backend_from_spec,
     length_penalty,
+    load_judge_backend,
     policy_rows,
     repetition_penalty,
 )
 
-from her_sdk import ConfigError, MockBackend, Persona
+from her_sdk import ConfigError, MockBackend, ModelNotFoundError, Persona
 from her_sdk.format import Heard, Segment, Turn
 
 GOOD = (
@@ -139,13 +139,17 @@ def test_policy_rows_use_the_runtime_prompt():
 
 
 def test_judge_spec():
-    assert judge_backend_from_spec("none") is None
-    assert isinstance(judge_backend_from_spec("heuristic"), MockBackend)
-    assert judge_backend_from_spec("openai:http://localhost:1/v1#m").model == "m"
+    assert load_judge_backend("none") is None
+    assert isinstance(load_judge_backend("heuristic"), MockBackend)
+    assert load_judge_backend("http://localhost:1/v1#m").model == "m"
+    with pytest.warns(DeprecationWarning, match="openai:"):
+        assert load_judge_backend("openai:http://localhost:1/v1#m").model == "m"
     with pytest.raises(ConfigError):
-        judge_backend_from_spec("mock")
-    with pytest.raises(ConfigError):
-        judge_backend_from_spec("carrier-pigeon:x")
+        load_judge_backend("chat+ftp://x")
+    with pytest.raises(ConfigError, match="unknown backend spec"):
+        load_judge_backend("carrier-pigeon:x")
+    with pytest.raises(ModelNotFoundError):
+        load_judge_backend("runs/no-such-judge.gguf")
 
 
 def _gemma_like_tokenizer(path):

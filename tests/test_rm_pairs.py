@@ -272,13 +272,14 @@ def test_rm_pairs_on_the_tiny_model_hold_reasoning_ties_and_unordered_lengths(rm
     pytest.importorskip("torch")
     from her_sdk.training.data import read_jsonl
     from her_sdk.training.pairs import length_balance, rm_pairs
-    from her_sdk.training.plans import teacher_from_spec
     from her_sdk.training.tiny import build_tiny_model
     from transformers import set_seed
 
+    from her_sdk import backend_from_spec
+
     model = build_tiny_model(tmp_path / "tiny")
     set_seed(0)
-    policy = teacher_from_spec(f"hf:{model}")
+    policy = backend_from_spec(model)  # a checkpoint folder: transformers, in-process
     out = tmp_path / "pairs.jsonl"
     rep = rm_pairs(  # a random model never closes a plan: ask for the turn itself
         rm_data,

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from her_sdk import Character, MockBackend, Persona, Scene, StateError, _state
+from her_sdk import Character, MockBackend, Persona, Scene, StateError, _savefile
 
 
 def seeded_backend() -> MockBackend:
@@ -118,7 +118,7 @@ def test_save_format_is_versioned_json(tmp_path):
     scene = build(seeded_backend())
     play(scene, 1)
     data = json.loads(scene.dumps())
-    assert data["kind"] == "scene" and data["version"] == _state.SAVE_VERSION
+    assert data["kind"] == "scene" and data["version"] == _savefile.SAVE_VERSION
     restored = Scene.loads(scene.dumps())
     assert restored.events == scene.events
     assert restored.dumps() == scene.dumps()

@@ -17,12 +17,13 @@ from her_sdk.training.check import (
     header_hardware,
     model_dims,
 )
+from her_sdk.training.common import read_config_file
+from her_sdk.training.stages import STAGES
 
 from her_sdk import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
-STAGES = ("sft", "rm", "rl")
-STAGE_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name.split("_")[0] in STAGES)
+STAGE_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if "stage" in read_config_file(p))
 WITH_HARDWARE = [p for p in STAGE_CONFIGS if header_hardware(p) is not None]
 RL_32B = CONFIGS / "rl_qwen3_32b.yaml"
 SFT_32B = CONFIGS / "sft_qwen3_32b.yaml"
@@ -46,7 +47,7 @@ OLD_ZERO3 = textwrap.dedent(
 
 def test_the_shipped_configs_name_their_hardware():
     names = {p.name for p in WITH_HARDWARE}
-    for stage in ("sft", "rm", "rl"):
+    for stage in STAGES:
         for model in ("tiny_cpu", "gemma3_270m", "qwen3_32b"):
             assert f"{stage}_{model}.yaml" in names
     hw = header_hardware(RL_32B)
@@ -172,10 +173,21 @@ def test_model_dims_table():
 
 def test_a_config_without_hardware_needs_it(tmp_path):
     cfg = tmp_path / "sft_x.yaml"
-    cfg.write_text("model_name_or_path: tiny\n")
+    cfg.write_text("stage: sft\nmodel_name_or_path: tiny\n")
     with pytest.raises(ConfigError, match="hardware"):
         check_config(cfg)
     assert check_config(cfg, Hardware(1, 8)).verdict == "PASS"
+
+
+def test_the_stage_is_what_the_config_says_never_its_file_name(tmp_path):
+    cfg = tmp_path / "rl_looks_like_rl.yaml"
+    cfg.write_text("model_name_or_path: tiny\n")
+    with pytest.raises(ConfigError, match="names no stage"):
+        check_config(cfg, Hardware(1, 8))
+    assert check_config(cfg, Hardware(1, 8), stage="sft").stage == "sft"
+    cfg.write_text("stage: sft\nmodel_name_or_path: tiny\n")
+    report = check_config(cfg, Hardware(1, 8), stage="rl")  # the file is for another stage
+    assert not report.ok and "is a 'sft' config, not 'rl'" in report.text()
 
 
 def test_cli_check_exit_codes():

@@ -9,25 +9,29 @@ import pytest
 
 pytest.importorskip("trl")
 
-from her_sdk.training.common import parse_config
+from her_sdk.training.common import parse_config, read_config_file
 from her_sdk.training.launch import STAGES, main, parse_stage
 
 from her_sdk import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
-STAGE_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name.split("_")[0] in STAGES)
+STAGE_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if "stage" in read_config_file(p))
 TINY = {"sft": "sft_tiny_cpu.yaml", "rm": "rm_tiny_cpu.yaml", "rl": "rl_tiny_cpu.yaml"}
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
-    stage = path.name.split("_")[0]
+    stage = read_config_file(path)["stage"]  # every stage config names its stage
     configs = parse_stage(stage, path, for_this_machine=False)  # GPU configs on this CPU too
     assert configs and all(dataclasses.is_dataclass(c) for c in configs)
 
 
-def test_all_stages_have_a_shipped_config():
-    assert {p.name.split("_")[0] for p in STAGE_CONFIGS} == set(STAGES)
+def test_all_stages_have_a_shipped_config_and_a_command():
+    assert {read_config_file(p)["stage"] for p in STAGE_CONFIGS} == set(STAGES)
+    from her_sdk.training.cli import train_app
+
+    commands = {c.name for c in train_app.registered_commands}
+    assert set(STAGES) <= commands  # `her train NAME` for every row of the table
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import pytest
 from her_sdk.training.data import convert_file, decode_her, read_jsonl, render_sample
-from her_sdk.training.plans import mock_teacher, synth_plans, teacher_from_spec, validate_plan
+from her_sdk.training.plans import mock_teacher, synth_plans, validate_plan
 
-from her_sdk import MockBackend
+from her_sdk import MockBackend, backend_from_spec
 from her_sdk._backends._openai import OpenAIBackend
 from her_sdk.format import Message, chatml_to_messages
 
@@ -29,7 +29,7 @@ def data(tmp_path) -> Path:
 
 def test_mock_teacher_writes_dual_layer_samples(data, tmp_path):
     out = tmp_path / "planned.jsonl"
-    report = synth_plans(data, out, teacher_from_spec("mock"), concurrency=3)
+    report = synth_plans(data, out, backend_from_spec("mock", mock=mock_teacher), concurrency=3)
     rows = read_jsonl(out)
     assert report.kept == 9 == len(rows) and not report.dropped
     for r in rows:
@@ -103,16 +103,16 @@ def test_flaky_teacher_kept_after_retry(data, tmp_path):
 
 def test_resume_without_duplicates(data, tmp_path):
     out = tmp_path / "p.jsonl"
-    r1 = synth_plans(data, out, teacher_from_spec("mock"), limit=4)
+    r1 = synth_plans(data, out, backend_from_spec("mock", mock=mock_teacher), limit=4)
     assert r1.kept == 4
     with open(out, "a") as f:  # an interrupted write: half a line
         f.write('{"id": "half')
-    r2 = synth_plans(data, out, teacher_from_spec("mock"))
+    r2 = synth_plans(data, out, backend_from_spec("mock", mock=mock_teacher))
     assert r2.resumed == 4 and r2.kept == 5
     ids = [r["id"] for r in read_jsonl(out)]
     assert len(ids) == len(set(ids)) == 9
     assert out.read_text().endswith("\n") and out.read_text().count("\n") == 9
-    r3 = synth_plans(data, out, teacher_from_spec("mock"))
+    r3 = synth_plans(data, out, backend_from_spec("mock", mock=mock_teacher))
     assert r3.resumed == 9 and r3.kept == 0
 
 
@@ -179,7 +179,7 @@ def server():
 
 @pytest.mark.parametrize("kind", ["openai", "openai-chat"])
 def test_openai_teacher_end_to_end(data, tmp_path, server, kind):
-    teacher = teacher_from_spec(f"{kind}:{server}#her-teacher")
+    teacher = backend_from_spec(f"{'chat+' if kind == 'openai-chat' else ''}{server}#her-teacher")
     report = synth_plans(data, tmp_path / "p.jsonl", teacher, limit=3, concurrency=2)
     assert report.kept == 3
     path, body = _Stub.bodies[0]

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from her_sdk import ConfigError
+from her_sdk import ConfigError, parse_backend_spec
 
 from .common import EMBEDDED_GEMMA, _merge, parse_overrides, read_config_file
+from .stages import stage_of
 
 __all__ = [
     "KNOWN_MODELS",
@@ -533,22 +534,9 @@ def _dtype_bytes(model_args: Any) -> tuple[float, str]:
     return 4.0, d
 
 
-def _stage_of(config: str | os.PathLike, data: dict) -> str:
-    head = Path(config).name.split("_")[0]
-    if head in ("sft", "rm", "rl"):
-        return head
-    if "train" in data or "pairs_file" in data or "samples" in data:
-        return "rm"
-    if any(k in data for k in ("judge_model", "num_generations", "use_vllm", "rewards")):
-        return "rl"
-    return "sft"
-
-
-def _url_host(spec: str) -> str | None:
-    """The host of an `openai:URL#MODEL` judge spec (None for in-process judges)."""
-    if not spec.startswith(("openai:", "openai-chat:")):
-        return None
-    return urlparse(spec.split(":", 1)[1].split("#", 1)[0]).hostname or ""
+def _section(data: dict, key: str) -> dict:
+    """A section of a config file's data ("" is the top level)."""
+    return (data.get(key) or {}) if key else data
 
 
 @dataclasses.dataclass
@@ -807,25 +795,28 @@ def _external(ctx: _Ctx, name: str, what: str, host: str, where: str) -> None:
 
 
 def _judge(ctx: _Ctx, her_args: Any, ph: Phase) -> None:
+    """Where the RL judge runs: a server (placed), llama.cpp, or transformers in-process (its
+    weights counted). The spec is read as `her_sdk.backend_from_spec` reads it."""
     spec = str(her_args.judge_model or "none")
     rep = ctx.rep
     rep.sources.append(("judge", spec))
-    host = _url_host(spec)
-    if host is not None:
-        _external(ctx, "RL", "the judge server", host, spec)
+    if spec in ("none", "heuristic", "mock"):
         return
-    if spec.startswith("hf:"):
+    judge = parse_backend_spec(spec)
+    if judge.kind == "url":
+        _external(ctx, "RL", "the judge server", urlparse(judge.target).hostname or "", spec)
+    elif judge.kind == "default" or judge.target.endswith(".gguf"):
+        rep.note("RL: the GGUF judge runs on the CPU (llama.cpp) in every training process")
+    elif judge.kind == "path":  # a checkpoint folder, in-process on every rank
         try:
-            jd = model_dims(spec[3:], arch=None)
+            jd = model_dims(judge.target, arch=None)
         except ConfigError as exc:
             rep.warn(f"RL: in-process judge {spec}: {exc}; its weights are not counted")
             return
         ph.lines.insert(-1, MemoryLine(
-            "judge in-process (hf:, bf16)", _gib(jd.params() * 2),
+            "judge in-process (transformers, bf16)", _gib(jd.params() * 2),
             f"{_fmt(jd.params())} params × 2 B on every rank ({jd.source})",
         ))  # fmt: skip
-    elif spec.startswith("gguf:"):
-        rep.note("RL: the gguf: judge runs on the CPU (llama.cpp) in every training process")
 
 
 def check_config(
@@ -841,23 +832,25 @@ def check_config(
 
     `launcher`: an accelerate / DeepSpeed file to use instead of the one in the header, or
     "none" for a plain single process. `arch`: a key of `KNOWN_MODELS` for the model's shape
-    when its config.json is not on this machine and its path names no known model."""
-    from .launch import parse_stage
-
+    when its config.json is not on this machine and its path names no known model.
+    `stage` defaults to the one the config names (`stage: sft`)."""
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     data = _merge(read_config_file(config), extra)  # what the run reads: file + overrides
-    stage = stage or _stage_of(config, data)
+    stage = stage or data.get("stage")
+    if not isinstance(stage, str):
+        raise ConfigError(f"{config} names no stage: add `stage: sft|rm|rl` or pass --stage")
+    table = stage_of(stage)
     hw = hardware or header_hardware(config)
     if hw is None:
         raise ConfigError(f"{config}: no `# hardware:` header line; pass --gpus/--gpu-memory")
     rep = CheckReport(str(config), stage, hw)
     rep.sources.append(("stage", f"{config} ({stage})"))
-    train_raw = data.get("train") or {} if stage == "rm" else data
-    launch = resolve_launch(config, train_raw, launcher)
+    launch = resolve_launch(config, _section(data, table.trainer_section), launcher)
 
     # trl checks a GRPO batch against the world size of the machine parsing the config (1
     # here): state the run's generation batch so that it checks the run's world size instead.
-    grpo_raw = (data.get("rl") or {}) if stage == "rm" else data if stage == "rl" else None
+    grpo = table.grpo_section
+    grpo_raw = None if grpo is None else _section(data, grpo)
     if grpo_raw is not None and not {"generation_batch_size", "steps_per_generation"} & set(
         grpo_raw
     ):
@@ -867,30 +860,14 @@ def check_config(
         key = "per_device_train_batch_size"
         n = int(grpo_raw.get(key, dflt[key])) * launch.world
         n *= int(grpo_raw.get("gradient_accumulation_steps", dflt["gradient_accumulation_steps"]))
-        extra = _merge(extra, {"rl": {"generation_batch_size": n}} if stage == "rm" else
-                       {"generation_batch_size": n})  # fmt: skip
+        batch: dict[str, Any] = {"generation_batch_size": n}
+        extra = _merge(extra, {grpo: batch} if grpo else batch)
     try:
-        configs = parse_stage(stage, config, extra, for_this_machine=False)
+        configs = table.parse(config, extra, for_this_machine=False)
+        phases = table.phases(configs)
     except ConfigError as exc:
         rep.error(f"the config does not parse: {exc}")
         return rep
-
-    # the trainer phases of the stage
-    phases: list[tuple[str, str, Any, Any, Any]] = []
-    raws = {"judge SFT": data.get("train") or {}, "judge RL": data.get("rl") or {}}
-    if stage == "rm":
-        from .rm import rl_configs, sft_configs
-
-        rm_args = configs[0]
-        sft = sft_configs(rm_args, for_this_machine=False)
-        if not getattr(rm_args, "rl_from", None):  # rl_from: a launch of the judge's RL alone
-            phases.append(("judge SFT", "sft", *sft))
-        if rm_args.rl_steps > 0:
-            start = getattr(rm_args, "rl_from", None) or sft[1].model_name_or_path
-            rl = rl_configs(rm_args, start, sft, for_this_machine=False)
-            phases.append(("judge RL", "grpo", *rl))
-    else:
-        phases.append((stage.upper(), "grpo" if stage == "rl" else "sft", *configs))
 
     rep.sources.append(("launcher", launch.describe()))
 
@@ -913,7 +890,7 @@ def check_config(
     ctx = _Ctx(rep, hw, launch, max(0, hw.gpus - per_node))
 
     dims: ModelDims | None = None
-    for name, kind, her_args, model_args, targs in phases:
+    for name, kind, section, (her_args, model_args, targs) in phases:
         try:
             dims = model_dims(model_args.model_name_or_path, tiny=her_args.tiny, arch=arch)
         except ConfigError as exc:
@@ -923,8 +900,8 @@ def check_config(
                 rep.error(f"{name}: {exc}")
                 continue
         rep.sources.append(("model", f"{name}: {dims.describe()}"))
-        ph = _phase(ctx, name, kind, her_args, model_args, targs, dims, raws.get(name, data))
-        if stage == "rl":
+        ph = _phase(ctx, name, kind, her_args, model_args, targs, dims, _section(data, section))
+        if kind == "grpo" and section == "":  # a policy's RL has its judge beside it
             _judge(ctx, her_args, ph)
         rep.phases.append(ph)
         if ph.total > hw.gpu_memory:

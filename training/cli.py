@@ -1,12 +1,12 @@
 """`her data ...` and `her train ...`: the command-line face of `her_sdk.training` (typer sub-apps).
 
     her data convert coser BOOK.json --out data/train.jsonl --eval-ratio 0.05
-    her data synth-plans data/train.jsonl --out data/planned.jsonl --teacher openai:URL#MODEL
-    her data enrich-thoughts data/train.jsonl --out data/thoughts.jsonl --teacher openai:URL#MODEL
+    her data synth-plans data/train.jsonl --out data/planned.jsonl --teacher http://HOST/v1#MODEL
+    her data enrich-thoughts data/train.jsonl --out data/thoughts.jsonl --teacher http://HOST/v1#M
     her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher ...
     her data split data/planned.jsonl --out data/her      # sft.jsonl, rm.jsonl, rl.jsonl
     her data rm-pairs data/her/rm.jsonl --out data/rm_pairs.jsonl \
-        --policy openai:URL#SFT_MODEL --teacher openai:URL#TEACHER --samples 4
+        --policy http://HOST/v1#SFT_MODEL --teacher http://HOST/v1#TEACHER --samples 4
     her train sft --config training/configs/sft_tiny_cpu.yaml [key=value | --key value ...]
     her train rm  --config training/configs/rm_tiny_cpu.yaml
     her train rl  --config training/configs/rl_tiny_cpu.yaml
@@ -24,7 +24,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from her_sdk._errors import HerError
+from her_sdk import HerError, backend_from_spec
+
+from .stages import STAGES, Stage
+
+# A model for a teacher, a policy or a judge: any backend spec (her_sdk.backend_from_spec), or
+# `mock`, the command's own scripted stand-in.
+_TEACHER_HELP = (
+    "mock | http(s)://HOST/v1#MODEL | chat+http(s)://HOST/v1#MODEL | a GGUF file | "
+    "a checkpoint folder | mock:FILE"
+)
 
 __all__ = ["data_app", "train_app"]
 
@@ -78,7 +87,7 @@ def data_convert(
     )
     try:
         report = convert_file(source, input_path, out, opts)
-    except (OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = report.as_dict()
     console.print(
@@ -117,9 +126,7 @@ def data_synth_plans(
     out: Annotated[Path, typer.Option("--out", help="Output JSONL (appended; resumable).")],
     teacher: Annotated[
         str,
-        typer.Option(
-            "--teacher", help="mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH | hf:DIR"
-        ),
+        typer.Option("--teacher", help=_TEACHER_HELP),
     ],
     concurrency: Annotated[int, typer.Option("--concurrency")] = 4,
     retries: Annotated[int, typer.Option("--retries")] = 2,
@@ -130,11 +137,11 @@ def data_synth_plans(
     ] = None,
 ) -> None:
     """Ask a teacher for the third-person plan behind each known reply; keep the valid ones."""
-    from her_sdk.training.plans import synth_plans, teacher_from_spec
+    from her_sdk.training.plans import mock_teacher, synth_plans
     from rich.progress import Progress
 
     try:
-        backend = teacher_from_spec(teacher)
+        backend = backend_from_spec(teacher, mock=mock_teacher)
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("plans", total=None)
 
@@ -164,9 +171,6 @@ def data_synth_plans(
         console.print(f"[dim]rejected attempts: {r['rejections']}[/]")
 
 
-_TEACHER_HELP = "mock | openai:URL#MODEL | openai-chat:URL#MODEL | gguf:PATH | hf:DIR"
-
-
 def _run_teacher_job(label: str, run) -> dict:
     """Run a teacher command with a progress bar; print its kept/dropped report."""
     from rich.progress import Progress
@@ -179,7 +183,7 @@ def _run_teacher_job(label: str, run) -> dict:
                 bar.update(task, completed=done, total=total)
 
             report = run(progress)
-    except (HerError, OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = report.as_dict()
     console.print(
@@ -241,7 +245,6 @@ def data_rm_pairs(
     """HER's reward data: N policy samples per prompt, paired, judged by a teacher in both
     orders; the teacher's reasoning and ties are kept as the reward model's targets."""
     from her_sdk.training.pairs import CORRUPTIONS, heuristic_judge, mock_policy, rm_pairs
-    from her_sdk.training.plans import teacher_from_spec
     from her_sdk.training.principles import load_principles
 
     kinds: list[str] = []
@@ -250,11 +253,11 @@ def data_rm_pairs(
     if detail not in ("full", "brief"):
         raise typer.BadParameter("--detail must be full or brief")
     try:
-        policy_backend = teacher_from_spec(policy, mock=mock_policy())
+        policy_backend = backend_from_spec(policy, mock=mock_policy())
         spec = "mock" if teacher == "heuristic" else teacher
-        teacher_backend = teacher_from_spec(spec, mock=heuristic_judge)
+        teacher_backend = backend_from_spec(spec, mock=heuristic_judge)
         ps = load_principles(str(principles) if principles else None)
-    except (HerError, OSError, ValueError) as exc:
+    except (HerError, OSError) as exc:
         _fail(exc)
     r = _run_teacher_job(
         "pairs",
@@ -309,10 +312,9 @@ def data_enrich_thoughts(
     """HER data step 2: a teacher makes each turn's inner thoughts explicit (actions and speech
     kept word for word), scene by scene; every sample is re-rendered with the enriched turns."""
     from her_sdk.training.enrich import enrich_thoughts, mock_thought_teacher
-    from her_sdk.training.plans import teacher_from_spec
 
     try:
-        backend = teacher_from_spec(teacher, mock=mock_thought_teacher)
+        backend = backend_from_spec(teacher, mock=mock_thought_teacher)
     except (HerError, OSError) as exc:
         _fail(exc)
     r = _run_teacher_job(
@@ -348,10 +350,9 @@ def data_complete_settings(
     """HER data step 4: a teacher completes each character's sheet (profile, background,
     motivation) so it explains the character's behaviour in the scene; originals are kept."""
     from her_sdk.training.enrich import complete_settings, mock_setting_teacher
-    from her_sdk.training.plans import teacher_from_spec
 
     try:
-        backend = teacher_from_spec(teacher, mock=mock_setting_teacher)
+        backend = backend_from_spec(teacher, mock=mock_setting_teacher)
     except (HerError, OSError) as exc:
         _fail(exc)
     _run_teacher_job(
@@ -375,7 +376,7 @@ def _train_stage(stage: str, ctx: typer.Context, config: Path, output_dir: str |
     """Run `stage` with `config` and the key=value / --key value overrides after it; print."""
     import logging
 
-    from her_sdk.training.launch import run_stage
+    from .launch import run_stage
 
     overrides = list(ctx.args) + (["--output_dir", output_dir] if output_dir else [])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -391,43 +392,34 @@ _OutputDir = Annotated[str | None, typer.Option("--output_dir", "--output-dir")]
 _CONFIG_HELP = "YAML config (training/configs/{}_*.yaml, or a bare packaged name)."
 
 
-@train_app.command("sft", context_settings=_OVERRIDES)
-def train_sft(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("sft"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Supervised fine-tuning (trl SFTTrainer, LoRA/QLoRA/full).
-    Extra args override the config: key=value or --key value (e.g. max_steps=10)."""
-    _train_stage("sft", ctx, config, output_dir)
+def _stage_command(stage: Stage) -> None:
+    """`her train NAME`: one command per row of the stage table."""
+
+    def command(ctx: typer.Context, config: Path, output_dir: _OutputDir = None) -> None:
+        _train_stage(stage.name, ctx, config, output_dir)
+
+    # An annotation object, not text: typer reads the help of this stage's --config from it.
+    help_text = _CONFIG_HELP.format(stage.name)
+    command.__annotations__["config"] = Annotated[Path, typer.Option("--config", help=help_text)]
+    command.__doc__ = (
+        f"{stage.help}\n    Extra args override the config: key=value or --key value "
+        f"(e.g. {stage.example})."
+    )
+    train_app.command(stage.name, context_settings=_OVERRIDES)(command)
 
 
-@train_app.command("rm", context_settings=_OVERRIDES)
-def train_rm(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("rm"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """Train the HER reward model (pairwise judge): SFT on verdicts, optional RL of the judge.
-    Extra args override the config (e.g. train.max_steps=2 rl_steps=4)."""
-    _train_stage("rm", ctx, config, output_dir)
-
-
-@train_app.command("rl", context_settings=_OVERRIDES)
-def train_rl(
-    ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", help=_CONFIG_HELP.format("rl"))],
-    output_dir: _OutputDir = None,
-) -> None:
-    """RL of a HER policy (trl GRPO) against the judge plus format/length/repetition rewards.
-    Extra args override the config (e.g. judge_model=hf:runs/rm max_steps=10)."""
-    _train_stage("rl", ctx, config, output_dir)
+for _stage in STAGES.values():
+    _stage_command(_stage)
 
 
 @train_app.command("check", context_settings=_OVERRIDES)
 def train_check(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", help="A stage config (sft/rm/rl).")],
+    stage: Annotated[
+        str | None,
+        typer.Option("--stage", help="The config's stage (default: its own `stage:` line)."),
+    ] = None,
     gpus: Annotated[
         int | None, typer.Option("--gpus", help="GPUs per node (default: the config's header).")
     ] = None,
@@ -459,7 +451,9 @@ def train_check(
             if gpus is None or gpu_memory is None:
                 raise typer.BadParameter("give both --gpus and --gpu-memory (or neither)")
             hw = Hardware(gpus, gpu_memory, nodes, bf16=not no_bf16)
-        report = check_config(config, hw, overrides=list(ctx.args), launcher=launcher, arch=arch)
+        report = check_config(
+            config, hw, overrides=list(ctx.args), stage=stage, launcher=launcher, arch=arch
+        )
     except HerError as exc:
         _fail(exc)
     if as_json:

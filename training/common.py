@@ -68,8 +68,10 @@ def require_train_extra() -> None:
 # Config files
 # ---------------------------------------------------------------------------------------------
 
-# Keys a YAML file may hold beside the dataclass fields (trl's TrlParser reads `env` too).
+# Keys a YAML file may hold beside the dataclass fields (trl's TrlParser reads `env` too;
+# `stage` names the stage the file is for, training/stages.py).
 _ENV_KEY = "env"
+_STAGE_KEY = "stage"
 _KEY_EQ = re.compile(r"^[A-Za-z_][\w.]*=")  # `key=value`: an override, not the value of a flag
 
 
@@ -203,6 +205,7 @@ def parse_config(
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     data = _merge(data, extra)
     data.pop(_ENV_KEY, None)
+    data.pop(_STAGE_KEY, None)
 
     def where(key: str) -> str:  # errors say whether the file or the command line was wrong
         return "override " if key in extra or path is None else f"{path}: "
@@ -289,7 +292,7 @@ def resolve_model(
         state.wait_for_everyone()
         return ModelSpec(str(base))
     if model == EMBEDDED_GEMMA:
-        from her_sdk._model import default_model_path
+        from her_sdk import default_model_path
 
         p = default_model_path()
         return ModelSpec(str(p.parent), p.name)
@@ -335,7 +338,7 @@ def load_tokenizer(spec: ModelSpec, chat_template: str | None = "chatml"):
     """
     from transformers import AutoTokenizer
 
-    from .tiny import CHATML_TEMPLATE
+    from her_sdk.format import CHATML_TEMPLATE
 
     # local_files_only: a hub id must already be in the local cache; nothing is downloaded.
     kw: dict[str, Any] = {"local_files_only": True}

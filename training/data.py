@@ -35,8 +35,7 @@ from typing import Any
 
 import msgspec
 
-from her_sdk import Persona
-from her_sdk._errors import ConfigError, DataError
+from her_sdk import ConfigError, DataError, Persona
 from her_sdk.format import (
     ENVIRONMENT,
     Heard,
@@ -68,7 +67,6 @@ __all__ = [
 ]
 
 SOURCES = ("coser", "her", "sharegpt")
-SPLITS = ("train", "eval", "test")
 
 
 @dataclass
@@ -133,7 +131,10 @@ def load_records(path: str | Path) -> list[Any]:
             except json.JSONDecodeError:
                 out.append(None)  # counted as bad by the converter
         return out
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p} is not JSON: {exc}") from None
     return data if isinstance(data, list) else [data]
 
 
@@ -643,7 +644,7 @@ def iter_scenes(
     source: str, path: str | Path, opts: ConvertOptions, report: ConvertReport
 ) -> Iterator[tuple[dict, list[Entry], dict]]:
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+        raise ConfigError(f"unknown source {source!r}; expected one of {SOURCES}")
     records = load_records(path)
     if (
         source == "coser"

@@ -1,7 +1,7 @@
 """HER's data steps 2 and 4 with a teacher: role-thinking enrichment and setting completion.
 
-    her data enrich-thoughts  data/train.jsonl --out data/thoughts.jsonl --teacher openai:URL#MODEL
-    her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher gguf:M.gguf
+    her data enrich-thoughts  data/train.jsonl --out data/thoughts.jsonl --teacher http://HOST/v1#MODEL
+    her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher M.gguf
 
 `enrich_thoughts` (HER step 2, "role thinking enhancement"): scene by scene, turn by turn, the
 teacher sees the character sheet, the scene as the character perceived it (its own earlier
@@ -39,13 +39,14 @@ import msgspec
 
 from her_sdk import Backend, Persona
 from her_sdk.format import (
-    CHATML_STOP,
     MAX_THOUGHT_CHARS,
+    ChatModel,
     Heard,
     Message,
+    Rendered,
     Turn,
     parse_turn,
-    render_chatml,
+    render_messages,
     render_system_prompt,
     render_turn,
 )
@@ -166,8 +167,12 @@ def validate_thoughts(
 
 
 def _thoughts_prompt(
-    persona: Persona, history: Sequence[Heard | Turn], turn: Turn, shapes: Sequence[str]
-) -> str:
+    persona: Persona,
+    history: Sequence[Heard | Turn],
+    turn: Turn,
+    shapes: Sequence[str],
+    teacher: ChatModel,
+) -> Rendered:
     public_turn = Turn.from_segments(s for s in turn.segments if s.channel != "plan")
     user = (
         f"=== Character sheet ===\n{_sheet(persona)}\n\n"
@@ -177,9 +182,8 @@ def _thoughts_prompt(
         f"Shapes of {persona.name}'s last turns: {', '.join(shapes) or 'none yet'}.\n"
         f"Rewrite this turn with {persona.name}'s inner thoughts."
     )
-    return render_chatml(
-        [Message("system", THOUGHTS_SYSTEM), Message("user", user)], f"{persona.name}: "
-    )
+    messages = [Message("system", THOUGHTS_SYSTEM), Message("user", user)]
+    return render_messages(messages, teacher, prefill=f"{persona.name}: ", one_line=True)
 
 
 def mock_thought_teacher(prompt: str) -> str:
@@ -260,14 +264,14 @@ def enrich_thoughts(
 
             res = ask_teacher(
                 teacher,
-                _thoughts_prompt(persona, history, original, shapes[name][-3:]),
+                _thoughts_prompt(persona, history, original, shapes[name][-3:], teacher),
                 check,
                 key=row.get("id"),
                 retries=retries,
                 timeout=timeout,
                 temperature=temperature,
                 max_tokens=max_tokens,
-                stop=(*CHATML_STOP, "\n"),
+                stop=("\n",),
             )
             out.tries += res.tries
             out.rejections += res.rejections
@@ -338,7 +342,7 @@ def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) ->
     return "\n".join(lines)
 
 
-def _setting_prompt(persona: Persona, behaviour: str) -> str:
+def _setting_prompt(persona: Persona, behaviour: str, teacher: ChatModel) -> Rendered:
     fields = "\n".join(f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS)
     user = (
         f"=== {persona.name}'s sheet ===\n{_sheet(persona)}\n\n"
@@ -346,7 +350,8 @@ def _setting_prompt(persona: Persona, behaviour: str) -> str:
         f"=== What {persona.name} says, does, thinks and plans in the scene ===\n{behaviour}\n\n"
         f"Complete {persona.name}'s sheet."
     )
-    return render_chatml([Message("system", SETTING_SYSTEM), Message("user", user)], "{")
+    messages = [Message("system", SETTING_SYSTEM), Message("user", user)]
+    return render_messages(messages, teacher, prefill="{")
 
 
 def mock_setting_teacher(prompt: str) -> str:
@@ -462,7 +467,7 @@ def complete_settings(
 
         res = ask_teacher(
             teacher,
-            _setting_prompt(persona, behaviour),
+            _setting_prompt(persona, behaviour, teacher),
             check,
             key=job["id"],
             retries=retries,

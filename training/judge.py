@@ -4,7 +4,7 @@
     from her_sdk.training.judge import Judge
     from her_sdk.training.pairs import heuristic_judge
     judge = Judge(MockBackend(heuristic_judge))          # or any her_sdk Backend (HTTP, GGUF, HF)
-    cmp = judge.compare(persona, history, rollout_text, reference_turn)
+    cmp = judge.compare_turns(persona, history, rollout_text, reference_turn)
     cmp.score            # 1.0 rollout wins, 0.5 tie, 0.0 loses (both orders combined), None abstain
 
 The judge sees the character sheet, the conversation as the character perceived it, and two
@@ -25,22 +25,22 @@ from __future__ import annotations
 import ast
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from her_sdk import Backend, Persona, Sampling
+from her_sdk import Backend, ConfigError, Persona, Sampling
 from her_sdk.format import (
-    CHATML_STOP,
     TAG,
     Heard,
     Message,
+    Rendered,
     Turn,
-    render_chatml,
+    render_messages,
     render_perception,
     render_system_prompt,
-    render_template,
     render_turn,
 )
 
@@ -148,14 +148,10 @@ def judge_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> str:
-    """Judge messages as prompt text for `backend` (ChatML unless it has its own template)."""
+def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> Rendered:
+    """Judge messages as `backend`'s prompt text (ChatML without one) and its stop strings."""
     msgs = [Message(m["role"], m["content"]) for m in messages]
-    if backend is not None and backend.prompt_style == "template" and backend.chat_template:
-        return render_template(
-            msgs, backend.chat_template, bos_token=backend.bos_token, eos_token=backend.eos_token
-        )
-    return render_chatml(msgs)
+    return render_messages(msgs, backend if backend is not None else "chatml")
 
 
 def render_verdict(
@@ -166,7 +162,7 @@ def render_verdict(
 ) -> str:
     """A verdict in the judge's answer shape (training target for the generative judge)."""
     if better not in OUTCOMES:
-        raise ValueError(f"better must be one of {OUTCOMES}")
+        raise ConfigError(f"better must be one of {OUTCOMES}")
     notes = notes or {}
     lines = [f"Applicable: {', '.join(principles) or 'none'}."]
     for slot in SLOTS:
@@ -396,7 +392,7 @@ class Judge:
         history: Sequence[Heard | Turn],
         cand_1: Turn | str,
         cand_2: Turn | str,
-    ) -> str:
+    ) -> Rendered:
         msgs = judge_messages(
             persona,
             history,
@@ -408,11 +404,11 @@ class Judge:
         )
         return render_judge_prompt(msgs, self.backend)
 
-    def _generate(self, prompt: str, attempt: int) -> str:
+    def _generate(self, prompt: Rendered, attempt: int) -> str:
         # Retries sample a little so that a deterministic failure is not simply repeated.
         temp = self.temperature if attempt == 0 else max(self.temperature, 0.7)
         sampling = Sampling(max_tokens=self.max_tokens, temperature=temp)
-        stream = self.backend.stream(prompt, stop=list(CHATML_STOP), sampling=sampling)
+        stream = self.backend.stream(prompt.text, stop=prompt.stop, sampling=sampling)
         try:
             return "".join(stream)
         finally:
@@ -454,7 +450,7 @@ class Judge:
             raise GenerationError(f"the judge answered without a readable verdict: {head!r}")
         return v
 
-    def compare(
+    def compare_turns(
         self,
         persona: Persona,
         history: Sequence[Heard | Turn],
@@ -474,14 +470,29 @@ class Judge:
                 scores.append(_score_for_first(v2, "cand_2"))
         return Comparison(sum(scores) / len(scores) if scores else None, verdicts)
 
-    def compare_many(
+    def compare_turns_many(
         self,
         items: Sequence[tuple[Persona, Sequence[Heard | Turn], Any, Any]],
         *,
         both_orders: bool = True,
     ) -> list[Comparison]:
-        """`compare` over many (persona, history, a, b), concurrently (HTTP judges batch)."""
+        """`compare_turns` over many (persona, history, a, b), concurrently (HTTP judges
+        batch)."""
         if self.concurrency <= 1 or len(items) <= 1:
-            return [self.compare(*it, both_orders=both_orders) for it in items]
+            return [self.compare_turns(*it, both_orders=both_orders) for it in items]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda it: self.compare(*it, both_orders=both_orders), items))
+            return list(
+                pool.map(lambda it: self.compare_turns(*it, both_orders=both_orders), items)
+            )
+
+    def compare(self, *args: Any, **kwargs: Any) -> Comparison:
+        """Deprecated: `compare_turns` (`her_sdk.evaluation.compare_runs` compares runs)."""
+        warnings.warn("Judge.compare is deprecated; use compare_turns", DeprecationWarning, 2)
+        return self.compare_turns(*args, **kwargs)
+
+    def compare_many(self, *args: Any, **kwargs: Any) -> list[Comparison]:
+        """Deprecated: `compare_turns_many`."""
+        warnings.warn(
+            "Judge.compare_many is deprecated; use compare_turns_many", DeprecationWarning, 2
+        )
+        return self.compare_turns_many(*args, **kwargs)

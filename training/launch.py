@@ -9,9 +9,9 @@ Before renting GPUs, `her train check --config FILE` (training/check.py) resolve
 run reads and prints its per-GPU memory plan; a LoRA run's merge is a step of its own,
 `her train merge` (training/merge.py), never part of a sharded launch.
 
-A stage is `sft`, `rm` or `rl`; its config file holds the keys of the stage's dataclasses (see
-each stage module) and the command line overrides them (`key=value` or `--key value`). This
-module parses and dispatches; the stages live in `sft.py`, `rm.py` and `rl.py`.
+A stage is a row of `stages.STAGES` (sft, rm, rl); its config file holds the keys of the stage's
+dataclasses (see each stage module) and the command line overrides them (`key=value` or
+`--key value`). This module parses and dispatches through that table.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from typing import Any
 
 from her_sdk import ConfigError
 
-from .common import parse_config
+from .stages import STAGES, stage_of
 
 __all__ = ["STAGES", "main", "parse_stage", "run_stage"]
-
-STAGES = ("sft", "rm", "rl")
 
 
 def parse_stage(
@@ -41,20 +39,7 @@ def parse_stage(
 ) -> tuple[Any, ...]:
     """The typed configs of `stage` from a YAML file and overrides (a ConfigError names any
     unknown key or wrongly typed value, nested `train:`/`rl:` keys of an RM config included)."""
-    if stage == "sft":
-        from .sft import config_types
-    elif stage == "rm":
-        from .rm import config_types
-    elif stage == "rl":
-        from .rl import config_types
-    else:
-        raise ConfigError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
-    configs = parse_config(config_types(), config, overrides, for_this_machine=for_this_machine)
-    if stage == "rm":
-        from .rm import check_nested
-
-        check_nested(configs[0], for_this_machine=for_this_machine)
-    return configs
+    return stage_of(stage).parse(config, overrides, for_this_machine=for_this_machine)
 
 
 def run_stage(
@@ -63,20 +48,14 @@ def run_stage(
     overrides: Sequence[str] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Parse the stage's config, train, and return the run's result as a dict."""
-    configs = parse_stage(stage, config, overrides)
-    if stage == "sft":
-        from .sft import run_sft as run
-    elif stage == "rm":
-        from .rm import run_rm as run
-    else:
-        from .rl import run_rl as run
-    return run(*configs).as_dict()
+    s = stage_of(stage)
+    return s.run(s.parse(config, overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m her_sdk.training STAGE --config FILE [key=value | --key value ...]`."""
     p = argparse.ArgumentParser(prog="python -m her_sdk.training", description=main.__doc__)
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=list(STAGES))
     p.add_argument("--config", required=True, help="YAML config (training/configs/)")
     a, overrides = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -43,9 +43,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, MockBackend, Persona, Sampling
+from her_sdk import Backend, ConfigError, MockBackend, Persona, Sampling
 from her_sdk.format import (
-    CHATML_STOP,
     ENVIRONMENT,
     TAG,
     Heard,
@@ -282,7 +281,7 @@ def _corrupt_raw(
         return (
             render_turn(turn, name) + f"\n{other}: <{TAG['action']}>nods</{TAG['action']}>{reply}"
         )
-    raise ValueError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
+    raise ConfigError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
 
 
 def corrupt(
@@ -327,7 +326,7 @@ def auto_pairs(
     """
     for k in kinds:
         if k not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
+            raise ConfigError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
     rng = random.Random(seed)
     out: list[dict] = []
     turn_no = 0
@@ -557,7 +556,7 @@ def teacher_rows(
     for pair in pairs:
         persona, history = _pair_inputs(pair)
         items.append((persona, history, pair["chosen"], pair["rejected"]))
-    comps = judge.compare_many(items, both_orders=True)
+    comps = judge.compare_turns_many(items, both_orders=True)
     kept: list[dict] = []
     counts = {"pairs": len(pairs), "kept": 0, "inconsistent": 0, "abstained": 0, "ties": 0}
     for pair, comp in zip(pairs, comps, strict=True):
@@ -641,7 +640,7 @@ def _policy_candidates(
     prompt = render_prompt(
         persona,
         history,
-        style=policy.prompt_style,  # type: ignore[arg-type]
+        style=policy.prompt_style,
         plan=plan,
         chat_template=policy.chat_template,
         bos_token=policy.bos_token,
@@ -657,7 +656,7 @@ def _policy_candidates(
             max_tokens=max_tokens, temperature=temperature, seed=seed_for(key, 1000 + i)
         )
         try:
-            text = generate_text(policy, prompt.text, sampling, timeout, prompt.stop or CHATML_STOP)
+            text = generate_text(policy, prompt.text, sampling, timeout, prompt.stop)
         except TimeoutError:
             failures.append("policy timeout")
             continue
@@ -743,10 +742,10 @@ def rm_pairs(
     drops, and `stats["length"]` is `length_balance` over the whole output file.
     """
     if samples < 2 and not corruptions:
-        raise ValueError("rm_pairs needs samples >= 2 (or corruptions)")
+        raise ConfigError("rm_pairs needs samples >= 2 (or corruptions)")
     for k in corruptions:
         if k not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
+            raise ConfigError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
     ps = principles if principles is not None else load_principles()
     judge = Judge(teacher, principles=ps, detail=detail)
     rows = read_jsonl(input_path)

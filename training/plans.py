@@ -1,8 +1,8 @@
 """Reverse-engineered plans (HER's method): ask a teacher for the plan behind a known reply.
 
     her data synth-plans coser.jsonl --out coser_planned.jsonl \
-        --teacher openai:http://localhost:8000/v1#Qwen/Qwen3-32B --concurrency 16
-    her data synth-plans coser.jsonl --out planned.jsonl --teacher gguf:model.gguf
+        --teacher http://localhost:8000/v1#Qwen/Qwen3-32B --concurrency 16
+    her data synth-plans coser.jsonl --out planned.jsonl --teacher model.gguf
     her data synth-plans coser.jsonl --out planned.jsonl --teacher mock     # tests, dry runs
 
 For every sample (from `training.data`) whose target turn has no plan, the teacher sees the
@@ -31,15 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, CancelToken, ConfigError, MockBackend, Persona, Sampling, parse_turn
+from her_sdk import Backend, CancelToken, Persona, Sampling, parse_turn
 from her_sdk.format import (
-    CHATML_STOP,
     MAX_PLAN_CHARS,
+    ChatModel,
     Heard,
     Message,
+    PromptStyle,
+    Rendered,
     Segment,
     Turn,
-    render_chatml,
+    render_messages,
     render_perception,
     render_system_prompt,
     render_turn,
@@ -57,7 +59,6 @@ __all__ = [
     "run_jobs",
     "seed_for",
     "synth_plans",
-    "teacher_from_spec",
     "validate_plan",
 ]
 
@@ -88,37 +89,6 @@ def mock_teacher(prompt: str) -> str:
     )
 
 
-def teacher_from_spec(spec: str, *, mock: Callable[[str], str] | None = None, **kw: Any) -> Backend:
-    """Any her_sdk backend by spec: `mock` (a scripted stand-in: `mock`, default the plan
-    teacher), `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH` or `gguf` (the embedded
-    model), `hf:DIR` (a transformers checkpoint or LoRA adapter, in-process; `train` extra)."""
-    if spec == "mock":
-        return MockBackend(mock or mock_teacher)
-    kind, _, rest = spec.partition(":")
-    if kind in ("openai", "openai-chat"):
-        from her_sdk._backends._openai import OpenAIBackend
-
-        url, _, model = rest.partition("#")
-        if not url:
-            raise ConfigError("teacher spec openai:URL#MODEL needs a URL")
-        mode = "chat" if kind == "openai-chat" else "completions"
-        return OpenAIBackend(url, model, mode=mode, **kw)
-    if kind == "gguf":
-        from her_sdk import load_model
-
-        return load_model(rest or None, **kw)
-    if kind == "hf":
-        if not rest or not Path(rest).exists():
-            raise ConfigError(f"hf:DIR needs an existing model directory, not {rest!r}")
-        from .hf_backend import TransformersBackend
-
-        return TransformersBackend(rest, **kw)
-    raise ConfigError(
-        f"unknown backend {spec!r}: use mock, openai:URL#MODEL, openai-chat:URL#MODEL, "
-        "gguf:PATH or hf:DIR"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Teacher prompt and validation
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +104,13 @@ def _history_text(persona: Persona, history: Iterable[Heard | Turn]) -> str:
     return "\n".join(lines) or "(the scene has just begun)"
 
 
-def teacher_prompt(persona: Persona, history: list[Heard | Turn], reply: Turn) -> str:
+def teacher_prompt(
+    persona: Persona,
+    history: list[Heard | Turn],
+    reply: Turn,
+    teacher: ChatModel | PromptStyle = "chatml",
+) -> Rendered:
+    """The request for the plan behind `reply`, rendered for `teacher` (opening the plan)."""
     sheet = render_system_prompt(persona, plan=False).split("\n\n===Requirements===")[0]
     user = (
         f"Character: {persona.name}\n\n=== Character sheet ===\n{sheet}\n\n"
@@ -142,9 +118,8 @@ def teacher_prompt(persona: Persona, history: list[Heard | Turn], reply: Turn) -
         f"=== {persona.name}'s actual reply ===\n{render_turn(reply, persona.name)}\n\n"
         f"Write {persona.name}'s plan for this reply."
     )
-    return render_chatml(
-        [Message("system", TEACHER_SYSTEM), Message("user", user)], "<system_thinking>"
-    )
+    messages = [Message("system", TEACHER_SYSTEM), Message("user", user)]
+    return render_messages(messages, teacher, prefill="<system_thinking>")
 
 
 def extract_plan(text: str) -> str:
@@ -256,7 +231,7 @@ def generate_text(
     prompt: str,
     sampling: Sampling,
     timeout: float | None,
-    stop: Sequence[str] = ("</system_thinking>", *CHATML_STOP),
+    stop: Sequence[str] = (),
 ) -> str:
     """Run one generation in a daemon thread; after `timeout` s it is cancelled and abandoned
     and TimeoutError is raised."""
@@ -305,7 +280,7 @@ def seed_for(key: Any, attempt: int = 0) -> int:
 
 def ask_teacher(
     teacher: Backend,
-    prompt: str,
+    prompt: Rendered,
     check: Callable[[str], tuple[Any, str | None]],
     *,
     key: Any,
@@ -313,11 +288,13 @@ def ask_teacher(
     timeout: float | None = 120.0,
     temperature: float = 0.7,
     max_tokens: int = 256,
-    stop: Sequence[str] = CHATML_STOP,
+    stop: Sequence[str] = (),
 ) -> Outcome:
-    """Ask `teacher` until `check(answer)` accepts it (returns (value, None)) or `retries` more
-    attempts failed; on success `records` is `[value]`. Timeouts and backend errors count as
-    failed attempts, never as crashes."""
+    """Ask `teacher` (with `prompt`, rendered for it) until `check(answer)` accepts it (returns
+    (value, None)) or `retries` more attempts failed; on success `records` is `[value]`. The
+    answer ends at the prompt's stop strings and at `stop`. Timeouts and backend errors count
+    as failed attempts, never as crashes."""
+    stop = [*prompt.stop, *stop]
     out = Outcome(None, "no attempt")
     for attempt in range(retries + 1):
         out.tries += 1
@@ -325,7 +302,7 @@ def ask_teacher(
             max_tokens=max_tokens, temperature=temperature, seed=seed_for(key, attempt)
         )
         try:
-            text = generate_text(teacher, prompt, sampling, timeout, stop)
+            text = generate_text(teacher, prompt.text, sampling, timeout, stop)
         except TimeoutError:
             reason = "timeout"
         except Exception as exc:
@@ -518,14 +495,14 @@ def synth_plans(
 
         return ask_teacher(
             teacher,
-            teacher_prompt(persona, history, reply),
+            teacher_prompt(persona, history, reply, teacher),
             check,
             key=row.get("id"),
             retries=retries,
             timeout=timeout,
             temperature=temperature,
             max_tokens=max_tokens,
-            stop=("</system_thinking>", *CHATML_STOP),
+            stop=("</system_thinking>",),
         )
 
     return run_jobs(rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress)

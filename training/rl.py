@@ -4,7 +4,7 @@
     her train rl --config training/configs/rl_tiny_cpu.yaml --output_dir runs/rl-tiny
 
     # Gemma-3-270M policy (merged SFT output) with a judge trained by `her train rm`:
-    her train rl --config training/configs/rl_gemma3_270m.yaml judge_model=hf:runs/rm
+    her train rl --config training/configs/rl_gemma3_270m.yaml judge_model=runs/rm
 
     # Qwen3-32B on GPUs (see the config's header for the hardware and the judge server):
     accelerate launch --config_file training/configs/accelerate_zero3.yaml \
@@ -22,10 +22,11 @@ Reward of a rollout (each term weighted by `rewards` in the config, trl sums the
 - `repetition`: minus the share of repeated word trigrams.
 
 The judge runs on any her_sdk Backend named by `judge_model`: `heuristic` (rule-based,
-in-process, for tests), `hf:DIR` (a trained judge in-process via transformers),
-`openai:URL#MODEL` / `openai-chat:URL#MODEL` (vLLM or any OpenAI-compatible server),
-`gguf:PATH` (llama.cpp), or `none`. Prompts are rendered by `her_sdk.format.render_prompt` with
-the runtime's prefill, so the policy is trained on exactly the prompts the SDK will show it.
+in-process, for tests), `none`, or a backend spec (`her_sdk.backend_from_spec`): a trained
+judge's folder (in-process via transformers), `http://HOST/v1#MODEL` (vLLM or any
+OpenAI-compatible server), a GGUF file (llama.cpp). Prompts are rendered by
+`her_sdk.format.render_prompt` with the runtime's prefill, so the policy is trained on exactly
+the prompts the SDK will show it.
 This module trains; the judge prompt and verdict parsing live in `judge.py`.
 """
 
@@ -41,8 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from her_sdk import Backend, ConfigError
-from her_sdk._backends._base import cut_at_stop
+from her_sdk import Backend, ConfigError, backend_from_spec, cut_at_stop
 from her_sdk.format import (
     CHATML_STOP,
     MAX_PLAN_CHARS,
@@ -77,8 +77,8 @@ __all__ = [
     "config_types",
     "format_reward",
     "format_score",
-    "judge_backend_from_spec",
     "length_penalty",
+    "load_judge_backend",
     "policy_rows",
     "repetition_penalty",
     "run_rl",
@@ -258,7 +258,7 @@ class JudgeReward:
         for c, p, her in zip(completions, prefills, kw["her_json"], strict=True):
             persona, history, reference = decode_her({"her": json.loads(her)})
             items.append((persona, history, completion_text(c, p), reference))
-        comps = self.judge.compare_many(items, both_orders=self.both_orders)
+        comps = self.judge.compare_turns_many(items, both_orders=self.both_orders)
         self._watch([c.score is None for c in comps], kw.get("log_metric"))
         return [self.abstain if c.score is None else c.score for c in comps]
 
@@ -288,23 +288,14 @@ class JudgeReward:
             )
 
 
-def judge_backend_from_spec(spec: str, **kw: Any) -> Backend | None:
-    """`heuristic`, `hf:DIR`, `openai:URL#MODEL`, `openai-chat:URL#MODEL`, `gguf:PATH`, `none`."""
+def load_judge_backend(spec: str | None) -> Backend | None:
+    """The judge `judge_model` names: `none` (no judge), `heuristic` (the rule-based judge,
+    in-process) or any backend spec (`her_sdk.backend_from_spec`)."""
     if spec in ("none", "", None):
         return None
-    if spec == "heuristic":
-        from .pairs import heuristic_backend
+    from .pairs import heuristic_judge
 
-        return heuristic_backend()
-    if spec.startswith("hf:"):
-        from .hf_backend import TransformersBackend
-
-        return TransformersBackend(spec[3:], **kw)
-    from .plans import teacher_from_spec  # openai / openai-chat / gguf: helper-3's parser
-
-    if spec == "mock":
-        raise ConfigError("judge 'mock' is the plan teacher; use judge: heuristic")
-    return teacher_from_spec(spec, **kw)
+    return backend_from_spec("mock" if spec == "heuristic" else spec, mock=heuristic_judge)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +322,7 @@ class RLArguments:
     max_train_samples: int | None = None
     max_prompt_tokens: int = 1024  # longer prompts are dropped
     plan: bool = True  # ask for a plan (system prompt + `<system_thinking>` prefill)
-    # the judge: a her_sdk backend spec (see `judge_backend_from_spec`) and its prompt
+    # the judge: `load_judge_backend`'s spec (heuristic, none or a backend spec) and its prompt
     judge_model: str = "heuristic"
     judge_both_orders: bool = True
     judge_detail: str = "brief"  # "brief" | "full" principle descriptions
@@ -470,7 +461,7 @@ def build_rewards(
     if w.get("judge", 0):
         backend = judge_backend
         if backend is None:
-            backend = judge_backend_from_spec(args.judge_model)
+            backend = load_judge_backend(args.judge_model)
         if backend is not None:
             ps = load_principles(args.judge_principles).subset(args.judge_principle_ids)
             judge = Judge(

@@ -62,6 +62,7 @@ __all__ = [
     "rl_configs",
     "run_rm",
     "sft_configs",
+    "trainer_phases",
     "verdict_reward",
 ]
 
@@ -168,6 +169,21 @@ def check_nested(args: RMArguments, *, for_this_machine: bool = True) -> None:
     sft = sft_configs(args, for_this_machine=for_this_machine)
     if args.rl_steps > 0:
         rl_configs(args, "judge", sft, for_this_machine=for_this_machine)
+
+
+def trainer_phases(args: RMArguments) -> list[tuple[str, str, str, tuple[Any, ...]]]:
+    """The trainers a run starts, for the memory plan of `her train check`: (phase, trainer
+    "sft" or "grpo", the config section holding its keys, its three configs)."""
+    sft = sft_configs(args, for_this_machine=False)
+    phases = []
+    if not args.rl_from:  # rl_from: a launch of the judge's RL alone
+        phases.append(("judge SFT", "sft", "train", sft))
+    if args.rl_steps > 0:
+        start = args.rl_from or sft[1].model_name_or_path
+        phases.append(
+            ("judge RL", "grpo", "rl", rl_configs(args, start, sft, for_this_machine=False))
+        )
+    return phases
 
 
 @dataclass
@@ -293,7 +309,7 @@ verdict_reward.__name__ = "verdict"
 
 
 def _load_judge(spec, tokenizer, adapter_dir: str | None, batch_size: int = 8):
-    from .hf_backend import TransformersBackend
+    from her_sdk import TransformersBackend
 
     model = load_causal_lm(spec)
     if adapter_dir and (Path(adapter_dir) / "adapter_config.json").exists():
@@ -426,7 +442,7 @@ def _judge_rl(cfg: RMArguments, out: Path, tok, rows: list[dict], sft, ps, eval_
         "reward_last": trace[-1] if trace else None,
     }
     if eval_sel:
-        from .hf_backend import TransformersBackend
+        from her_sdk import TransformersBackend
 
         info["accuracy"] = judge_accuracy(
             TransformersBackend(trainer.model, tok), eval_sel, ps, max_tokens=cfg.eval_max_tokens

@@ -23,18 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from her_sdk import MissingDependencyError, Persona
-from her_sdk.format import ENVIRONMENT, Segment, Turn
+from her_sdk.format import CHATML_TEMPLATE, ENVIRONMENT, Segment, Turn
 
-__all__ = ["CHATML_TEMPLATE", "build_tiny_model", "build_tokenizer", "synthetic_samples"]
+__all__ = ["build_tiny_model", "build_tokenizer", "synthetic_samples"]
 
-# ChatML, as the released HER (Qwen3-based) models use. Rendering the prompt alone with a
-# generation prompt is an exact prefix of prompt + completion, which completion-only loss needs.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 

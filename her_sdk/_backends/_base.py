@@ -16,56 +16,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
+from .._errors import ConfigError
+from ..format import PromptStyle, PromptText
+from ._scheduler import Priority
+
 __all__ = [
     "Backend",
     "CancelToken",
-    "PromptText",
     "Sampling",
     "StopScanner",
     "TextStream",
     "cut_at_stop",
     "tokenize_prompt",
 ]
-
-
-class PromptText(str):
-    """A rendered prompt that knows which of its characters are literal text.
-
-    Literal text is what the prompt quotes rather than writes: players' lines, character-card
-    and persona fields, a character's memories and earlier turns, anything from a save file.
-    `literal` holds its (start, end) character ranges, sorted and disjoint; the rest is the
-    prompt's own scaffolding (chat-template markers, section heads, tags).
-
-    The contract for engines (`her_sdk.format.render_prompt` makes these):
-    - an engine whose tokenizer turns special-token strings into control tokens (`<|im_end|>`,
-      `<end_of_turn>`, `<unused0>`) must parse special tokens in the scaffolding only, and
-      tokenize literal ranges as plain text, so that no quoted text becomes a control token;
-      `tokenize_prompt` does exactly that on top of an engine's own tokenizer;
-    - an engine that receives text (an HTTP server) cannot; the format module's neutralisation
-      of tags and section heads in literal text is then what protects the prompt's structure;
-    - a plain `str` prompt is all scaffolding, as before (callers that render their own prompts).
-
-    It is a `str`, so backends that do not care see an ordinary string; string operations
-    (concatenation, slicing) return plain `str` and drop the ranges.
-    """
-
-    literal: tuple[tuple[int, int], ...]
-
-    def __new__(cls, text: str, literal: Iterable[tuple[int, int]] = ()) -> PromptText:
-        self = super().__new__(cls, text)
-        self.literal = tuple((a, b) for a, b in literal if a < b)
-        return self
-
-    def scaffold(self) -> list[tuple[int, int]]:
-        """The (start, end) ranges that are not literal text."""
-        out, pos = [], 0
-        for a, b in self.literal:
-            if a > pos:
-                out.append((pos, a))
-            pos = max(pos, b)
-        if pos < len(self):
-            out.append((pos, len(self)))
-        return out
 
 
 def tokenize_prompt(
@@ -87,7 +50,7 @@ def tokenize_prompt(
     if not literal:
         return tokenize(prompt, True)
     cuts: list[tuple[int, int, int]] = []  # (start, end, token) of each scaffolding control
-    for a, b in PromptText.scaffold(prompt):  # type: ignore[arg-type]
+    for a, b in PromptText(prompt, literal).scaffold():
         fragment = prompt[a:b]
         at = 0
         for token in tokenize(fragment, True):
@@ -124,8 +87,6 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        from .._errors import ConfigError
-
         floats = (self.temperature, self.top_p, self.min_p, self.repeat_penalty)
         if not all(math.isfinite(x) for x in floats):
             raise ConfigError("sampling values must be finite numbers (not NaN or infinity)")
@@ -208,26 +169,29 @@ class Backend(ABC):
       with "template", `chat_template` holds the model's Jinja template.
     - `n_ctx`: the context window in tokens.
     - `stream(...)`: generate text for a prompt, stopping at any of `stop` (the stop string is
-      not yielded), honouring `sampling`, an optional GBNF `grammar`, and `cancel`.
+      not yielded), honouring `sampling`, an optional GBNF `grammar`, `cancel`, and the turn's
+      `priority` ("player", "normal" or "background"; see `schedules`).
     - `count_tokens(text)`: how many tokens the engine would read for `text`.
 
-    Capabilities, which `Character` reads to decide how to drive the backend:
+    Capabilities, declared here and read by callers (never inferred from a backend's type):
     - `supports_grammar`: the engine honours a GBNF `grammar`; a Character constrains its turns
       with one by default only then (a backend that ignores grammars says False).
     - `plans`: the model was trained to write a plan before each turn; a Character asks for
       one by default only then (False for a model tuned on plan-less turns).
     - `prefills`: the engine continues the prompt text as given, so a prompt may already begin
       the reply (`<system_thinking>`); False for backends that produce whole turns themselves.
-    - `schedules`: concurrent `stream` calls are decoded together and scheduled by a
-      `priority=` keyword of `stream` ("player", "normal" or "background"); a Character passes
-      its turn's priority only then.
+    - `schedules`: concurrent `stream` calls are decoded together and scheduled by their
+      `priority`; other backends take the keyword and run calls as they come.
+    - `supports_logprobs`: `logprobs(prompt, continuation)` scores text (held-out NLL);
+      backends without it raise `ConfigError` there.
     """
 
     supports_grammar: bool = True
     plans: bool = True
     prefills: bool = True
     schedules: bool = False
-    prompt_style: str = "chatml"
+    supports_logprobs: bool = False
+    prompt_style: PromptStyle = "chatml"
     chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""
@@ -243,10 +207,18 @@ class Backend(ABC):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream: ...
 
     @abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    def logprobs(
+        self, prompt: str, continuation: str, *, priority: Priority = "normal"
+    ) -> list[float]:
+        """The natural-log probability of each token of `continuation` after `prompt` (and the
+        continuation's tokens before it), in order; only where `supports_logprobs`."""
+        raise ConfigError(f"{type(self).__name__} cannot score text (supports_logprobs is False)")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources. The backend is unusable afterwards."""

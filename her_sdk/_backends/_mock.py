@@ -7,13 +7,18 @@ parsing and streaming run as they would on a real model.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-from .._errors import ConfigError, GenerationError
+from .._errors import ConfigError, DataError, GenerationError
+from ..format import PromptStyle, check_prompt_style
 from ._base import Backend, CancelToken, Sampling, TextStream, cut_at_stop
+from ._scheduler import Priority
 
 __all__ = ["MockBackend"]
 
@@ -40,7 +45,7 @@ class MockBackend(Backend):
         self,
         handler: Callable[[str], str] | Sequence[str],
         *,
-        prompt_style: str = "chatml",
+        prompt_style: PromptStyle = "chatml",
         n_ctx: int = 8192,
         chunk_delay: float = 0.0,
     ) -> None:
@@ -59,14 +64,58 @@ class MockBackend(Backend):
             self._handler = scripted
         else:
             raise ConfigError("MockBackend needs a callable or a list of outputs")
-        if prompt_style not in ("chatml", "fewshot"):
-            raise ConfigError("MockBackend prompt_style must be 'chatml' or 'fewshot'")
-        self.prompt_style = prompt_style
+        self.prompt_style = check_prompt_style(prompt_style)  # a mock has no chat template
         self.n_ctx = n_ctx
         self.chunk_delay = chunk_delay
         self.prompts: list[str] = []
         self.tokens_generated = 0  # total chunks streamed, across calls
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs) -> MockBackend:
+        """A scripted backend from a JSON file (the `mock:FILE` spec of `backend_from_spec`).
+
+        The file holds a list of replies, used in order (cycling), or an object mapping a text
+        the prompt contains to the reply (the first key, in file order, found in the prompt
+        wins; `"*"` is the default). A reply that is not a string is sent as its JSON text, so a
+        judge's script can hold JSON answers. Keyword arguments go to `MockBackend`.
+        """
+        path = Path(path)
+        try:
+            script = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read mock script {path}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"mock script {path} is not JSON: {exc}") from None
+
+        def text(value: object) -> str:
+            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+        if isinstance(script, list) and script:
+            replies = [text(v) for v in script]
+            lock = threading.Lock()
+            state = {"n": 0}
+
+            def in_order(_prompt: str) -> str:
+                with lock:
+                    reply = replies[state["n"] % len(replies)]
+                    state["n"] += 1
+                return reply
+
+            return cls(in_order, **kwargs)
+        if isinstance(script, dict) and script:
+            table = [(k, text(v)) for k, v in script.items()]
+
+            def by_content(prompt: str) -> str:
+                for key, reply in table:
+                    if key != "*" and key in prompt:
+                        return reply
+                if "*" in script:
+                    return text(script["*"])
+                raise ConfigError(f"mock script {path}: no key matches the prompt, no '*' default")
+
+            return cls(by_content, **kwargs)
+        raise DataError(f"mock script {path} must be a non-empty JSON list or object")
 
     def count_tokens(self, text: str) -> int:
         # About four characters a token, like the chunks below.
@@ -80,6 +129,7 @@ class MockBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         sampling = sampling or Sampling()
         with self._lock:

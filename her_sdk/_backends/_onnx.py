@@ -25,17 +25,18 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._errors import (
-    ConfigError,
     ContextOverflowError,
     GenerationError,
     InvalidModelError,
     MissingDependencyError,
     ModelNotFoundError,
 )
-from ..format import detect_prompt_style, format_version_problem
+from ..format import PromptStyle, check_prompt_style, detect_prompt_style, format_version_problem
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
+from ._scheduler import Priority
 
 __all__ = ["OnnxBackend"]
 
@@ -80,13 +81,18 @@ class OnnxBackend(Backend):
 
     supports_grammar = False  # ONNX Runtime GenAI does not read GBNF (see the module doc)
 
+    @staticmethod
+    def genai() -> Any:
+        """The `onnxruntime_genai` module (`MissingDependencyError` without the onnx extra)."""
+        return _import_og()
+
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         n_ctx: int | None = None,
         execution_provider: str | None = None,
-        prompt_style: str | None = None,
+        prompt_style: PromptStyle | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         cfg_path = self.path / "genai_config.json"
@@ -131,13 +137,11 @@ class OnnxBackend(Backend):
         self.name = self.path.name
         self._lock = threading.Lock()
         self._warned_grammar = False
-        self.prompt_style = prompt_style or detect_prompt_style(
-            self.chat_template, her_model=self.her.get("format_version") is not None
+        her_model = self.her.get("format_version") is not None
+        self.prompt_style = check_prompt_style(
+            prompt_style or detect_prompt_style(self.chat_template, her_model=her_model),
+            self.chat_template,
         )
-        if self.prompt_style not in ("chatml", "template", "fewshot"):
-            raise ConfigError(f"unknown prompt_style {self.prompt_style!r}")
-        if self.prompt_style == "template" and not self.chat_template:
-            raise ConfigError(f"{self.path} has no chat template; use prompt_style='fewshot'")
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._tok.encode(text)]
@@ -158,6 +162,7 @@ class OnnxBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         self._check_open()
         sampling = sampling or Sampling()

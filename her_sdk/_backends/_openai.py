@@ -33,8 +33,9 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 
 from .._errors import BackendHTTPError, BackendUnavailableError, ConfigError
-from ..format import chatml_to_messages
+from ..format import PromptStyle, chatml_to_messages, check_prompt_style
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
+from ._scheduler import Priority
 
 __all__ = ["OpenAIBackend"]
 
@@ -60,7 +61,7 @@ class OpenAIBackend(Backend):
         *,
         api_key: str | None = None,
         mode: str = "completions",
-        prompt_style: str = "chatml",
+        prompt_style: PromptStyle = "chatml",
         n_ctx: int = 32768,
         timeout: float = 120.0,
         grammar_field: str | None = "grammar",
@@ -74,7 +75,7 @@ class OpenAIBackend(Backend):
         self.model = model
         self.api_key = api_key
         self.mode = mode
-        self.prompt_style = prompt_style
+        self.prompt_style = check_prompt_style(prompt_style)
         self.n_ctx = n_ctx
         self.timeout = timeout
         self.grammar_field = grammar_field
@@ -117,6 +118,7 @@ class OpenAIBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         s = sampling or Sampling()
         body: dict = {

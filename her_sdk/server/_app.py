@@ -16,8 +16,6 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -160,16 +158,15 @@ class HerServer:
     def __init__(self, settings: ServerSettings | None = None, *, model: Backend | None = None):
         self.settings = settings or ServerSettings()
         if model is None:
-            from .._model import load_model
+            from .._model import backend_from_spec
 
-            kw: dict[str, Any] = {}
-            if self.settings.n_threads:
-                kw["n_threads"] = self.settings.n_threads
-            if self.settings.model is None or not Path(self.settings.model).is_dir():
-                # a GGUF model: llama.cpp decodes concurrent turns together
-                kw["max_sequences"] = self.settings.max_sequences
-                kw["max_waiting"] = self.settings.max_waiting_turns
-            model = load_model(self.settings.model, **kw)
+            s = self.settings  # llama.cpp decodes concurrent turns together, within these bounds
+            model = backend_from_spec(
+                s.model,
+                n_threads=s.n_threads,
+                max_sequences=s.max_sequences,
+                max_waiting=s.max_waiting_turns,
+            )
         self.model = model
         self.servicer = HerServicer(model, self.settings)
         self.health = health.HealthServicer()

@@ -17,11 +17,11 @@ limits and the registry of live objects are the service's (`_service.py`).
 from __future__ import annotations
 
 from .._actions import Action, Call, InvalidCall, Target, Text
-from .._character import Reply
 from .._errors import ConfigError
 from .._persona import Persona
 from .._scene import Event
 from .._secrets import BlockedReveal
+from .._turn import Reply
 from ..format import PUBLIC_CHANNELS, Channel, Delta, Segment
 from ._pb import pb
 

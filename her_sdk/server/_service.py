@@ -19,7 +19,6 @@ from queue import Empty, SimpleQueue
 
 import msgspec
 
-from .. import _state
 from .._backends._base import Backend, CancelToken
 from .._character import Character
 from .._errors import (
@@ -28,9 +27,9 @@ from .._errors import (
     LimitExceededError,
     NotFoundError,
     PermissionDeniedError,
-    StateError,
 )
 from .._persona import Persona
+from .._savefile import read as read_save
 from .._scene import Event, Scene, SceneState
 from ._convert import (
     action_from_pb,
@@ -231,7 +230,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
         if s.allowed_actions:
             kwargs["allowed_actions"] = list(s.allowed_actions)
         if s.actions:
-            kwargs["actions"] = [action_from_pb(a) for a in s.actions]
+            kwargs["typed_actions"] = [action_from_pb(a) for a in s.actions]
         if s.HasField("seed"):
             kwargs["seed"] = s.seed
         if s.HasField("max_memory"):
@@ -451,7 +450,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
             path = self._save_path(request.name)
             if not path.is_file():
                 raise NotFoundError(f"no save named {request.name!r}")
-            data, source = _state.read(path), f"save {request.name!r}"
+            data, source = read_save(path), f"save {request.name!r}"
         elif which == "data" and request.data:
             if not self.settings.expose_thoughts:
                 raise PermissionDeniedError(
@@ -461,13 +460,10 @@ class HerServicer(pb_grpc.HerServiceServicer):
             data, source = request.data, "save data"
         else:
             raise ConfigError("data or name is required")
-        state = _state.decode(data, "scene", SceneState, source=source)
+        state: SceneState = Scene.decode_state(data, source=source)
         chars = self._check_save(state)
         state.max_events = min(state.max_events, self.settings.max_scene_events)
-        try:
-            scene = Scene.from_state(state, model=self.model)
-        except ConfigError as exc:  # e.g. two characters of one name
-            raise StateError(f"{source} is corrupt: {exc}") from None
+        scene = Scene.restore(state, source=source, model=self.model)
         with self._lock:
             room = self.settings.max_characters - len(self.characters)
             if len(scene.characters) > room:

@@ -28,8 +28,10 @@ class ServerSettings(BaseModel):
         default="127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server."
     )
     port: int = Field(default=50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
-    model: Path | None = Field(
-        default=None, description="GGUF model file or ONNX folder (default: the embedded model)."
+    model: str | None = Field(
+        default=None,
+        description="The model: a GGUF file, an ONNX folder, an OpenAI-compatible server "
+        "(http://HOST/v1#MODEL), ... (a backend spec; default: the embedded model).",
     )
     n_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the model engine (default: the engine's)."

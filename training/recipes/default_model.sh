@@ -10,10 +10,10 @@
 # MAX_STEPS (default 200: about an hour on 2 quiet CPU cores), HER (the `her` command).
 # Needs the `train`, `export` and `llama` extras (`make .venv/.test-installed`).
 #
-# No teacher model is available here, so turns are trained without a plan (`<system_thinking>`):
+# The recipe uses no teacher model, so turns are trained without a plan (`<system_thinking>`):
 # the adapter is exported with --no-plan (metadata her.plan = false) and characters on it skip
-# the plan. Where a teacher exists, `her data synth-plans` on the converted files adds plans and
-# the same recipe trains with them (export without --no-plan).
+# the plan. With a teacher, `her data synth-plans` on the converted files adds plans and the
+# same recipe trains with them (export without --no-plan).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."

@@ -1,6 +1,12 @@
 """The scene `her demo` plays: a gate captain and a smuggler at a border town, and a player.
 
-Kept apart from the CLI so tests and benchmarks can build the same scene.
+    from her_sdk.demo import PLAYER, build_demo_scene
+    scene = build_demo_scene(load_model())
+    scene.say(PLAYER, "Let me through.")
+    reply = scene.turn("Mara")
+
+Public so that your tests, benchmarks and experiments can start from the same scene as the CLI
+(`build_crowd_scene` is `her demo --crowd`'s side conversation). `SCRIPT` is the player's part.
 """
 
 from __future__ import annotations
@@ -8,6 +14,15 @@ from __future__ import annotations
 from ._backends._base import Backend
 from ._character import Character
 from ._scene import Scene
+
+__all__ = [
+    "CROWD_OPENING",
+    "CROWD_TURNS",
+    "PLAYER",
+    "SCRIPT",
+    "build_crowd_scene",
+    "build_demo_scene",
+]
 
 PLAYER = "Traveler"
 

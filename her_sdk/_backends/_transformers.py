@@ -1,12 +1,12 @@
-"""TransformersBackend: a her_sdk Backend over an in-process Hugging Face causal LM.
+"""TransformersBackend: a Hugging Face causal LM, in-process, through transformers.
 
-    from her_sdk.training.hf_backend import TransformersBackend
-    judge_backend = TransformersBackend("runs/rm")          # a full model or a LoRA adapter dir
-    texts = judge_backend.generate_batch(prompts, max_new_tokens=96)   # batched, greedy
+    judge = TransformersBackend("runs/rm")          # a checkpoint folder or a LoRA adapter folder
+    texts = judge.generate_batch(prompts, max_new_tokens=96)   # batched, greedy
 
-Used to run a small trained judge in-process (RL reward, accuracy benchmarks) where no HTTP
-server is wanted. It generates whole answers (no token streaming) and ignores grammars; it is
-not the SDK's runtime backend (games use llama.cpp / ONNX through `her_sdk`).
+For what a game does not run but a pipeline does: a small trained judge as an RL reward, a
+policy sampled for reward-model pairs, a benchmark's rollouts, where no HTTP server is wanted.
+It generates whole answers (no token streaming), ignores grammars, and needs torch and
+transformers (the `train` extra); games run GGUF (llama.cpp) or ONNX models instead.
 """
 
 from __future__ import annotations
@@ -16,20 +16,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Backend, CancelToken, Sampling
-from her_sdk._backends._base import TextStream, cut_at_stop
-
-from .common import ModelSpec, load_causal_lm, load_tokenizer, require_train_extra
+from .._errors import ConfigError, MissingDependencyError
+from ._base import Backend, CancelToken, Sampling, TextStream, cut_at_stop
+from ._scheduler import Priority
 
 __all__ = ["TransformersBackend"]
 
 
+def _load(path: Path, dtype: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a checkpoint folder, or of a LoRA adapter folder over its base."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "transformers", "train") from None
+    kw: dict[str, Any] = {"local_files_only": True}  # never download
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kw["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
+    if (path / "adapter_config.json").exists():
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError:
+            raise MissingDependencyError("peft", "train") from None
+        return AutoPeftModelForCausalLM.from_pretrained(str(path), **kw), tokenizer
+    return AutoModelForCausalLM.from_pretrained(str(path), **kw), tokenizer
+
+
 class TransformersBackend(Backend):
-    """Greedy/sampled generation with transformers. `model` is a path, a loaded model, or a
-    ModelSpec; a directory holding `adapter_config.json` is loaded as base + LoRA adapter."""
+    """Greedy or sampled generation with transformers. `model` is a checkpoint folder (a folder
+    holding `adapter_config.json` loads as base + LoRA adapter) or a loaded model, which then
+    needs its `tokenizer`. `dtype` ("auto", "float32", "bfloat16", ...) applies to a folder."""
 
     name = "transformers"
-    prompt_style = "chatml"
     supports_grammar = False  # generate() is not grammar-constrained; grammars are ignored
 
     def __init__(
@@ -41,18 +61,11 @@ class TransformersBackend(Backend):
         n_ctx: int = 4096,
         batch_size: int = 8,
     ) -> None:
-        require_train_extra()
-        if isinstance(model, (str, Path, ModelSpec)):
-            spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
-            tokenizer = tokenizer or load_tokenizer(spec, "model")
-            if (Path(spec.path) / "adapter_config.json").exists():
-                from peft import AutoPeftModelForCausalLM
-
-                model = AutoPeftModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
-            else:
-                model = load_causal_lm(spec, dtype=dtype)
+        if isinstance(model, (str, Path)):
+            model, loaded = _load(Path(model).expanduser(), dtype)
+            tokenizer = tokenizer or loaded
         if tokenizer is None:
-            raise ValueError("TransformersBackend needs a tokenizer with a loaded model")
+            raise ConfigError("TransformersBackend needs a tokenizer with a loaded model")
         self.model = model
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
@@ -119,6 +132,7 @@ class TransformersBackend(Backend):
         sampling: Sampling | None = None,
         grammar: str | None = None,
         cancel: CancelToken | None = None,
+        priority: Priority = "normal",
     ) -> TextStream:
         s = sampling or Sampling()
         text = self.generate_batch(

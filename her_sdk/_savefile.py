@@ -1,4 +1,5 @@
-"""The save file: its envelope, its version, and the atomic write. No domain class lives here.
+"""The save file: its envelope, its version, the atomic write, and the one save/load that
+`Character` and `Scene` share (`Saveable`). No domain class lives here.
 
 A save file is JSON: `{"kind": "character"|"scene", "version": N, KIND: STATE}`, where STATE is
 the msgspec Struct that the saved class defines beside itself (`CharacterState`, `SceneState`)
@@ -15,14 +16,15 @@ import glob
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from ._errors import StateError
+from ._errors import ConfigError, StateError
 
-__all__ = ["SAVE_VERSION", "atomic_write", "decode", "encode", "read"]
+__all__ = ["SAVE_VERSION", "Saveable", "atomic_write", "decode", "encode", "read"]
 
 # A temporary file of a save that is this old was left by a writer that crashed (a write takes
 # milliseconds); the next save of the same file removes it.
@@ -33,6 +35,7 @@ STALE_TMP_SECONDS = 600.0
 SAVE_VERSION = 1
 
 State = TypeVar("State", bound=msgspec.Struct)
+Saved = TypeVar("Saved", bound="Saveable")
 
 
 def encode(kind: str, state: msgspec.Struct) -> bytes:
@@ -107,3 +110,52 @@ def _remove_stale_temporaries(target: Path) -> None:
                 tmp.unlink()
         except OSError:
             pass  # gone already, or not ours to delete
+
+
+class Saveable:
+    """Saving and loading for a class that has a state Struct (`Character`, `Scene`).
+
+    The class names its `save_kind` and `state_type`, and defines `to_state()` and the
+    classmethod `from_state(state, **context)`, where `context` is what a save does not hold
+    (the models, an embedder). `loads` / `load` take the same keywords as `from_state`.
+    """
+
+    save_kind: ClassVar[str]
+    state_type: ClassVar[type[msgspec.Struct]]
+    from_state: ClassVar[Callable[..., Any]]
+
+    def to_state(self) -> msgspec.Struct:
+        raise NotImplementedError
+
+    def dumps(self) -> bytes:
+        """The save-file bytes of this object (what `save` writes)."""
+        return encode(self.save_kind, self.to_state())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this object (minds included, models not) atomically to `path` (JSON)."""
+        atomic_write(path, self.dumps())
+
+    @classmethod
+    def loads(cls: type[Saved], data: bytes, **context: Any) -> Saved:
+        """Read save-file bytes; anything else raises `StateError`."""
+        source = f"{cls.save_kind} data"
+        return cls.restore(cls.decode_state(data, source=source), source=source, **context)
+
+    @classmethod
+    def load(cls: type[Saved], path: str | os.PathLike[str], **context: Any) -> Saved:
+        """Read a file written by `save`; a missing or bad file raises `StateError`."""
+        source = str(Path(path))
+        return cls.restore(cls.decode_state(read(path), source=source), source=source, **context)
+
+    @classmethod
+    def decode_state(cls, data: bytes, *, source: str) -> Any:
+        """The state a save holds, checked against its envelope (see `decode`)."""
+        return decode(data, cls.save_kind, cls.state_type, source=source)
+
+    @classmethod
+    def restore(cls: type[Saved], state: msgspec.Struct, *, source: str, **context: Any) -> Saved:
+        """`from_state`, where a state its class refuses is a corrupt save (`StateError`)."""
+        try:
+            return cls.from_state(state, **context)
+        except ConfigError as exc:  # e.g. two characters of one name
+            raise StateError(f"{source} is corrupt: {exc}") from None

@@ -1,0 +1,118 @@
+"""What goes into a character's next prompt: what it recalls, whom it may name, and how the
+prompt is fitted into the model's context window.
+
+Pure functions over a character's memory; the character (`_character`) calls them before each
+turn and renders the result with `her_sdk.format.render_prompt`. Nothing here calls a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ._actions import Target
+from ._memory import MemoryStore
+from ._persona import Persona
+from .format import ENVIRONMENT, Heard, Prompt, Turn
+
+__all__ = ["fit", "memory_text", "recall", "recall_query", "target_names"]
+
+# Where the oldest memories were left out of a prompt and no summary stands in for them.
+_TRIMMED = Heard(speaker=ENVIRONMENT, speech="(Earlier events are no longer remembered.)")
+
+
+def memory_text(item: Heard | Turn, name: str) -> tuple[str, bool]:
+    """How `name` remembers `item` in long-term memory, and whether that holds its thoughts."""
+    if isinstance(item, Heard):
+        acts = " ".join(f"({a})" for a in item.actions if a.strip())
+        return f"{item.speaker}: {' '.join(x for x in (acts, item.speech) if x)}", False
+    parts = []
+    for seg in item.segments:
+        if seg.channel == "action":
+            parts.append(f"({seg.text})")
+        elif seg.channel == "speech":
+            parts.append(seg.text)
+        elif seg.channel == "thought":
+            parts.append(f"[I thought: {seg.text}]")
+    return f"{name} (me): {' '.join(parts)}", bool(item.thoughts)
+
+
+def recall_query(memory: Sequence[Heard | Turn]) -> str:
+    """What just happened (up to three items since the character's own last turn), without
+    speaker labels: a name that starts every line would make every memory of that person
+    relevant."""
+    recent: list[str] = []
+    for item in reversed(memory[-3:]):
+        if isinstance(item, Turn):
+            break
+        recent.append(" ".join([*item.actions, item.speech]))
+    if not recent and memory:  # it spoke last: its own words are the situation
+        item = memory[-1]
+        recent.append(" ".join([*item.actions, item.speech]))
+    return " ".join(reversed(recent))
+
+
+def recall(
+    long_term: MemoryStore,
+    memory: Sequence[Heard | Turn],
+    name: str,
+    k: int,
+    *,
+    touch: bool,
+) -> list[str]:
+    """Texts of the `k` long-term memories most useful now, leaving out what the working
+    `memory` already holds verbatim; `touch` marks them as recalled (a turn does, a look at
+    the prompt does not)."""
+    if not k or not len(long_term):
+        return []
+    exclude = {memory_text(i, name)[0] for i in memory}
+    items = long_term.recall(recall_query(memory), k=k, exclude=exclude, touch=touch)
+    return [it.text for it in items]
+
+
+def target_names(
+    name: str,
+    persona: Persona,
+    memory: Sequence[Heard | Turn],
+    present: tuple[list[str], list[str]] | None,
+) -> dict[Target, list[str]]:
+    """Who each `Target` of a typed action may name now: those `present` (characters,
+    players) in the character's scene, else everyone it knows of."""
+    if present is not None:
+        characters, players = present
+    else:
+        known = [*persona.others, *persona.relationships]
+        known += [h.speaker for h in memory if isinstance(h, Heard)]
+        characters = players = [n for n in dict.fromkeys(known) if n not in (name, ENVIRONMENT)]
+    return {
+        Target.CHARACTER: list(characters),
+        Target.PLAYER: list(players),
+        Target.ANYONE: list(dict.fromkeys([*characters, *players])),
+    }
+
+
+def fit(
+    render: Callable[[Sequence[Heard | Turn]], Prompt],
+    count_tokens: Callable[[str], int],
+    memory: Sequence[Heard | Turn],
+    budget: int,
+    *,
+    summarized: bool,
+) -> tuple[Prompt, int] | None:
+    """(the prompt of as much of `memory` as fits in `budget` tokens, how many of its oldest
+    items that leaves out), or None when not even the persona fits. Without a running summary
+    (`summarized`) the prompt says that earlier events are no longer remembered."""
+    full = render(memory)
+    if count_tokens(full.text) <= budget:
+        return full, 0
+    # Binary search the fewest oldest items to drop so the prompt fits.
+    lo, hi = 1, len(memory)
+    best: tuple[Prompt, int] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        head = [] if summarized else [_TRIMMED]
+        p = render([*head, *memory[mid:]])
+        if count_tokens(p.text) <= budget:
+            best, hi = (p, mid), mid - 1
+        else:
+            lo = mid + 1
+    return best

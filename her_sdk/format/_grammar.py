@@ -1,0 +1,108 @@
+"""The GBNF grammar of one HER turn, for constrained decoding, typed-action calls included."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from .._errors import ConfigError
+from ._calls import _CALL_FORBIDDEN, CallSpec
+from ._contract import MAX_PLAN_CHARS, MAX_THOUGHT_CHARS
+from ._quote import _clean
+
+
+def _gbnf_literal(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def build_grammar(
+    name: str,
+    *,
+    plan: bool = True,
+    prefilled: bool = True,
+    max_plan_chars: int = MAX_PLAN_CHARS,
+    max_thought_chars: int = MAX_THOUGHT_CHARS,
+    max_action_chars: int = 120,
+    max_speech_chars: int = 300,
+    max_segments: int = 6,
+    allowed_actions: Sequence[str] | None = None,
+    calls: Sequence[CallSpec] | None = None,
+    end: str = "\n",
+    actions: Sequence[str] | None = None,
+) -> str:
+    """GBNF for one HER turn, with a length cap on every section.
+
+    The grammar covers what follows the prompt: when `prefilled`, the prompt already ends with
+    `<system_thinking>` (plan) or `NAME:` (no plan; the turn then begins with a space).
+    `allowed_actions`, when given, is the closed set of action texts legal right now (`actions=`,
+    its first name, is deprecated). `calls`, when given,
+    are the typed actions that may be called in an action segment, each only with legal values
+    (see `render_call`); free action text then may not begin with '[', so it can never be taken
+    for a call. Text never contains '<' or a newline, so a section can only end by its closing
+    tag. Decoding cost stays small because the backend samples freely and consults the grammar
+    only to verify the token it picked (see `LlamaBackend`).
+    """
+    if actions is not None:
+        warnings.warn(
+            "build_grammar(actions=) is deprecated; use allowed_actions=", DeprecationWarning, 2
+        )
+        allowed_actions = allowed_actions if allowed_actions is not None else actions
+    for label, n in (
+        ("max_plan_chars", max_plan_chars),
+        ("max_thought_chars", max_thought_chars),
+        ("max_action_chars", max_action_chars),
+        ("max_speech_chars", max_speech_chars),
+        ("max_segments", max_segments),
+    ):
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{label} must be a positive integer")
+    label_lit = _gbnf_literal(f"{name}: ")
+    rules = []
+    if plan:
+        head = "" if prefilled else '"<system_thinking>" '
+        rules.append(f"root ::= {head}plan {label_lit} body end")
+        rules.append('plan ::= ptext "</system_thinking>"')
+    else:
+        head = '" "? ' if prefilled else f"{label_lit} "  # prefilled: the prompt ends "NAME:"
+        rules.append(f"root ::= {head}body end")
+    rules.append(f"end ::= {_gbnf_literal(end)}" if end else 'end ::= ""')
+    rest = max_segments - 1
+    rules.append(
+        f"body ::= speech (tagged speech?){{0,{rest}}} | (tagged speech?){{1,{max_segments}}}"
+    )
+    rules.append("tagged ::= thought | action")
+    rules.append('thought ::= "<role_thinking>" ttext "</role_thinking>"')
+    forms = []
+    if allowed_actions:
+        forms += [_gbnf_literal(_clean(a)) for a in allowed_actions if _clean(a)]
+    elif not calls:
+        forms.append("atext")
+    else:
+        forms.append("ftext")
+        rules.append(f'ftext ::= " "? [^<\\n\\[ ] [^<\\n]{{0,{max_action_chars - 2}}}')
+    for k, (call_name, params) in enumerate(calls or []):
+        parts = []
+        for j, (key, spec) in enumerate(params):
+            sep = " " if j == 0 else ", "
+            parts.append(_gbnf_literal(f"{sep}{key}="))
+            if isinstance(spec, list):
+                values = [v for v in spec if v and not set(v) & _CALL_FORBIDDEN]
+                if not values:
+                    raise ConfigError(f"argument {key!r} of call {call_name!r} has no legal value")
+                parts.append("(" + " | ".join(_gbnf_literal(v) for v in values) + ")")
+            else:
+                if not isinstance(spec, int) or spec < 1:
+                    raise ConfigError(f"argument {key!r} of call {call_name!r}: bad text length")
+                parts.append(f"[^,=<>\\[\\]\\n ] [^,=<>\\[\\]\\n]{{0,{spec - 1}}}")
+        body = " ".join([_gbnf_literal(f"[{call_name}"), *parts, '"]"'])
+        rules.append(f"call{k} ::= {body}")
+        forms.append(f"call{k}")
+    rules.append(f'action ::= "<role_action>" ({" | ".join(forms)}) "</role_action>"')
+    # Sections hold at least one character; leading spaces are allowed because most tokens of
+    # SentencePiece vocabularies begin with one, and refusing them would force slow resampling.
+    rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")
+    rules.append(f"ttext ::= [^<\\n] [^<\\n]{{0,{max_thought_chars - 1}}}")
+    rules.append(f"atext ::= [^<\\n] [^<\\n]{{0,{max_action_chars - 1}}}")
+    # Speech opens with a word, not stray punctuation (small models like to emit a lone ".").
+    rules.append(f'speech ::= " "? [^<\\n .,;:!?] [^<\\n]{{0,{max(max_speech_chars - 2, 0)}}}')
+    return "\n".join(rules) + "\n"

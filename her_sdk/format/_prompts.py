@@ -1,0 +1,291 @@
+"""Rendering a character's prompt: its system prompt from a `Persona`, what it perceived, its own
+earlier turns (thoughts kept, plans dropped unless asked), its memories and typed actions, and the
+whole next-turn prompt in one of the three prompt styles (`render_prompt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._persona import Persona
+from ._calls import CallSpec, render_actions
+from ._chat import check_prompt_style, render_messages
+from ._contract import (
+    CONVERSATION_START,
+    ENVIRONMENT,
+    MEMORIES_HEAD,
+    TAG,
+    Channel,
+    Heard,
+    HistoryItem,
+    Message,
+    Prompt,
+    PromptStyle,
+    Turn,
+)
+from ._quote import _block, _clean, _marking, _name, _unmark
+
+
+def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True) -> str:
+    """A turn as HER text: `<system_thinking>…</system_thinking>NAME: ` then its segments.
+
+    The plan is left out unless `keep_plan`; thoughts are kept (the character remembers them).
+    """
+    parts: list[str] = []
+    if keep_plan and turn.plan:
+        parts.append(f"<system_thinking>{_clean(turn.plan)}</system_thinking>")
+    if label:
+        parts.append(f"{_name(name)}: ")
+    for seg in turn.segments:
+        if seg.channel == "plan":
+            continue
+        if seg.channel == "speech":
+            parts.append(_clean(seg.text))
+        else:
+            tag = TAG[seg.channel]
+            parts.append(f"<{tag}>{_clean(seg.text)}</{tag}>")
+    return "".join(parts)
+
+
+def render_perception(heard: Heard) -> str:
+    """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`."""
+    if heard.speaker == ENVIRONMENT:
+        return f"{ENVIRONMENT}: {_clean(heard.speech)}"
+    acts = "".join(f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a))
+    return f"{_name(heard.speaker)}: {acts}{_clean(heard.speech)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def requirements(name: str, *, plan: bool = True) -> str:
+    """The `===Requirements===` section: the output format in words."""
+    lines = []
+    if plan:
+        lines.append(
+            "Begin your reply with a short plan inside <system_thinking></system_thinking>, "
+            f"written in the third person about how to portray {name} in this moment. "
+            "Nobody in the story sees the plan."
+        )
+    lines.append(
+        f"Then write '{name}: ' followed by your turn, mixing inner thoughts in "
+        "<role_thinking></role_thinking> (first person, heard by no one), visible actions in "
+        "<role_action></role_action> (no pronoun for yourself), and spoken words as plain text."
+    )
+    lines.append(
+        f"Speak and act only as {name}; never for other characters. Keep it to one short turn."
+    )
+    return "\n".join(lines)
+
+
+def render_system_prompt(
+    persona: Persona,
+    *,
+    plan: bool = True,
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
+) -> str:
+    """The HER system prompt; each section is omitted when empty.
+
+    `summary` (of what the character no longer holds verbatim, in its own words) and `calls`
+    (its typed actions) change rarely, so they belong here; recalled memories change every turn
+    and go at the end of the prompt instead (`render_memories`), which keeps an engine's prompt
+    cache valid up to there.
+    """
+    p = persona
+    name = _name(p.name)
+    source = _clean(p.source)
+    intro = f"You are {name} from {source}." if source else f"You are {name}."
+    others = []
+    for who in dict.fromkeys([*p.others, *p.relationships]):
+        known = _clean(p.others.get(who, ""))
+        line = f"{_clean(who)}: {known}" if known else _clean(who)
+        if who in p.relationships:
+            line += f" ({name}'s view: {_clean(p.relationships[who])})"
+        others.append(line)
+    goals, secrets = _block(p.goals), _block(p.secrets)
+    inner = "\n".join(x for x in (goals, f"Secrets you keep: {secrets}" if secrets else "") if x)
+    sections = [
+        (f"==={name}'s Profile===", _block(p.profile)),
+        ("===Background===", _block(p.background)),
+        ("===Current Scenario===", _block(p.scenario)),
+        ("===Information about other Characters===", "\n".join(others)),
+        ("===Your Inner Thoughts===", inner),
+        ("===What Happened Before===", _clean(summary)),
+        ("===Actions You Can Take===", render_actions(calls) if calls else ""),
+        ("===Requirements===", requirements(name, plan=plan)),
+    ]
+    body = "\n\n".join(f"{head}\n{text.strip()}" for head, text in sections if text.strip())
+    return f"{intro}\n\n{body}"
+
+
+_SILENCE = Heard(speaker=ENVIRONMENT, speech="A moment passes.")
+
+
+def build_messages(
+    persona: Persona,
+    history: Sequence[HistoryItem],
+    *,
+    plan: bool = True,
+    keep_plans: bool = False,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
+) -> list[Message]:
+    """Chat messages for a character's next turn.
+
+    `history` is what the character perceived (`Heard`) and its own earlier turns (`Turn`), in
+    order. Consecutive perceptions become one user message; own turns become assistant messages
+    with thoughts kept and plans dropped (unless `keep_plans`). The result always ends with a
+    user message, ready for the assistant's reply. `summary` and `calls` go into the system
+    prompt (see `render_system_prompt`); `memories` close the last user message.
+    """
+    system = render_system_prompt(persona, plan=plan, summary=summary, calls=calls)
+    messages = [Message("system", system)]
+    pending: list[str] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        first = not any(m.role == "user" for m in messages)
+        body = "\n".join(pending)
+        messages.append(Message("user", (CONVERSATION_START if first else "") + body))
+        pending.clear()
+
+    for item in history:
+        if isinstance(item, Turn):
+            if not any(m.role == "user" for m in messages) and not pending:
+                pending.append(render_perception(_SILENCE))
+            flush()
+            if messages[-1].role == "assistant":
+                messages.append(Message("user", render_perception(_SILENCE)))
+            text = render_turn(item, persona.name, keep_plan=keep_plans)
+            messages.append(Message("assistant", text))
+        else:
+            pending.append(render_perception(item))
+    if not pending and messages[-1].role != "user":
+        pending.append(render_perception(_SILENCE))
+    if memories:
+        pending.append(render_memories(memories))
+    flush()
+    return messages
+
+
+def render_memories(memories: Sequence[str]) -> str:
+    """The memories recalled for this turn, as a block closing the last user message."""
+    lines = "\n".join(f"- {_clean(m)}" for m in memories if _clean(m))
+    return f"\n{MEMORIES_HEAD}\n{lines}" if lines else ""
+
+
+def _prefill(name: str, plan: bool, prefill: bool = True) -> tuple[str, Channel | None]:
+    if not prefill:
+        return "", None
+    # "NAME:" without the space: tokenizers attach a space to the word after it (" Shut",
+    # " <role_action>"), so a prompt ending in a bare space token is one no model saw in
+    # training (a tuned 270M model answered it with stray numbers).
+    return ("<system_thinking>", "plan") if plan else (f"{name}:", "speech")
+
+
+# A short scene in another setting, teaching a base model the shape of a HER turn by example.
+FEWSHOT_PREAMBLE = """\
+A role-play script. Before each of a character's lines comes the actor's private plan inside \
+<system_thinking></system_thinking>, in the third person. Then the character's name and line: \
+inner thoughts inside <role_thinking></role_thinking> (heard by no one), visible actions inside \
+<role_action></role_action>, spoken words as plain text. One line per turn.
+
+### Example
+Ysolde: <role_action>drops a ledger on the bar</role_action>You owe the guild forty crowns.
+<system_thinking>Brannoc is afraid but hides it; he stalls and tries to learn what she \
+knows.</system_thinking>Brannoc: <role_thinking>She has seen the spring accounts.\
+</role_thinking><role_action>pours her a cup of cider</role_action>Forty? Sit, have a drink first.
+Environment: The fire cracks.
+Ysolde: I do not drink on duty.
+
+### Scene
+"""
+
+
+def render_fewshot(
+    persona: Persona,
+    history: Sequence[HistoryItem],
+    *,
+    plan: bool = True,
+    keep_plans: bool = False,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
+) -> str:
+    """A plain-text script prompt for base models without a chat template (no prefill).
+
+    Every turn is one line, so "\n" ends the reply. Recalled `memories` come as a stage
+    direction right before the reply: `(Mara remembers: ...; ...)`.
+    """
+    sheet = render_system_prompt(persona, plan=plan, summary=summary, calls=calls)
+    # The script is told in the third person; drop the chat-style requirements section.
+    sheet = sheet.split("\n\n===Requirements===")[0]
+    lines = []
+    for item in history:
+        if isinstance(item, Turn):
+            lines.append(render_turn(item, persona.name, keep_plan=keep_plans))
+        else:
+            lines.append(render_perception(item))
+    recalled = [_clean(m) for m in memories if _clean(m)]
+    if recalled:
+        lines.append(f"({_name(persona.name)} remembers: {'; '.join(recalled)})")
+    transcript = "\n".join(lines)
+    text = f"{FEWSHOT_PREAMBLE}{sheet}\n\n{CONVERSATION_START}{transcript}"
+    if transcript:
+        text += "\n"
+    return text
+
+
+def render_prompt(
+    persona: Persona,
+    history: Sequence[HistoryItem],
+    *,
+    style: PromptStyle = "chatml",
+    plan: bool = True,
+    keep_plans: bool = False,
+    chat_template: str | None = None,
+    bos_token: str = "",
+    eos_token: str = "",
+    prefill: bool = True,
+    memories: Sequence[str] = (),
+    summary: str = "",
+    calls: Sequence[CallSpec] = (),
+) -> Prompt:
+    """Render a character's next-turn prompt in one of the three styles.
+
+    With `prefill` (the default) the prompt already begins the reply (`<system_thinking>`, or
+    `NAME:` without a plan) so that even a base model starts in the right place. `memories`,
+    `summary` and `calls` are rendered into the system prompt (see `render_system_prompt`).
+    The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
+    memories, earlier turns), which engines tokenize without special tokens.
+    """
+    style = check_prompt_style(style, chat_template)
+    prefill_text, start = _prefill(persona.name, plan, prefill)
+    render = render_fewshot if style == "fewshot" else build_messages
+    with _marking():  # quoted text is marked, then becomes the result's literal ranges
+        rendered = render(
+            persona,
+            history,
+            plan=plan,
+            keep_plans=keep_plans,
+            memories=memories,
+            summary=summary,
+            calls=calls,
+        )
+    if isinstance(rendered, str):  # few-shot: a script of HER turns, one a line
+        text, stop = _unmark(rendered + prefill_text), ["\n"]
+    else:
+        text, stop = render_messages(
+            rendered,
+            style,
+            prefill=prefill_text,
+            chat_template=chat_template,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    return Prompt(text=text, stop=stop, prefill=prefill_text, start=start, style=style)

@@ -1,0 +1,104 @@
+"""Quoted text in a prompt: how text the prompt quotes (rather than writes) is neutralised and
+marked, so that it can never carry structure of its own and engines know where it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from ._contract import PromptText
+
+# Quoted text (players' lines, persona and card fields, memories, a character's earlier turns,
+# anything from a save) may never carry structure of its own: a HER tag would let one channel
+# forge another, a chat marker (<|im_start|>, <start_of_turn>, <unused0>) or a `===` head would
+# let a player forge the prompt's sections. So markup is removed until none is left (nested
+# forms like `<sys<x>tem_thinking>` re-form after one pass), then any `<` that could still open
+# a tag is dropped, and `=` runs shrink to one, so that no two quoted texts side by side make
+# markup either. At the token level, engines also tokenize quoted text without special-token
+# parsing: `render_prompt` returns a `PromptText` whose `literal` ranges say where it is.
+_MARKUP_RE = re.compile(r"<\|[^<>]{0,40}\|>|<\s*/?\s*[A-Za-z_][A-Za-z0-9_]*\s*>")
+_OPENER_RE = re.compile(r"<+(?=\s*(?:[/|A-Za-z_]|$))")
+_EQUALS_RE = re.compile(r"={2,}")
+# While `render_prompt` renders, quoted text is wrapped in these (private-use) marks, which
+# survive a chat template; they become `PromptText.literal` ranges and never reach an engine.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
+
+
+def _neutralise(text: str) -> str:
+    """`text` without markup, keeping its line breaks."""
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    for _ in range(8):
+        cleaned = _MARKUP_RE.sub("", text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return _EQUALS_RE.sub("=", _OPENER_RE.sub("", text))
+
+
+def _quote(text: str) -> str:
+    """Quoted text as it goes into a prompt: marked as literal while `render_prompt` runs."""
+    return f"{_OPEN}{text}{_CLOSE}" if text and _MARKING.get() else text
+
+
+def _clean(text: str) -> str:
+    """One line of quoted text (a perception, a turn's segment, a memory)."""
+    return _quote(_neutralise(text).replace("\n", " ").strip())
+
+
+def _block(text: str) -> str:
+    """Quoted text that may span lines (persona fields)."""
+    return _quote(_neutralise(text).strip())
+
+
+def _name(name: str) -> str:
+    # Names are validated where they are made (no '<', '>', ':', newlines; a persona's no '='
+    # either, so this leaves it as it is): only a player's '==' could still build a `===` head.
+    return _quote(_EQUALS_RE.sub("=", name))
+
+
+def _unmark(text: str) -> PromptText:
+    """A marked rendering as the text engines see, with its literal ranges."""
+    out: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    pos = depth = start = 0
+    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
+        if part == _OPEN:
+            depth += 1
+            if depth == 1:
+                start = pos
+        elif part == _CLOSE:
+            depth = max(0, depth - 1)
+            if depth == 0:
+                ranges.append((start, pos))
+        else:
+            out.append(part)
+            pos += len(part)
+    return PromptText("".join(out), ranges)
+
+
+@contextmanager
+def _marking() -> Iterator[None]:
+    """While it is open, quoted text is rendered with its marks (see `_unmark`)."""
+    token = _MARKING.set(True)
+    try:
+        yield
+    finally:
+        _MARKING.reset(token)
+
+
+def _remark(text: str) -> str:
+    """A `PromptText`'s literal ranges as marks again (plain text is returned as it is), so
+    that it can be rendered into a larger prompt and keep them."""
+    literal = getattr(text, "literal", ())
+    if not literal:
+        return str(text)
+    out, pos = [], 0
+    for a, b in literal:
+        out += [text[pos:a], _OPEN, text[a:b], _CLOSE]
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
