@@ -2,8 +2,9 @@
 
     her demo [--show-thoughts] [--model PATH] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
-    her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
-                                                            (one flag per ServerSettings field)
+    her serve [--port N] [--http-port N] [--token T] ...     gRPC + JSON (Connect) service for
+                                                            game engines (one flag per
+                                                            ServerSettings field)
     her data convert|synth-plans ...                        training data (her_sdk.training.cli)
     her train sft|rm|rl --config FILE [key=value ...]       training (her_sdk.training.cli)
     her export gguf|gguf-lora|onnx SRC --out ...            verified export (her_sdk.export.cli)
@@ -361,7 +362,8 @@ def _settings_error(exc, fields: Iterable[str]) -> ConfigError:
 
 
 def serve(**options: object) -> None:
-    """Serve characters and scenes over gRPC (protos/her/v1/her.proto) for game engines.
+    """Serve characters and scenes to game engines over gRPC and, with --http-port, JSON over
+    HTTP (the Connect protocol); the API is protos/her/v1/her.proto.
 
     Every option can also be set in the environment as HER_SERVER_<OPTION>.
     """
@@ -382,18 +384,22 @@ def serve(**options: object) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    def listening(server) -> None:
+        http = f" and {server.http_url} (JSON)" if server.http_url else ""
+        err_console.print(f"[dim]Listening on {server.target} (gRPC){http}; loading the model…[/]")
+
     def ready(server) -> None:
         scheme = "TLS" if settings.tls_cert else "plaintext"
         auth = "bearer token" if settings.token else "no auth"
         thoughts = "exposed on request" if settings.expose_thoughts else "never sent"
+        http = f" and {server.http_url} (Connect JSON)" if server.http_url else ""
         err_console.print(
-            f"[bold green]her serve[/] listening on {server.target} ({scheme}, {auth}; "
+            f"[bold green]her serve[/] ready on {server.target} (gRPC){http} ({scheme}, {auth}; "
             f"private thoughts {thoughts}). Ctrl-C or SIGTERM drains and stops."
         )
 
     try:
-        err_console.print("[dim]Loading the model…[/]")
-        run_server(settings, ready=ready)
+        run_server(settings, ready=ready, listening=listening)
     except HerError as exc:
         _fail(exc)
 
