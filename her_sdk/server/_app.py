@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -338,7 +339,7 @@ def write_port_file(path: Path, server: HerServer) -> None:
 def _watch_parent(stop: threading.Event) -> None:
     """Set `stop` when the process that started this one ends."""
     parent = os.getppid()
-    if sys.platform == "win32":  # pragma: no cover - not run on these machines
+    if sys.platform == "win32":  # pragma: no cover - not run on these machines (untested)
         import ctypes
 
         kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
@@ -348,14 +349,24 @@ def _watch_parent(stop: threading.Event) -> None:
                 if kernel32.WaitForSingleObject(handle, 500) == 0:  # WAIT_OBJECT_0
                     break
             kernel32.CloseHandle(handle)
+        if stop.is_set():
+            return
         stop.set()
-        return
+        time.sleep(15)
+        os._exit(1)
     # POSIX: an orphan is re-parented (to init or a subreaper), so its parent id changes.
     while not stop.wait(0.25):
         if os.getppid() != parent:
             log.info("the parent process %s ended: stopping", parent)
             stop.set()
-            return
+            break
+    else:
+        return  # stopped for another reason
+    # The main thread drains (2 s at most) and exits; if it cannot (a model still loading
+    # from a stuck disk), the process must not outlive its game all the same.
+    time.sleep(15)
+    log.warning("still running 15 s after the parent ended: exiting now")
+    os._exit(1)
 
 
 def serve(
