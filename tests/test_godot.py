@@ -23,8 +23,21 @@ ADDON = ROOT / "examples" / "godot" / "addons" / "her"
 def _serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
     port_file = tmp_path / "ports.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "her_sdk.cli", "serve", "--port", "0", "--http-port", "0",
-         "--port-file", str(port_file), "--n-threads", "2", *extra],
+        [
+            sys.executable,
+            "-m",
+            "her_sdk.cli",
+            "serve",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--n-threads",
+            "2",
+            *extra,
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -77,7 +90,11 @@ def test_gdscript_client_in_headless_godot3_against_a_live_server(tmp_path):
     assert _words(out["streamed_speech"]) == _words(summary["speech"])
     assert set(out["channels"]) <= {"CHANNEL_SPEECH", "CHANNEL_ACTION"}  # nothing private
     assert summary["plan"] == "" and summary["thoughts"] == []
-    assert out["not_found"] == {"ok": False, "code": "not_found", "message": out["not_found"]["message"]}
+    assert out["not_found"] == {
+        "ok": False,
+        "code": "not_found",
+        "message": out["not_found"]["message"],
+    }
     assert out["bad_turn"]["ok"] is False and out["bad_turn"]["code"] == "not_found"
     assert out["remember"]["ok"]
 
@@ -85,11 +102,15 @@ def test_gdscript_client_in_headless_godot3_against_a_live_server(tmp_path):
 def test_godot4_addon_parses_and_lints():
     gdtoolkit = pytest.importorskip("gdtoolkit", reason="needs gdtoolkit (the test extra)")
     assert gdtoolkit
-    scripts = sorted(ADDON.rglob("*.gd")) + sorted((ROOT / "examples" / "godot" / "demo").rglob("*.gd"))
+    scripts = sorted(ADDON.rglob("*.gd")) + sorted(
+        (ROOT / "examples" / "godot" / "demo").rglob("*.gd")
+    )
     assert len(scripts) >= 3
     bindir = Path(sys.executable).parent
     for tool in ("gdparse", "gdlint"):
-        run = subprocess.run([str(bindir / tool), *map(str, scripts)], capture_output=True, text=True)
+        run = subprocess.run(
+            [str(bindir / tool), *map(str, scripts)], capture_output=True, text=True
+        )
         assert run.returncode == 0, f"{tool}: {run.stdout}{run.stderr}"
 
 

@@ -62,7 +62,9 @@ def test_port_file_lists_both_listeners_and_sigterm_removes_it(tmp_path):
     try:
         ports = _wait_file(port_file, proc)
         assert set(ports) == {"grpc", "http"}
-        assert ports["grpc"].startswith("127.0.0.1:") and ports["http"].startswith("http://127.0.0.1:")
+        assert ports["grpc"].startswith("127.0.0.1:") and ports["http"].startswith(
+            "http://127.0.0.1:"
+        )
         end = time.monotonic() + 30
         while _health(ports["grpc"]) != health_pb2.HealthCheckResponse.SERVING:
             assert time.monotonic() < end
@@ -84,7 +86,17 @@ def test_ports_open_before_the_model_loads_and_a_bad_model_is_one_clear_error(tm
     os.mkfifo(fifo)  # the "model" is read only when the test writes it: a load that waits
     port_file = tmp_path / "ports.json"
     proc = subprocess.Popen(
-        [*HER, "--port", "0", "--http-port", "0", "--port-file", str(port_file), "--model", str(fifo)],
+        [
+            *HER,
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--model",
+            str(fifo),
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -115,8 +127,18 @@ def test_exit_with_parent(tmp_path):
     game = textwrap.dedent(
         f"""
         import subprocess, sys, time
-        p = subprocess.Popen({[*HER, "--port", "0", "--port-file", str(port_file),
-                               "--model", REMOTE, "--exit-with-parent"]!r})
+        p = subprocess.Popen({
+            [
+                *HER,
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--model",
+                REMOTE,
+                "--exit-with-parent",
+            ]!r
+        })
         print(p.pid, flush=True)
         time.sleep(600)
         """
@@ -137,9 +159,10 @@ def test_exit_with_parent(tmp_path):
                 os.kill(child, 0)
             except ProcessLookupError:
                 break
-            if Path(f"/proc/{child}/stat").exists() and " Z " in Path(
-                f"/proc/{child}/stat"
-            ).read_text():
+            if (
+                Path(f"/proc/{child}/stat").exists()
+                and " Z " in Path(f"/proc/{child}/stat").read_text()
+            ):
                 break  # exited; only its zombie waits for a reaper
             time.sleep(0.1)
         else:

@@ -24,16 +24,24 @@ MCS, MONO = shutil.which("mcs"), shutil.which("mono")
 def test_csharp_client_core_under_mono_against_a_live_server(tmp_path):
     exe = tmp_path / "check.exe"
     build = subprocess.run(
-        [MCS, "-warnaserror", f"-out:{exe}", "-r:System.Net.Http.dll",
-         str(ROOT / "examples" / "unity" / "Her" / "HerHttpClient.cs"),
-         str(ROOT / "tests" / "csharp" / "ClientCheck.cs")],
-        capture_output=True, text=True, timeout=300,
+        [
+            MCS,
+            "-warnaserror",
+            f"-out:{exe}",
+            "-r:System.Net.Http.dll",
+            str(ROOT / "examples" / "unity" / "Her" / "HerHttpClient.cs"),
+            str(ROOT / "tests" / "csharp" / "ClientCheck.cs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     proc, ports = _serve(tmp_path)
     try:
-        run = subprocess.run([MONO, str(exe), ports["http"]], capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run(
+            [MONO, str(exe), ports["http"]], capture_output=True, text=True, timeout=300
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -46,4 +54,3 @@ def test_csharp_client_core_under_mono_against_a_live_server(tmp_path):
     assert out["deltas"] > 1 and _words(out["streamed_speech"]) == _words(summary["speech"])
     assert set(out["channels"]) <= {"CHANNEL_SPEECH", "CHANNEL_ACTION"}
     assert out["error"] == "not_found" and out["turn_error"] == "not_found"
-
