@@ -124,21 +124,12 @@ def test_ports_open_before_the_model_loads_and_a_bad_model_is_one_clear_error(tm
 def test_exit_with_parent(tmp_path):
     port_file = tmp_path / "ports.json"
     # A "game" that starts the sidecar and then dies without stopping it.
+    cmd = [*HER, "--port", "0", "--port-file", str(port_file), "--model", REMOTE]
+    cmd.append("--exit-with-parent")
     game = textwrap.dedent(
         f"""
         import subprocess, sys, time
-        p = subprocess.Popen({
-            [
-                *HER,
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-                "--model",
-                REMOTE,
-                "--exit-with-parent",
-            ]!r
-        })
+        p = subprocess.Popen({cmd!r})
         print(p.pid, flush=True)
         time.sleep(600)
         """
