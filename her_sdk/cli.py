@@ -19,10 +19,8 @@ when it runs, so `her --help` stays quick; only `serve`'s flags are read at star
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +32,7 @@ except ImportError:  # pragma: no cover - exercised only without the cli extra
 
     raise MissingDependencyError("typer and rich", "cli") from None
 
-from ._errors import ConfigError, HerError
+from ._errors import HerError
 from ._version import __version__
 
 app = typer.Typer(
@@ -66,8 +64,9 @@ def _root(
 
 
 def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=1)
+    from ._serve_cli import fail
+
+    fail(exc)
 
 
 def _load(model: Path | None, **kwargs):
@@ -289,123 +288,11 @@ def chat(
 
 # -- her serve: one option per ServerSettings field ---------------------------------------------
 # The options are derived from the pydantic model (as llama-cpp-python's server does): a new
-# setting is a new flag, named after the field, with the field's description as its help.
+# setting is a new flag, named after the field, with the field's description as its help. The
+# command lives in `_serve_cli`, which a bundle's executable runs without this module.
+from ._serve_cli import serve_command  # noqa: E402
 
-SERVE_ENV_PREFIX = "HER_SERVER_"  # each flag also reads $HER_SERVER_<FIELD>, e.g. HER_SERVER_TOKEN
-
-
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def _option_type(name: str, annotation: object) -> type:
-    """The command-line type of a settings field (Optional[X] is X; a secret is a str)."""
-    import types
-    from typing import Union, get_args, get_origin
-
-    from pydantic import SecretStr
-
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else annotation
-    if annotation is SecretStr:
-        return str
-    if annotation in (bool, int, float, str, Path):
-        return annotation
-    raise TypeError(f"ServerSettings.{name}: no command-line type for {annotation!r}")
-
-
-def _serve_parameters() -> list[inspect.Parameter]:
-    """`her serve`'s options as typer parameters, one per ServerSettings field, in field order."""
-    try:
-        from .server._settings import ServerSettings
-    except ImportError:  # no grpc extra: `her serve` then says which extra to install
-        return []
-    params = []
-    for name, field in ServerSettings.model_fields.items():
-        kind = _option_type(name, field.annotation)
-        default = field.get_default(call_default_factory=True)
-        decl = _flag(name)
-        if kind is bool and default:
-            decl = f"{decl}/--no-{decl[2:]}"
-        option = typer.Option(
-            decl,
-            help=field.description,
-            envvar=SERVE_ENV_PREFIX + name.upper(),
-            show_envvar=True,
-        )
-        annotation = kind if default is not None else kind | None
-        params.append(
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=default,
-                annotation=Annotated[annotation, option],
-            )
-        )
-    return params
-
-
-def _settings_error(exc, fields: Iterable[str]) -> ConfigError:
-    """A pydantic ValidationError as one line that names each bad flag."""
-    import re
-
-    parts = []
-    for e in exc.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["loc"]:
-            parts.append(f"{_flag(str(e['loc'][0]))}: {msg}")
-        else:  # a check across fields: its message names fields; say flags instead
-            names = "|".join(sorted(fields, key=len, reverse=True))
-            parts.append(re.sub(rf"\b({names})\b", lambda m: _flag(m.group(1)), msg))
-    return ConfigError("; ".join(parts))
-
-
-def serve(**options: object) -> None:
-    """Serve characters and scenes to game engines over gRPC and, with --http-port, JSON over
-    HTTP (the Connect protocol); the API is protos/her/v1/her.proto.
-
-    Every option can also be set in the environment as HER_SERVER_<OPTION>.
-    """
-    import logging
-
-    try:
-        from .server import ServerSettings
-        from .server import serve as run_server
-    except HerError as exc:  # MissingDependencyError naming the grpc extra
-        _fail(exc)
-        return
-    from pydantic import ValidationError
-
-    try:
-        settings = ServerSettings(**options)
-    except ValidationError as exc:
-        _fail(_settings_error(exc, ServerSettings.model_fields))
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
-    def listening(server) -> None:
-        http = f" and {server.http_url} (JSON)" if server.http_url else ""
-        err_console.print(f"[dim]Listening on {server.target} (gRPC){http}; loading the model…[/]")
-
-    def ready(server) -> None:
-        scheme = "TLS" if settings.tls_cert else "plaintext"
-        auth = "bearer token" if settings.token else "no auth"
-        thoughts = "exposed on request" if settings.expose_thoughts else "never sent"
-        http = f" and {server.http_url} (Connect JSON)" if server.http_url else ""
-        err_console.print(
-            f"[bold green]her serve[/] ready on {server.target} (gRPC){http} ({scheme}, {auth}; "
-            f"private thoughts {thoughts}). Ctrl-C or SIGTERM drains and stops."
-        )
-
-    try:
-        run_server(settings, ready=ready, listening=listening)
-    except HerError as exc:
-        _fail(exc)
-
-
-serve.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
-app.command()(serve)
+app.command(name="serve")(serve_command())
 
 
 # -- her data / her train (the `train` extra; commands live in her_sdk.training.cli) ---------

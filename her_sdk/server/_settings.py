@@ -53,6 +53,11 @@ class ServerSettings(BaseModel):
         description="Stop (draining calls for at most 2 s) when the process that started this "
         "one ends: a game's sidecar never outlives the game.",
     )
+    log_file: Path | None = Field(
+        default=None,
+        description="Append the server's log to this file instead of stderr (a game's sidecar: "
+        "stderr then carries only the one error line of a failed start).",
+    )
     model: str | None = Field(
         default=None,
         description="GGUF model file, ONNX folder, or the http(s)://HOST/v1 URL of an "
