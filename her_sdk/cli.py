@@ -5,6 +5,8 @@
     her serve [--port N] [--http-port N] [--token T] ...     gRPC + JSON (Connect) service for
                                                             game engines (one flag per
                                                             ServerSettings field)
+    her bundle --out DIR [--model F] [--adapter F] ...       a self-contained server folder
+                                                            for a game (no Python needed)
     her data convert|synth-plans ...                        training data (her_sdk.training.cli)
     her train sft|rm|rl --config FILE [key=value ...]       training (her_sdk.training.cli)
     her export gguf|gguf-lora|onnx SRC --out ...            verified export (her_sdk.export.cli)
@@ -293,6 +295,80 @@ def chat(
 from ._serve_cli import serve_command  # noqa: E402
 
 app.command(name="serve")(serve_command())
+
+
+@app.command()
+def bundle(
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder to create (it must not exist, or be empty)."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="GGUF model file to ship (default: the embedded Gemma-3-270M, Q4_K_M).",
+        ),
+    ] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--adapter",
+            help="GGUF LoRA adapter to ship, or 'none' (default: her_sdk's adapter with the "
+            "embedded model, none with another model).",
+        ),
+    ] = None,
+    name: Annotated[
+        str,
+        typer.Option("--name", help="File name of the executable (.exe is added on Windows)."),
+    ] = "her-server",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an earlier bundle in --out (only one)."),
+    ] = False,
+    llama_lib: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-lib",
+            help="Folder of llama.cpp libraries to ship instead of llama-cpp-python's: a "
+            "GGML_BACKEND_DL build with all CPU variants runs on any x86-64 CPU (README: "
+            "Shipping in a game).",
+        ),
+    ] = None,
+) -> None:
+    """Build a self-contained folder for this platform that serves NPCs on a player's machine
+    without Python: one executable (her serve's flags), llama.cpp, the model, LICENSES.txt and
+    README.txt. Needs the bundle extra (PyInstaller)."""
+    from ._bundle import build_bundle
+
+    try:
+        result = build_bundle(
+            out,
+            model=model,
+            adapter=adapter,
+            name=name,
+            force=force,
+            llama_lib=llama_lib,
+            say=lambda msg: err_console.print(f"[dim]{msg}[/]"),
+        )
+    except HerError as exc:
+        _fail(exc)
+        return
+    mb = 1024 * 1024
+    console.print(f"[bold green]bundle[/] {result.path}")
+    console.print(f"  executable  {result.executable.name}")
+    console.print(
+        f"  size        {result.runtime_bytes / mb:.0f} MB runtime + "
+        f"{result.model_bytes / mb:.0f} MB model"
+    )
+    if result.cpu_variants:
+        console.print("  CPU         any x86-64 (llama.cpp CPU variants)")
+    else:
+        from ._cpu import describe
+
+        console.print(f"  CPU         needs {describe(result.cpu_requires) or 'x86-64'}")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 # -- her data / her train (the `train` extra; commands live in her_sdk.training.cli) ---------
