@@ -71,6 +71,7 @@ __all__ = [
     "build_bundle",
     "bundle_modules",
     "forbidden_contents",
+    "python_can_be_frozen",
 ]
 
 MANIFEST = "bundle.json"
@@ -310,6 +311,20 @@ def _pyinstaller_version() -> str:
     except ImportError:
         raise MissingDependencyError("pyinstaller", "bundle") from None
     return str(PyInstaller.__version__)
+
+
+def python_can_be_frozen() -> str | None:
+    """Why this Python cannot be frozen, or None. PyInstaller needs the interpreter as a shared
+    library on Linux; pyenv and some Docker images build Python without one."""
+    import sysconfig
+
+    if sys.platform.startswith("linux") and not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return (
+            "this Python has no shared libpython, which PyInstaller needs: use a Python built "
+            "with --enable-shared (Debian's python3, python.org builds; pyenv with "
+            "PYTHON_CONFIGURE_OPTS=--enable-shared)"
+        )
+    return None
 
 
 def _run_pyinstaller(work: Path, libs: list[Path], say: Callable[[str], None]) -> Path:
@@ -750,6 +765,9 @@ def build_bundle(
             else ("--force replaces an earlier bundle")
         )
         raise ConfigError(f"--out {out} exists and is not empty; {hint}")
+    why_not = python_can_be_frozen()
+    if why_not is not None:
+        raise BundleError(why_not)
     libdir = _llama_libdir()
     if llama_lib is not None:
         libdir = Path(llama_lib).expanduser().resolve()

@@ -219,7 +219,10 @@ def bundle(tmp_path_factory):
     pytest.importorskip("connectrpc", reason="needs the http extra")
     if not sys.platform.startswith("linux"):
         pytest.skip("the bundle tests run the Linux bundle")
-    from her_sdk._bundle import build_bundle
+    from her_sdk._bundle import build_bundle, python_can_be_frozen
+
+    if python_can_be_frozen() is not None:
+        pytest.skip(python_can_be_frozen())
 
     built = build_bundle(tmp_path_factory.mktemp("build") / "npc-server")
     assert built.executable.name == "her-server"
@@ -368,3 +371,43 @@ def test_the_bundle_refuses_a_bad_model_with_exit_code_3(bundle, tmp_path):
         assert res.returncode == 3, res.stderr
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and model.name in errors[0] and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_a_bundle_with_llama_cpp_cpu_variants_picks_one_and_plays_a_turn(tmp_path):
+    """With a GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS build of llama.cpp (README: Shipping in a
+    game; a long build, so not made here) named by $HER_LLAMA_VARIANTS_DIR."""
+    variants = os.environ.get("HER_LLAMA_VARIANTS_DIR")
+    if not variants:
+        pytest.skip("set HER_LLAMA_VARIANTS_DIR to a llama.cpp build with its CPU variants")
+    pytest.importorskip("PyInstaller", reason=BUNDLE_EXTRA)
+    from _connect_client import stream, unary
+
+    from her_sdk._bundle import build_bundle
+
+    built = build_bundle(tmp_path / "npc", llama_lib=variants)
+    assert built.cpu_variants and built.cpu_requires == []
+    assert built.runtime_bytes < 150 * 2**20, built.runtime_bytes
+    ports, log = tmp_path / "ports.json", tmp_path / "server.log"
+    server = subprocess.Popen(
+        [str(built.executable), "--port", "0", "--http-port", "0", "--port-file", str(ports)]
+        + ["--log-file", str(log), "--n-threads", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_env(tmp_path),
+    )
+    try:
+        url = _wait(lambda: ports.exists() and json.loads(ports.read_text()), 120, "ports")["http"]
+        _wait(lambda: unary(url, "GetServerInfo", {})[1].get("ready"), 300, "the model")
+        status, c = unary(url, "CreateCharacter", {"persona": {"name": "Mara"}, "settings": {}})
+        status, sc = unary(url, "CreateScene", {"characterIds": [c["id"]], "players": ["Ann"]})
+        unary(url, "Say", {"sceneId": sc["id"], "speaker": "Ann", "text": "Open up."})
+        req = {"sceneId": sc["id"], "character": "Mara", "maxTokens": 24}
+        status, _, messages, end = stream(url, "Turn", req)
+        assert status == 200 and end.get("error") is None and messages[-1]["summary"], end
+        server.terminate()
+        assert server.wait(60) == 0
+        assert server.stderr.read() == ""  # llama.cpp's own messages go to logging, not stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
