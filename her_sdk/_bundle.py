@@ -399,13 +399,15 @@ def _link_library_copies(internal: Path) -> None:
 
 
 def _strip_debug_info(folder: Path) -> None:
-    """Remove the debug information of the Python library (a Python built from source carries
-    ~17 MB of it). Not PyInstaller's --strip: stripping every library corrupts wheels' libraries
-    that auditwheel rewrote (numpy's OpenBLAS then fails to load)."""
+    """Remove the debug information of the interpreter's own libraries (libpython and its
+    extension modules: a Python built from source carries ~24 MB of it). Not PyInstaller's
+    --strip: stripping every library corrupts wheels' libraries that auditwheel rewrote (numpy's
+    OpenBLAS then fails to load)."""
     strip = shutil.which("strip")
     if strip is None or sys.platform == "win32":
         return
-    for lib in (folder / "_internal").glob("libpython*"):
+    internal = folder / "_internal"
+    for lib in [*internal.glob("libpython*"), *internal.glob("python3*/lib-dynload/*.so")]:
         if lib.is_file() and not lib.is_symlink():
             subprocess.run([strip, "--strip-debug", str(lib)], capture_output=True)
 
@@ -617,15 +619,16 @@ def _write_licenses(
         "-------",
         f"- her_sdk {__version__}: MIT (the server code, the HER format, the LoRA adapter's code)",
         f"- Python {platform.python_version()}: PSF-2.0 (the interpreter and its standard library)",
-        "- llama.cpp (ggml), inside llama-cpp-python: MIT (text below)",
+        "- llama.cpp (ggml), _internal/llama_cpp/lib/, from llama-cpp-python: MIT (text below)",
     ]
     dists = _included_distributions(modules)
     for d in dists:
         lines.append(f"- {d.metadata['Name']} {d.version}: {_dist_license(d)}")
+    # Links point into a package's folder (llama_cpp/lib, numpy.libs): those are the package's.
     libs = sorted(
         p.name
         for p in (out / "_internal").glob("*")
-        if p.is_file() and any(s in p.name for s in _lib_suffixes())
+        if p.is_file() and not p.is_symlink() and any(s in p.name for s in _lib_suffixes())
     )
     system = []
     for lib in libs:
@@ -672,7 +675,8 @@ def _write_licenses(
             break
     for d in dists:
         for path, text in _dist_license_texts(d):
-            lines += ["", f"{d.metadata['Name']} {d.version} ({Path(path).name})", "-" * 40, text]
+            where = re.sub(r"^[^/]*\.dist-info/(licenses/)?", "", path)
+            lines += ["", f"{d.metadata['Name']} {d.version} ({where})", "-" * 40, text]
     (out / "LICENSES.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -719,16 +723,21 @@ def _write_readme(out: Path, manifest: dict[str, Any]) -> None:
     instruction set llama.cpp needs. A failed start prints exactly one line, "error: ...",
     on stderr.
 
-    What a player's machine needs: {cpu} Memory: the model ({manifest["model_mb"]} MB, mapped)
-    plus the KV cache of each turn decoded at once (--max-sequences, default 8, each holding
-    --n-ctx tokens): a game with one or two NPCs talking at once passes --max-sequences 2.
-    Disk: this folder. Nothing else: no Python, no compiler, no network.
+    {{needs}}
 
     Model: {files}; `{exe} --model OTHER.gguf` serves another.
     The API: her.v1.HerService (protos/her/v1/her.proto in her_sdk); clients for Godot,
     Unity and Python are in her_sdk's examples/. Licences: LICENSES.txt (ship it too).
     """
-    (out / "README.txt").write_text(textwrap.dedent(text), encoding="utf-8")
+    needs = textwrap.fill(
+        f"What a player's machine needs: {cpu} Memory: the model ({manifest['model_mb']} MB, "
+        "mapped) plus the KV cache of each turn decoded at once (--max-sequences, default 8, "
+        "each holding --n-ctx tokens): a game with one or two NPCs talking at once passes "
+        "--max-sequences 2. Disk: this folder. Nothing else: no Python, no compiler, no network.",
+        width=88,
+    )
+    text = textwrap.dedent(text).replace("{needs}", needs)
+    (out / "README.txt").write_text(text, encoding="utf-8")
 
 
 # -- the command ---------------------------------------------------------------------------------

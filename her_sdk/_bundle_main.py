@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None, home: Path | None = None) -> None:
         return type(settings)(**{**dict(settings), **update})
 
     doc = SERVE_HELP + (
-        f"\nThis bundle's model (served without --model): {manifest['model']}"
+        "Exit code 4: this CPU lacks an instruction set the bundled llama.cpp needs.\n\n"
+        f"Without --model it serves this bundle's {manifest['model']}"
         + (f" with the adapter {manifest['adapter']}" if manifest.get("adapter") else "")
-        + ". 4: this CPU lacks an instruction set llama.cpp needs."
+        + "."
     )
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(serve_command(defaults=bundled_model, doc=doc))

@@ -201,8 +201,9 @@ def serve(*, defaults: Callable[[Any], Any] | None = None, **options: Any) -> No
 SERVE_HELP = """Serve characters and scenes to game engines over gRPC and, with --http-port, JSON
 over HTTP (the Connect protocol); the API is protos/her/v1/her.proto.
 
-Every option can also be set in the environment as HER_SERVER_<OPTION>. Exit codes: 0 stopped,
-1 could not start, 2 bad command line, 3 model or adapter missing or not loadable.
+Every option can also be set in the environment as HER_SERVER_<OPTION>.
+
+Exit codes: 0 stopped, 1 could not start, 2 bad command line, 3 model or adapter not loadable.
 """
 
 

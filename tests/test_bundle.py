@@ -286,6 +286,24 @@ def test_the_folder_holds_no_training_stack_and_says_what_is_inside(bundle):
 
 
 @pytest.mark.slow
+def test_the_executable_takes_every_flag_of_her_serve(bundle, tmp_path):
+    from her_sdk.server._settings import ServerSettings
+
+    folder, _ = bundle
+    res = subprocess.run(
+        [str(folder / "her-server"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**_clean_env(tmp_path), "COLUMNS": "200"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    for name in ServerSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in res.stdout, name
+    assert "gemma-3-270m-q4_k_m.gguf" in res.stdout  # what it serves without --model
+
+
+@pytest.mark.slow
 def test_a_game_starts_it_without_python_plays_turns_and_it_ends_with_the_game(bundle, tmp_path):
     from _connect_client import stream, unary
 
@@ -316,18 +334,18 @@ def test_a_game_starts_it_without_python_plays_turns_and_it_ends_with_the_game(b
             her.wait_ready(timeout=300)
             ready_s = time.monotonic() - started
             mara = her.create_character(
-                "Mara", profile="Gate captain of Vell. Speaks briefly.", max_tokens=40, seed=1
+                "Mara", profile="Gate captain of Vell. Speaks briefly.", max_tokens=24, seed=1
             )
             scene = her.create_scene([mara], players="Traveler", seed=3)
             scene.say("Traveler", "Open the gate, captain.", "knocks")
             reply = scene.turn("Mara")
-            assert reply.character == "Mara" and 0 < reply.completion_tokens <= 40
+            assert reply.character == "Mara" and 0 < reply.completion_tokens <= 24
             assert reply.finish_reason in ("stop", "length")
             info = her.server_info()
             assert info.ready and info.backend == "llama.cpp"
             assert info.model == "gemma-3-270m-q4_k_m.gguf" and info.adapter
         url = addresses["http"]
-        jory = {"persona": {"name": "Jory"}, "settings": {"maxTokens": 40, "seed": "2"}}
+        jory = {"persona": {"name": "Jory"}, "settings": {"maxTokens": 24, "seed": "2"}}
         status, jory = unary(url, "CreateCharacter", jory)
         assert status == 200
         status, sc = unary(url, "CreateScene", {"characterIds": [jory["id"]], "players": ["Ann"]})
