@@ -5,9 +5,11 @@
 
 The folder holds one executable (`her-server`, or `--name`), which is `her serve` frozen with
 its flags and exit codes (`her_sdk._bundle_main`); the Python runtime and the packages it needs
-(grpcio, protobuf, pydantic, connectrpc, cheroot, msgspec, numpy, jinja2, llama-cpp-python)
-under `_internal/`, llama.cpp's shared libraries under `_internal/llama_cpp/lib/`; the model and
-adapter under `models/`; `bundle.json` (what the executable serves, which instruction sets its
+(grpcio, protobuf, pydantic, connectrpc, cheroot, msgspec, jinja2, typer and rich for the flags,
+llama-cpp-python, and numpy: the llama.cpp backend reads logits with it and llama-cpp-python's
+package imports it, so it and its OpenBLAS stay, ~40 MB of the ~100) under `_internal/`, and
+llama.cpp's shared libraries under `_internal/llama_cpp/lib/`; the model and adapter under
+`models/`; `bundle.json` (what the executable serves, which instruction sets its
 llama.cpp needs); `LICENSES.txt` (every component and its licence, with the texts found); and
 `README.txt` for the game developer. Training, export and evaluation code, torch, transformers,
 trl and the like are excluded by name and the result is checked for them (`forbidden_contents`).
