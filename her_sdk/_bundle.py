@@ -443,6 +443,9 @@ def _frozen(
 
 
 def _prune(cache: Path, keep: Path) -> None:
+    for work in cache.glob(".freeze-*"):  # left by a build that was killed
+        if time.time() - work.stat().st_mtime > 3600:
+            shutil.rmtree(work, ignore_errors=True)
     entries = [p for p in cache.iterdir() if p.is_dir() and (p / "complete").is_file()]
     entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[_KEEP_CACHED:]:

@@ -88,9 +88,11 @@ def _load_cpu_variants() -> None:
 def main(argv: list[str] | None = None, home: Path | None = None) -> None:
     home = home or _home()
     manifest = _manifest(home)
-    _check_cpu(manifest)
-    if manifest["llama_cpp"].get("cpu_variants"):
-        _load_cpu_variants()
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" not in args:  # the help works on any CPU
+        _check_cpu(manifest)
+        if manifest["llama_cpp"].get("cpu_variants"):
+            _load_cpu_variants()
 
     import typer
 

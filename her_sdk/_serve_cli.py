@@ -164,38 +164,42 @@ def serve(*, defaults: Callable[[Any], Any] | None = None, **options: Any) -> No
         return
     _setup_logging(settings.log_file)
     # With a log file the game may never read stderr (a full pipe would block the server):
-    # everything but the last error line goes to the file.
-    say = err_console.print if settings.log_file is None else None
+    # everything but the last error line goes to the file. Without one, a person reads stderr.
+    to_file = settings.log_file is not None
 
     def listening(server) -> None:
         http = f" and {server.http_url} (JSON)" if server.http_url else ""
-        log.info("listening on %s (gRPC)%s; loading the model", server.target, http)
-        if say is not None:
-            say(f"[dim]Listening on {server.target} (gRPC){http}; loading the model…[/]")
+        if to_file:
+            log.info("listening on %s (gRPC)%s; loading the model", server.target, http)
+        else:
+            err_console.print(f"[dim]Listening on {server.target} (gRPC){http}; loading…[/]")
 
     def ready(server) -> None:
         scheme = "TLS" if settings.tls_cert else "plaintext"
         auth = "bearer token" if settings.token else "no auth"
         thoughts = "exposed on request" if settings.expose_thoughts else "never sent"
         http = f" and {server.http_url} (Connect JSON)" if server.http_url else ""
-        log.info("ready on %s (gRPC)%s (%s, %s)", server.target, http, scheme, auth)
-        if say is not None:
-            say(
+        if to_file:
+            log.info("ready on %s (gRPC)%s (%s, %s)", server.target, http, scheme, auth)
+        else:
+            err_console.print(
                 f"[bold green]her serve[/] ready on {server.target} (gRPC){http} ({scheme}, "
                 f"{auth}; private thoughts {thoughts}). Ctrl-C or SIGTERM drains and stops."
             )
 
+    def stop(exc: BaseException, code: int = EXIT_ERROR) -> None:
+        if to_file:
+            log.error("%s", exc)  # the game's log has it too
+        fail(exc, code)
+
     try:
         run_server(settings, ready=ready, listening=listening)
     except (ModelNotFoundError, InvalidModelError) as exc:
-        log.error("%s", exc)
-        fail(exc, EXIT_MODEL)
+        stop(exc, EXIT_MODEL)
     except HerError as exc:
-        log.error("%s", exc)
-        fail(exc)
+        stop(exc)
     except OSError as exc:  # e.g. a port file in a folder it cannot write
-        log.error("%s", exc)
-        fail(ConfigError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+        stop(ConfigError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
 
 
 SERVE_HELP = """Serve characters and scenes to game engines over gRPC and, with --http-port, JSON

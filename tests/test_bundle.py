@@ -180,6 +180,8 @@ def test_a_cpu_without_what_the_build_needs_is_refused_before_llama_cpp_loads(tm
     (line,) = error_lines(res.stderr)
     assert line.startswith("error:") and "AVX-512 (F)" in line and "AVX2" not in line.split(",")[0]
     assert "llama_cpp loaded: False" in res.stdout  # refused before llama.cpp could crash
+    res = _run_main(tmp_path, "--help", lacks="avx512f")
+    assert res.returncode == 0 and "--port-file" in res.stdout  # the help works on any CPU
 
 
 def test_a_missing_or_corrupt_bundled_model_is_exit_code_3_and_one_line(tmp_path):
