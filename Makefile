@@ -3,6 +3,7 @@
 #   make demo          create .venv, install the runtime, play the offline demo scene
 #   make test          install the test extras, lint, run the whole suite (what CI runs)
 #   make test-fast     the same without the `slow` tests (they load the real model)
+#   make test-engines  install headless Godot 3 and Mono (Debian, root) for the engine-client tests
 #   make lock          re-make the lock from the newest releases, after the suite passed on them
 #   make test-latest   run lint and the suite on the newest releases, in .venv-latest
 #
@@ -22,7 +23,7 @@ HAVE_LOCK := $(and $(filter 1,$(LOCKED)),$(wildcard $(LOCK)))
 CONSTRAIN := $(if $(HAVE_LOCK),-c $(LOCK) --build-constraint requirements/build.txt)
 CHECK_LOCK := $(if $(HAVE_LOCK),$(BIN)/python requirements/lock.py check $(LOCK),@echo "note: no lock used ($(if $(filter 1,$(LOCKED)),none for $(PLATFORM),LOCKED=0)): newest versions pyproject.toml allows")
 
-.PHONY: demo test test-fast lint lock test-latest bench clean
+.PHONY: demo test test-fast test-engines lint lock test-latest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,16 +43,33 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml $(HAVE_LOCK)
 demo: $(VENV)/.demo-installed
 	$(BIN)/her demo
 
-test: lint
+test: lint test-engines
 	$(BIN)/python -m pytest
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
+# The real engines the slow client tests run (Debian packages): headless Godot 3 for the GDScript
+# client, Mono's C# compiler and runtime for the Unity client core. Without apt-get (not Debian,
+# not root) this says so and goes on: those tests then skip with the reason.
+ENGINE_PACKAGES := godot3-server mono-mcs mono-runtime libmono-system-net-http4.0-cil \
+	libmono-system-runtime-serialization4.0-cil
+test-engines:
+	@if command -v godot3-server >/dev/null && command -v mcs >/dev/null && command -v mono >/dev/null; then \
+		echo "engines: godot3-server, mcs and mono are installed"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(ENGINE_PACKAGES) >/dev/null \
+		|| echo "engines: apt-get install failed; the Godot and Mono tests will skip"; \
+	else \
+		echo "engines: no root apt-get here; the Godot and Mono tests will skip"; \
+	fi
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/gdparse examples/godot/addons/her/*.gd examples/godot/demo/*.gd >/dev/null
+	$(BIN)/gdlint examples/godot/addons/her/*.gd examples/godot/demo/*.gd
 
 # A fresh venv on the newest releases: the suite must pass there before the lock takes them.
 test-latest:

@@ -2,8 +2,11 @@
 
     her demo [--show-thoughts] [--model SPEC] [--seed N]   an offline scene, streamed
     her chat --character FILE [--as NAME]                   talk to one character yourself
-    her serve [--port N] [--token T] [--expose-thoughts]    gRPC service for game engines
-                                                            (one flag per ServerSettings field)
+    her serve [--port N] [--http-port N] [--token T] ...     gRPC + JSON (Connect) service for
+                                                            game engines (one flag per
+                                                            ServerSettings field)
+    her bundle --out DIR [--model F] [--adapter F] ...       a self-contained server folder
+                                                            for a game (no Python needed)
     her data convert|synth-plans ...                        training data (her_sdk.training.cli)
     her train sft|rm|rl --config FILE [key=value ...]       training (her_sdk.training.cli)
     her export gguf|gguf-lora|onnx SRC --out ...            verified export (her_sdk.export.cli)
@@ -19,10 +22,8 @@ when it runs, so `her --help` stays quick; only `serve`'s flags are read at star
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised only without the cli extra
 
     raise MissingDependencyError("typer and rich", "cli") from None
 
-from ._errors import ConfigError, HerError
+from ._errors import HerError
 from ._version import __version__
 
 app = typer.Typer(
@@ -66,8 +67,9 @@ def _root(
 
 
 def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=1)
+    from ._serve_cli import fail
+
+    fail(exc)
 
 
 def _load(model: str | None, **kwargs):
@@ -293,118 +295,85 @@ def chat(
 
 # -- her serve: one option per ServerSettings field ---------------------------------------------
 # The options are derived from the pydantic model (as llama-cpp-python's server does): a new
-# setting is a new flag, named after the field, with the field's description as its help.
+# setting is a new flag, named after the field, with the field's description as its help. The
+# command lives in `_serve_cli`, which a bundle's executable runs without this module.
+from ._serve_cli import serve_command  # noqa: E402
 
-SERVE_ENV_PREFIX = "HER_SERVER_"  # each flag also reads $HER_SERVER_<FIELD>, e.g. HER_SERVER_TOKEN
-
-
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
+app.command(name="serve")(serve_command())
 
 
-def _option_type(name: str, annotation: object) -> type:
-    """The command-line type of a settings field (Optional[X] is X; a secret is a str)."""
-    import types
-    from typing import Union, get_args, get_origin
+@app.command()
+def bundle(
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder to create (it must not exist, or be empty)."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="GGUF model file to ship (default: the embedded Gemma-3-270M, Q4_K_M).",
+        ),
+    ] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--adapter",
+            help="GGUF LoRA adapter to ship, or 'none' (default: her_sdk's adapter with the "
+            "embedded model, none with another model).",
+        ),
+    ] = None,
+    name: Annotated[
+        str,
+        typer.Option("--name", help="File name of the executable (.exe is added on Windows)."),
+    ] = "her-server",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an earlier bundle in --out (only one)."),
+    ] = False,
+    llama_lib: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-lib",
+            help="Folder of llama.cpp libraries to ship instead of llama-cpp-python's: a "
+            "GGML_BACKEND_DL build with all CPU variants runs on any x86-64 CPU (README: "
+            "Shipping in a game).",
+        ),
+    ] = None,
+) -> None:
+    """Build a self-contained folder for this platform that serves NPCs on a player's machine
+    without Python: one executable (her serve's flags), llama.cpp, the model, LICENSES.txt and
+    README.txt. Needs the bundle extra (PyInstaller)."""
+    from ._bundle import build_bundle
 
-    from pydantic import SecretStr
-
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else annotation
-    if annotation is SecretStr:
-        return str
-    if annotation in (bool, int, float, str, Path):
-        return annotation
-    raise TypeError(f"ServerSettings.{name}: no command-line type for {annotation!r}")
-
-
-def _serve_parameters() -> list[inspect.Parameter]:
-    """`her serve`'s options as typer parameters, one per ServerSettings field, in field order."""
     try:
-        from .server._settings import ServerSettings
-    except ImportError:  # no grpc extra: `her serve` then says which extra to install
-        return []
-    params = []
-    for name, field in ServerSettings.model_fields.items():
-        kind = _option_type(name, field.annotation)
-        default = field.get_default(call_default_factory=True)
-        decl = _flag(name)
-        if kind is bool and default:
-            decl = f"{decl}/--no-{decl[2:]}"
-        option = typer.Option(
-            decl,
-            help=field.description,
-            envvar=SERVE_ENV_PREFIX + name.upper(),
-            show_envvar=True,
+        result = build_bundle(
+            out,
+            model=model,
+            adapter=adapter,
+            name=name,
+            force=force,
+            llama_lib=llama_lib,
+            say=lambda msg: err_console.print(f"[dim]{msg}[/]"),
         )
-        annotation = kind if default is not None else kind | None
-        params.append(
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=default,
-                annotation=Annotated[annotation, option],
-            )
-        )
-    return params
-
-
-def _settings_error(exc, fields: Iterable[str]) -> ConfigError:
-    """A pydantic ValidationError as one line that names each bad flag."""
-    import re
-
-    parts = []
-    for e in exc.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["loc"]:
-            parts.append(f"{_flag(str(e['loc'][0]))}: {msg}")
-        else:  # a check across fields: its message names fields; say flags instead
-            names = "|".join(sorted(fields, key=len, reverse=True))
-            parts.append(re.sub(rf"\b({names})\b", lambda m: _flag(m.group(1)), msg))
-    return ConfigError("; ".join(parts))
-
-
-def serve(**options: object) -> None:
-    """Serve characters and scenes over gRPC (protos/her/v1/her.proto) for game engines.
-
-    Every option can also be set in the environment as HER_SERVER_<OPTION>.
-    """
-    import logging
-
-    try:
-        from .server import ServerSettings
-        from .server import serve as run_server
-    except HerError as exc:  # MissingDependencyError naming the grpc extra
-        _fail(exc)
-        return
-    from pydantic import ValidationError
-
-    try:
-        settings = ServerSettings(**options)
-    except ValidationError as exc:
-        _fail(_settings_error(exc, ServerSettings.model_fields))
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
-    def ready(server) -> None:
-        scheme = "TLS" if settings.tls_cert else "plaintext"
-        auth = "bearer token" if settings.token else "no auth"
-        thoughts = "exposed on request" if settings.expose_thoughts else "never sent"
-        err_console.print(
-            f"[bold green]her serve[/] listening on {server.target} ({scheme}, {auth}; "
-            f"private thoughts {thoughts}). Ctrl-C or SIGTERM drains and stops."
-        )
-
-    try:
-        err_console.print("[dim]Loading the model…[/]")
-        run_server(settings, ready=ready)
     except HerError as exc:
         _fail(exc)
+        return
+    mb = 1024 * 1024
+    console.print(f"[bold green]bundle[/] {result.path}")
+    console.print(f"  executable  {result.executable.name}")
+    console.print(
+        f"  size        {result.runtime_bytes / mb:.0f} MB runtime + "
+        f"{result.model_bytes / mb:.0f} MB model"
+    )
+    if result.cpu_variants:
+        console.print("  CPU         any x86-64 (llama.cpp CPU variants)")
+    else:
+        from ._cpu import describe
 
-
-serve.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
-app.command()(serve)
+        console.print(f"  CPU         needs {describe(result.cpu_requires) or 'x86-64'}")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 # -- her data / her train (the `train` extra; commands live in her_sdk.training.cli) ---------

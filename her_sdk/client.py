@@ -10,7 +10,12 @@
         for delta in scene.stream("Mara"):    # her_sdk.Delta pieces as they are generated
             print(delta.channel, delta.text)
 
-Turns return `her_sdk.Reply`, deltas `her_sdk.Delta`, events `her_sdk.Event`. Private channels
+Every rpc of `protos/her/v1/her.proto` has a method here: characters (`create_character`,
+`get_character`, `update_character`, `delete_character`), their minds (`remember`,
+`set_relationship`, `allow_reveal`), scenes (`create_scene`, `load_scene`, and on a
+`RemoteScene`: `info`, `add`, `add_player`, `say`, `narrate`, `stream`/`turn`, `save`, `delete`)
+and the server (`server_info`, `wait_ready`). Turns return `her_sdk.Reply`, deltas
+`her_sdk.Delta`, events `her_sdk.Event`. Private channels
 (plan, thoughts) arrive only if you ask (`private=True`, the default of `turn`) and the server runs
 with `--expose-thoughts`. A failed call raises `her_sdk.ServerError` (a HerError; also importable
 from here) carrying the gRPC status `code` name. Messages are translated by
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
@@ -36,11 +42,11 @@ try:
     import grpc
 
     from .server._convert import (
-        action_to_pb,
         delta_from_pb,
         event_from_pb,
         priority_to_pb,
         reply_from_pb,
+        settings_to_pb,
     )
     from .server._pb import pb, pb_grpc
 except ImportError:
@@ -134,13 +140,18 @@ class Client:
         seed: int | None = None,
         max_memory: int | None = None,
         actions: Sequence[Action] | None = None,
+        recall: int | None = None,
+        summarize: bool | None = None,
+        rate_importance: str | None = None,
+        max_long_term: int | None = None,
     ) -> str:
         """Create a character from persona fields or a Character Card (dict or JSON); its id.
 
         `allowed_actions`, if given, are the only action texts the character may write (as
         `Character(allowed_actions=...)`); `typed_actions` are typed actions whose calls come
-        back in `Reply.calls` (`actions=`, their first name, is deprecated). The server
-        validates every field.
+        back in `Reply.calls` (`actions=`, their first name, is deprecated). The memory
+        settings (`max_memory`, `recall`, `summarize`, `rate_importance`, `max_long_term`) are
+        `Character`'s. The server validates every field.
         """
         if actions is not None:
             warnings.warn(
@@ -149,14 +160,18 @@ class Client:
                 2,
             )
             typed_actions = typed_actions if typed_actions is not None else actions
-        settings = pb.CharacterSettings(
+        settings = settings_to_pb(
             plan=plan,
             allowed_actions=list(allowed_actions or []),
-            actions=[action_to_pb(a) for a in typed_actions or []],
+            typed_actions=list(typed_actions or []),
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
             max_memory=max_memory,
+            recall=recall,
+            summarize=summarize,
+            rate_importance=rate_importance,
+            max_long_term=max_long_term,
         )
         if card is not None:
             import json
@@ -184,6 +199,75 @@ class Client:
 
     def delete_character(self, character_id: str) -> None:
         self._call("DeleteCharacter", pb.DeleteCharacterRequest(character_id=character_id))
+
+    def update_character(
+        self,
+        character_id: str,
+        *,
+        source: str | None = None,
+        profile: str | None = None,
+        background: str | None = None,
+        scenario: str | None = None,
+        goals: str | None = None,
+        secrets: str | None = None,
+    ) -> pb.Character:
+        """Change persona fields mid-game (those given; the others stay)."""
+        req = pb.UpdateCharacterRequest(
+            character_id=character_id,
+            source=source,
+            profile=profile,
+            background=background,
+            scenario=scenario,
+            goals=goals,
+            secrets=secrets,
+        )
+        return self._call("UpdateCharacter", req)
+
+    # -- the character's mind -----------------------------------------------------------------
+
+    def remember(
+        self, character_id: str, text: str, *, importance: float | None = None
+    ) -> float | None:
+        """Plant a fact in the character's long-term memory; the importance it was stored
+        with (None while it waits for a model rating)."""
+        req = pb.RememberRequest(character_id=character_id, text=text, importance=importance)
+        response = self._call("Remember", req)
+        return response.importance if response.HasField("importance") else None
+
+    def set_relationship(self, character_id: str, who: str, note: str) -> pb.Character:
+        """How the character regards `who` from now on (an empty note removes it)."""
+        req = pb.SetRelationshipRequest(character_id=character_id, who=who, note=note)
+        return self._call("SetRelationship", req)
+
+    def allow_reveal(self, character_id: str, secret: str | None = None) -> None:
+        """Let the character say its secrets (or this part of them) in public."""
+        req = pb.AllowRevealRequest(character_id=character_id, secret=secret or "")
+        self._call("AllowReveal", req)
+
+    # -- the server ---------------------------------------------------------------------------
+
+    def server_info(self) -> pb.ServerInfo:
+        """The server's model, adapter, context size, prompt style, plan default, readiness."""
+        return self._call("GetServerInfo", pb.GetServerInfoRequest())
+
+    def wait_ready(self, timeout: float = 120.0, *, interval: float = 0.25) -> pb.ServerInfo:
+        """Wait until the server accepts connections and has loaded its model.
+
+        Retries while the port is not open yet (UNAVAILABLE) and while the model loads;
+        raises ServerError("DEADLINE_EXCEEDED") after `timeout` seconds.
+        """
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout=interval * 8)
+                if info.ready:
+                    return info
+            except ServerError as exc:
+                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise
+            if time.monotonic() >= end:
+                raise ServerError("DEADLINE_EXCEEDED", f"the server was not ready in {timeout}s")
+            time.sleep(interval)
 
     # -- scenes -------------------------------------------------------------------------------
 

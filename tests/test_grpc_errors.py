@@ -1,4 +1,5 @@
-"""Bad input -> the status code her.proto documents, for every rpc; no UNKNOWN ever."""
+"""Bad input -> the status code her.proto documents, for every rpc, over gRPC and over Connect
+(JSON over HTTP, with the HTTP status the Connect protocol gives that code); no UNKNOWN ever."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import ClassVar
 
 import grpc
 import pytest
+from _connect_client import error_code, stream, unary
 from _grpc_util import running
+from google.protobuf import json_format
 
 from her_sdk import MockBackend
 from her_sdk import _errors as errors
 from her_sdk._backends._openai import OpenAIBackend
 from her_sdk.server._pb import pb, pb_grpc
-from her_sdk.server._status import STATUS, status_for
+from her_sdk.server._status import STATUS, connect_code, status_for
 
 TEXT = 100  # max_text_chars of the server under test
 MSG = 64 * 1024  # max_message_bytes
@@ -38,6 +41,7 @@ def api():
         max_characters=6,
         max_scenes=3,
         expose_thoughts=True,  # SaveScene/LoadScene as bytes are tested here
+        http_port=0,
     ) as s:
         channel = grpc.insecure_channel(s.target)
         stub = pb_grpc.HerServiceStub(channel)
@@ -149,7 +153,55 @@ def cases(cid: str, sid: str):
         ("LoadScene", pb.LoadSceneRequest(data=b"\x00garbage"), INVALID),
         ("LoadScene", pb.LoadSceneRequest(data=b'{"kind": "scene", "version": 99}'), INVALID),
         ("LoadScene", pb.LoadSceneRequest(data=b"x" * MSG), EXHAUSTED),
+        # Remember
+        ("Remember", pb.RememberRequest(), INVALID),
+        ("Remember", pb.RememberRequest(character_id=cid), INVALID),  # no text
+        ("Remember", pb.RememberRequest(character_id=cid, text=BIG), EXHAUSTED),
+        ("Remember", pb.RememberRequest(character_id=MISSING_C, text="x"), NOT_FOUND),
+        ("Remember", pb.RememberRequest(character_id=cid, text="x", importance=11), INVALID),
+        ("Remember", pb.RememberRequest(character_id=cid, text="x", importance=0), INVALID),
+        # SetRelationship
+        ("SetRelationship", pb.SetRelationshipRequest(), INVALID),
+        ("SetRelationship", pb.SetRelationshipRequest(character_id=cid), INVALID),  # no who
+        ("SetRelationship", pb.SetRelationshipRequest(character_id=cid, who="a:b"), INVALID),
+        (
+            "SetRelationship",
+            pb.SetRelationshipRequest(character_id=cid, who="T", note=BIG),
+            EXHAUSTED,
+        ),
+        ("SetRelationship", pb.SetRelationshipRequest(character_id=MISSING_C, who="T"), NOT_FOUND),
+        # AllowReveal (this server exposes thoughts, so a non-secret is an error here)
+        ("AllowReveal", pb.AllowRevealRequest(), INVALID),
+        ("AllowReveal", pb.AllowRevealRequest(character_id=MISSING_C), NOT_FOUND),
+        ("AllowReveal", pb.AllowRevealRequest(character_id=cid, secret=BIG), EXHAUSTED),
+        ("AllowReveal", pb.AllowRevealRequest(character_id=cid, secret="no secret"), INVALID),
+        # UpdateCharacter
+        ("UpdateCharacter", pb.UpdateCharacterRequest(), INVALID),
+        ("UpdateCharacter", pb.UpdateCharacterRequest(character_id=MISSING_C), NOT_FOUND),
+        ("UpdateCharacter", pb.UpdateCharacterRequest(character_id=cid, goals=BIG), EXHAUSTED),
+        ("UpdateCharacter", pb.UpdateCharacterRequest(character_id=cid, goals="a\0b"), INVALID),
+        # GetServerInfo (nothing a client sends can make it fail; see the auth test)
+        ("GetServerInfo", pb.GetServerInfoRequest(), OK),
     ]
+
+
+def test_the_table_covers_every_rpc():
+    rpcs = {m.name for m in pb.DESCRIPTOR.services_by_name["HerService"].methods}
+    covered = {method for method, _, _ in cases("c", "s")}
+    assert covered == rpcs, f"rpcs without rows: {sorted(rpcs - covered)}"
+
+
+def connect_call(url: str, method: str, request) -> str:
+    """The Connect code of `request` sent over JSON/HTTP ("ok" for success)."""
+    body = json_format.MessageToDict(request)
+    if method == "Turn":
+        status, _, _, end = stream(url, method, body)
+        assert status == 200  # streams carry their error in the end-of-stream message
+        return end["error"]["code"] if "error" in end else "ok"
+    status, answer = unary(url, method, body)
+    code = error_code(status, answer)
+    assert code != "unknown", answer
+    return code
 
 
 def test_bad_input_table(api):
@@ -161,6 +213,22 @@ def test_bad_input_table(api):
             wrong.append(f"{method}({request}) -> {got.name}, documented {expected.name}")
     assert not wrong, "\n".join(wrong)
     # Nothing was half-created by the failures.
+    _assert_unchanged(stub, cid, sid)
+
+
+def test_bad_input_table_over_connect(api):
+    stub, cid, sid, server = api
+    wrong = []
+    for method, request, expected in cases(cid, sid):
+        got = connect_call(server.http_url, method, request)
+        want = "ok" if expected == OK else connect_code(expected)
+        if got != want:
+            wrong.append(f"{method}({request}) -> {got}, documented {want}")
+    assert not wrong, "\n".join(wrong)
+    _assert_unchanged(stub, cid, sid)
+
+
+def _assert_unchanged(stub, cid, sid):
     info = stub.GetScene(pb.GetSceneRequest(scene_id=sid))
     assert [p.name for p in info.characters] == ["Mara"] and list(info.players) == ["T"]
     assert stub.GetCharacter(pb.GetCharacterRequest(character_id=cid)).scene_id == sid

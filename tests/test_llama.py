@@ -23,7 +23,7 @@ from her_sdk import (  # noqa: E402
     Scene,
     load_model,
 )
-from her_sdk._backends import _llama  # noqa: E402
+from her_sdk._backends import _llama, _llama_engine  # noqa: E402
 from her_sdk._backends._llama_sampling import make_chain  # noqa: E402
 from her_sdk._model import default_model_path  # noqa: E402
 from her_sdk.demo import PLAYER, build_demo_scene  # noqa: E402
@@ -134,6 +134,20 @@ def test_amx_cpus_load_without_weight_repacking(monkeypatch):
         c.reply(seed=0, max_tokens=8)  # batched prompt decode: the path that crashed
     finally:
         m.close()
+
+
+def test_amx_check_off_linux_asks_the_engine(monkeypatch, tmp_path):
+    # Without /proc/cpuinfo (Windows, macOS) the engine's own run-time check decides, not the OS.
+    bufts = _llama_engine._engine_weight_buffers()
+    assert bufts is not None, "this llama.cpp build cannot report its weight buffer types"
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "")
+    if "amx_int8" not in flags:
+        assert "AMX" not in bufts  # the engine never offers AMX on a CPU without it
+    monkeypatch.setattr(_llama_engine, "_CPUINFO", str(tmp_path / "absent"))
+    assert _llama_engine.cpu_has_amx() == ("AMX" in bufts)
+    monkeypatch.setattr(_llama_engine, "_engine_weight_buffers", lambda: None)
+    assert _llama_engine.cpu_has_amx() is True  # a build that cannot be asked: no repacking
 
 
 # -- bad model files: clear errors naming the file, never a crash ----------------------------

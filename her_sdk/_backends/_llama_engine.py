@@ -18,6 +18,7 @@ import logging
 import platform
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from .._errors import GenerationError, InvalidModelError, MissingDependencyError
@@ -58,20 +59,62 @@ def import_llama_cpp(verbose: bool = False):
     return llama_cpp
 
 
+_CPUINFO = "/proc/cpuinfo"
+
+
 def cpu_has_amx() -> bool:
-    """True when the CPU advertises Intel AMX (Linux /proc/cpuinfo)."""
+    """True when llama.cpp may repack weights for Intel AMX here (the crash of the module doc).
+
+    Linux: the CPU's flags (/proc/cpuinfo). Elsewhere on x86-64 (Windows, macOS on Intel) the
+    engine itself is asked: its CPU backend offers the "AMX" weight buffer only when it was built
+    with AMX and the CPU has it (llama.cpp checks that at run time). Only a build too old to be
+    asked is assumed to have it: repacking is an optimisation, a segfault is not.
+    """
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+        with open(_CPUINFO, encoding="ascii", errors="ignore") as f:
             for line in f:
                 if line.startswith("flags"):
                     return "amx_tile" in line or "amx_int8" in line
     except OSError:
         pass
-    # Unknown x86-64 OS (Windows, macOS on Intel): assume the worst; repacking is an
-    # optimisation, a segfault is not.
-    return platform.system() != "Linux"
+    bufts = _engine_weight_buffers()
+    return bufts is None or "AMX" in bufts
+
+
+def _engine_weight_buffers() -> list[str] | None:
+    """Names of the extra weight buffer types ("AMX", "CPU_REPACK", ...) that llama.cpp's CPU
+    backend registered on this machine, or None when this build cannot be asked."""
+    try:
+        llama_cpp = import_llama_cpp()
+        from llama_cpp._ctypes_extensions import load_shared_library
+
+        libdir = Path(llama_cpp.__file__).resolve().parent / "lib"
+        ggml = load_shared_library("ggml", libdir)
+        base = load_shared_library("ggml-base", libdir)
+        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+        ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+        ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        base.ggml_backend_buft_name.restype = ctypes.c_char_p
+        base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    except (MissingDependencyError, ImportError, OSError, RuntimeError, AttributeError):
+        return None
+    dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    if not dev:
+        return None
+    reg = ggml.ggml_backend_dev_backend_reg(dev)
+    fn = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if not fn:
+        return None
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(dev)
+    names: list[str] = []
+    while bufts and bufts[len(names)]:  # a NULL-terminated array
+        names.append(base.ggml_backend_buft_name(bufts[len(names)]).decode("ascii", "replace"))
+    return names
 
 
 class LlamaEngine:

@@ -9,12 +9,19 @@
                                    then holds only public text)
     Action   <-> pb.ActionSpec    (a typed action; Target <-> pb.Target)
     Call     <-> pb.Call
+    Character keyword arguments <-> pb.CharacterSettings  (settings_from_pb / settings_to_pb)
+    persona changes              <-  pb.UpdateCharacterRequest (persona_update_from_pb)
+    model description            ->  pb.ServerInfo           (server_info_to_pb)
 
 Durations are seconds in her_sdk and milliseconds on the wire. This module only converts: ids,
 limits and the registry of live objects are the service's (`_service.py`).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import msgspec
 
 from .._actions import Action, Call, InvalidCall, Target, Text
 from .._errors import ConfigError
@@ -40,12 +47,16 @@ __all__ = [
     "event_to_pb",
     "persona_from_pb",
     "persona_to_pb",
+    "persona_update_from_pb",
     "priority_from_pb",
     "priority_to_pb",
     "reply_from_pb",
     "reply_to_pb",
     "segment_from_pb",
     "segment_to_pb",
+    "server_info_to_pb",
+    "settings_from_pb",
+    "settings_to_pb",
 ]
 
 CHANNEL: dict[Channel, pb.Channel] = {
@@ -291,4 +302,96 @@ def reply_from_pb(m: pb.TurnSummary) -> Reply:
             )
             for b in m.blocked_reveals
         ],
+    )
+
+
+# -- CharacterSettings -----------------------------------------------------------------------
+
+IMPORTANCE_RATING: dict[str, pb.ImportanceRating] = {
+    "heuristic": pb.IMPORTANCE_RATING_HEURISTIC,
+    "model": pb.IMPORTANCE_RATING_MODEL,
+}
+_IMPORTANCE_NAME: dict[int, str] = {v: k for k, v in IMPORTANCE_RATING.items()}
+_SAMPLING_FIELDS = ("max_tokens", "temperature")
+_OPTIONAL_SETTINGS = ("plan", "seed", "max_memory", "recall", "summarize", "max_long_term")
+
+
+def settings_from_pb(m: pb.CharacterSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Character keyword arguments, Sampling overrides) for the fields `m` sets."""
+    kwargs: dict[str, Any] = {f: getattr(m, f) for f in _OPTIONAL_SETTINGS if m.HasField(f)}
+    if m.allowed_actions:
+        kwargs["allowed_actions"] = list(m.allowed_actions)
+    if m.actions:
+        kwargs["typed_actions"] = [action_from_pb(a) for a in m.actions]
+    if m.rate_importance != pb.IMPORTANCE_RATING_UNSPECIFIED:
+        try:
+            kwargs["rate_importance"] = _IMPORTANCE_NAME[m.rate_importance]
+        except KeyError:
+            raise ConfigError(f"unknown her.v1.ImportanceRating {m.rate_importance}") from None
+    sampling = {f: getattr(m, f) for f in _SAMPLING_FIELDS if m.HasField(f)}
+    return kwargs, sampling
+
+
+def settings_to_pb(
+    *,
+    plan: bool | None = None,
+    allowed_actions: list[str] | None = None,
+    typed_actions: list[Action] | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+    max_memory: int | None = None,
+    recall: int | None = None,
+    summarize: bool | None = None,
+    rate_importance: str | None = None,
+    max_long_term: int | None = None,
+) -> pb.CharacterSettings:
+    """The message for Character-style settings; None leaves a field unset (the default)."""
+    if rate_importance is not None and rate_importance not in IMPORTANCE_RATING:
+        raise ConfigError("rate_importance must be 'heuristic' or 'model'")
+    return pb.CharacterSettings(
+        plan=plan,
+        allowed_actions=list(allowed_actions or []),
+        actions=[action_to_pb(a) for a in typed_actions or []],
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        max_memory=max_memory,
+        recall=recall,
+        summarize=summarize,
+        rate_importance=IMPORTANCE_RATING[rate_importance] if rate_importance else None,
+        max_long_term=max_long_term,
+    )
+
+
+# -- persona updates -------------------------------------------------------------------------
+
+_UPDATABLE = ("source", "profile", "background", "scenario", "goals", "secrets")
+
+
+def persona_update_from_pb(p: Persona, m: pb.UpdateCharacterRequest) -> Persona:
+    """`p` with the fields `m` sets, validated as a new persona (its name never changes)."""
+    fields = msgspec.structs.asdict(p)
+    fields.update({f: getattr(m, f) for f in _UPDATABLE if m.HasField(f)})
+    return Persona(**fields)
+
+
+# -- ServerInfo ------------------------------------------------------------------------------
+
+
+def server_info_to_pb(
+    version: str,
+    model: dict[str, Any] | None,
+    *,
+    expose_thoughts: bool,
+    named_saves: bool,
+) -> pb.ServerInfo:
+    """The server's description; `model` is `_backend.describe()` of the loaded model, or None
+    while it loads (then `ready` is false)."""
+    return pb.ServerInfo(
+        version=version,
+        ready=model is not None,
+        expose_thoughts=expose_thoughts,
+        named_saves=named_saves,
+        **(model or {}),
     )

@@ -31,18 +31,22 @@ from .._errors import (
 from .._persona import Persona
 from .._savefile import read as read_save
 from .._scene import Event, Scene, SceneState
+from .._version import __version__
+from ._backend import describe
 from ._convert import (
-    action_from_pb,
     delta_to_pb,
     event_to_pb,
     persona_from_pb,
     persona_to_pb,
+    persona_update_from_pb,
     priority_from_pb,
     reply_to_pb,
+    server_info_to_pb,
+    settings_from_pb,
 )
 from ._pb import pb, pb_grpc
 from ._settings import ServerSettings
-from ._status import abort
+from ._status import Loading, abort
 
 __all__ = ["HerServicer"]
 
@@ -55,6 +59,7 @@ def _guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def handler(self: HerServicer, request, context):
         try:
+            self._check_ready()
             self._check_limits(request)
             return fn(self, request, context)
         except Exception as exc:
@@ -70,8 +75,15 @@ def _require(value: str, field: str) -> str:
 
 
 class HerServicer(pb_grpc.HerServiceServicer):
-    def __init__(self, model: Backend, settings: ServerSettings) -> None:
-        self.model = model
+    """The handlers of both transports (gRPC, and Connect over HTTP in `_connect`).
+
+    `model=None` starts it not ready: every call but GetServerInfo fails with UNAVAILABLE until
+    `set_model()` (a sidecar opens its ports first and loads the model after).
+    """
+
+    def __init__(self, model: Backend | None, settings: ServerSettings) -> None:
+        self.model: Backend | None = None
+        self._model_info: dict | None = None
         self.settings = settings
         self.characters: dict[str, Character] = {}
         self.scenes: dict[str, Scene] = {}
@@ -84,6 +96,23 @@ class HerServicer(pb_grpc.HerServiceServicer):
         # max_scene_events / max_total_chars; a deleted scene gives its text back.
         self._usage: dict[str, list[int]] = {}
         self._total_chars = 0
+        if model is not None:
+            self.set_model(model)
+
+    def set_model(self, model: Backend) -> None:
+        """The model is loaded: from now on every call is served."""
+        self._model_info = describe(model)
+        self.model = model
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def _check_ready(self) -> Backend:
+        model = self.model
+        if model is None:
+            raise Loading("the server is still loading its model: retry shortly")
+        return model
 
     def close(self) -> None:
         """Stop the generation threads (call after the gRPC server has stopped)."""
@@ -223,24 +252,8 @@ class HerServicer(pb_grpc.HerServiceServicer):
             for f in ("name", "profile", "scenario"):
                 if len(getattr(persona, f)) > self.settings.max_text_chars:
                     raise LimitExceededError(f"the card's {f} is longer than the text limit")
-        s = request.settings
-        kwargs: dict = {}
-        if s.HasField("plan"):
-            kwargs["plan"] = s.plan
-        if s.allowed_actions:
-            kwargs["allowed_actions"] = list(s.allowed_actions)
-        if s.actions:
-            kwargs["typed_actions"] = [action_from_pb(a) for a in s.actions]
-        if s.HasField("seed"):
-            kwargs["seed"] = s.seed
-        if s.HasField("max_memory"):
-            kwargs["max_memory"] = s.max_memory
+        kwargs, overrides = settings_from_pb(request.settings)
         c = Character(persona=persona, model=self.model, **kwargs)
-        overrides: dict = {}
-        if s.HasField("max_tokens"):
-            overrides["max_tokens"] = s.max_tokens
-        if s.HasField("temperature"):
-            overrides["temperature"] = s.temperature
         if overrides:
             c.sampling = msgspec.structs.replace(c.sampling, **overrides)
         self._register_character(c)
@@ -353,6 +366,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
 
     def Turn(self, request, context) -> Iterator[pb.TurnResponse]:
         try:
+            self._check_ready()
             self._check_limits(request)
             scene = self._scene(request.scene_id)
             name = request.character or scene.next_speaker()
@@ -411,6 +425,59 @@ class HerServicer(pb_grpc.HerServiceServicer):
         except Exception as exc:
             abort(context, exc)
 
+    # -- the character's mind --------------------------------------------------------------------
+
+    @_guard
+    def Remember(self, request, context):
+        c = self._character(request.character_id)
+        _require(request.text, "text")
+        given = request.importance if request.HasField("importance") else None
+        item = c.remember(request.text, importance=given)
+        response = pb.RememberResponse()
+        if given is not None or c.rate_importance != "model":
+            response.importance = item.importance
+        return response
+
+    @_guard
+    def SetRelationship(self, request, context):
+        c = self._character(request.character_id)
+        _require(request.who, "who")
+        persona_from_pb(pb.Persona(name=request.who))  # the name rules of any participant
+        c.set_relationship(request.who, request.note)
+        return self._character_msg(c)
+
+    @_guard
+    def AllowReveal(self, request, context):
+        c = self._character(request.character_id)
+        try:
+            if not c.persona.secrets:
+                raise ConfigError(f"{c.name!r} has no secrets")
+            c.allow_reveal(request.secret or None)
+        except ConfigError:
+            # Whether a text is a part of the secrets (or whether there are any) is itself
+            # private: without --expose-thoughts the answer must not tell (see her.proto).
+            if self.settings.expose_thoughts:
+                raise
+        return pb.AllowRevealResponse()
+
+    @_guard
+    def UpdateCharacter(self, request, context):
+        c = self._character(request.character_id)
+        c.persona = persona_update_from_pb(c.persona, request)
+        return self._character_msg(c)
+
+    def GetServerInfo(self, request, context):
+        # Answered while the model loads too: it is how a client waits for `ready`.
+        try:
+            return server_info_to_pb(
+                __version__,
+                self._model_info if self.ready else None,
+                expose_thoughts=self.settings.expose_thoughts,
+                named_saves=self.settings.save_dir is not None,
+            )
+        except Exception as exc:
+            abort(context, exc)
+
     # -- save / load ------------------------------------------------------------------------------
 
     def _save_path(self, name: str) -> Path:
@@ -463,7 +530,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
         state: SceneState = Scene.decode_state(data, source=source)
         chars = self._check_save(state)
         state.max_events = min(state.max_events, self.settings.max_scene_events)
-        scene = Scene.restore(state, source=source, model=self.model)
+        scene = Scene.restore(state, source=source, model=self._check_ready())
         with self._lock:
             room = self.settings.max_characters - len(self.characters)
             if len(scene.characters) > room:

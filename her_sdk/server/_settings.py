@@ -16,6 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from .._errors import ConfigError
+from .._model import parse_backend_spec
+
 __all__ = ["ServerSettings"]
 
 
@@ -27,11 +30,65 @@ class ServerSettings(BaseModel):
     host: str = Field(
         default="127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server."
     )
-    port: int = Field(default=50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    port: int = Field(
+        default=50051, ge=0, le=65535, description="gRPC TCP port; 0 picks a free one."
+    )
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Also serve the API as JSON over HTTP/1.1 (the Connect protocol) on this "
+        "port, for engines without gRPC (Godot, Unity WebGL); 0 picks a free one.",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins (https://game.example) whose web pages may call the "
+        "HTTP port from a browser; '*' for any. Empty: no CORS headers (browsers refuse).",
+    )
+    port_file: Path | None = Field(
+        default=None,
+        description='Once the ports accept connections, write {"grpc": "HOST:PORT", "http": '
+        '"http://HOST:PORT"} to this file (atomically), for a game that starts the server '
+        "with port 0.",
+    )
+    exit_with_parent: bool = Field(
+        default=False,
+        description="Stop (draining calls for at most 2 s) when the process that started this "
+        "one ends: a game's sidecar never outlives the game.",
+    )
+    log_file: Path | None = Field(
+        default=None,
+        description="Append the server's log to this file instead of stderr (a game's sidecar: "
+        "stderr then carries only the one error line of a failed start).",
+    )
     model: str | None = Field(
         default=None,
         description="The model: a GGUF file, an ONNX folder, an OpenAI-compatible server "
         "(http://HOST/v1#MODEL), ... (a backend spec; default: the embedded model).",
+    )
+    adapter: str | None = Field(
+        default=None,
+        description="GGUF LoRA adapter to apply (default: the shipped adapter with the embedded "
+        "model, none with another model; 'none': no adapter).",
+    )
+    n_ctx: int | None = Field(
+        default=None, ge=64, description="Context size in tokens of each turn (default: 4096)."
+    )
+    n_gpu_layers: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Model layers to offload to the GPU (-1: all; default 0; needs a GPU build "
+        "of llama-cpp-python).",
+    )
+    prompt_style: str | None = Field(
+        default=None,
+        description="How prompts are rendered: chatml, template (the model's own chat template) "
+        "or fewshot (default: from the model's metadata).",
+    )
+    remote_api_key: SecretStr | None = Field(
+        default=None,
+        description="With a server --model (http://HOST/v1#MODEL): its API key, sent as a Bearer token (prefer the "
+        "HER_SERVER_REMOTE_API_KEY environment variable).",
     )
     n_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the model engine (default: the engine's)."
@@ -117,6 +174,18 @@ class ServerSettings(BaseModel):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.token is not None and not self.token.get_secret_value().strip():
             raise ValueError("token must not be empty")
+        if self.prompt_style is not None and self.prompt_style not in _PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {', '.join(_PROMPT_STYLES)}")
+        if self.http_port is not None and self.http_port == self.port != 0:
+            raise ValueError("http_port must differ from port")
+        try:
+            remote = parse_backend_spec(self.model).kind == "url"
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if not remote and self.remote_api_key is not None:
+            raise ValueError("remote_api_key needs a server model (http(s)://HOST/v1#MODEL)")
+        if remote and (self.adapter is not None or self.n_gpu_layers is not None):
+            raise ValueError("adapter and n_gpu_layers apply to local models, not a URL")
         if self.max_concurrent_rpcs >= self.max_workers:
             # Health checks and the auth refusals need a free thread when the bound is reached.
             raise ValueError("max_concurrent_rpcs must be less than max_workers")
@@ -131,6 +200,18 @@ class ServerSettings(BaseModel):
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return None if self.http_port is None else (self.host, self.http_port)
+
+    @property
+    def origins(self) -> list[str]:
+        """The CORS origins, parsed."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+
+_PROMPT_STYLES = ("chatml", "template", "fewshot")
 
 
 def _is_loopback(host: str) -> bool:

@@ -3,6 +3,7 @@
 Handlers raise her_sdk errors (`her_sdk._errors`); `status_for` turns any exception into
 (code, message), first match in `STATUS` wins:
 
+    Loading                  UNAVAILABLE         the model is still loading
     NotFoundError            NOT_FOUND           unknown id, or no character of that name in a scene
     LimitExceededError       RESOURCE_EXHAUSTED  a text/list/count limit of the server
     AuthenticationError      UNAUTHENTICATED     no valid bearer token
@@ -23,6 +24,10 @@ The message of a model-server error names only its HTTP status: the body it answ
 the prompt, which holds the character's private thoughts. Anything that is not a HerError is a
 server bug: it is logged with its traceback and reaches the client as INTERNAL with a generic
 message, never UNKNOWN and never with internals (which could hold a character's private text).
+
+The Connect transport (`_connect`) carries the same codes under their Connect names
+(`connect_code`: CANCELLED is "canceled", the others lower-case); connectrpc turns each into its
+HTTP status.
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ from .._errors import (
     StateError,
 )
 
-__all__ = ["STATUS", "abort", "status_for"]
+__all__ = ["STATUS", "Loading", "abort", "connect_code", "status_for"]
 
 log = logging.getLogger("her_sdk.server")
 
+
+class Loading(HerError):
+    """The server has not loaded its model yet (retry shortly)."""
+
+
 # First match wins, so subclasses come before their bases.
 STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (Loading, grpc.StatusCode.UNAVAILABLE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
@@ -96,3 +107,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     """End the call with the status of `exc` (raises, as grpc's context.abort does)."""
     code, message = status_for(exc)
     context.abort(code, message)
+
+
+def connect_code(code: grpc.StatusCode) -> str:
+    """The Connect protocol's name of a gRPC status code ("not_found", "canceled", ...)."""
+    return "canceled" if code == grpc.StatusCode.CANCELLED else code.name.lower()

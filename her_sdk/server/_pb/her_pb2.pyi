@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ImportanceRating(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORTANCE_RATING_UNSPECIFIED: _ClassVar[ImportanceRating]
+    IMPORTANCE_RATING_HEURISTIC: _ClassVar[ImportanceRating]
+    IMPORTANCE_RATING_MODEL: _ClassVar[ImportanceRating]
+
 class Target(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TARGET_UNSPECIFIED: _ClassVar[Target]
@@ -35,6 +41,9 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_THOUGHT: _ClassVar[Channel]
     CHANNEL_ACTION: _ClassVar[Channel]
     CHANNEL_SPEECH: _ClassVar[Channel]
+IMPORTANCE_RATING_UNSPECIFIED: ImportanceRating
+IMPORTANCE_RATING_HEURISTIC: ImportanceRating
+IMPORTANCE_RATING_MODEL: ImportanceRating
 TARGET_UNSPECIFIED: Target
 TARGET_CHARACTER: Target
 TARGET_PLAYER: Target
@@ -90,7 +99,7 @@ class Persona(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., profile: _Optional[str] = ..., background: _Optional[str] = ..., scenario: _Optional[str] = ..., goals: _Optional[str] = ..., secrets: _Optional[str] = ..., relationships: _Optional[_Mapping[str, str]] = ..., others: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CharacterSettings(_message.Message):
-    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory", "actions")
+    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory", "actions", "recall", "summarize", "rate_importance", "max_long_term")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +107,10 @@ class CharacterSettings(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIZE_FIELD_NUMBER: _ClassVar[int]
+    RATE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LONG_TERM_FIELD_NUMBER: _ClassVar[int]
     plan: bool
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
     max_tokens: int
@@ -105,7 +118,11 @@ class CharacterSettings(_message.Message):
     seed: int
     max_memory: int
     actions: _containers.RepeatedCompositeFieldContainer[ActionSpec]
-    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ...) -> None: ...
+    recall: int
+    summarize: bool
+    rate_importance: ImportanceRating
+    max_long_term: int
+    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., recall: _Optional[int] = ..., summarize: _Optional[bool] = ..., rate_importance: _Optional[_Union[ImportanceRating, str]] = ..., max_long_term: _Optional[int] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("values",)
@@ -424,3 +441,89 @@ class LoadSceneRequest(_message.Message):
     data: bytes
     name: str
     def __init__(self, data: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RememberRequest(_message.Message):
+    __slots__ = ("character_id", "text", "importance")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    text: str
+    importance: float
+    def __init__(self, character_id: _Optional[str] = ..., text: _Optional[str] = ..., importance: _Optional[float] = ...) -> None: ...
+
+class RememberResponse(_message.Message):
+    __slots__ = ("importance",)
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    importance: float
+    def __init__(self, importance: _Optional[float] = ...) -> None: ...
+
+class SetRelationshipRequest(_message.Message):
+    __slots__ = ("character_id", "who", "note")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    who: str
+    note: str
+    def __init__(self, character_id: _Optional[str] = ..., who: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class AllowRevealRequest(_message.Message):
+    __slots__ = ("character_id", "secret")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    secret: str
+    def __init__(self, character_id: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class AllowRevealResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateCharacterRequest(_message.Message):
+    __slots__ = ("character_id", "source", "profile", "background", "scenario", "goals", "secrets")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    GOALS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    source: str
+    profile: str
+    background: str
+    scenario: str
+    goals: str
+    secrets: str
+    def __init__(self, character_id: _Optional[str] = ..., source: _Optional[str] = ..., profile: _Optional[str] = ..., background: _Optional[str] = ..., scenario: _Optional[str] = ..., goals: _Optional[str] = ..., secrets: _Optional[str] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "ready", "model", "adapter", "backend", "context_size", "prompt_style", "plan", "grammar", "expose_thoughts", "named_saves")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_STYLE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_THOUGHTS_FIELD_NUMBER: _ClassVar[int]
+    NAMED_SAVES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    ready: bool
+    model: str
+    adapter: str
+    backend: str
+    context_size: int
+    prompt_style: str
+    plan: bool
+    grammar: bool
+    expose_thoughts: bool
+    named_saves: bool
+    def __init__(self, version: _Optional[str] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., adapter: _Optional[str] = ..., backend: _Optional[str] = ..., context_size: _Optional[int] = ..., prompt_style: _Optional[str] = ..., plan: _Optional[bool] = ..., grammar: _Optional[bool] = ..., expose_thoughts: _Optional[bool] = ..., named_saves: _Optional[bool] = ...) -> None: ...

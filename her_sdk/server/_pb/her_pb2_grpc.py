@@ -97,6 +97,31 @@ class HerServiceStub:
                 request_serializer=her_dot_v1_dot_her__pb2.LoadSceneRequest.SerializeToString,
                 response_deserializer=her_dot_v1_dot_her__pb2.Scene.FromString,
                 _registered_method=True)
+        self.Remember = channel.unary_unary(
+                '/her.v1.HerService/Remember',
+                request_serializer=her_dot_v1_dot_her__pb2.RememberRequest.SerializeToString,
+                response_deserializer=her_dot_v1_dot_her__pb2.RememberResponse.FromString,
+                _registered_method=True)
+        self.SetRelationship = channel.unary_unary(
+                '/her.v1.HerService/SetRelationship',
+                request_serializer=her_dot_v1_dot_her__pb2.SetRelationshipRequest.SerializeToString,
+                response_deserializer=her_dot_v1_dot_her__pb2.Character.FromString,
+                _registered_method=True)
+        self.AllowReveal = channel.unary_unary(
+                '/her.v1.HerService/AllowReveal',
+                request_serializer=her_dot_v1_dot_her__pb2.AllowRevealRequest.SerializeToString,
+                response_deserializer=her_dot_v1_dot_her__pb2.AllowRevealResponse.FromString,
+                _registered_method=True)
+        self.UpdateCharacter = channel.unary_unary(
+                '/her.v1.HerService/UpdateCharacter',
+                request_serializer=her_dot_v1_dot_her__pb2.UpdateCharacterRequest.SerializeToString,
+                response_deserializer=her_dot_v1_dot_her__pb2.Character.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/her.v1.HerService/GetServerInfo',
+                request_serializer=her_dot_v1_dot_her__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=her_dot_v1_dot_her__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class HerServiceServicer:
@@ -228,6 +253,61 @@ class HerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Remember(self, request, context):
+        """---- the character's mind, changed by the game while it plays ----
+
+        Plant a fact in a character's long-term memory ("The traveler saved my daughter Liss").
+        It comes back into the character's prompt when something related happens, like any
+        memory. A planted memory is a fact the character knows, never a thought, so (as narration
+        only this character perceives) it needs no --expose-thoughts. Errors: INVALID_ARGUMENT
+        (empty id or text, importance outside 1-10), NOT_FOUND, RESOURCE_EXHAUSTED (text too long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRelationship(self, request, context):
+        """Set how a character regards someone (an empty note removes it); the note is part of its
+        persona, so it is in its prompt and saved with it. Errors: INVALID_ARGUMENT (empty id or
+        `who`, a bad name), NOT_FOUND, RESOURCE_EXHAUSTED (text too long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AllowReveal(self, request, context):
+        """Let a character say its secret in public (all of its `secrets`, or a part of them): the
+        secrets guard stops blocking it. Without --expose-thoughts the answer is OK whether or not
+        the text is a part of the secrets, and whether or not the character has any (any other
+        answer would let a client read the secrets a piece at a time); only a real part takes
+        effect. With --expose-thoughts such a request is INVALID_ARGUMENT.
+        Errors: INVALID_ARGUMENT (empty id; see above), NOT_FOUND, RESOURCE_EXHAUSTED (text too
+        long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCharacter(self, request, context):
+        """Change a character's persona mid-game: its goals, scenario, profile and the other fields
+        that are set in the request (unset ones stay; the name never changes). The next turn's
+        prompt uses them. Errors: INVALID_ARGUMENT (empty id, a NUL character), NOT_FOUND,
+        RESOURCE_EXHAUSTED (text too long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """What this server runs: its model, adapter, context size, prompt style, whether characters
+        plan by default, and whether it is ready. Answered while the model is still loading too
+        (`ready` false): poll it, or the gRPC health service, before the first call.
+        Errors: none but UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +370,31 @@ def add_HerServiceServicer_to_server(servicer, server):
                     servicer.LoadScene,
                     request_deserializer=her_dot_v1_dot_her__pb2.LoadSceneRequest.FromString,
                     response_serializer=her_dot_v1_dot_her__pb2.Scene.SerializeToString,
+            ),
+            'Remember': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remember,
+                    request_deserializer=her_dot_v1_dot_her__pb2.RememberRequest.FromString,
+                    response_serializer=her_dot_v1_dot_her__pb2.RememberResponse.SerializeToString,
+            ),
+            'SetRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRelationship,
+                    request_deserializer=her_dot_v1_dot_her__pb2.SetRelationshipRequest.FromString,
+                    response_serializer=her_dot_v1_dot_her__pb2.Character.SerializeToString,
+            ),
+            'AllowReveal': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllowReveal,
+                    request_deserializer=her_dot_v1_dot_her__pb2.AllowRevealRequest.FromString,
+                    response_serializer=her_dot_v1_dot_her__pb2.AllowRevealResponse.SerializeToString,
+            ),
+            'UpdateCharacter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCharacter,
+                    request_deserializer=her_dot_v1_dot_her__pb2.UpdateCharacterRequest.FromString,
+                    response_serializer=her_dot_v1_dot_her__pb2.Character.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=her_dot_v1_dot_her__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=her_dot_v1_dot_her__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +724,141 @@ class HerService:
             '/her.v1.HerService/LoadScene',
             her_dot_v1_dot_her__pb2.LoadSceneRequest.SerializeToString,
             her_dot_v1_dot_her__pb2.Scene.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/her.v1.HerService/Remember',
+            her_dot_v1_dot_her__pb2.RememberRequest.SerializeToString,
+            her_dot_v1_dot_her__pb2.RememberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/her.v1.HerService/SetRelationship',
+            her_dot_v1_dot_her__pb2.SetRelationshipRequest.SerializeToString,
+            her_dot_v1_dot_her__pb2.Character.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllowReveal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/her.v1.HerService/AllowReveal',
+            her_dot_v1_dot_her__pb2.AllowRevealRequest.SerializeToString,
+            her_dot_v1_dot_her__pb2.AllowRevealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCharacter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/her.v1.HerService/UpdateCharacter',
+            her_dot_v1_dot_her__pb2.UpdateCharacterRequest.SerializeToString,
+            her_dot_v1_dot_her__pb2.Character.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/her.v1.HerService/GetServerInfo',
+            her_dot_v1_dot_her__pb2.GetServerInfoRequest.SerializeToString,
+            her_dot_v1_dot_her__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,
