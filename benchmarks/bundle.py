@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from her_sdk._bundle import build_bundle
+from her_sdk.bundle import build_bundle
 
 MB = 2**20
 

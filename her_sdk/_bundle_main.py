@@ -11,7 +11,7 @@ things `her serve` does not need:
    loaded from the bundle's library folder;
 3. without `--model`, it serves the model and adapter the manifest names, beside it.
 
-PyInstaller freezes this module as the program (`her_sdk._bundle` excludes the rest of the CLI
+PyInstaller freezes this module as the program (`her_sdk.bundle` excludes the rest of the CLI
 and everything of training and export); it is not used by the SDK otherwise.
 """
 
@@ -69,9 +69,9 @@ def _load_cpu_variants() -> None:
 
     from llama_cpp._ctypes_extensions import load_shared_library
 
-    from ._backends._llama import _import_llama_cpp
+    from ._backends._llama_engine import import_llama_cpp
 
-    llama_cpp = _import_llama_cpp()  # first: llama.cpp's own logs then go to the log, not stderr
+    llama_cpp = import_llama_cpp()  # first: llama.cpp's own logs then go to the log, not stderr
 
     libdir = Path(llama_cpp.__file__).resolve().parent / "lib"
     ggml = load_shared_library("ggml", libdir)

@@ -344,7 +344,7 @@ def bundle(
     """Build a self-contained folder for this platform that serves NPCs on a player's machine
     without Python: one executable (her serve's flags), llama.cpp, the model, LICENSES.txt and
     README.txt. Needs the bundle extra (PyInstaller)."""
-    from ._bundle import build_bundle
+    from .bundle import build_bundle
 
     try:
         result = build_bundle(

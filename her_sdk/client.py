@@ -26,8 +26,8 @@ logic.
 from __future__ import annotations
 
 import os
-import warnings
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload

@@ -90,11 +90,11 @@ def test_bundle_refuses_a_folder_it_did_not_make(tmp_path):
 
 
 def test_a_missing_pyinstaller_names_the_extra(monkeypatch, tmp_path):
-    from her_sdk import MissingDependencyError, _bundle
+    from her_sdk import MissingDependencyError, bundle
 
     monkeypatch.setitem(sys.modules, "PyInstaller", None)  # import PyInstaller fails
     with pytest.raises(MissingDependencyError) as err:
-        _bundle.build_bundle(tmp_path / "b")
+        bundle.build_bundle(tmp_path / "b")
     assert err.value.extra == "bundle" and "her-sdk[bundle]" in str(err.value)
 
 
@@ -221,7 +221,7 @@ def bundle(tmp_path_factory):
     pytest.importorskip("connectrpc", reason="needs the http extra")
     if not sys.platform.startswith("linux"):
         pytest.skip("the bundle tests run the Linux bundle")
-    from her_sdk._bundle import build_bundle, python_can_be_frozen
+    from her_sdk.bundle import build_bundle, python_can_be_frozen
 
     if python_can_be_frozen() is not None:
         pytest.skip(python_can_be_frozen())
@@ -261,7 +261,7 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_the_folder_holds_no_training_stack_and_says_what_is_inside(bundle):
-    from her_sdk._bundle import bundle_modules, forbidden_contents
+    from her_sdk.bundle import bundle_modules, forbidden_contents
 
     folder, built = bundle
     modules = bundle_modules(folder)
@@ -403,7 +403,7 @@ def test_a_bundle_with_llama_cpp_cpu_variants_picks_one_and_plays_a_turn(tmp_pat
     pytest.importorskip("PyInstaller", reason=BUNDLE_EXTRA)
     from _connect_client import stream, unary
 
-    from her_sdk._bundle import build_bundle
+    from her_sdk.bundle import build_bundle
 
     built = build_bundle(tmp_path / "npc", llama_lib=variants)
     assert built.cpu_variants and built.cpu_requires == []

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .._backends._base import Backend
 from .._errors import AuthenticationError, ConfigError, LimitExceededError
+from ._auth import bearer_token
 from ._backend import backend_from_settings
 from ._pb import pb, pb_grpc
 from ._service import HerServicer
@@ -57,14 +58,6 @@ def _refusal(handler: grpc.RpcMethodHandler, behaviour) -> grpc.RpcMethodHandler
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(behaviour)
     return grpc.unary_unary_rpc_method_handler(behaviour)
-
-
-def bearer_token(header: str) -> str | None:
-    """The token of an `authorization` header value "Bearer TOKEN" (the scheme is
-    case-insensitive, RFC 6750/7235), or None for any other header."""
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 class _BearerAuth(grpc.ServerInterceptor):

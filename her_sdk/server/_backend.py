@@ -2,8 +2,9 @@
 
     model = backend_from_settings(settings)   # what `her serve --model ... --adapter ...` loads
 
-This is the only place where the server turns its settings into a model; it hands them to the
-SDK's one reader of model specs (`backend_from_spec`) and holds no model logic. `describe(model)` is what GetServerInfo reports about a loaded one.
+This is the only place where the server turns its settings into a model; it hands them to
+the SDK's one reader of model specs (`backend_from_spec`) and holds no model logic.
+`describe(model)` is what GetServerInfo reports about a loaded one.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any
 from google.protobuf import json_format, message_factory
 
 from .._errors import AuthenticationError, LimitExceededError, MissingDependencyError
+from ._auth import bearer_token
 from ._pb import pb
 from ._status import connect_code, status_for
 
@@ -212,8 +213,6 @@ class ConnectServer:
         if self.draining:
             raise ConnectError(Code.UNAVAILABLE, "the server is shutting down")
         if self._expected is not None:
-            from ._app import bearer_token
-
             header = ctx.request_headers.get("authorization", "")
             got = bearer_token(header) if isinstance(header, str) else None
             if not (hmac.compare_digest((got or "").encode(), self._expected) and got):

@@ -87,8 +87,8 @@ class ServerSettings(BaseModel):
     )
     remote_api_key: SecretStr | None = Field(
         default=None,
-        description="With a server --model (http://HOST/v1#MODEL): its API key, sent as a Bearer token (prefer the "
-        "HER_SERVER_REMOTE_API_KEY environment variable).",
+        description="With a server --model (http://HOST/v1#MODEL): its API key, sent as a "
+        "Bearer token (prefer the HER_SERVER_REMOTE_API_KEY environment variable).",
     )
     n_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the model engine (default: the engine's)."
