@@ -32,7 +32,8 @@ def main() -> int:
         print(f"skipped: {args.data} not found (the CoSER sample is not shipped with the project)")
         return 0
     from her_sdk.evaluation import QuickSettings, run_quick
-    from her_sdk.evaluation._report import QUICK_ROWS, _fmt
+    from her_sdk.evaluation._report import _fmt
+    from her_sdk.evaluation._table import metrics_for
 
     out = args.out or Path(tempfile.mkdtemp(prefix="her-eval-quick-"))
     settings = QuickSettings(grammar=args.grammar, max_lines=args.lines)
@@ -47,8 +48,8 @@ def main() -> int:
     print()
     print("| metric | value |")
     print("|---|---|")
-    for key, label, _, _ in QUICK_ROWS:
-        print(f"| {label} | {_fmt(res['scores'].get(key), key)} |")
+    for m in metrics_for("quick"):
+        print(f"| {m.label} | {_fmt(res['scores'].get(m.key), m.key)} |")
     print(f"\nrun written to {out}")
     return 0
 

@@ -204,14 +204,16 @@ def narrates(speech: str, name: str = "", others: Iterable[str] = ()) -> bool:
     if name.strip():
         me = re.escape(name.strip())
         # Names are case-sensitive here: "Mara was" is narration, "mara" is not a name.
-        if re.search(rf"\b{me}\s+(?:\w+ed|was|had|took|stood|sat|rose|went|came|felt|knew)\b", text):
+        if re.search(
+            rf"\b{me}\s+(?:\w+ed|was|had|took|stood|sat|rose|went|came|felt|knew)\b", text
+        ):
             return True
     return bool(re.search(_BODY, text, flags))
 
 
 # -- quotations inside speech ------------------------------------------------------------------
 
-_DOUBLE = "\"“”„«»"
+_DOUBLE = '"“”„«»'
 _WRAPS = [("“", "”"), ('"', '"'), ("«", "»"), ("„", "“"), ("‘", "’")]
 _SINGLE_QUOTED = re.compile(r"(?:^|[\s(\[])[‘'][^‘’'\n]{1,80}[’'](?=[\s.,!?;:)\]]|$)")
 
@@ -229,7 +231,11 @@ def nested_quotes(turn: Turn | str) -> bool:
     or several quoted runs in one speech. One pair of marks around a whole speech run (as
     novels print dialogue) is not nested; apostrophes ("don't", "the captain's") are not
     quotes."""
-    runs = [turn] if isinstance(turn, str) else [s.text for s in turn.segments if s.channel == "speech"]
+    runs = (
+        [turn]
+        if isinstance(turn, str)
+        else [s.text for s in turn.segments if s.channel == "speech"]
+    )
     for run in runs:
         inner = _unwrap(run)
         if any(c in inner for c in _DOUBLE):
@@ -279,15 +285,166 @@ def ngram_overlap(text: str, sources: Iterable[str], n: int = 5) -> float:
 # -- answering and secrets ----------------------------------------------------------------------
 
 _STOP = frozenset(
-    """a an the and or but if then so of to in on at by for with from into onto over under about
-    as is are was were be been being am do does did done have has had having will would shall
-    should can could may might must not no nor yes i me my mine we us our ours you your yours he
-    him his she her hers they them their theirs it its this that these those there here what
-    which who whom whose when where why how all any some each every both few more most other
-    such only own same than too very just now up down out off again once also even still yet
-    let lets let's i'm you're he's she's it's we're they're i've you've we've i'll you'll we'll
-    i'd you'd don't doesn't didn't won't can't isn't aren't wasn't weren't oh ah well go get got
-    tell say said come one""".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "so",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "done",
+        "have",
+        "has",
+        "had",
+        "having",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "can",
+        "could",
+        "may",
+        "might",
+        "must",
+        "not",
+        "no",
+        "nor",
+        "yes",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "we",
+        "us",
+        "our",
+        "ours",
+        "you",
+        "your",
+        "yours",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "hers",
+        "they",
+        "them",
+        "their",
+        "theirs",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "all",
+        "any",
+        "some",
+        "each",
+        "every",
+        "both",
+        "few",
+        "more",
+        "most",
+        "other",
+        "such",
+        "only",
+        "own",
+        "same",
+        "than",
+        "too",
+        "very",
+        "just",
+        "now",
+        "up",
+        "down",
+        "out",
+        "off",
+        "again",
+        "once",
+        "also",
+        "even",
+        "still",
+        "yet",
+        "let",
+        "lets",
+        "let's",
+        "i'm",
+        "you're",
+        "he's",
+        "she's",
+        "it's",
+        "we're",
+        "they're",
+        "i've",
+        "you've",
+        "we've",
+        "i'll",
+        "you'll",
+        "we'll",
+        "i'd",
+        "you'd",
+        "don't",
+        "doesn't",
+        "didn't",
+        "won't",
+        "can't",
+        "isn't",
+        "aren't",
+        "wasn't",
+        "weren't",
+        "oh",
+        "ah",
+        "well",
+        "go",
+        "get",
+        "got",
+        "tell",
+        "say",
+        "said",
+        "come",
+        "one",
+    ]
 )
 
 

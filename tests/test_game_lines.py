@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
-from her_sdk import ConfigError, parse_turn
 from her_sdk.evaluation.lines import (
     GAME_SHAPE,
     TurnShape,
@@ -21,6 +19,8 @@ from her_sdk.evaluation.lines import (
     turn_segments,
     within_shape,
 )
+
+from her_sdk import ConfigError, parse_turn
 
 OTHERS = ["Jory", "Traveler"]
 

@@ -27,9 +27,7 @@ def test_a_game_sized_turn_is_kept_as_it_was():
 
 
 def test_stacked_actions_and_speech_runs_are_trimmed_in_order():
-    t = coser(
-        "[Careful.] (smiles nervously) Come in. (looks confused) (cries) And sit down. Eat."
-    )
+    t = coser("[Careful.] (smiles nervously) Come in. (looks confused) (cries) And sit down. Eat.")
     shaped, why = shape_turn(t, "Mara", ["Jory"])
     assert why == "trimmed"
     assert [s.channel for s in shaped.segments] == ["thought", "action", "speech"]

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from her_sdk import DataError, Heard, Persona, Segment, Turn
 from her_sdk.evaluation.lines import (
     GAME_SHAPE,
     TurnShape,
@@ -40,6 +39,8 @@ from her_sdk.evaluation.lines import (
     sentences,
     words,
 )
+
+from her_sdk import DataError, Heard, Persona, Segment, Turn
 
 from .data import decode_her, encode_her, read_jsonl, render_sample, write_jsonl
 
