@@ -29,7 +29,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from her_sdk.evaluation.lines import (
     TurnShape,
@@ -51,8 +51,9 @@ from .judge import Judge
 from .pairs import repetition_ratio, tag_errors
 from .principles import load_principles
 
-if TYPE_CHECKING:
-    from .rl import RLArguments
+# The builders read an `rl.RLArguments` (weights, judge settings, length bounds, `shape`); it is
+# typed `Any` here because rl.py imports this module.
+RLArguments = Any
 
 __all__ = [
     "REWARDS",

@@ -145,7 +145,9 @@ model.save_pretrained(sys.argv[1])
 load_tokenizer(spec, "chatml").save_pretrained(sys.argv[1])
 EOF
   fi
-  [[ -e "$RUN/base-f32.gguf" ]] || "$HER" export gguf "$BASE" --out "$RUN/base-f32.gguf" --type f32 --no-verify
+  if [[ ! -e "$RUN/base-f32.gguf" ]]; then
+    "$HER" export gguf "$BASE" --out "$RUN/base-f32.gguf" --type f32 --no-verify
+  fi
   # The RL output when that stage ran, else the SFT adapter; verified against PyTorch: the f32
   # base GGUF + adapter in llama.cpp vs the merged model.
   FINAL=$SFT; [[ -e "$RL/her_rl.json" ]] && FINAL=$RL
