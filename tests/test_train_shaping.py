@@ -143,4 +143,4 @@ def test_cli_shape_on_converted_fixtures(tmp_path):
     bad = tmp_path / "empty.jsonl"
     write_jsonl(bad, [])
     r = CliRunner().invoke(app, ["data", "shape", str(bad), "--out", str(tmp_path / "x.jsonl")])
-    assert r.exit_code == 1 and "no samples" in r.output
+    assert r.exit_code == 1 and "no samples" in " ".join(r.output.split())
