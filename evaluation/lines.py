@@ -156,9 +156,18 @@ _TAG_TAIL = (
     r"(?:\s+(?:to\s+)?(?:her|him|them|it))?"
     r"(?:\s+(?:softly|quietly|slowly|coldly|gently|again|then|loudly|sharply|calmly|finally|"
     r"firmly|flatly|bitterly|angrily|nervously|at last|with a \w+))?"
-    r"\s*(?:[,.;:!?…—–]|\s-\s|$)"
+    r"\s*(?:[,;:!?—–]|\.(?!\.)|\s-\s|$)"  # "he asked... he asked him" trails off: no tag
 )
 _SUBJECT = r"(?:he|she|they)"
+# "That's what they said.", "Do like she says.", "So she says." report speech: no tag.
+_REPORTED = r"(?<!what )(?<!as )(?<!that )(?<!who )(?<!like )(?<!so )"
+# What a narrator has the speaker itself do ("Mara turned away."); verbs of wanting or being
+# stay, as a character that speaks of itself by name does ("Dobby wanted to meet you").
+_MOVES = (
+    "turned|looked|stepped|walked|took|stood|sat|rose|ran|moved|reached|pulled|pushed|opened|"
+    "closed|raised|lowered|shook|crossed|folded|pointed|handed|glanced|nodded|smiled|sighed|"
+    "frowned|paused|said|asked|replied|whispered|muttered"
+)
 _BODY = (
     r"\b(?:his|her|their)\s+(?:voice|eyes|face|hands?|lips|gaze|smile|brow|jaw|heart|mouth|"
     r"expression|tone)\s+(?:\w+ed|grew|went|broke|shook|fell|rose|sank|hardened|softened)\b"
@@ -179,7 +188,8 @@ def narrates(speech: str, name: str = "", others: Iterable[str] = ()) -> bool:
       reported speech that goes on ("She said the road is closed") is not a tag;
     - he, she or a named character beginning a clause with a past-tense verb of a visible
       gesture: "She smiled and opened the door." / "Jory grinned.";
-    - the speaker named as the subject of any past-tense verb: "Mara was tired."
+    - the speaker named as the subject of a verb of movement or speech: "Mara turned away."
+      (a character that speaks of itself by name, "Dobby wanted to meet you", is not);
     - a body part narrated: "his voice strained", "her eyes narrowed".
 
     First-person speech ("I said no", "I turned back") is never narration.
@@ -191,7 +201,7 @@ def narrates(speech: str, name: str = "", others: Iterable[str] = ()) -> bool:
     subject = f"(?:{_SUBJECT}|{people})" if people else _SUBJECT
     flags = re.I
     # "That's what they said." reports speech; it is not a tag.
-    tag = rf"(?<!what )(?<!as )(?<!that )(?<!who )\b{subject}\s+(?:{_SPEECH_VERBS}){_TAG_TAIL}"
+    tag = rf"{_REPORTED}\b{subject}\s+(?:{_SPEECH_VERBS}){_TAG_TAIL}"
     if re.search(tag, text, flags):
         return True
     inverted = rf"[,\"“”'’]\s*(?:{_SPEECH_VERBS})\s+{subject}\b"
@@ -203,10 +213,8 @@ def narrates(speech: str, name: str = "", others: Iterable[str] = ()) -> bool:
         return True
     if name.strip():
         me = re.escape(name.strip())
-        # Names are case-sensitive here: "Mara was" is narration, "mara" is not a name.
-        if re.search(
-            rf"\b{me}\s+(?:\w+ed|was|had|took|stood|sat|rose|went|came|felt|knew)\b", text
-        ):
+        # Case-sensitive: "Mara turned" is narration, "mara" is no name.
+        if re.search(rf"\b{me}\s+(?:{_MOVES})\b", text):
             return True
     return bool(re.search(_BODY, text, flags))
 

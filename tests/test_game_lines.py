@@ -37,7 +37,7 @@ OTHERS = ["Jory", "Traveler"]
         "The rain kept on. He nodded, slowly.",
         "Jory grinned at the guards.",
         "Mara turned away from the gate.",  # the speaker narrated by her own name
-        "Mara was tired of the rain.",
+        "Mara stood and opened the gate.",
         "I will not, and his voice trembled as he spoke.",
         "Enough. Her eyes narrowed.",
         "No, they replied.",
@@ -62,7 +62,11 @@ def test_narration_is_detected(speech):
         "I turned back when I saw the smoke.",
         "Did she say that? Did he?",
         "Papers first, traveler. The gate stays shut until dawn.",
-        "mara was never my name.",  # a lower-case word is no name
+        "mara turned into a word, not a name.",  # a lower-case word is no name
+        "So long has Mara wanted to meet you, sir.",  # speaking of oneself by name
+        "Do like she says, and leave us be.",
+        "So she says.",
+        "Yes, sir. Then he asked... he asked Professor Hale about it.",
         "",
     ],
 )
