@@ -270,6 +270,7 @@ def _play_scene(
                 "secret_reveal": bool(reply.blocked_reveals) or reveals_secret(public, secret),
                 "leak": leaks(reply, other_prompts),
                 "public_text": public,
+                "speech": reply.speech,
                 "first_speech_s": reply.first_speech_s,
                 "completion_tokens": reply.completion_tokens,
                 "finish_reason": reply.finish_reason,
