@@ -11,8 +11,8 @@ Prints, all measured in this one run on this machine:
    verdict) and position consistency. Default judge: a small Qwen3 (random init, tokenizer
    trained on the fly) fully fine-tuned; `--judge-model embedded:gemma-3-270m` uses the SDK's
    Gemma-3-270M GGUF (dequantized) with LoRA.
-2. Policy: format validity (`rl.format_score == 1`: dual-layer turn, nothing private on a public
-   channel) and mean total reward (judge + format + length + repetition, weights as in
+2. Policy: format validity (`rewards.format_score == 1`: dual-layer turn, nothing private on a
+   public channel) and mean total reward (judge + format + length + repetition, weights as in
    rl_gemma3_270m.yaml) of Gemma-3-270M rollouts (temperature 0.7) on held-out prompts, before
    and after a short GRPO run with `training.rl` (LoRA; bf16 weights by default, ~2x faster
    than f32 on CPU). To fit a CPU budget the RL judge is the rule-based in-process judge
@@ -125,7 +125,7 @@ def rollouts(backend, rows, max_tokens: int) -> list[str]:
 
 
 def score(rows, texts, funcs, weights) -> dict:
-    from her_sdk.training.rl import completion_text, format_score
+    from her_sdk.training.rewards import completion_text, format_score
 
     cols = {k: [r[k] for r in rows] for k in ("prefill", "character", "plan", "her_json")}
     total = [0.0] * len(rows)
@@ -148,7 +148,8 @@ def score(rows, texts, funcs, weights) -> dict:
 def policy_part(args, work: Path) -> dict:
     from her_sdk.training.common import load_causal_lm, load_tokenizer, resolve_model
     from her_sdk.training.launch import parse_stage
-    from her_sdk.training.rl import build_grpo_trainer, build_rewards, policy_rows
+    from her_sdk.training.rewards import build_rewards
+    from her_sdk.training.rl import build_grpo_trainer, policy_rows
     from her_sdk.training.tiny import synthetic_samples
 
     from her_sdk import TransformersBackend

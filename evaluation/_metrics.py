@@ -16,6 +16,8 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from .lines import ngrams, words
+
 __all__ = [
     "bleu_rouge",
     "extract_json",
@@ -226,17 +228,8 @@ def bleu_rouge(reference: Sequence[dict], simulation: Sequence[dict]) -> tuple[f
     return bleu, rouge_l, tokenizer
 
 
-# -- CPU turn metrics (her eval quick) ---------------------------------------------------------
-
-_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
-
-
-def words(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text)]
-
-
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+# -- CPU turn metrics (her eval quick, her eval play) ---------------------------------------------
+# Words, n-grams and copying are `lines`' (one definition for evaluation, rewards and data).
 
 
 def distinct(texts: Iterable[str], n: int) -> float | None:
@@ -259,17 +252,6 @@ def self_repetition(text: str, n: int = 4) -> float:
             repeats += 1
         seen.add(g)
     return repeats / len(grams)
-
-
-def copies(text: str, sources: Iterable[str], span: int = 8) -> bool:
-    """True when `text` shares a `span`-word run with a source (or, when shorter than `span`
-    but at least 3 words, appears in a source whole)."""
-    tw = words(text)
-    if len(tw) < 3:
-        return False
-    n = min(span, len(tw))
-    mine = set(ngrams(tw, n))
-    return any(mine & set(ngrams(words(s), n)) for s in sources)
 
 
 def mean(values: Iterable[float | None]) -> float | None:

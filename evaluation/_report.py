@@ -12,74 +12,9 @@ from pathlib import Path
 
 from her_sdk import ConfigError, atomic_write
 
+from ._table import KINDS, Metric, metrics_for
+
 __all__ = ["atomic_json", "compare_runs", "load_results", "write_outputs"]
-
-COSER_ROWS = [
-    ("storyline_consistency", "Storyline Consistency", True),
-    ("anthropomorphism", "Anthropomorphism", True),
-    ("character_fidelity", "Character Fidelity", True),
-    ("storyline_quality", "Storyline Quality", True),
-    ("average", "Average", True),
-    ("bleu", "BLEU", True),
-    ("rouge_l", "ROUGE-L", True),
-]
-
-# (key, label, higher is better, one-line definition)
-QUICK_ROWS = [
-    (
-        "nll_per_token",
-        "held-out NLL / token",
-        False,
-        "mean negative log-likelihood per token of the gold reply given the her_sdk-rendered "
-        "context (summed over replies, divided by their tokens)",
-    ),
-    (
-        "format_validity",
-        "HER-format validity",
-        True,
-        "share of generated turns in the strict HER shape: optional closed plan, "
-        "optional `NAME: `, then closed canonical tags and plain speech only, with some "
-        "public content",
-    ),
-    (
-        "leak_rate",
-        "private-text leak rate",
-        False,
-        "share of turns whose plan/thought text (or a private tag) appears in a public channel, "
-        "or in the next prompt of another character present",
-    ),
-    (
-        "forged_speaker_rate",
-        "forged-speaker rate",
-        False,
-        "share of turns whose public text speaks for someone else (`Other:` or `Environment:`)",
-    ),
-    (
-        "copy_rate",
-        "copy rate",
-        False,
-        "share of turns whose speech shares an 8-word run with one of the last 5 lines of other "
-        "characters or with the prompt's few-shot example",
-    ),
-    (
-        "self_repetition",
-        "self-repetition",
-        False,
-        "mean share of a turn's word 4-grams that already occurred earlier in the same turn",
-    ),
-    ("distinct_1", "distinct-1", True, "unique words / all words, over all generated public text"),
-    ("distinct_2", "distinct-2", True, "unique word bigrams / all bigrams, same text"),
-    ("plan_words", "plan words / turn", None, "mean words in the plan per turn"),
-    ("thought_words", "thought words / turn", None, "mean words of inner thoughts per turn"),
-    ("action_words", "action words / turn", None, "mean words of actions per turn"),
-    ("speech_words", "speech words / turn", None, "mean words of speech per turn"),
-    (
-        "first_speech_s",
-        "time to first speech (s)",
-        False,
-        "median seconds from the start of a turn to its first speech character (prompt included)",
-    ),
-]
 
 
 def atomic_json(path: str | Path, data: object) -> None:
@@ -96,7 +31,7 @@ def load_results(run: str | Path) -> dict:
         raise ConfigError(f"no results.json in {run}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc}") from None
-    if data.get("kind") not in ("coser", "quick"):
+    if data.get("kind") not in KINDS:
         raise ConfigError(f"{p} is not a her eval results file")
     return data
 
@@ -111,12 +46,6 @@ def _fmt(value: object, key: str = "") -> str:
             return f"{value:.2f}"
         return f"{value:.3f}"
     return str(value)
-
-
-def _rows(results: dict) -> list[tuple[str, str, bool | None]]:
-    if results["kind"] == "coser":
-        return [(k, label, better) for k, label, better in COSER_ROWS]
-    return [(k, label, better) for k, label, better, _ in QUICK_ROWS]
 
 
 # -- report.md and plots -----------------------------------------------------------------------
@@ -153,9 +82,9 @@ def _report_md(results: dict, plots: list[str]) -> str:
             "| metric | score | records scored |",
             "|---|---|---|",
         ]
-        for key, label, _ in _rows(results):
-            n = results["scored_records"].get(key, results["records"])
-            lines.append(f"| {label} | {_fmt(scores.get(key), key)} | {n} |")
+        for m in metrics_for("coser"):
+            n = results["scored_records"].get(m.key, results["records"])
+            lines.append(f"| {m.label} | {_fmt(scores.get(m.key), m.key)} | {n} |")
         pf = results["parse_failures"]
         lines += ["", f"Judge parse failures (after retries; not scored): **{pf['total']}**"]
         for key, ids in pf.items():
@@ -172,10 +101,10 @@ def _report_md(results: dict, plots: list[str]) -> str:
             s = r["scores"]
             lines.append(
                 f"| {r['id']} | "
-                + " | ".join(_fmt(s.get(k), k) for k, _, _ in COSER_ROWS)
+                + " | ".join(_fmt(s.get(m.key), m.key) for m in metrics_for("coser"))
                 + f" | {r['rounds']} | {r['end_reason']} |"
             )
-    else:
+    elif results["kind"] == "quick":
         lines += [
             "# her eval quick: role-play metrics on a CPU (no judge)",
             "",
@@ -185,12 +114,68 @@ def _report_md(results: dict, plots: list[str]) -> str:
             "| metric | value | definition |",
             "|---|---|---|",
         ]
-        for key, label, _, definition in QUICK_ROWS:
-            lines.append(f"| {label} | {_fmt(scores.get(key), key)} | {definition} |")
+        for m in metrics_for("quick"):
+            lines.append(f"| {m.label} | {_fmt(scores.get(m.key), m.key)} | {m.definition} |")
+    else:
+        lines += _play_md(results)
     lines += ["", "## Settings", "", *_settings_md(results["settings"])]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def goal_text(m: Metric, value: float | None) -> str:
+    """`≤ 0.05 ✓`: the metric's goal and whether `value` meets it ("" without a goal)."""
+    if m.goal is None:
+        return ""
+    op, bound = m.goal
+    met = m.meets(value)
+    mark = "" if met is None else (" ✓" if met else " ✗")
+    return f"{'≤' if op == '<=' else '≥'} {bound:g}{mark}"
+
+
+def _play_md(results: dict) -> list[str]:
+    scores = results["scores"]
+    lines = [
+        "# her eval play: multi-turn game scenes (public API, no judge)",
+        "",
+        f"Scenes: {results['scenes']}; NPC turns: {results['turns_generated']}; scenes file: "
+        f"`{results['settings'].get('scenes', '')}`. Goals are the bounds a shipped default "
+        "model must meet (issue #24).",
+        "",
+        "| metric | value | goal | definition |",
+        "|---|---|---|---|",
+    ]
+    for m in metrics_for("play"):
+        v = scores.get(m.key)
+        lines.append(f"| {m.label} | {_fmt(v, m.key)} | {goal_text(m, v)} | {m.definition} |")
+    per_scene = [
+        ("speech_words_median", "median words"),
+        ("long_turn_rate", ">60 words"),
+        ("narration_rate", "narration"),
+        ("nested_quote_rate", "quotes"),
+        ("copy_others_rate", "copies others"),
+        ("own_repeat_rate", "repeats own"),
+        ("valid_turn_rate", "valid"),
+    ]
+    lines += [
+        "",
+        "## Per scene",
+        "",
+        "| scene | NPC turns | " + " | ".join(h for _, h in per_scene) + " |",
+        "|---|---|" + "---|" * len(per_scene),
+    ]
+    for sc in results["per_scene"]:
+        cells = " | ".join(_fmt(sc["scores"].get(k), k) for k, _ in per_scene)
+        lines.append(f"| {sc['id']} | {sc['turns']} | {cells} |")
+    lines += ["", "## Transcripts", ""]
+    for sc in results["per_scene"]:
+        lines += [f"### {sc['id']}: {sc['title']}", ""]
+        for ln in sc["transcript"]:
+            who = ln["speaker"]
+            lines.append(f"- **{who}**: {ln['text']}" if who else f"- *{ln['text']}*")
+        lines.append("")
+    return lines
 
 
 def _plots(out: Path, results: dict) -> list[str]:
@@ -206,14 +191,9 @@ def _plots(out: Path, results: dict) -> list[str]:
     made = []
     scores = results["scores"]
     if results["kind"] == "coser":
-        keys = [k for k, _, _ in COSER_ROWS[:5]]
-        labels = [
-            "Storyline\nConsistency",
-            "Anthropo-\nmorphism",
-            "Character\nFidelity",
-            "Storyline\nQuality",
-            "Average",
-        ]
+        shown = [m for m in metrics_for("coser") if m.plot]
+        keys = [m.key for m in shown]
+        labels = [m.label.replace(" ", "\n") for m in shown]
         values = [scores.get(k) or 0.0 for k in keys]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(labels, values, color=["#4c72b0"] * 4 + ["#dd8452"])
@@ -231,7 +211,7 @@ def _plots(out: Path, results: dict) -> list[str]:
             for k in keys[:4]
         ] + [per]
         ax.boxplot([d or [0.0] for d in dims])
-        names = [lb.replace("-\n", "").replace("\n", " ") for lb in labels]
+        names = [m.label for m in shown]
         ax.set_xticks(range(1, len(labels) + 1), names)
         for i, d in enumerate(dims):
             ax.scatter([i + 1] * len(d), d, s=12, alpha=0.6)
@@ -240,24 +220,18 @@ def _plots(out: Path, results: dict) -> list[str]:
         ax.tick_params(axis="x", labelsize=7)
         made.append(_save(fig, out / "per_record.png"))
     else:
-        keys = [
-            "format_validity",
-            "leak_rate",
-            "forged_speaker_rate",
-            "copy_rate",
-            "self_repetition",
-            "distinct_1",
-            "distinct_2",
-        ]
+        keys = [m.key for m in metrics_for(results["kind"]) if m.plot]
         values = [scores.get(k) or 0.0 for k in keys]
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(keys)), 4))
         ax.bar([k.replace("_", "\n") for k in keys], values, color="#4c72b0")
         ax.set_ylim(0, 1)
-        ax.set_title(f"her eval quick, {results['records']} records")
+        ax.tick_params(axis="x", labelsize=7)
+        unit = "records" if "records" in results else "scenes"
+        ax.set_title(f"her eval {results['kind']}, {results[unit]} {unit}")
         for i, v in enumerate(values):
             ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
         made.append(_save(fig, out / "metrics.png"))
-        nll = [r.get("nll_per_token") for r in results["per_record"]]
+        nll = [r.get("nll_per_token") for r in results.get("per_record", [])]
         nll = [x for x in nll if x is not None]
         if nll:
             fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -292,20 +266,23 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
     if a["kind"] != b["kind"]:
         raise ConfigError(f"cannot compare a {a['kind']} run with a {b['kind']} run")
     rows = []
-    for key, label, better in _rows(a):
-        va, vb = a["scores"].get(key), b["scores"].get(key)
+    for m in metrics_for(a["kind"]):
+        va, vb = a["scores"].get(m.key), b["scores"].get(m.key)
         delta = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
         mark = ""
-        if delta is not None and better is not None:
-            mark = "same" if abs(delta) < 1e-9 else ("better" if (delta > 0) == better else "worse")
-        rows.append({"key": key, "metric": label, "a": va, "b": vb, "delta": delta, "mark": mark})
+        if delta is not None and m.better is not None:
+            same = abs(delta) < 1e-9
+            mark = "same" if same else ("better" if (delta > 0) == m.better else "worse")
+        rows.append(
+            {"key": m.key, "metric": m.label, "a": va, "b": vb, "delta": delta, "mark": mark}
+        )
     sa, sb = a.get("settings", {}), b.get("settings", {})
     changed = {
         k: (sa.get(k), sb.get(k)) for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)
     }
     return {
         "kind": a["kind"],
-        "records": (a["records"], b["records"]),
+        "records": (a.get("records", a.get("scenes")), b.get("records", b.get("scenes"))),
         "rows": rows,
         "settings_changed": changed,
     }

@@ -3,6 +3,7 @@
     her eval coser TEST_SET.json --actor model.gguf --judge http://host/v1 --judge-model NAME \
         --records 20 --out runs/eval-coser [--preset her] [--env SPEC] [--nsp SPEC]
     her eval quick TEST_SET.json [--model model.gguf] --records 50 --out runs/eval-quick
+    her eval play [--scenes benchmarks/heldout_scenes.json] [--adapter none] --out runs/play
     her eval compare runs/eval-a runs/eval-b
 
 A model SPEC is a GGUF file, an ONNX folder, an OpenAI-compatible base URL (with --*-model naming
@@ -23,7 +24,7 @@ __all__ = ["eval_app"]
 
 eval_app = typer.Typer(
     help="Measure role-play quality: the CoSER benchmark with any judge, CPU metrics, "
-    "comparisons (needs the `eval` extra).",
+    "multi-turn game scenes, comparisons (needs the `eval` extra).",
     no_args_is_help=True,
 )
 _out = Console(highlight=False)
@@ -177,6 +178,72 @@ def quick(
 
 
 @eval_app.command()
+def play(
+    out: Annotated[Path, typer.Option(help="Run directory (results, report, plots).")],
+    scenes: Annotated[
+        Path | None,
+        typer.Option(help="A scenes file (default: the packaged scenes of her eval play)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model to measure (default: the embedded model).")
+    ] = None,
+    model_name: Name = "",
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF LoRA adapter for a GGUF model (the embedded model: its shipped "
+            "adapter unless 'none')."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Play the first N scenes.")] = None,
+    grammar: Annotated[
+        bool | None, typer.Option("--grammar/--no-grammar", help="Constrain generated turns.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Token cap of a turn (default: a Character's).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (default: a Character's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Added to every scene's seed.")] = 0,
+    n_ctx: Annotated[int, typer.Option(help="Context window for GGUF models.")] = 8192,
+) -> None:
+    """Multi-turn game scenes through the public API: turn length and shape, narration,
+    copying, repetition, forged speakers, secrets, validity, time to first speech."""
+    from rich.progress import Progress
+
+    from her_sdk._errors import HerError
+
+    from .play import PlaySettings, run_play
+
+    settings = PlaySettings(
+        model=model,
+        model_name=model_name,
+        adapter=adapter,
+        grammar=grammar,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        n_ctx=n_ctx,
+    )
+    try:
+        with Progress(console=_err, transient=True) as progress:
+            task = progress.add_task("playing scenes", total=None)
+            results = run_play(
+                out,
+                settings,
+                scenes=scenes,
+                limit=limit,
+                on_turn=lambda d, t: progress.update(task, completed=d, total=t),
+            )
+    except HerError as exc:
+        _fail(exc)
+        return
+    _show(results)
+    _out.print(f"report: {out / 'report.md'}")
+
+
+@eval_app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="First run directory (or results.json).")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory (or results.json).")],
@@ -220,18 +287,20 @@ def compare(
 
 
 def _show(results: dict) -> None:
-    from ._report import COSER_ROWS, QUICK_ROWS, _fmt
+    from ._report import _fmt, goal_text
+    from ._table import metrics_for
 
-    rows = (
-        [(k, lb) for k, lb, _ in COSER_ROWS]
-        if results["kind"] == "coser"
-        else [(k, lb) for k, lb, _, _ in QUICK_ROWS]
-    )
-    t = Table(title=f"her eval {results['kind']}: {results['records']} records")
+    kind = results["kind"]
+    unit = "scenes" if kind == "play" else "records"
+    t = Table(title=f"her eval {kind}: {results[unit]} {unit}")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for key, label in rows:
-        t.add_row(label, _fmt(results["scores"].get(key), key))
+    if kind == "play":
+        t.add_column("goal")
+    for m in metrics_for(kind):
+        value = results["scores"].get(m.key)
+        row = [m.label, _fmt(value, m.key)]
+        t.add_row(*row, goal_text(m, value)) if kind == "play" else t.add_row(*row)
     _out.print(t)
     if results["kind"] == "coser" and results["parse_failures"]["total"]:
         _out.print(

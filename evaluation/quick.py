@@ -10,8 +10,8 @@ For every character line of the records' gold dialogues (Environment lines are c
   backend that scores text (`supports_logprobs`: llama.cpp's); others report n/a;
 - *generated turn*: the model plays the line itself (plan on, the grammar as chosen), inside a
   `Scene` with one other character of the record, so the other's next prompt can be checked for
-  leaks. The metrics over these turns are defined one per line in `_report.QUICK_ROWS` and in
-  report.md.
+  leaks. The metrics over these turns are the rows of `_table.METRICS` that name "quick", each
+  defined in one line there and in report.md.
 
 It is not the CoSER benchmark (`her eval coser`): no multi-agent simulation and no judge, so it
 says whether a model keeps the format, its secrets and its own voice, not whether it plays well.
@@ -30,9 +30,19 @@ from her_sdk.format import FEWSHOT_PREAMBLE, PRIVATE_CHANNELS, PUBLIC_CHANNELS, 
 
 from . import _data
 from ._backends import BackendPool
-from ._metrics import copies, distinct, mean, median, self_repetition, words
+from ._metrics import mean, self_repetition
 from ._prompts import ENVIRONMENT
 from ._report import atomic_json, write_outputs
+from ._table import aggregate
+from .lines import (
+    copies,
+    forges_speaker,
+    narrates,
+    nested_quotes,
+    strict_valid,
+    turn_segments,
+    words,
+)
 
 __all__ = ["QuickSettings", "run_quick", "strict_valid"]
 
@@ -56,39 +66,9 @@ _PRIVATE_TAG = re.compile(
 )
 
 
-def strict_valid(raw: str, name: str, *, plan: bool = True) -> bool:
-    """The strict HER shape: a closed plan (when asked for), an optional `NAME: ` label, then
-    only closed canonical thought/action tags and plain speech, with some public content."""
-    body = raw.strip()
-    if plan:
-        m = re.match(r"<system_thinking>([^<]+)</system_thinking>", body)
-        if m is None or not m.group(1).strip():
-            return False
-        body = body[m.end() :].lstrip()
-    if body.startswith(f"{name}:"):
-        body = body[len(name) + 1 :]
-    pos, public = 0, False
-    tagged = re.compile(rf"<({TAG['thought']}|{TAG['action']})>([^<]+)</\1>")
-    while pos < len(body):
-        if body[pos] == "<":
-            m = tagged.match(body, pos)
-            if m is None or not m.group(2).strip():
-                return False
-            public = public or m.group(1) == TAG["action"]
-            pos = m.end()
-        else:
-            nxt = body.find("<", pos)
-            nxt = len(body) if nxt == -1 else nxt
-            public = public or bool(body[pos:nxt].strip())
-            pos = nxt
-    return public
-
-
-def _forged(public_text: str, others: list[str]) -> bool:
-    return any(re.search(rf"(^|[\s\"'(]){re.escape(o)}\s*:", public_text) for o in others)
-
-
-def _leaks(reply, other_prompt: str) -> bool:
+def leaks(reply, other_prompt: str) -> bool:
+    """Private text (a plan or thought of 12+ characters and 3+ words, or a private tag) in the
+    reply's public channels or in another character's next prompt."""
     private = [s.text for s in reply.segments if s.channel in PRIVATE_CHANNELS]
     public = " ".join(s.text for s in reply.segments if s.channel in PUBLIC_CHANNELS)
     if _PRIVATE_TAG.search(public):
@@ -165,7 +145,7 @@ def run_quick(
     finally:
         if own_pool:
             pool.close()
-    scores = _aggregate(turns)
+    scores = aggregate("quick", turns)
     scores["nll_per_token"] = nll_sum / nll_tokens if nll_tokens else None
     results = {
         "kind": "quick",
@@ -232,38 +212,22 @@ def _generate(rec, i, j, who, persona, history, backend, settings, speakers) -> 
         c: [s.text for s in reply.segments if s.channel == c]
         for c in ("plan", "thought", "action", "speech")
     }
+    n_words = {c: sum(len(words(t)) for t in v) for c, v in by_channel.items()}
     return {
         "record": i,
         "line": j,
         "character": who,
         "valid": strict_valid(reply.raw, persona.name, plan=actor.plan),
-        "leak": _leaks(reply, other_prompt),
-        "forged": _forged(public_text, others),
+        "leak": leaks(reply, other_prompt),
+        "forged_speaker": forges_speaker(public_text, others),
         "copy": copies(reply.speech, sources) if reply.speech else False,
         "self_repetition": self_repetition(public_text),
-        "words": {c: sum(len(words(t)) for t in v) for c, v in by_channel.items()},
+        "narration": narrates(reply.speech, who, others),
+        "nested_quotes": nested_quotes(reply.turn),
+        "segments": turn_segments(reply.turn),
+        **{f"{c}_words": n for c, n in n_words.items()},
         "public_text": public_text,
         "first_speech_s": reply.first_speech_s,
         "completion_tokens": reply.completion_tokens,
         "finish_reason": reply.finish_reason,
-    }
-
-
-def _aggregate(turns: list[dict]) -> dict:
-    def rate(key: str) -> float | None:
-        return mean(float(t[key]) for t in turns)
-
-    return {
-        "format_validity": rate("valid"),
-        "leak_rate": rate("leak"),
-        "forged_speaker_rate": rate("forged"),
-        "copy_rate": rate("copy"),
-        "self_repetition": mean(t["self_repetition"] for t in turns),
-        "distinct_1": distinct((t["public_text"] for t in turns), 1),
-        "distinct_2": distinct((t["public_text"] for t in turns), 2),
-        "plan_words": mean(t["words"]["plan"] for t in turns),
-        "thought_words": mean(t["words"]["thought"] for t in turns),
-        "action_words": mean(t["words"]["action"] for t in turns),
-        "speech_words": mean(t["words"]["speech"] for t in turns),
-        "first_speech_s": median(t["first_speech_s"] for t in turns),
     }

@@ -20,6 +20,7 @@ from her_sdk.format import FORMAT_VERSION_KEY
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "recipes" / "default_model.sh"
 CONFIG = ROOT / "training" / "configs" / "sft_gemma3_270m_default.yaml"
+RL_CONFIG = ROOT / "training" / "configs" / "rl_gemma3_270m_game.yaml"
 HER = shutil.which("her", path=str(Path(sys.executable).parent)) or "her"
 
 
@@ -69,14 +70,18 @@ def test_the_recipe_is_valid_bash():
 
 def test_every_recipe_command_parses_with_its_options():
     calls = _her_calls()
-    # data convert (coser, sharegpt), train sft, export gguf (the f32 base) and gguf-lora,
-    # eval quick (base, tuned), eval compare
+    # data convert (coser, sharegpt), shape and split, train sft and rl, export gguf (the f32
+    # base) and gguf-lora, eval quick and play (base, shipped, new), eval compare
     assert {tuple(c[:2]) for c in calls} == {
         ("data", "convert"),
+        ("data", "shape"),
+        ("data", "split"),
         ("train", "sft"),
+        ("train", "rl"),
         ("export", "gguf"),
         ("export", "gguf-lora"),
         ("eval", "quick"),
+        ("eval", "play"),
         ("eval", "compare"),
     }
     for call in calls:
@@ -90,6 +95,47 @@ def test_every_recipe_command_parses_with_its_options():
         help_text = re.sub(r"\s+", " ", res.stdout)
         for flag in flags:
             assert flag in help_text, f"`her {' '.join(call[:2])}` has no option {flag}"
+
+
+def test_the_recipe_stages_run_alone_and_skip_what_is_done(tmp_path):
+    """`default_model.sh STAGE` runs that stage only; a stage whose result exists is skipped
+    (here: every stage, so nothing heavy runs), and FORCE=1 would redo it."""
+    run = tmp_path / "run"
+    for done in ("data/all.jsonl", "data/portions/rl.jsonl", "sft/her_sft.json", "rl/her_rl.json"):
+        (run / done).parent.mkdir(parents=True, exist_ok=True)
+        (run / done).write_text("{}")
+    (run / "her-gemma3-270m-lora.gguf").write_bytes(b"")
+    env = {"PATH": "/usr/bin:/bin", "RUN": str(run), "HER": "false", "PY": "false"}
+    res = subprocess.run(
+        ["bash", str(RECIPE), "data", "shape", "sft", "rl", "export"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    for stage in ("data", "shape", "sft", "rl", "export"):
+        assert f"stage {stage}: " in res.stdout and "skipped" in res.stdout
+    # An unfinished stage runs (and here fails at once: `her` is `false`), the others are not
+    # touched: stages are independent.
+    (run / "rl" / "her_rl.json").unlink()
+    res = subprocess.run(
+        ["bash", str(RECIPE), "rl"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert res.returncode != 0 and "stage data" not in res.stdout
+
+
+def test_the_recipe_configs_parse_into_the_sft_and_rl_configs():
+    pytest.importorskip("trl", reason="needs the train extra")
+    from her_sdk.training.common import parse_config
+    from her_sdk.training.rl import config_types as rl_types
+
+    args, model_args, training_args = parse_config(
+        rl_types(), RL_CONFIG, ["max_steps=3"], for_this_machine=False
+    )
+    assert args.init_adapter and args.judge_model == "none" and not args.plan
+    assert model_args.model_name_or_path == "embedded:gemma-3-270m"
+    assert training_args.save_steps > 0 and training_args.beta == 0.0
 
 
 def test_the_recipe_config_parses_into_the_sft_configs():

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("nltk")
 pytest.importorskip("typer")
 
-from her_sdk.evaluation import QuickSettings, compare, run_quick
+from her_sdk.evaluation import QuickSettings, compare_runs, run_quick
 from her_sdk.evaluation._backends import BackendPool
 from her_sdk.evaluation.quick import strict_valid
 from typer.testing import CliRunner
@@ -122,7 +122,7 @@ def test_quick_metrics_on_a_scripted_model(tmp_path):
     res_fs = run_quick(TEST_SET, tmp_path / "q4", QuickSettings(), pool=_pool_with(fewshot))
     assert res_fs["scores"]["copy_rate"] == 1.0
 
-    cmp = compare(tmp_path / "q", tmp_path / "q2")
+    cmp = compare_runs(tmp_path / "q", tmp_path / "q2")
     rows = {r["key"]: r for r in cmp["rows"]}
     assert rows["leak_rate"]["mark"] == "worse" and rows["leak_rate"]["delta"] == 1.0
     assert rows["format_validity"]["mark"] == "same"
@@ -175,9 +175,9 @@ def test_compare_refuses_different_kinds(tmp_path):
     (tmp_path / "a" / "results.json").write_text(json.dumps({"kind": "coser", "scores": {}}))
     (tmp_path / "b" / "results.json").write_text(json.dumps({"kind": "quick", "scores": {}}))
     with pytest.raises(ConfigError, match="cannot compare"):
-        compare(tmp_path / "a", tmp_path / "b")
+        compare_runs(tmp_path / "a", tmp_path / "b")
     with pytest.raises(ConfigError, match=r"no results\.json"):
-        compare(tmp_path / "a", tmp_path / "missing")
+        compare_runs(tmp_path / "a", tmp_path / "missing")
 
 
 @pytest.mark.slow

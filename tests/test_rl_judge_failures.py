@@ -7,7 +7,8 @@ import json
 import pytest
 from her_sdk.training.judge import Judge, render_verdict
 from her_sdk.training.pairs import heuristic_judge
-from her_sdk.training.rl import JudgeReward, policy_rows
+from her_sdk.training.rewards import JudgeReward
+from her_sdk.training.rl import policy_rows
 from her_sdk.training.tiny import synthetic_samples
 
 from her_sdk import BackendUnavailableError, GenerationError, MockBackend

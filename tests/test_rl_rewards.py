@@ -11,16 +11,14 @@ pytest.importorskip("yaml")
 from her_sdk.training.data import encode_her
 from her_sdk.training.judge import Judge, render_verdict
 from her_sdk.training.pairs import heuristic_backend
-from her_sdk.training.rl import (
+from her_sdk.training.rewards import (
+    REWARDS,
     JudgeReward,
     completion_text,
-    format_reward,
     format_score,
-    length_penalty,
     load_judge_backend,
-    policy_rows,
-    repetition_penalty,
 )
+from her_sdk.training.rl import RLArguments, policy_rows
 
 from her_sdk import ConfigError, MockBackend, ModelNotFoundError, Persona
 from her_sdk.format import Heard, Segment, Turn
@@ -80,6 +78,7 @@ def test_completion_text_restores_prefill_and_cuts_at_stop():
         completion_text(comp, "<system_thinking>")
         == "<system_thinking>p</system_thinking>Mara: Go."
     )
+    format_reward = REWARDS["format"].build(RLArguments(), None)
     scores = format_reward(
         ["x"],
         [GOOD[len("<system_thinking>") :]],
@@ -91,7 +90,9 @@ def test_completion_text_restores_prefill_and_cuts_at_stop():
 
 
 def test_length_and_repetition_penalties():
-    length = length_penalty(20, 60)
+    args = RLArguments(length_min_chars=20, length_max_chars=60)
+    length = REWARDS["length"].build(args, None)
+    repetition_penalty = REWARDS["repetition"].build(args, None)
     short = "<system_thinking>p</system_thinking>Mara: No."
     long = "<system_thinking>p</system_thinking>Mara: " + "word " * 40
     got = length(["x"] * 3, [short, GOOD, long], character=["Mara"] * 3)

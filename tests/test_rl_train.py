@@ -18,7 +18,8 @@ RL_YAML = ROOT / "training" / "configs" / "rl_tiny_cpu.yaml"
 def test_grpo_two_steps_with_judge_reward_change_only_the_adapter(tmp_path):
     from her_sdk.training.common import load_rows, load_tokenizer, parse_config, resolve_model
     from her_sdk.training.judge import Judge, render_verdict
-    from her_sdk.training.rl import JudgeReward, build_grpo_trainer, config_types, policy_rows
+    from her_sdk.training.rewards import JudgeReward
+    from her_sdk.training.rl import build_grpo_trainer, config_types, policy_rows
 
     from her_sdk import MockBackend
 
@@ -76,7 +77,7 @@ def test_cli_train_rl_tiny_config_trains_and_saves(tmp_path):
     report = json.loads((out / "her_rl.json").read_text())["result"]
     assert report["steps"] == 2 and report["rewards"] == [
         "judge",
-        "format_reward",
+        "format",
         "length",
         "repetition",
     ]

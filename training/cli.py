@@ -120,6 +120,36 @@ def data_split(
         console.print(f"{name}: {r['samples']} samples, {r['scenes']} scenes -> {out / name}.jsonl")
 
 
+@data_app.command("shape")
+def data_shape(
+    input_path: Annotated[Path, typer.Argument(help="JSONL from `her data convert`.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL of shaped samples.")],
+    max_actions: Annotated[int, typer.Option("--max-actions")] = 1,
+    max_sentences: Annotated[int, typer.Option("--max-sentences")] = 3,
+    max_speech_words: Annotated[int, typer.Option("--max-speech-words")] = 40,
+) -> None:
+    """Keep, trim or drop each target turn so that it reads as a game line (one speech, at most
+    one action, no narration or quotations inside speech)."""
+    from her_sdk.evaluation.lines import TurnShape
+    from her_sdk.training.shaping import shape_file
+
+    try:
+        shape = TurnShape(
+            max_segments=2 + max_actions,
+            max_actions=max_actions,
+            max_speech_words=max_speech_words,
+            max_sentences=max_sentences,
+        )
+        report = shape_file(input_path, out, shape).as_dict()
+    except (HerError, OSError) as exc:
+        _fail(exc)
+    console.print(
+        f"{report['written']} samples -> {out} ({report['kept']} kept as they were, "
+        f"{report['trimmed']} trimmed) of {report['samples']}; dropped {report['dropped']}"
+        + (f", {report['skipped']} without structured fields" if report["skipped"] else "")
+    )
+
+
 @data_app.command("synth-plans")
 def data_synth_plans(
     input_path: Annotated[Path, typer.Argument(help="JSONL from `her data convert`.", exists=True)],

@@ -10,16 +10,15 @@
     accelerate launch --config_file training/configs/accelerate_zero3.yaml \
         -m her_sdk.training rl --config training/configs/rl_qwen3_32b.yaml
 
+    # The default model's second stage: GRPO of the SFT adapter against the game rewards:
+    her train rl --config training/configs/rl_gemma3_270m_game.yaml init_adapter=runs/sft
+
 A config file holds the keys of `RLArguments` (HER's data, judge and reward options, below),
 trl's `ModelConfig` (the policy and its LoRA) and trl's `GRPOConfig` (the GRPO run, vLLM).
-Reward of a rollout (each term weighted by `rewards` in the config, trl sums them):
-- `judge`: the generative judge's verdict of the rollout against the reference turn of the
-  sample — win 1, tie 0.5, loss 0 — judged in both orders and averaged (`judge.Judge`);
-- `format`: a valid dual-layer turn (plan when asked and within the runtime's plan cap,
-  well-formed tags, something visible, any mix of thought/action/speech segments) with nothing
-  private on a public channel (no tag text, no inner thought read aloud) — 0..1;
-- `length`: 0 inside [length_min_chars, length_max_chars] of turn text, down to -1 outside;
-- `repetition`: minus the share of repeated word trigrams.
+The reward of a rollout is the weighted sum (trl sums them) of the terms named in `rewards`,
+rows of the table in `rewards.py`: the judge's verdict, format, length, repetition, and the game
+terms a CPU computes (structure, shape, no narration, no quotes inside speech, no copying,
+answers the last line, keeps the secret).
 
 The judge runs on any her_sdk Backend named by `judge_model`: `heuristic` (rule-based,
 in-process, for tests), `none`, or a backend spec (`her_sdk.backend_from_spec`): a trained
@@ -27,7 +26,8 @@ judge's folder (in-process via transformers), `http://HOST/v1#MODEL` (vLLM or an
 OpenAI-compatible server), a GGUF file (llama.cpp). Prompts are rendered by
 `her_sdk.format.render_prompt` with the runtime's prefill, so the policy is trained on exactly
 the prompts the SDK will show it.
-This module trains; the judge prompt and verdict parsing live in `judge.py`.
+A stopped run resumes with `resume_from_checkpoint=latest`. This module trains; the rewards live
+in `rewards.py`, the judge prompt and verdict parsing in `judge.py`.
 """
 
 from __future__ import annotations
@@ -36,23 +36,17 @@ import json
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from her_sdk import Backend, ConfigError, backend_from_spec, cut_at_stop
-from her_sdk.format import (
-    CHATML_STOP,
-    MAX_PLAN_CHARS,
-    PRIVATE_CHANNELS,
-    parse_turn,
-    render_prompt,
-)
+from her_sdk import Backend, ConfigError
+from her_sdk.format import render_prompt
 
 from .common import (
     config_dict,
+    last_checkpoint,
     load_causal_lm,
     load_rows,
     load_tokenizer,
@@ -60,27 +54,17 @@ from .common import (
     resolve_model,
 )
 from .data import decode_her
-from .judge import Judge
-from .pairs import repetition_ratio, tag_errors
-from .principles import load_principles
+from .rewards import JudgeReward, build_rewards, check_weights, shape_from
 
 if TYPE_CHECKING:
     from trl import GRPOConfig, ModelConfig
 
 __all__ = [
-    "JudgeReward",
     "RLArguments",
     "RLResult",
     "build_grpo_trainer",
-    "build_rewards",
-    "completion_text",
     "config_types",
-    "format_reward",
-    "format_score",
-    "length_penalty",
-    "load_judge_backend",
     "policy_rows",
-    "repetition_penalty",
     "run_rl",
     "turn_end_ids",
 ]
@@ -89,17 +73,8 @@ log = logging.getLogger("her_sdk.training.rl")
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward functions (trl signature: (prompts, completions, **dataset columns) -> list[float])
+# Rollouts
 # ---------------------------------------------------------------------------------------------
-
-
-def completion_text(completion: Any, prefill: str = "") -> str:
-    """The turn text of a trl completion (string or chat messages), cut at the first stop
-    marker, with the prompt's prefill (e.g. `<system_thinking>`) put back in front."""
-    if isinstance(completion, list):
-        completion = "".join(m.get("content", "") for m in completion if isinstance(m, dict))
-    text, _ = cut_at_stop(str(completion), CHATML_STOP)
-    return prefill + text
 
 
 def turn_end_ids(tokenizer) -> list[int]:
@@ -139,171 +114,9 @@ def turn_end_ids(tokenizer) -> list[int]:
     return list(dict.fromkeys(ends))
 
 
-def format_score(text: str, name: str, *, plan: bool = True) -> float:
-    """0..1: how well `text` (a full turn, plan included) follows the dual-layer format.
-
-    0 when anything private reaches a public channel (tag text in speech/actions, an inner
-    thought or the plan spoken aloud) or nothing visible is left; otherwise the share of
-    checks passed: a plan when asked, within the runtime's plan cap (`MAX_PLAN_CHARS`),
-    well-formed tags, no second speaker's line. Which segments a turn has is free: HER mixes
-    speech only, action then speech, thought-action-speech, ... so no segment is required
-    beyond something visible.
-    """
-    turn = parse_turn(text, name)
-    public = " ".join([turn.speech, *turn.actions])
-    low = public.lower()
-    if not public.strip():
-        return 0.0
-    if any(t in low for t in ("system_thinking", "role_thinking", "role_action", "<", ">")):
-        return 0.0  # markup on a public channel: something private may be leaking
-    privates = [s.text for s in turn.segments if s.channel in PRIVATE_CHANNELS]
-    if any(len(p) >= 12 and p.lower() in low for p in privates):
-        return 0.0
-    checks = [
-        bool(turn.plan) if plan else True,
-        len(turn.plan.strip()) <= MAX_PLAN_CHARS,
-        tag_errors(text) == 0,
-        f"{name}:" not in turn.speech and "\n" not in text.strip(),
-    ]
-    return sum(checks) / len(checks)
-
-
-def _names(kwargs: dict, n: int) -> list[str]:
-    names = kwargs.get("character") or [""] * n
-    return [str(x) for x in names]
-
-
-def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
-    prefills = kw.get("prefill") or [""] * len(completions)
-    plans = kw.get("plan") or [True] * len(completions)
-    return [
-        format_score(completion_text(c, p), n, plan=bool(pl))
-        for c, p, n, pl in zip(
-            completions, prefills, _names(kw, len(completions)), plans, strict=True
-        )
-    ]
-
-
-def _turn_chars(text: str, name: str) -> int:
-    t = parse_turn(text, name)
-    return len(" ".join([*t.thoughts, *t.actions, t.speech]).strip())
-
-
-def length_penalty(min_chars: int = 20, max_chars: int = 400) -> Callable[..., list[float]]:
-    """0 for turns of min..max characters (thoughts, actions, speech), down to -1 outside."""
-
-    def length(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
-        prefills = kw.get("prefill") or [""] * len(completions)
-        out = []
-        for c, p, name in zip(completions, prefills, _names(kw, len(completions)), strict=True):
-            n = _turn_chars(completion_text(c, p), name)
-            if n < min_chars:
-                out.append(-min(1.0, (min_chars - n) / max(1, min_chars)))
-            elif n > max_chars:
-                out.append(-min(1.0, (n - max_chars) / max_chars))
-            else:
-                out.append(0.0)
-        return out
-
-    length.__name__ = "length"
-    return length
-
-
-def repetition_penalty(
-    prompts: Sequence[Any], completions: Sequence[Any], **kw: Any
-) -> list[float]:
-    prefills = kw.get("prefill") or [""] * len(completions)
-    return [
-        -repetition_ratio(completion_text(c, p)) for c, p in zip(completions, prefills, strict=True)
-    ]
-
-
-repetition_penalty.__name__ = "repetition"
-
-
-class JudgeReward:
-    """The judge's verdict of each rollout against the sample's reference turn (both orders).
-
-    Needs dataset columns `her_json` (the sample's structured inputs) and `prefill`.
-    `abstain`: the reward when the judge gives no readable verdict in either order (a backend
-    error or an unreadable answer, after retries). Such rewards are constant, so a dead judge
-    would leave RL optimising the other terms only: the share of abstentions among the last
-    `window` comparisons is logged (`judge/abstain_rate`) and above `max_abstain_rate` the run
-    stops with GenerationError.
-    """
-
-    __name__ = "judge"
-
-    def __init__(
-        self,
-        judge: Judge,
-        *,
-        both_orders: bool = True,
-        abstain: float = 0.5,
-        max_abstain_rate: float = 0.2,
-        window: int = 64,
-    ) -> None:
-        self.judge = judge
-        self.both_orders = both_orders
-        self.abstain = abstain
-        self.max_abstain_rate = max_abstain_rate
-        self.recent: deque[bool] = deque(maxlen=window)  # True: abstained
-        self.abstain_rate = 0.0
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], **kw: Any
-    ) -> list[float]:
-        prefills = kw.get("prefill") or [""] * len(completions)
-        items = []
-        for c, p, her in zip(completions, prefills, kw["her_json"], strict=True):
-            persona, history, reference = decode_her({"her": json.loads(her)})
-            items.append((persona, history, completion_text(c, p), reference))
-        comps = self.judge.compare_turns_many(items, both_orders=self.both_orders)
-        self._watch([c.score is None for c in comps], kw.get("log_metric"))
-        return [self.abstain if c.score is None else c.score for c in comps]
-
-    def _watch(self, abstained: list[bool], log_metric: Callable | None) -> None:
-        from her_sdk import GenerationError
-
-        self.recent.extend(abstained)
-        self.abstain_rate = sum(self.recent) / len(self.recent)
-        if log_metric is not None:  # trl averages it per logging step
-            log_metric("judge/abstain_rate", sum(abstained) / max(1, len(abstained)))
-        if any(abstained):
-            log.warning(
-                "judge abstained on %d of %d rollouts (recent rate %.0f%%)",
-                sum(abstained),
-                len(abstained),
-                100 * self.abstain_rate,
-            )
-        if len(self.recent) >= min(8, self.recent.maxlen or 8) and (
-            self.abstain_rate > self.max_abstain_rate
-        ):
-            err = self.judge.last_error
-            raise GenerationError(
-                f"the judge abstained on {self.abstain_rate:.0%} of the last {len(self.recent)} "
-                f"comparisons (judge_max_abstain_rate {self.max_abstain_rate:.0%}); "
-                f"{self.judge.errors} backend errors"
-                + (f", last: {type(err).__name__}: {err}" if err else ", answers unreadable")
-            )
-
-
-def load_judge_backend(spec: str | None) -> Backend | None:
-    """The judge `judge_model` names: `none` (no judge), `heuristic` (the rule-based judge,
-    in-process) or any backend spec (`her_sdk.backend_from_spec`)."""
-    if spec in ("none", "", None):
-        return None
-    from .pairs import heuristic_judge
-
-    return backend_from_spec("mock" if spec == "heuristic" else spec, mock=heuristic_judge)
-
-
 # ---------------------------------------------------------------------------------------------
 # Config, data, trainer
 # ---------------------------------------------------------------------------------------------
-
-
-REWARDS = ("judge", "format", "length", "repetition")
 
 
 @dataclass
@@ -334,22 +147,26 @@ class RLArguments:
     judge_abstain: float = 0.5  # the reward of a rollout the judge gives no verdict on
     judge_max_abstain_rate: float = 0.2  # stop the run above this share of abstentions
     judge_health_check: bool = True  # one judgment before training; fails fast on a dead judge
-    # the reward terms and their weights (trl sums them); GRPOConfig.reward_weights is set from it
+    # the reward terms (names of `rewards.REWARDS`) and their weights (trl sums them);
+    # GRPOConfig.reward_weights is set from it
     rewards: dict[str, float] = field(
         default_factory=lambda: {"judge": 1.0, "format": 0.5, "length": 0.1, "repetition": 0.5}
     )
     length_min_chars: int = 20
     length_max_chars: int = 400
+    # the turn shape the `shape` reward measures (`evaluation.lines.TurnShape`; missing keys:
+    # the game default, one thought, one action, one speech of <= 3 sentences and <= 40 words)
+    turn_shape: dict[str, int] = field(default_factory=dict)
+    # a PEFT adapter folder (e.g. the SFT stage's output) whose LoRA this run trains further,
+    # instead of a new one from ModelConfig's lora_* settings
+    init_adapter: str | None = None
     save_merged: bool = False  # also write output_dir/merged (see `merge.merge_after_training`)
 
     def __post_init__(self) -> None:
-        unknown = set(self.rewards) - set(REWARDS)
-        if unknown:
-            raise ConfigError(
-                f"rewards: unknown term(s) {', '.join(sorted(unknown))}; use {', '.join(REWARDS)}"
-            )
+        check_weights(self.rewards)
         if self.judge_detail not in ("brief", "full"):
             raise ConfigError("judge_detail must be brief or full")
+        self.shape = shape_from(self.turn_shape)
 
 
 def config_types() -> tuple[type, ...]:
@@ -425,6 +242,16 @@ def build_grpo_trainer(
             dtype=model_args.dtype or "auto",
             attn_implementation=model_args.attn_implementation,
         )
+    peft_config = get_peft_config(model_args)
+    if args.init_adapter:
+        # Train the given adapter further (the SFT stage's LoRA), so that the result is still
+        # one adapter on the base: what `her export gguf-lora` ships.
+        from peft import PeftModel
+
+        if not Path(args.init_adapter, "adapter_config.json").is_file():
+            raise ConfigError(f"init_adapter {args.init_adapter}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        peft_config = None
     # Rollouts end at the template's own end-of-turn token (<|im_end|>, <end_of_turn>) or eos,
     # read from the tokenizer, never assumed: trl stops at the model's eos ids, vLLM at its
     # sampling params' stop_token_ids.
@@ -447,54 +274,8 @@ def build_grpo_trainer(
         args=training_args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config,
     )
-
-
-def build_rewards(
-    args: RLArguments, judge_backend: Backend | None = None
-) -> tuple[list, list[float]]:
-    """The weighted reward functions of `args.rewards` (zero-weight terms are left out)."""
-    w = args.rewards
-    funcs: list = []
-    weights: list[float] = []
-    if w.get("judge", 0):
-        backend = judge_backend
-        if backend is None:
-            backend = load_judge_backend(args.judge_model)
-        if backend is not None:
-            ps = load_principles(args.judge_principles).subset(args.judge_principle_ids)
-            judge = Judge(
-                backend,
-                principles=ps,
-                detail=args.judge_detail,
-                retries=args.judge_retries,
-                max_tokens=args.judge_max_tokens,
-                concurrency=args.judge_concurrency,
-            )
-            funcs.append(
-                JudgeReward(
-                    judge,
-                    both_orders=args.judge_both_orders,
-                    abstain=args.judge_abstain,
-                    max_abstain_rate=args.judge_max_abstain_rate,
-                )
-            )
-            weights.append(float(w["judge"]))
-        else:
-            log.warning("rewards.judge is set but judge_model is none; no judge reward")
-    if w.get("format", 0):
-        funcs.append(format_reward)
-        weights.append(float(w["format"]))
-    if w.get("length", 0):
-        funcs.append(length_penalty(args.length_min_chars, args.length_max_chars))
-        weights.append(float(w["length"]))
-    if w.get("repetition", 0):
-        funcs.append(repetition_penalty)
-        weights.append(float(w["repetition"]))
-    if not funcs:
-        raise ConfigError("no reward: set a positive weight in `rewards`")
-    return funcs, weights
 
 
 @dataclass
@@ -551,7 +332,12 @@ def run_rl(
     trainer = build_grpo_trainer(
         args, model_args, training_args, rows, funcs, weights, model_spec=spec, tokenizer=tok
     )
-    trainer.train()
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "true"):
+        resume = last_checkpoint(out)
+        if resume is None:
+            log.warning("no checkpoint in %s; starting from scratch", out)
+    trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_model(str(out))  # the adapter (or model), gathered from every rank's shard
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(out))

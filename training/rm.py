@@ -291,7 +291,7 @@ def verdict_reward(
     prompts: Sequence[Any], completions: Sequence[Any], label: Sequence[str], **kw: Any
 ) -> list[float]:
     """Verifiable reward for RL of the judge: 1 when the verdict names the labelled candidate."""
-    from .rl import completion_text
+    from .rewards import completion_text
 
     out = []
     for c, lab in zip(completions, label, strict=True):

@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
-# The exact commands that made her_sdk's default adapter (her_sdk/models/her-gemma3-270m-lora.gguf):
-# CoSER files -> HER samples -> LoRA SFT of the embedded Gemma-3-270M -> GGUF adapter -> her eval.
+# her_sdk's default adapter (her_sdk/models/her-gemma3-270m-lora.gguf), made end to end on a CPU:
+# CoSER files -> HER samples -> samples shaped like game turns -> LoRA SFT of the embedded
+# Gemma-3-270M -> GRPO of the same adapter against rewards a CPU computes -> GGUF adapter ->
+# her eval (single lines with `quick`, multi-turn scenes with `play`).
 #
-#   training/recipes/default_model.sh [STAGE...]     # stages: data train export eval (default: all)
+#   training/recipes/default_model.sh [STAGE...]
+#       stages, in order: data shape sft rl export eval   (default: all of them)
+#
+# Each stage reads what the one before wrote under $RUN and can be run on its own. A stage whose
+# result is already there is skipped (FORCE=1 redoes it); a stopped `sft` or `rl` stage resumes
+# from its latest checkpoint (every 20 and 10 steps) when run again.
 #
 # Environment: COSER (the CoSER folder: King_Lear.json, Othello.json, books/, sft_sharegpt.json,
 # example_test_set.json; default ../shared/data/coser), RUN (work folder, default
 # runs/default_model; everything generated goes there, git-ignored: the data is never committed),
-# MAX_STEPS (default 200: about an hour on 2 quiet CPU cores), HER (the `her` command).
-# Needs the `train`, `export` and `llama` extras (`make .venv/.test-installed`).
+# SFT_STEPS (default 200), RL_STEPS (default 60), HER (the `her` command), PY.
+# Needs the `train`, `export`, `llama` and `eval` extras (`make .venv/.test-installed`).
 #
 # The recipe uses no teacher model, so turns are trained without a plan (`<system_thinking>`):
 # the adapter is exported with --no-plan (metadata her.plan = false) and characters on it skip
-# the plan. With a teacher, `her data synth-plans` on the converted files adds plans and the
+# the plan. With a teacher, `her data synth-plans` on the shaped files adds plans and the
 # same recipe trains with them (export without --no-plan).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 COSER=${COSER:-../shared/data/coser}
 RUN=${RUN:-runs/default_model}
-MAX_STEPS=${MAX_STEPS:-200}
+SFT_STEPS=${SFT_STEPS:-${MAX_STEPS:-200}}
+RL_STEPS=${RL_STEPS:-60}
 HER=${HER:-.venv/bin/her}
 PY=${PY:-.venv/bin/python}
+FORCE=${FORCE:-0}
 DATA=$RUN/data
 SFT=$RUN/sft
+RL=$RUN/rl
 BASE=$RUN/base-hf                    # the embedded GGUF, dequantized, as a transformers folder
 ADAPTER=$RUN/her-gemma3-270m-lora.gguf
-STAGES=${*:-data train export eval}
+STAGES=${*:-data shape sft rl export eval}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+done_already() {  # done_already FILE STAGE: true (and says so) when FILE exists and not FORCE
+  if [[ "$FORCE" != 1 && -e "$1" ]]; then echo "stage $2: $1 exists, skipped (FORCE=1 redoes it)"; return 0; fi
+  return 1
+}
+resume_flag() {  # resume_flag DIR: the override that resumes from DIR's latest checkpoint
+  if compgen -G "$1/checkpoint-*" > /dev/null; then echo "resume_from_checkpoint=latest"; fi
+}
 
-if has data; then
+if has data && ! done_already "$DATA/all.jsonl" data; then
   mkdir -p "$DATA"
   # One JSONL per source; 10 % of the scenes of each held out (split "eval"), CoSER's own test
   # scenes left out entirely, profiles cut to 400 characters so that samples stay short.
@@ -40,7 +58,8 @@ if has data; then
   done
   "$HER" data convert sharegpt "$COSER/sft_sharegpt.json" --out "$DATA/sharegpt.jsonl" \
     --eval-ratio 0.1 --max-profile-chars 400
-  cat "$DATA"/coser_*.jsonl "$DATA"/sharegpt.jsonl > "$DATA/all.jsonl"
+  cat "$DATA"/coser_*.jsonl "$DATA"/sharegpt.jsonl > "$DATA/all.jsonl.tmp"
+  mv "$DATA/all.jsonl.tmp" "$DATA/all.jsonl"
   # A test set in the CoSER schema from held-out scenes (one per book, first 8 lines, profiles
   # cut as in training): what `her eval quick` measures base and tuned on.
   "$PY" - "$COSER" "$DATA" "$RUN/heldout_test_set.json" <<'EOF'
@@ -85,20 +104,37 @@ print(f"{len(records)} held-out records -> {out}")
 EOF
 fi
 
-if has train; then
-  # LoRA r=4 on all linear layers, ChatML, completion-only loss, samples <= 640 tokens, batch 1
-  # x 2 accumulation; checkpoints every 20 steps (a stopped run resumes from the latest one).
-  resume=()
-  if compgen -G "$SFT/checkpoint-*" > /dev/null; then resume=(resume_from_checkpoint=latest); fi
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-  "$HER" train sft \
-    --config training/configs/sft_gemma3_270m_default.yaml \
-    "train_file=$DATA/all.jsonl" "output_dir=$SFT" "max_steps=$MAX_STEPS" "${resume[@]}"
+if has shape && ! done_already "$DATA/portions/rl.jsonl" shape; then
+  # Game-sized targets: at most one thought, one action and one speech of <= 3 sentences and
+  # <= 40 words; turns whose speech narrates or quotes are dropped (`her data shape`). Then the
+  # scenes go whole into an SFT portion and an RL portion (HER's 8 %), so RL never rewards a
+  # prompt whose very turn SFT copied.
+  "$HER" data shape "$DATA/all.jsonl" --out "$DATA/shaped.jsonl" \
+    --max-actions 1 --max-sentences 3 --max-speech-words 40
+  "$HER" data split "$DATA/shaped.jsonl" --out "$DATA/portions" --sft 0.92 --rm 0 --rl 0.08
 fi
 
-if has export; then
+if has sft && ! done_already "$SFT/her_sft.json" sft; then
+  # LoRA r=4 on all linear layers, ChatML, completion-only loss, samples <= 640 tokens, batch 1
+  # x 2 accumulation; checkpoints every 20 steps (a stopped run resumes from the latest one).
+  "$HER" train sft --config training/configs/sft_gemma3_270m_default.yaml \
+    "train_file=$DATA/portions/sft.jsonl" "output_dir=$SFT" "max_steps=$SFT_STEPS" \
+    $(resume_flag "$SFT")
+fi
+
+if has rl && ! done_already "$RL/her_rl.json" rl; then
+  # GRPO of the SFT adapter itself (init_adapter), on the RL portion's prompts, against the game
+  # rewards of training/rewards.py with the weights in the config; no judge model. Checkpoints
+  # every 10 steps; a stopped run resumes.
+  "$HER" train rl --config training/configs/rl_gemma3_270m_game.yaml \
+    "train_file=$DATA/portions/rl.jsonl" "init_adapter=$SFT" "output_dir=$RL" \
+    "max_steps=$RL_STEPS" $(resume_flag "$RL")
+fi
+
+if has export && ! done_already "$ADAPTER" export; then
   # The base the adapter was trained on, as a transformers folder (export's --base reads one).
-  "$PY" - "$BASE" <<'EOF'
+  if [[ ! -e "$BASE/config.json" ]]; then
+    "$PY" - "$BASE" <<'EOF'
 import sys
 from her_sdk.training.common import (EMBEDDED_GEMMA, clear_gguf_markers, load_causal_lm,
                                      load_tokenizer, resolve_model)
@@ -108,22 +144,32 @@ clear_gguf_markers(model)
 model.save_pretrained(sys.argv[1])
 load_tokenizer(spec, "chatml").save_pretrained(sys.argv[1])
 EOF
-  "$HER" export gguf "$BASE" --out "$RUN/base-f32.gguf" --type f32 --no-verify
-  # Verified against PyTorch: the f32 base GGUF + adapter in llama.cpp vs the merged model.
-  "$HER" export gguf-lora "$SFT" --base "$BASE" --out "$ADAPTER" --no-plan \
+  fi
+  if [[ ! -e "$RUN/base-f32.gguf" ]]; then
+    "$HER" export gguf "$BASE" --out "$RUN/base-f32.gguf" --type f32 --no-verify
+  fi
+  # The RL output when that stage ran, else the SFT adapter; verified against PyTorch: the f32
+  # base GGUF + adapter in llama.cpp vs the merged model.
+  FINAL=$SFT; [[ -e "$RL/her_rl.json" ]] && FINAL=$RL
+  "$HER" export gguf-lora "$FINAL" --base "$BASE" --out "$ADAPTER" --no-plan \
     --base-gguf "$RUN/base-f32.gguf"
   ls -l "$ADAPTER"
 fi
 
 if has eval; then
-  # Base + few-shot (the bare embedded model) vs base + adapter (ChatML, no plan), on the
-  # held-out scenes, without and with the grammar; then side by side.
+  # Single lines (`quick`, the CoSER held-out scenes) and multi-turn scenes (`play`, the
+  # held-out game scenes in benchmarks/heldout_scenes.json, never used to train or tune):
+  # the bare base (few-shot), today's shipped adapter, and the new one; then side by side.
   GGUF=$("$PY" -c "from her_sdk._model import default_model_path; print(default_model_path())")
-  for g in grammar no-grammar; do
-    "$HER" eval quick "$RUN/heldout_test_set.json" --model "$GGUF" --adapter none \
-      --lines 3 --n-ctx 4096 --"$g" --out "$RUN/eval/base-$g"
-    "$HER" eval quick "$RUN/heldout_test_set.json" --model "$GGUF" --adapter "$ADAPTER" \
-      --lines 3 --n-ctx 4096 --"$g" --out "$RUN/eval/tuned-$g"
-    "$HER" eval compare "$RUN/eval/base-$g" "$RUN/eval/tuned-$g" --markdown
+  SHIPPED=her_sdk/models/her-gemma3-270m-lora.gguf
+  for who in base:none shipped:$SHIPPED new:$ADAPTER; do
+    name=${who%%:*}; adapter=${who#*:}
+    "$HER" eval quick "$RUN/heldout_test_set.json" --model "$GGUF" --adapter "$adapter" \
+      --lines 3 --n-ctx 4096 --grammar --out "$RUN/eval/quick-$name"
+    "$HER" eval play --scenes benchmarks/heldout_scenes.json --model "$GGUF" \
+      --adapter "$adapter" --out "$RUN/eval/play-$name"
   done
+  "$HER" eval compare "$RUN/eval/quick-shipped" "$RUN/eval/quick-new" --markdown
+  "$HER" eval compare "$RUN/eval/play-base" "$RUN/eval/play-shipped" --markdown
+  "$HER" eval compare "$RUN/eval/play-shipped" "$RUN/eval/play-new" --markdown
 fi
