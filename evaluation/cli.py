@@ -212,7 +212,7 @@ def play(
     copying, repetition, forged speakers, secrets, validity, time to first speech."""
     from rich.progress import Progress
 
-    from her_sdk._errors import HerError
+    from her_sdk import HerError
 
     from .play import PlaySettings, run_play
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from her_sdk import Character, ContextOverflowError, Sampling, Scene
-from her_sdk.format import FEWSHOT_PREAMBLE, PRIVATE_CHANNELS, PUBLIC_CHANNELS, TAG, render_turn
+from her_sdk.format import FEWSHOT_PREAMBLE, PRIVATE_CHANNELS, PUBLIC_CHANNELS, render_turn
 
 from . import _data
 from ._backends import BackendPool

@@ -11,7 +11,14 @@ import pytest
 
 pytest.importorskip("typer")
 
-from her_sdk.evaluation import METRICS, PlaySettings, compare_runs, load_scenes, metrics_for, run_play
+from her_sdk.evaluation import (
+    METRICS,
+    PlaySettings,
+    compare_runs,
+    load_scenes,
+    metrics_for,
+    run_play,
+)
 from her_sdk.evaluation._backends import BackendPool
 from typer.testing import CliRunner
 

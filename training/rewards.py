@@ -303,9 +303,7 @@ def load_judge_backend(spec: str | None) -> Backend | None:
 
 
 def _judge(args: RLArguments, judge_backend: Backend | None) -> RewardFunc | None:
-    backend = (
-        judge_backend if judge_backend is not None else load_judge_backend(args.judge_model)
-    )
+    backend = judge_backend if judge_backend is not None else load_judge_backend(args.judge_model)
     if backend is None:
         log.warning("rewards.judge is set but judge_model is none; no judge reward")
         return None
