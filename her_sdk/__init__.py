@@ -55,7 +55,16 @@ from ._scene import Event, Scene
 from ._secrets import BlockedReveal
 from ._turn import Reply, TurnStream
 from ._version import __version__
-from .format import Delta, Heard, Segment, Turn, TurnParser, build_grammar, parse_turn
+from .format import (
+    Delta,
+    Heard,
+    Segment,
+    Turn,
+    TurnParser,
+    TurnShape,
+    build_grammar,
+    parse_turn,
+)
 
 __all__ = [
     "Action",
@@ -104,6 +113,7 @@ __all__ = [
     "TransformersBackend",
     "Turn",
     "TurnParser",
+    "TurnShape",
     "TurnStream",
     "VerificationError",
     "__version__",

@@ -50,7 +50,17 @@ from ._savefile import Saveable
 from ._secrets import BlockedReveal, SecretsGuard
 from ._turn import Reply, Seat, TurnReader, TurnStream, iter_nothing, mix_seed
 from ._upkeep import ask, rate_importance, summarize
-from .format import CallSpec, Delta, Heard, Prompt, Turn, build_grammar, render_prompt
+from .format import (
+    CallSpec,
+    Delta,
+    Heard,
+    Prompt,
+    ShapeGuard,
+    Turn,
+    TurnShape,
+    build_grammar,
+    render_prompt,
+)
 
 __all__ = ["Character", "CharacterState"]
 
@@ -86,6 +96,7 @@ class CharacterState(msgspec.Struct, kw_only=True):
     rate_importance: ImportanceRater | UnsetType = UNSET
     guard_secrets: bool | UnsetType = UNSET
     max_long_term: int | UnsetType = UNSET
+    shape: TurnShape | UnsetType | None = UNSET
 
 
 # Settings saved only when they differ from their defaults (CharacterState's UNSET fields).
@@ -95,6 +106,7 @@ _LATER_SETTINGS: dict[str, Any] = {
     "rate_importance": "heuristic",
     "guard_secrets": True,
     "max_long_term": 5000,
+    "shape": None,
 }
 
 
@@ -113,6 +125,10 @@ class Character(Mind, Saveable):
     - `keep_plans`: keep earlier plans in the prompt (HER models were trained without).
     - `grammar`: constrain decoding to the HER turn structure (default: on where the backend
       honours grammars, `model.supports_grammar`).
+    - `shape`: the most sections and the longest text of its turns (`TurnShape`; e.g.
+      `TurnShape.GAME` for a dialogue box). Written within by the grammar, stopped at its edge on
+      engines without one. Default: the model's own (`model.turn_shape`), else the grammar's
+      caps and no limit where there is no grammar.
     - `allowed_actions`: if given, the only action texts the character may write (enforced by
       the grammar). `Reply.actions` are the actions it did take.
     - `typed_actions`: `Action`s the game executes; the character's calls come back as
@@ -168,6 +184,7 @@ class Character(Mind, Saveable):
         guard_secrets: bool = True,
         on_blocked_reveal: Callable[[BlockedReveal], None] | None = None,
         max_long_term: int = 5000,
+        shape: TurnShape | None = None,
         actions: Sequence[Action] | None = None,
     ) -> None:
         if actions is not None:
@@ -212,6 +229,9 @@ class Character(Mind, Saveable):
         self.sampling = sampling or Sampling(max_tokens=320)
         self.seed = seed
         self.guard_secrets = guard_secrets
+        if shape is not None and not isinstance(shape, TurnShape):
+            raise ConfigError("shape must be a TurnShape (e.g. TurnShape.GAME)")
+        self.shape = shape
         self.on_blocked_reveal = on_blocked_reveal
         self.turns_taken = 0
         self._seat: Seat | None = None
@@ -351,18 +371,22 @@ class Character(Mind, Saveable):
         allowed_actions: Sequence[str] | None = None,
         cancel: CancelToken | None = None,
         priority: Priority = "normal",
+        shape: TurnShape | None = None,
     ) -> TurnStream:
         """Start this character's turn; iterate the result for `Delta`s as they arrive.
 
         Only public deltas (action, speech) are yielded unless `private=True`. The finished
         `Reply` (all four parts) is on `stream.reply` afterwards. Nothing runs until iteration.
-        `allowed_actions` replaces the character's own closed set of actions for this turn.
+        `allowed_actions` replaces the character's own closed set of actions for this turn, and
+        `shape` its `TurnShape`.
         With the secrets guard on, public text is held back while it could begin a secret.
         `priority` matters when several turns share one model (`LlamaBackend`): "player" for
         the NPC the player is waiting on (started and decoded first), "normal", or "background"
         for ambient chatter (slowed down while higher-priority turns run, never starved).
         """
         priority_rank(priority)  # a bad name fails here, not when the turn runs
+        if shape is not None and not isinstance(shape, TurnShape):
+            raise ConfigError("shape must be a TurnShape (e.g. TurnShape.GAME)")
         cancel = cancel or CancelToken()
         overrides: dict[str, Any] = {}
         if max_tokens is not None:
@@ -371,7 +395,9 @@ class Character(Mind, Saveable):
             overrides["temperature"] = temperature
         sampling = msgspec.structs.replace(self.sampling, **overrides) if overrides else None
         stream = TurnStream(self, iter_nothing(), cancel)
-        stream._gen = self._run(stream, private, seed, sampling, allowed_actions, cancel, priority)
+        stream._gen = self._run(
+            stream, private, seed, sampling, allowed_actions, cancel, priority, shape
+        )
         return stream
 
     def reply(self, **kwargs) -> Reply:
@@ -408,18 +434,25 @@ class Character(Mind, Saveable):
         allowed_actions: Sequence[str] | None,
         cancel: CancelToken,
         priority: Priority = "normal",
+        shape: TurnShape | None = None,
     ) -> Generator[Delta, None, None]:
         model = self._require_model()
+        shape = shape or self.shape or model.turn_shape
         with self._lock:
             sampling = msgspec.structs.replace(
                 sampling or self.sampling, seed=self._turn_seed(seed)
             )
             prompt = self._prepare(sampling.max_tokens)
             names = self._names()
-            grammar = self._grammar(model, prompt, allowed_actions, names)
+            grammar = self._grammar(model, prompt, allowed_actions, names, shape)
             log.debug("turn of %s: %d prompt chars", self.name, len(prompt.text))
             reader = TurnReader(
-                self.name, prompt, tagged=grammar is not None, guard=self._guard(), private=private
+                self.name,
+                prompt,
+                tagged=grammar is not None,
+                guard=self._guard(),
+                private=private,
+                shape=ShapeGuard(shape) if shape is not None else None,
             )
             text = model.stream(
                 prompt.text,
@@ -441,8 +474,9 @@ class Character(Mind, Saveable):
         prompt: Prompt,
         allowed_actions: Sequence[str] | None,
         names: dict[Target, list[str]],
+        shape: TurnShape | None,
     ) -> str | None:
-        """The GBNF of this turn (its closed set of actions and its typed calls), if constrained."""
+        """The GBNF of this turn (its actions, typed calls and shape), if constrained."""
         if not self._constrained(model):
             return None
         if allowed_actions is None:
@@ -454,6 +488,7 @@ class Character(Mind, Saveable):
             allowed_actions=allowed_actions,
             calls=self._call_specs(names) or None,
             end="\n" if prompt.style == "fewshot" else "",
+            shape=shape,
         )
 
     def _finish(
@@ -474,6 +509,8 @@ class Character(Mind, Saveable):
             finish = "cancelled"
         elif blocked:
             finish = "blocked"
+        elif reader.shape is not None and reader.shape.done:
+            finish = "stop"  # a complete turn that reached the edge of its shape
         else:
             finish = text.finish_reason or "stop"
         stream.reply = reader.reply(

@@ -20,7 +20,16 @@ from ._actions import Call, InvalidCall
 from ._backends._base import CancelToken, TextStream
 from ._errors import Cancelled
 from ._secrets import BlockedReveal, SecretsGuard
-from .format import PRIVATE_CHANNELS, Channel, Delta, Prompt, Segment, Turn, TurnParser
+from .format import (
+    PRIVATE_CHANNELS,
+    Channel,
+    Delta,
+    Prompt,
+    Segment,
+    ShapeGuard,
+    Turn,
+    TurnParser,
+)
 
 __all__ = ["Reply", "Seat", "Speaker", "TurnReader", "TurnStream", "mix_seed"]
 
@@ -160,7 +169,9 @@ class TurnReader:
 
     `read(pieces)` yields the deltas to stream: public ones only unless `private`. Under a
     grammar (`tagged`) the text is tagged HER text, so brackets in speech are literal, not
-    CoSER's "(action)". The turn ends early where the guard stopped a reveal (`blocked`).
+    CoSER's "(action)". The turn ends early where the guard stopped a reveal (`blocked`), and
+    where it would leave its shape (`shape`, a `ShapeGuard`: checked before the secrets guard,
+    so what the shape cuts is never held back or reported).
     """
 
     def __init__(
@@ -171,8 +182,10 @@ class TurnReader:
         tagged: bool,
         guard: SecretsGuard | None,
         private: bool,
+        shape: ShapeGuard | None = None,
     ) -> None:
         self.prompt = prompt
+        self.shape = shape
         self.parser = TurnParser(name, start=prompt.start, coser=False if tagged else None)
         self.guard = guard
         self.private = private
@@ -192,11 +205,15 @@ class TurnReader:
             yield from self._passed(self.parser.feed(piece))
             if self.blocked:
                 return  # the turn ends where the reveal began
+            if self.shape is not None and self.shape.done:
+                break  # the turn ends at the edge of its shape
         yield from self._passed(self.parser.close())
         if self.guard is not None:
             yield from self._shown(self.guard.close())
 
     def _passed(self, deltas: Sequence[Delta]) -> Iterator[Delta]:
+        if self.shape is not None:
+            deltas = list(self.shape.filter(deltas))
         for delta in deltas:
             yield from self._shown(self.guard.feed(delta) if self.guard is not None else (delta,))
 

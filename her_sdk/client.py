@@ -36,7 +36,7 @@ from ._actions import Action
 from ._errors import ConfigError, MissingDependencyError, ServerError
 from ._scene import Event
 from ._turn import Reply
-from .format import Delta
+from .format import Delta, TurnShape
 
 try:
     import grpc
@@ -47,6 +47,7 @@ try:
         priority_to_pb,
         reply_from_pb,
         settings_to_pb,
+        shape_to_pb,
     )
     from .server._pb import pb, pb_grpc
 except ImportError:
@@ -144,6 +145,7 @@ class Client:
         summarize: bool | None = None,
         rate_importance: str | None = None,
         max_long_term: int | None = None,
+        shape: TurnShape | None = None,
     ) -> str:
         """Create a character from persona fields or a Character Card (dict or JSON); its id.
 
@@ -172,6 +174,7 @@ class Client:
             summarize=summarize,
             rate_importance=rate_importance,
             max_long_term=max_long_term,
+            shape=shape,
         )
         if card is not None:
             import json
@@ -359,11 +362,13 @@ class RemoteScene:
         allowed_actions: Sequence[str] | None = None,
         timeout: float | None = None,
         priority: str = "normal",
+        shape: TurnShape | None = None,
     ) -> RemoteTurnStream:
         """Start the turn of `who` (default: the scene's next speaker); iterate for Deltas.
 
         `allowed_actions` replaces the character's closed set of actions for this turn;
-        `priority` is "player" (the NPC the player is waiting on), "normal" or "background".
+        `priority` is "player" (the NPC the player is waiting on), "normal" or "background";
+        `shape` is this turn's `TurnShape` (default: the character's).
         """
         req = pb.TurnRequest(
             scene_id=self.id,
@@ -374,6 +379,7 @@ class RemoteScene:
             seed=seed,
             allowed_actions=list(allowed_actions or []),
             priority=priority_to_pb(priority),
+            shape=shape_to_pb(shape) if shape is not None else None,
         )
         call = self.client.stub.Turn(
             req, timeout=timeout or self.client.timeout, metadata=self.client._metadata

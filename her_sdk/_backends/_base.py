@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import msgspec
 
 from .._errors import ConfigError
-from ..format import PromptStyle, PromptText
+from ..format import PromptStyle, PromptText, TurnShape
 from ._scheduler import Priority
 
 __all__ = [
@@ -184,6 +184,8 @@ class Backend(ABC):
       `priority`; other backends take the keyword and run calls as they come.
     - `supports_logprobs`: `logprobs(prompt, continuation)` scores text (held-out NLL);
       backends without it raise `ConfigError` there.
+    - `turn_shape`: the `TurnShape` a Character on this model uses when it sets none (None:
+      the grammar's caps, and no limit without a grammar).
     """
 
     supports_grammar: bool = True
@@ -191,6 +193,7 @@ class Backend(ABC):
     prefills: bool = True
     schedules: bool = False
     supports_logprobs: bool = False
+    turn_shape: TurnShape | None = None
     prompt_style: PromptStyle = "chatml"
     chat_template: str | None = None
     bos_token: str = ""

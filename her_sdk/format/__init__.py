@@ -38,7 +38,9 @@ here, so import them from `her_sdk.format`):
 - `_chat`: ChatML (the renderer, its inverse for chat-only servers, its stop strings and the
   Jinja template `CHATML_TEMPLATE` that training gives a tokenizer), a model's own chat template,
   and the rule that picks a prompt style for a model (`detect_prompt_style`);
-- `_grammar`: the GBNF grammar of a turn for constrained decoding, typed-action calls included.
+- `_grammar`: the GBNF grammar of a turn for constrained decoding, typed-action calls included;
+- `_shape`: `TurnShape`, the most sections and the longest text a turn may have (the grammar
+  writes within it; `ShapeGuard` stops a streamed turn at its edge on engines without one).
 
 It does not generate, hold state, or know about scenes; see `her_sdk.Character` for that.
 Bad arguments raise `her_sdk.ConfigError`.
@@ -108,6 +110,7 @@ from ._prompts import (
     render_turn,
     requirements,
 )
+from ._shape import QUOTE_MARKS, ShapeGuard, TurnShape
 
 __all__ = [
     "CHANNELS",
@@ -124,6 +127,7 @@ __all__ = [
     "PRIVATE_CHANNELS",
     "PROMPT_STYLES",
     "PUBLIC_CHANNELS",
+    "QUOTE_MARKS",
     "TAG",
     "CallSpec",
     "Channel",
@@ -138,8 +142,10 @@ __all__ = [
     "PromptText",
     "Rendered",
     "Segment",
+    "ShapeGuard",
     "Turn",
     "TurnParser",
+    "TurnShape",
     "build_grammar",
     "build_messages",
     "chatml_to_messages",

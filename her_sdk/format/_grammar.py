@@ -9,6 +9,7 @@ from .._errors import ConfigError
 from ._calls import _CALL_FORBIDDEN, CallSpec
 from ._contract import MAX_PLAN_CHARS, MAX_THOUGHT_CHARS
 from ._quote import _clean
+from ._shape import QUOTE_MARKS, SENTENCE_END, TurnShape
 
 
 def _gbnf_literal(s: str) -> str:
@@ -29,6 +30,7 @@ def build_grammar(
     calls: Sequence[CallSpec] | None = None,
     end: str = "\n",
     actions: Sequence[str] | None = None,
+    shape: TurnShape | None = None,
 ) -> str:
     """GBNF for one HER turn, with a length cap on every section.
 
@@ -41,12 +43,19 @@ def build_grammar(
     for a call. Text never contains '<' or a newline, so a section can only end by its closing
     tag. Decoding cost stays small because the backend samples freely and consults the grammar
     only to verify the token it picked (see `LlamaBackend`).
+
+    `shape`, when given, sets every cap (its counts of sections of each kind, sentences per
+    speech, quotation marks; see `TurnShape`) and the `max_*` arguments are ignored.
     """
     if actions is not None:
         warnings.warn(
             "build_grammar(actions=) is deprecated; use allowed_actions=", DeprecationWarning, 2
         )
         allowed_actions = allowed_actions if allowed_actions is not None else actions
+    if shape is not None:
+        max_plan_chars, max_thought_chars = shape.max_plan_chars, shape.max_thought_chars
+        max_action_chars, max_speech_chars = shape.max_action_chars, shape.max_speech_chars
+        max_segments = shape.max_segments
     for label, n in (
         ("max_plan_chars", max_plan_chars),
         ("max_thought_chars", max_thought_chars),
@@ -66,11 +75,7 @@ def build_grammar(
         head = '" "? ' if prefilled else f"{label_lit} "  # prefilled: the prompt ends "NAME:"
         rules.append(f"root ::= {head}body end")
     rules.append(f"end ::= {_gbnf_literal(end)}" if end else 'end ::= ""')
-    rest = max_segments - 1
-    rules.append(
-        f"body ::= speech (tagged speech?){{0,{rest}}} | (tagged speech?){{1,{max_segments}}}"
-    )
-    rules.append("tagged ::= thought | action")
+    rules += _body_rules(shape or TurnShape(max_segments=max_segments))
     rules.append('thought ::= "<role_thinking>" ttext "</role_thinking>"')
     forms = []
     if allowed_actions:
@@ -103,6 +108,65 @@ def build_grammar(
     rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")
     rules.append(f"ttext ::= [^<\\n] [^<\\n]{{0,{max_thought_chars - 1}}}")
     rules.append(f"atext ::= [^<\\n] [^<\\n]{{0,{max_action_chars - 1}}}")
-    # Speech opens with a word, not stray punctuation (small models like to emit a lone ".").
-    rules.append(f'speech ::= " "? [^<\\n .,;:!?] [^<\\n]{{0,{max(max_speech_chars - 2, 0)}}}')
+    rules += _speech_rules(max_speech_chars, shape)
     return "\n".join(rules) + "\n"
+
+
+def _body_rules(shape: TurnShape) -> list[str]:
+    """The sections after the plan: at most `max_segments`, never two speeches in a row, and at
+    most the shape's count of each kind. Without a binding count one rule says it; otherwise
+    one rule per (sections left of each kind, whether a speech came last): a handful for a
+    game's shape."""
+    n = shape.max_segments
+    a, t, p = (min(c, n) for c in (shape.max_actions, shape.max_thoughts, shape.max_speeches))
+    if a == t == p == n:
+        return [
+            f"body ::= speech (tagged speech?){{0,{n - 1}}} | (tagged speech?){{1,{n}}}",
+            "tagged ::= thought | action",
+        ]
+    rules: dict[str, str] = {}
+
+    def state(a: int, t: int, p: int, n: int, spoke: bool) -> str:
+        key = f"s{a}-{t}-{p}-{n}{'-x' if spoke else ''}"
+        if key in rules:
+            return key
+        rules[key] = ""  # reserved: the states form a DAG, but a key must exist before recursion
+        options = []
+        if n:
+            if p and not spoke:
+                options.append(f"speech {state(a, t, p - 1, n - 1, True)}")
+            if a:
+                options.append(f"action {state(a - 1, t, p, n - 1, False)}")
+            if t:
+                options.append(f"thought {state(a, t - 1, p, n - 1, False)}")
+        options.append('""')
+        rules[key] = " | ".join(options)
+        return key
+
+    first = []  # at least one section
+    if p:
+        first.append(f"speech {state(a, t, p - 1, n - 1, True)}")
+    if a:
+        first.append(f"action {state(a - 1, t, p, n - 1, False)}")
+    if t:
+        first.append(f"thought {state(a, t - 1, p, n - 1, False)}")
+    return [f"body ::= {' | '.join(first)}"] + [f"{k} ::= {v}" for k, v in rules.items()]
+
+
+def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
+    """Speech opens with a word, not stray punctuation (small models like to emit a lone ".");
+    with a sentence limit, each sentence ends at '.', '!' or '?' and the last may stay open."""
+    quotes = "" if shape is None or shape.quotes else QUOTE_MARKS
+    word = f"[^<\\n .,;:!?{quotes}]"
+    if shape is None or shape.max_sentences is None:
+        return [f'speech ::= " "? {word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
+    k = shape.max_sentences
+    # Per sentence: a word, its text, up to three end marks and a space; k of them fit, with
+    # the speech's leading space.
+    per = max_chars // k - 6
+    text = f"[^<\\n{SENTENCE_END}{quotes}]{{0,{per}}}"
+    rules = ['speech ::= " "? sent1']
+    for i in range(1, k + 1):
+        more = f' (" "? sent{i + 1})?' if i < k else ""
+        rules.append(f"sent{i} ::= {word} {text} ([{SENTENCE_END}]{{1,3}}{more})?")
+    return rules

@@ -29,7 +29,7 @@ from .._persona import Persona
 from .._scene import Event
 from .._secrets import BlockedReveal
 from .._turn import Reply
-from ..format import PUBLIC_CHANNELS, Channel, Delta, Segment
+from ..format import PUBLIC_CHANNELS, Channel, Delta, Segment, TurnShape
 from ._pb import pb
 
 __all__ = [
@@ -316,6 +316,30 @@ _SAMPLING_FIELDS = ("max_tokens", "temperature")
 _OPTIONAL_SETTINGS = ("plan", "seed", "max_memory", "recall", "summarize", "max_long_term")
 
 
+_SHAPE_PRESETS: dict[int, TurnShape] = {
+    pb.TURN_SHAPE_PRESET_UNSPECIFIED: TurnShape(),
+    pb.TURN_SHAPE_PRESET_GAME: TurnShape.GAME,
+    pb.TURN_SHAPE_PRESET_FREE: TurnShape.FREE,
+}
+_SHAPE_FIELDS = TurnShape.__struct_fields__
+
+
+def shape_from_pb(m: pb.TurnShape) -> TurnShape:
+    """The preset `m` names with the fields it sets; a bad value is a ConfigError."""
+    try:
+        base = _SHAPE_PRESETS[m.preset]
+    except KeyError:
+        raise ConfigError(f"unknown her.v1.TurnShapePreset {m.preset}") from None
+    fields = {f: getattr(base, f) for f in _SHAPE_FIELDS}
+    fields.update({f: getattr(m, f) for f in _SHAPE_FIELDS if m.HasField(f)})
+    return TurnShape(**fields)
+
+
+def shape_to_pb(shape: TurnShape) -> pb.TurnShape:
+    """Every field spelled out, so the server needs no preset to read it."""
+    return pb.TurnShape(**{f: getattr(shape, f) for f in _SHAPE_FIELDS})
+
+
 def settings_from_pb(m: pb.CharacterSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Character keyword arguments, Sampling overrides) for the fields `m` sets."""
     kwargs: dict[str, Any] = {f: getattr(m, f) for f in _OPTIONAL_SETTINGS if m.HasField(f)}
@@ -328,6 +352,8 @@ def settings_from_pb(m: pb.CharacterSettings) -> tuple[dict[str, Any], dict[str,
             kwargs["rate_importance"] = _IMPORTANCE_NAME[m.rate_importance]
         except KeyError:
             raise ConfigError(f"unknown her.v1.ImportanceRating {m.rate_importance}") from None
+    if m.HasField("shape"):
+        kwargs["shape"] = shape_from_pb(m.shape)
     sampling = {f: getattr(m, f) for f in _SAMPLING_FIELDS if m.HasField(f)}
     return kwargs, sampling
 
@@ -345,6 +371,7 @@ def settings_to_pb(
     summarize: bool | None = None,
     rate_importance: str | None = None,
     max_long_term: int | None = None,
+    shape: TurnShape | None = None,
 ) -> pb.CharacterSettings:
     """The message for Character-style settings; None leaves a field unset (the default)."""
     if rate_importance is not None and rate_importance not in IMPORTANCE_RATING:
@@ -361,6 +388,7 @@ def settings_to_pb(
         summarize=summarize,
         rate_importance=IMPORTANCE_RATING[rate_importance] if rate_importance else None,
         max_long_term=max_long_term,
+        shape=shape_to_pb(shape) if shape is not None else None,
     )
 
 

@@ -43,6 +43,7 @@ from ._convert import (
     reply_to_pb,
     server_info_to_pb,
     settings_from_pb,
+    shape_from_pb,
 )
 from ._pb import pb, pb_grpc
 from ._settings import ServerSettings
@@ -386,6 +387,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
                 allowed_actions=list(request.allowed_actions) or None,
                 cancel=cancel,
                 priority=priority_from_pb(request.priority),
+                shape=shape_from_pb(request.shape) if request.HasField("shape") else None,
             )
             # Generation runs on its own thread so that everything generated while the previous
             # message was being sent goes out in one message (a fast model is not slowed down to

@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TurnShapePreset(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TURN_SHAPE_PRESET_UNSPECIFIED: _ClassVar[TurnShapePreset]
+    TURN_SHAPE_PRESET_GAME: _ClassVar[TurnShapePreset]
+    TURN_SHAPE_PRESET_FREE: _ClassVar[TurnShapePreset]
+
 class ImportanceRating(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     IMPORTANCE_RATING_UNSPECIFIED: _ClassVar[ImportanceRating]
@@ -41,6 +47,9 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_THOUGHT: _ClassVar[Channel]
     CHANNEL_ACTION: _ClassVar[Channel]
     CHANNEL_SPEECH: _ClassVar[Channel]
+TURN_SHAPE_PRESET_UNSPECIFIED: TurnShapePreset
+TURN_SHAPE_PRESET_GAME: TurnShapePreset
+TURN_SHAPE_PRESET_FREE: TurnShapePreset
 IMPORTANCE_RATING_UNSPECIFIED: ImportanceRating
 IMPORTANCE_RATING_HEURISTIC: ImportanceRating
 IMPORTANCE_RATING_MODEL: ImportanceRating
@@ -99,7 +108,7 @@ class Persona(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., profile: _Optional[str] = ..., background: _Optional[str] = ..., scenario: _Optional[str] = ..., goals: _Optional[str] = ..., secrets: _Optional[str] = ..., relationships: _Optional[_Mapping[str, str]] = ..., others: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CharacterSettings(_message.Message):
-    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory", "actions", "recall", "summarize", "rate_importance", "max_long_term")
+    __slots__ = ("plan", "allowed_actions", "max_tokens", "temperature", "seed", "max_memory", "actions", "recall", "summarize", "rate_importance", "max_long_term", "shape")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +120,7 @@ class CharacterSettings(_message.Message):
     SUMMARIZE_FIELD_NUMBER: _ClassVar[int]
     RATE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_LONG_TERM_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
     plan: bool
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
     max_tokens: int
@@ -122,7 +132,34 @@ class CharacterSettings(_message.Message):
     summarize: bool
     rate_importance: ImportanceRating
     max_long_term: int
-    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., recall: _Optional[int] = ..., summarize: _Optional[bool] = ..., rate_importance: _Optional[_Union[ImportanceRating, str]] = ..., max_long_term: _Optional[int] = ...) -> None: ...
+    shape: TurnShape
+    def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., recall: _Optional[int] = ..., summarize: _Optional[bool] = ..., rate_importance: _Optional[_Union[ImportanceRating, str]] = ..., max_long_term: _Optional[int] = ..., shape: _Optional[_Union[TurnShape, _Mapping]] = ...) -> None: ...
+
+class TurnShape(_message.Message):
+    __slots__ = ("preset", "max_segments", "max_actions", "max_thoughts", "max_speeches", "max_speech_chars", "max_action_chars", "max_thought_chars", "max_plan_chars", "max_sentences", "quotes")
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_THOUGHTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEECHES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEECH_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_THOUGHT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PLAN_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    QUOTES_FIELD_NUMBER: _ClassVar[int]
+    preset: TurnShapePreset
+    max_segments: int
+    max_actions: int
+    max_thoughts: int
+    max_speeches: int
+    max_speech_chars: int
+    max_action_chars: int
+    max_thought_chars: int
+    max_plan_chars: int
+    max_sentences: int
+    quotes: bool
+    def __init__(self, preset: _Optional[_Union[TurnShapePreset, str]] = ..., max_segments: _Optional[int] = ..., max_actions: _Optional[int] = ..., max_thoughts: _Optional[int] = ..., max_speeches: _Optional[int] = ..., max_speech_chars: _Optional[int] = ..., max_action_chars: _Optional[int] = ..., max_thought_chars: _Optional[int] = ..., max_plan_chars: _Optional[int] = ..., max_sentences: _Optional[int] = ..., quotes: _Optional[bool] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("values",)
@@ -301,7 +338,7 @@ class NarrateRequest(_message.Message):
     def __init__(self, scene_id: _Optional[str] = ..., text: _Optional[str] = ..., to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TurnRequest(_message.Message):
-    __slots__ = ("scene_id", "character", "include_private", "max_tokens", "temperature", "seed", "allowed_actions", "priority")
+    __slots__ = ("scene_id", "character", "include_private", "max_tokens", "temperature", "seed", "allowed_actions", "priority", "shape")
     SCENE_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PRIVATE_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +347,7 @@ class TurnRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
     scene_id: str
     character: str
     include_private: bool
@@ -318,7 +356,8 @@ class TurnRequest(_message.Message):
     seed: int
     allowed_actions: _containers.RepeatedScalarFieldContainer[str]
     priority: TurnPriority
-    def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., priority: _Optional[_Union[TurnPriority, str]] = ...) -> None: ...
+    shape: TurnShape
+    def __init__(self, scene_id: _Optional[str] = ..., character: _Optional[str] = ..., include_private: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., priority: _Optional[_Union[TurnPriority, str]] = ..., shape: _Optional[_Union[TurnShape, _Mapping]] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("channel", "text", "segment")
