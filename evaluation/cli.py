@@ -207,6 +207,12 @@ def play(
     ] = None,
     seed: Annotated[int, typer.Option(help="Added to every scene's seed.")] = 0,
     n_ctx: Annotated[int, typer.Option(help="Context window for GGUF models.")] = 8192,
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="The characters' TurnShape: game, default, free, or model (the model's own)."
+        ),
+    ] = "model",
 ) -> None:
     """Multi-turn game scenes through the public API: turn length and shape, narration,
     copying, repetition, forged speakers, secrets, validity, time to first speech."""
@@ -225,6 +231,7 @@ def play(
         temperature=temperature,
         seed=seed,
         n_ctx=n_ctx,
+        shape=shape,
     )
     try:
         with Progress(console=_err, transient=True) as progress:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Character, DataError, Sampling, Scene
+from her_sdk import Character, ConfigError, DataError, Sampling, Scene, TurnShape
 
 from ._backends import BackendPool
 from ._report import atomic_json, write_outputs
@@ -77,8 +77,25 @@ class PlaySettings:
     temperature: float | None = None
     seed: int = 0  # added to every scene's own seed
     n_ctx: int = 8192
+    shape: str = "model"  # a TurnShape preset: "game", "default", "free", or "model" (its own)
     scenes: str = ""
     scenes_sha256: str = ""
+
+
+SHAPES: dict[str, TurnShape | None] = {
+    "model": None,
+    "default": TurnShape(),
+    "game": TurnShape.GAME,
+    "free": TurnShape.FREE,
+}
+
+
+def shape_named(name: str) -> TurnShape | None:
+    """The `TurnShape` preset `name` names (None: the model's own shape)."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown shape {name!r}: use one of {', '.join(SHAPES)}") from None
 
 
 def load_scenes(path: str | Path | None = None) -> tuple[list[dict], str, str]:
@@ -151,6 +168,7 @@ def run_play(
             raise DataError("--limit must be >= 1")
         specs = specs[:limit]
     settings.scenes, settings.scenes_sha256 = path, sha
+    shape_named(settings.shape)  # a bad name fails before any model loads
     own_pool = pool is None
     pool = pool or BackendPool(n_ctx=settings.n_ctx)
     total = sum(1 for sc in specs for step in sc["script"] if "turn" in step)
@@ -215,6 +233,7 @@ def _play_scene(
         c["name"]: Character(
             model=backend,
             grammar=settings.grammar,
+            shape=shape_named(settings.shape),
             sampling=sampling,
             **{k: v for k, v in c.items() if k in ("name", *_PERSONA_FIELDS)},
         )

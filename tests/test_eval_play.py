@@ -22,7 +22,7 @@ from her_sdk.evaluation import (
 from her_sdk.evaluation._backends import BackendPool
 from typer.testing import CliRunner
 
-from her_sdk import DataError, MockBackend
+from her_sdk import ConfigError, DataError, MockBackend
 from her_sdk.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +186,26 @@ def test_play_catches_a_novel_writing_model(tmp_path):
     assert rows["narration_rate"]["mark"] == "better"
     assert rows["long_turn_rate"]["mark"] == "better"
     assert rows["distinct_2"]["mark"] in ("better", "worse", "same")
+
+
+def test_a_game_shape_keeps_a_novel_writing_model_in_a_dialogue_box(tmp_path):
+    # Without a grammar (the mock), the shape stops each turn at its edge: one action, one
+    # speech of at most three sentences, no quotation marks.
+    def bad(prompt: str) -> str:
+        speech = '"We must go," he whispered. The rain fell. It fell on. ' + "And on. " * 30
+        return _turn(_name(prompt), speech, action="smiles nervously")
+
+    res = run_play(
+        tmp_path / "s",
+        PlaySettings(shape="game"),
+        scenes=_write(tmp_path, [_scene()]),
+        pool=_pool_with(MockBackend(bad)),
+    )
+    s = res["scores"]
+    assert s["long_turn_rate"] == 0.0 and s["speech_words_median"] <= 12
+    assert s["nested_quote_rate"] == 0.0 and s["segments_per_turn"] == 2.0
+    with pytest.raises(ConfigError, match="unknown shape"):
+        run_play(tmp_path / "x", PlaySettings(shape="tiny"), scenes=_write(tmp_path, [_scene()]))
 
 
 def test_cli_play_and_compare(tmp_path):

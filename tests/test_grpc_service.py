@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import msgspec
 import pytest
 from _grpc_util import PLAN, THOUGHT, TURN, connected, mock, running
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -269,3 +270,37 @@ def test_allowed_actions_of_a_character_and_of_one_turn_reach_the_grammar():
         assert "open the gate" in grammars[-1]
         scene.turn("Mara", allowed_actions=["bow deeply"])
         assert "bow deeply" in grammars[-1] and "open the gate" not in grammars[-1]
+
+
+def test_turn_shapes_of_a_character_and_of_one_turn_cross_the_wire():
+    from her_sdk import TurnShape
+    from her_sdk.server._convert import shape_from_pb
+
+    long_turn = TURN.replace("</role_thinking>", "</role_thinking><role_action>sighs</role_action>")
+    with connected(MockBackend(lambda prompt: long_turn)) as (server, c):
+        mara = c.create_character("Mara", shape=TurnShape.GAME)
+        assert server.servicer.characters[mara].shape == TurnShape.GAME
+        scene = c.create_scene([mara], players="Traveler")
+        scene.say("Traveler", "Hm?")
+        assert scene.turn("Mara").actions == ["sighs"]  # one action, then the turn ends
+        free = scene.turn("Mara", shape=TurnShape.FREE)
+        assert free.actions == ["sighs", "crosses her arms"]
+        assert free.speech == "The gate stays shut until dawn, traveler."
+        # A bad shape is the client's error, and no character is made.
+        bad = pb.CreateCharacterRequest(
+            persona=pb.Persona(name="Jory"),
+            settings=pb.CharacterSettings(shape=pb.TurnShape(max_actions=0)),
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            c.stub.CreateCharacter(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_actions" in err.value.details()
+        huge = pb.TurnRequest(
+            scene_id=scene.id, character="Mara", shape=pb.TurnShape(max_plan_chars=10**9)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(c.stub.Turn(huge))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A preset with fields of its own: the preset's values where the message sets none.
+    shape = shape_from_pb(pb.TurnShape(preset=pb.TURN_SHAPE_PRESET_GAME, max_sentences=1))
+    assert shape == msgspec.structs.replace(TurnShape.GAME, max_sentences=1)

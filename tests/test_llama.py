@@ -6,6 +6,7 @@ These tests run real inference (a few seconds each); they need the `llama` extra
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -293,3 +294,36 @@ def test_repeat_penalty_shortcut_picks_what_the_full_pass_picks(model, settings)
     lib.llama_sampler_free(ours)
     lib.llama_sampler_free(ref)
     assert all(a == b for a, b in picks), picks
+
+
+def test_game_shaped_turns_are_written_within_the_shape(model):
+    # The grammar makes the model write within the shape, so the guard that stops engines
+    # without one never has to cut: the raw text parses to the very turn that was said.
+    from her_sdk import TurnShape
+    from her_sdk.format import QUOTE_MARKS, parse_turn
+
+    for seed in range(3):
+        scene = scene_with(model)
+        reply = scene.turn("Mara", seed=seed, max_tokens=200, shape=TurnShape.GAME)
+        assert reply.finish_reason in ("stop", "blocked"), reply.raw
+        raw = parse_turn(reply.raw, "Mara")
+        if reply.finish_reason == "stop":
+            assert (raw.speech, raw.actions, raw.thoughts) == (
+                reply.speech,
+                reply.actions,
+                reply.thoughts,
+            ), reply.raw
+        assert len(reply.actions) <= 1 and len(reply.thoughts) <= 1
+        assert len(reply.speech) <= TurnShape.GAME.max_speech_chars
+        assert len(re.findall(r"[.!?]+(?=\s+\S)", reply.speech)) <= 2, reply.speech
+        assert not set(reply.speech) & set(QUOTE_MARKS)
+
+
+def test_the_largest_shape_builds_a_grammar_the_engine_takes(model):
+    from her_sdk import TurnShape
+
+    most = {f: 8000 if f.endswith("_chars") else 16 for f in TurnShape.__struct_fields__}
+    most.update(quotes=True, max_actions=8, max_thoughts=8, max_speeches=8)
+    scene = scene_with(model)
+    reply = scene.turn("Mara", seed=1, max_tokens=8, shape=TurnShape(**most))
+    assert reply.finish_reason == "length"

@@ -35,10 +35,10 @@ field); all HER rendering and parsing goes through `her_sdk.format`.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -602,13 +602,17 @@ _YOU_ARE = re.compile(r"You are (.+?)(?: from .+?)?\.\s*$", re.M)
 
 def mock_policy() -> Callable[[str], str]:
     """A scripted stand-in policy (`--policy mock`): each call gives the next of a cycle of
-    well-formed turns of varied shape and length for the character the prompt names."""
-    counter = itertools.count()
+    well-formed turns of varied shape and length for the character the prompt names. Each
+    prompt has its own cycle, starting where its text says, so what a prompt gets does not
+    depend on which thread asked first."""
+    calls: Counter[str] = Counter()
     lock = threading.Lock()
 
     def handler(prompt: str) -> str:
         with lock:
-            i = next(counter)
+            n = calls[prompt]
+            calls[prompt] += 1
+        i = int(hashlib.sha1(prompt.encode()).hexdigest()[:8], 16) + n
         m = _YOU_ARE.search(prompt)
         name = m.group(1) if m else "Character"
         shape = _MOCK_SHAPES[i % len(_MOCK_SHAPES)]

@@ -5,7 +5,7 @@ import warnings
 
 from . import her_pb2 as her_dot_v1_dot_her__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
