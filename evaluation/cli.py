@@ -205,6 +205,10 @@ def play(
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature (default: a Character's).")
     ] = None,
+    dry_multiplier: Annotated[
+        float | None,
+        typer.Option(help="llama.cpp's DRY sampler over the scene's recent text (0.8 is usual)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Added to every scene's seed.")] = 0,
     n_ctx: Annotated[int, typer.Option(help="Context window for GGUF models.")] = 8192,
     shape: Annotated[
@@ -229,6 +233,7 @@ def play(
         grammar=grammar,
         max_tokens=max_tokens,
         temperature=temperature,
+        dry_multiplier=dry_multiplier,
         seed=seed,
         n_ctx=n_ctx,
         shape=shape,

@@ -75,6 +75,7 @@ class PlaySettings:
     grammar: bool | None = None  # None: her_sdk's default (on for real models)
     max_tokens: int | None = None  # None: a Character's default sampling
     temperature: float | None = None
+    dry_multiplier: float | None = None  # llama.cpp's DRY sampler over the scene (None: off)
     seed: int = 0  # added to every scene's own seed
     n_ctx: int = 8192
     shape: str = "model"  # a TurnShape preset: "game", "default", "free", or "model" (its own)
@@ -223,11 +224,15 @@ def _play_scene(
     sc: dict, backend, settings: PlaySettings, progress: Callable[[], None]
 ) -> tuple[list[dict], list[dict]]:
     sampling = None
-    if settings.max_tokens is not None or settings.temperature is not None:
+    if any(
+        v is not None for v in (settings.max_tokens, settings.temperature, settings.dry_multiplier)
+    ):
         base = Sampling(max_tokens=320)
+        dry = {} if settings.dry_multiplier is None else {"dry_multiplier": settings.dry_multiplier}
         sampling = Sampling(
             max_tokens=settings.max_tokens or base.max_tokens,
             temperature=base.temperature if settings.temperature is None else settings.temperature,
+            **dry,
         )
     chars = {
         c["name"]: Character(

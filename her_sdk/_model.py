@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 from ._backends._base import Backend
 from ._backends._mock import MockBackend
 from ._errors import ConfigError, InvalidModelError, MissingDependencyError, ModelError
-from .format import PromptStyle
+from .format import PromptStyle, TurnShape
 
 __all__ = [
     "DEFAULT_ADAPTER_NAME",
@@ -97,6 +97,9 @@ def default_adapter_path() -> Path | None:
     return p if p.is_file() else None
 
 
+EMBEDDED_DRY_MULTIPLIER = 0.8
+
+
 def load_model(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -107,7 +110,10 @@ def load_model(
     """Load a model for characters to run on.
 
     - `load_model()`: the embedded default, offline: Gemma-3-270M plus HER's shipped LoRA
-      adapter (`default_adapter_path()`), prompted as the adapter was trained.
+      adapter (`default_adapter_path()`), prompted as the adapter was trained. Its turns fit
+      a dialogue box (`turn_shape=TurnShape.GAME`) and do not repeat the scene
+      (`dry_multiplier=0.8`): a 270M model's long turns narrate and copy (see README,
+      "Measured"); pass either keyword to choose otherwise.
     - `load_model(adapter=None)`: the bare embedded base model, prompted with a few-shot script.
     - `load_model("model.gguf")`: any GGUF model through llama.cpp, with no adapter unless
       `adapter=` names a GGUF LoRA adapter (`lora=`, its first name, is deprecated).
@@ -147,6 +153,9 @@ def load_model(
         )
     from ._backends._llama import LlamaBackend
 
+    if path is None:  # the embedded model: the settings its lines were measured with
+        kwargs.setdefault("turn_shape", TurnShape.GAME)
+        kwargs.setdefault("dry_multiplier", EMBEDDED_DRY_MULTIPLIER)
     return LlamaBackend(model_path, adapter=adapter, **kwargs)
 
 

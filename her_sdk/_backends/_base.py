@@ -12,9 +12,10 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .._errors import ConfigError
 from ..format import PromptStyle, PromptText, TurnShape
@@ -71,11 +72,23 @@ def tokenize_prompt(
     return out
 
 
+# llama.cpp's own defaults, but for the history: the prompt's last 1024 tokens (the scene).
+DRY_DEFAULTS: dict[str, float | int] = {
+    "dry_multiplier": 0.0,
+    "dry_base": 1.75,
+    "dry_allowed_length": 2,
+    "dry_penalty_last_n": 1024,
+}
+
+
 class Sampling(msgspec.Struct, kw_only=True, frozen=True):
     """Sampling settings, named as in llama-cpp-python's `create_completion`.
 
     `seed=None` means a fresh random seed per call; a fixed seed makes a call reproducible.
-    `temperature=0` is greedy decoding.
+    `temperature=0` is greedy decoding. `dry_*` are llama.cpp's DRY sampler ("don't repeat
+    yourself"; off while `dry_multiplier` is 0): it lowers the odds of extending a run of tokens
+    that is already in the scene's recent text, the more the longer the run (llama.cpp only;
+    other engines ignore it).
     """
 
     max_tokens: int = 256
@@ -85,9 +98,16 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
     min_p: float = 0.05
     repeat_penalty: float = 1.1
     seed: int | None = None
+    # Unset DRY fields take the defaults of `DRY_DEFAULTS` and are left out of save files, so a
+    # character that does not use DRY saves exactly as before it existed.
+    dry_multiplier: float | UnsetType = UNSET
+    dry_base: float | UnsetType = UNSET
+    dry_allowed_length: int | UnsetType = UNSET
+    dry_penalty_last_n: int | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        floats = (self.temperature, self.top_p, self.min_p, self.repeat_penalty)
+        mult, base, allowed, last_n = self.dry()
+        floats = (self.temperature, self.top_p, self.min_p, self.repeat_penalty, mult, base)
         if not all(math.isfinite(x) for x in floats):
             raise ConfigError("sampling values must be finite numbers (not NaN or infinity)")
         if self.max_tokens < 1:
@@ -98,6 +118,19 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("top_p must be in (0, 1] and min_p in [0, 1]")
         if self.top_k < 0 or self.repeat_penalty <= 0:
             raise ConfigError("top_k must be >= 0 and repeat_penalty > 0")
+        if mult < 0 or base < 1:
+            raise ConfigError("dry_multiplier must be >= 0 and dry_base >= 1")
+        if allowed < 1 or not 1 <= last_n <= 1 << 20:
+            raise ConfigError("dry_allowed_length must be >= 1, dry_penalty_last_n in 1..2**20")
+
+    def dry(
+        self, defaults: Mapping[str, float | int] = DRY_DEFAULTS
+    ) -> tuple[float, float, int, int]:
+        """(dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n): what this sets,
+        else `defaults` (a backend's, e.g. `LlamaBackend(dry_multiplier=0.8)`)."""
+        return tuple(  # type: ignore[return-value]
+            defaults[k] if getattr(self, k) is UNSET else getattr(self, k) for k in DRY_DEFAULTS
+        )
 
 
 class CancelToken:

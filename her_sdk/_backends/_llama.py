@@ -24,8 +24,8 @@ from typing import Any
 
 from .._errors import ConfigError, ContextOverflowError
 from .._gguf import GGUFInfo, read_gguf_info
-from ..format import PromptStyle, check_prompt_style, detect_prompt_style
-from ._base import Backend, CancelToken, Sampling, TextStream, tokenize_prompt
+from ..format import PromptStyle, TurnShape, check_prompt_style, detect_prompt_style
+from ._base import DRY_DEFAULTS, Backend, CancelToken, Sampling, TextStream, tokenize_prompt
 from ._llama_batching import BatchingEngine, _Turn
 from ._llama_engine import cpu_has_amx, import_llama_cpp
 from ._llama_sampling import make_chain
@@ -54,6 +54,9 @@ class LlamaBackend(Backend, BatchingEngine):
       given to another (each a copy of their KV cache), so many characters on one model each
       resume from their own cached persona.
     - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot").
+    - `dry_multiplier`: llama.cpp's DRY sampler for turns whose `Sampling` leaves it unset
+      (0: off, llama.cpp's default; 0.8 is usual): fewer runs repeated from the scene.
+    - `turn_shape`: the `TurnShape` of characters on this model that set none.
     - `verbose`: let llama.cpp print its own logs to stderr.
 
     `stream(..., priority=)` takes "player" (a turn the player is waiting for), "normal" or
@@ -97,6 +100,8 @@ class LlamaBackend(Backend, BatchingEngine):
         use_extra_bufts: bool | None = None,
         cache_slots: int = 4,
         prompt_style: PromptStyle | None = None,
+        dry_multiplier: float = 0.0,
+        turn_shape: TurnShape | None = None,
         verbose: bool = False,
         lora_path: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -113,6 +118,11 @@ class LlamaBackend(Backend, BatchingEngine):
             raise ConfigError("max_sequences must be between 1 and 256")
         if cache_slots < 0:
             raise ConfigError("cache_slots must be >= 0")
+        if turn_shape is not None and not isinstance(turn_shape, TurnShape):
+            raise ConfigError("turn_shape must be a TurnShape")
+        Sampling(dry_multiplier=dry_multiplier)  # checks it
+        self.dry_defaults = {**DRY_DEFAULTS, "dry_multiplier": float(dry_multiplier)}
+        self.turn_shape = turn_shape
         self.path = self.info.path
         self.name = self.info.name
         self.n_threads = n_threads or os.cpu_count() or 1

@@ -29,13 +29,13 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from queue import SimpleQueue
 from typing import Any
 
 from .._errors import ConfigError, GenerationError
 from .._gguf import GGUFInfo
-from ._base import CancelToken, Sampling, StopScanner, TextStream
+from ._base import DRY_DEFAULTS, CancelToken, Sampling, StopScanner, TextStream
 from ._llama_engine import LlamaEngine
 from ._llama_sampling import grammar_check, make_chain, sample_constrained
 from ._scheduler import Scheduler
@@ -53,6 +53,8 @@ class BatchingEngine(LlamaEngine):
     `n_ctx` is the context window of one sequence; `cache_slots` the parked prompt states kept
     in host memory; `max_waiting` the turns that may wait for a sequence.
     """
+
+    dry_defaults: Mapping[str, float | int] = DRY_DEFAULTS  # for turns whose Sampling sets none
 
     def __init__(
         self,
@@ -163,7 +165,7 @@ class BatchingEngine(LlamaEngine):
                     if not t.grammar:
                         raise ConfigError("invalid GBNF grammar (llama.cpp rejected it)")
                     t.allows = grammar_check(lib, t.grammar)
-                t.chain = make_chain(lib, t.sampling)
+                t.chain = make_chain(lib, t.sampling, self._vocab, t.tokens, self.dry_defaults)
                 t.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 t.scan = StopScanner(t.stop)
                 limit = len(t.tokens) - 1  # the last prompt token is always decoded anew

@@ -5,26 +5,45 @@ every step (262k for Gemma: 2.7x slower). Here a token is sampled freely first a
 only checks that one token (`grammar_check`); the full grammar pass (`sample_constrained`) runs
 just when the pick is illegal (where a tag must open or close), as llama.cpp's own
 `common_sampler` does. The structure guarantee is the same; the cost is a few percent.
+
+Repetition across turns: a character reads its own and the others' earlier lines, and a small
+model copies them. `Sampling.dry_multiplier` turns on llama.cpp's DRY sampler ("don't repeat
+yourself"), which lowers the odds of a token that would extend a run already in the text, more
+the longer the run. Unlike the repeat penalty it leaves single words (names, "the") alone. It is
+given the prompt's last `dry_penalty_last_n` tokens as history, so it sees the scene, not just
+the turn; line breaks and speaker colons break runs, as in llama.cpp's server.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import GenerationError
-from ._base import Sampling
+from ._base import DRY_DEFAULTS, Sampling
 
 __all__ = ["grammar_check", "make_chain", "sample_constrained"]
 
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data layout
 _PENALTY_LAST_N = 64  # tokens a repeat penalty looks back over
+_DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's defaults: a run never crosses them
 
 
-def make_chain(lib: Any, s: Sampling) -> Any:
-    """A llama.cpp sampler chain for `s` (the caller frees it with `llama_sampler_free`)."""
+def make_chain(
+    lib: Any,
+    s: Sampling,
+    vocab: Any = None,
+    history: Sequence[int] = (),
+    dry_defaults: Mapping[str, float | int] = DRY_DEFAULTS,
+) -> Any:
+    """A llama.cpp sampler chain for `s` (the caller frees it with `llama_sampler_free`).
+
+    DRY (a `dry_multiplier` > 0, from `s` or else `dry_defaults`) needs the model's `vocab`;
+    `history` is the text it reads before the turn begins (the prompt's tokens; the last
+    `dry_penalty_last_n` are used).
+    """
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     add = lib.llama_sampler_chain_add
     if s.repeat_penalty != 1.0:
@@ -39,6 +58,21 @@ def make_chain(lib: Any, s: Sampling) -> Any:
         # takes; both int arguments are the same so the C side reads last_n either way.
         last_n = _PENALTY_LAST_N
         add(chain, lib.llama_sampler_init_penalties(last_n, last_n, s.repeat_penalty, 0.0, 0.0))
+    dry_multiplier, dry_base, dry_allowed, dry_last_n = s.dry(dry_defaults)
+    if dry_multiplier > 0 and vocab is not None:
+        breakers = (ctypes.c_char_p * len(_DRY_BREAKERS))(*(b.encode() for b in _DRY_BREAKERS))
+        dry = lib.llama_sampler_init_dry(
+            vocab,
+            dry_multiplier,
+            dry_base,
+            dry_allowed,
+            dry_last_n,
+            breakers,
+            len(_DRY_BREAKERS),
+        )
+        add(chain, dry)  # the chain owns it now; it is still ours to feed
+        for token in history[-dry_last_n:]:
+            lib.llama_sampler_accept(dry, token)
     if s.temperature == 0:
         add(chain, lib.llama_sampler_init_greedy())
         return chain

@@ -159,13 +159,17 @@ def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
     quotes = "" if shape is None or shape.quotes else QUOTE_MARKS
     word = f"[^<\\n .,;:!?{quotes}]"
     if shape is None or shape.max_sentences is None:
-        return [f'speech ::= " "? {word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
+        opening = f"[{QUOTE_MARKS}]? " if quotes else ""
+        return [f'speech ::= " "? {opening}{word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
+    # A speech may open with a quotation mark (small models like to; refusing it pushes them
+    # to odd tokens) but hold none after it; the guard drops the one it opens with.
+    opening = f"[{QUOTE_MARKS}]? " if quotes else ""
     k = shape.max_sentences
     # Per sentence: a word, its text, up to three end marks and a space; k of them fit, with
     # the speech's leading space.
     per = max_chars // k - 6
     text = f"[^<\\n{SENTENCE_END}{quotes}]{{0,{per}}}"
-    rules = ['speech ::= " "? sent1']
+    rules = [f'speech ::= " "? {opening}sent1']
     for i in range(1, k + 1):
         more = f' (" "? sent{i + 1})?' if i < k else ""
         rules.append(f"sent{i} ::= {word} {text} ([{SENTENCE_END}]{{1,3}}{more})?")
