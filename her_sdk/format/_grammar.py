@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._errors import ConfigError
 from ._calls import _CALL_FORBIDDEN, CallSpec
@@ -113,44 +113,39 @@ def build_grammar(
 
 
 def _body_rules(shape: TurnShape) -> list[str]:
-    """The sections after the plan: at most `max_segments`, never two speeches in a row, and at
-    most the shape's count of each kind. Without a binding count one rule says it; otherwise
-    one rule per (sections left of each kind, whether a speech came last): a handful for a
-    game's shape."""
-    n = shape.max_segments
-    a, t, p = (min(c, n) for c in (shape.max_actions, shape.max_thoughts, shape.max_speeches))
-    if a == t == p == n:
-        return [
-            f"body ::= speech (tagged speech?){{0,{n - 1}}} | (tagged speech?){{1,{n}}}",
-            "tagged ::= thought | action",
-        ]
+    """The sections after the plan: at least one, at most `max_segments` (every kind counted,
+    as `ShapeGuard` counts them), at most the shape's count of each kind, never two speeches
+    in a row. One rule per state (sections left of each kind and in all, whether a speech came
+    last); a count larger than the sections left cannot bind and is folded into it, so a shape
+    without binding counts needs only two rules per section."""
     rules: dict[str, str] = {}
 
     def state(a: int, t: int, p: int, n: int, spoke: bool) -> str:
+        a, t, p = min(a, n), min(t, n), min(p, n)
         key = f"s{a}-{t}-{p}-{n}{'-x' if spoke else ''}"
         if key in rules:
             return key
-        rules[key] = ""  # reserved: the states form a DAG, but a key must exist before recursion
-        options = []
-        if n:
-            if p and not spoke:
-                options.append(f"speech {state(a, t, p - 1, n - 1, True)}")
-            if a:
-                options.append(f"action {state(a - 1, t, p, n - 1, False)}")
-            if t:
-                options.append(f"thought {state(a, t - 1, p, n - 1, False)}")
-        options.append('""')
-        rules[key] = " | ".join(options)
+        rules[key] = ""  # reserved before recursing; the states form a DAG
+        rules[key] = " | ".join([*_steps(a, t, p, n, spoke, state), '""'])
         return key
 
-    first = []  # at least one section
-    if p:
-        first.append(f"speech {state(a, t, p - 1, n - 1, True)}")
-    if a:
-        first.append(f"action {state(a - 1, t, p, n - 1, False)}")
-    if t:
-        first.append(f"thought {state(a, t - 1, p, n - 1, False)}")
+    n = shape.max_segments
+    first = _steps(shape.max_actions, shape.max_thoughts, shape.max_speeches, n, False, state)
     return [f"body ::= {' | '.join(first)}"] + [f"{k} ::= {v}" for k, v in rules.items()]
+
+
+def _steps(a: int, t: int, p: int, n: int, spoke: bool, state: Callable[..., str]) -> list[str]:
+    """The sections that may come next, each followed by the state it leads to."""
+    if not n:
+        return []
+    steps = []
+    if p and not spoke:
+        steps.append(f"speech {state(a, t, p - 1, n - 1, True)}")
+    if a:
+        steps.append(f"action {state(a - 1, t, p, n - 1, False)}")
+    if t:
+        steps.append(f"thought {state(a, t - 1, p, n - 1, False)}")
+    return steps
 
 
 def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
