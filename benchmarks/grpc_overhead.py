@@ -200,7 +200,9 @@ def real(turns: int) -> None:
     try:
         from her_sdk import load_model
 
-        model = load_model(adapter=None, n_threads=os.cpu_count() or 2)  # as in the README
+        model = load_model(  # as in the README: the engine alone, no DRY, no turn shape
+            adapter=None, n_threads=os.cpu_count() or 2, dry_multiplier=0.0, turn_shape=None
+        )
     except Exception as exc:  # no llama extra / no default model: say so, don't fail
         print(f"[real] skipped: {exc}")
         return

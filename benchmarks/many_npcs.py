@@ -37,6 +37,8 @@ import threading
 import time
 from collections import Counter
 
+from _machine import cpu_header
+
 from her_sdk import CancelToken, Character, LlamaBackend, Sampling, load_model
 from her_sdk.demo import PLAYER, build_demo_scene
 
@@ -126,24 +128,6 @@ def throughput(model, sizes: list[int], tokens: int, runs: int) -> list[dict]:
             flush=True,
         )
     return rows
-
-
-def cpu_header() -> str:
-    """The CPU's model name, cores and vector extensions, as /proc/cpuinfo gives them."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl"]
-    wanted += ["avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
-    ext = " ".join(f for f in wanted if f in flags) or "unknown"
-    return f"CPU: {model or 'unknown'}, {os.cpu_count()} cores; vector extensions: {ext}"
 
 
 def on_own_thread(fn):
@@ -485,6 +469,8 @@ def main() -> None:
     model = load_model(
         args.model,
         adapter=None,
+        dry_multiplier=0.0,  # the raw ceiling's sampler chain: no DRY, no turn shape
+        turn_shape=None,
         n_ctx=args.n_ctx,
         max_sequences=max(8, *sizes, *ceiling_sizes),
     )

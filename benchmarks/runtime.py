@@ -200,8 +200,9 @@ def main() -> None:
     ap.add_argument("--npc", action="store_true", help="only the costs of memory and the guard")
     args = ap.parse_args()
 
-    # The bare GGUF on both sides (no adapter): raw llama-cpp-python runs the same file.
-    backend = load_model(args.model, adapter=None)
+    # The bare GGUF on both sides (no adapter): raw llama-cpp-python runs the same file, with
+    # the same samplers (no DRY) and no turn shape.
+    backend = load_model(args.model, adapter=None, dry_multiplier=0.0, turn_shape=None)
     if args.npc:
         npc_mind_costs(backend, args.runs, args.tokens)
         return
