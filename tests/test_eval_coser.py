@@ -394,6 +394,12 @@ def _leaked_thoughts(transcript: list[dict], seen: list[tuple[str, str]], rec: d
     from her_sdk.format import parse_turn
 
     corpus = _public_corpus(transcript, rec)
+    # An agent's own prompt holds its own private text: a thought it had too is no leak.
+    own: dict[str, str] = {}
+    for m in transcript:
+        if m["role"] in ("Wren", "Tomas"):
+            turn = parse_turn(m["raw"], m["role"])
+            own[m["role"]] = own.get(m["role"], "") + "\n".join([turn.plan, *turn.thoughts])
     leaks = []
     for m in transcript:
         if m["role"] not in ("Wren", "Tomas"):
@@ -402,7 +408,9 @@ def _leaked_thoughts(transcript: list[dict], seen: list[tuple[str, str]], rec: d
             if len(thought) < 12 or thought in corpus:
                 continue
             leaks += [
-                (m["role"], thought, who) for who, p in seen if who != m["role"] and thought in p
+                (m["role"], thought, who)
+                for who, p in seen
+                if who != m["role"] and thought in p and thought not in own.get(who, "")
             ]
     return leaks
 
@@ -422,3 +430,6 @@ def test_the_leak_check_tells_a_leak_from_a_thought_that_repeats_public_text():
     assert _leaked_thoughts([spoken, turn], leaky, RECORDS[0]) == [
         ("Wren", "I hid the cargo under the stairs.", "Tomas")
     ]
+    # Tomas had the very thought himself: his prompt holds his own (a small model repeats).
+    same = {"role": "Tomas", "raw": "Tomas: <role_thinking>I hid the cargo under the stairs."}
+    assert _leaked_thoughts([same, turn], leaky, RECORDS[0]) == []
