@@ -9,7 +9,9 @@ only.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +31,6 @@ from .._errors import (
     PermissionDeniedError,
 )
 from .._persona import Persona
-from .._savefile import read as read_save
 from .._scene import Event, Scene, SceneState
 from .._version import __version__
 from ._backend import describe
@@ -492,6 +493,25 @@ class HerServicer(pb_grpc.HerServiceServicer):
             raise ConfigError("this server keeps no saves (it was started without --save-dir)")
         return self.settings.save_dir / f"{name}{_SAVE_SUFFIX}"
 
+    def _read_named(self, name: str) -> bytes:
+        """The bytes of the save `name`: a regular file inside --save-dir itself (a symlink, even
+        to a file there, is not a save), no larger than max_save_bytes, checked before reading."""
+        path = self._save_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # missing, a symlink (ELOOP), a folder, unreadable
+            raise NotFoundError(f"no save named {name!r}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFoundError(f"no save named {name!r}")
+            if st.st_size > self.settings.max_save_bytes:
+                raise LimitExceededError(
+                    f"save {name!r} is {st.st_size} bytes; this server reads saves of at most "
+                    f"{self.settings.max_save_bytes} (--max-save-bytes)"
+                )
+            return f.read(self.settings.max_save_bytes + 1)
+
     @_guard
     def SaveScene(self, request, context):
         scene = self._scene(request.scene_id)
@@ -516,10 +536,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
     def LoadScene(self, request, context):
         which = request.WhichOneof("source")
         if which == "name":
-            path = self._save_path(request.name)
-            if not path.is_file():
-                raise NotFoundError(f"no save named {request.name!r}")
-            data, source = read_save(path), f"save {request.name!r}"
+            data, source = self._read_named(request.name), f"save {request.name!r}"
         elif which == "data" and request.data:
             if not self.settings.expose_thoughts:
                 raise PermissionDeniedError(

@@ -123,6 +123,11 @@ class ServerSettings(BaseModel):
         le=2**31 - 1,
         description="Largest request/response message.",
     )
+    max_save_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest save file LoadScene reads from --save-dir (checked before reading).",
+    )
     max_text_chars: int = Field(default=8000, ge=1, description="Longest text field in a request.")
     max_list_items: int = Field(
         default=256, ge=1, description="Most entries in a repeated/map field."
