@@ -127,3 +127,56 @@ def test_load_scene_reads_only_regular_files_inside_save_dir(tmp_path):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max-save-bytes" in err.value.details()
         assert c.stub.LoadScene(pb.LoadSceneRequest(name="good")).id.startswith("s-")
+
+
+SECRET = "I let my brother through the north gate at midnight"
+
+
+def _spelled(secret: str) -> list[str]:
+    zw = "".join(c + ("\u200b" if i % 4 == 3 else "") for i, c in enumerate(secret))
+    cyr = secret.translate(str.maketrans("aeopcx", "\u0430\u0435\u043e\u0440\u0441\u0445"))
+    full = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in secret)
+    accents = "".join(c + "\u0301" if c in "aeiou" else c for c in secret)
+    return [
+        "-".join(secret.split()),
+        "...".join(secret.split()),
+        " ".join(secret.replace(" ", "")),
+        zw,
+        cyr,
+        full,
+        accents,
+    ]
+
+
+@pytest.mark.parametrize("spelled", _spelled(SECRET))
+def test_the_guard_stops_a_secret_spelled_out(spelled):
+    mara = Character(name="Mara", secrets=SECRET, model=MockBackend([f"Mara: Fine. {spelled}."]))
+    scene = Scene([mara], player="Traveler")
+    stream = scene.stream("Mara")
+    public = "".join(d.text for d in stream)
+    assert stream.reply.finish_reason == "blocked"
+    assert public.strip() == "Fine."
+    assert "brother" not in scene.characters["Mara"].prompt().text.split("===Conversation")[-1]
+
+
+def test_the_guard_stops_a_secret_split_across_actions_and_speech():
+    pieces = [SECRET[i : i + 11] for i in range(0, len(SECRET), 11)]
+    raw = "Mara: " + "".join(
+        f"<role_action>{p}</role_action>" if k % 2 == 0 else p for k, p in enumerate(pieces)
+    )
+    mara = Character(name="Mara", secrets=SECRET, model=MockBackend([raw]))
+    reply = Scene([mara], player="Traveler").turn("Mara")
+    assert reply.finish_reason == "blocked"
+    said = " ".join([*reply.actions, reply.speech])
+    assert "brother" not in said.replace(" ", "")
+
+
+def test_the_guard_holds_over_grpc_for_a_spelled_out_secret():
+    spelled = "-".join(SECRET.split())
+    with connected(MockBackend(lambda p: f"Mara: Fine. {spelled}.")) as (_, c):
+        mara = c.create_character("Mara", secrets=SECRET)
+        scene = c.create_scene([mara], players="Traveler")
+        stream = scene.stream("Mara")
+        public = "".join(d.text for d in stream)
+        assert stream.reply.finish_reason == "blocked"
+        assert "brother" not in public
