@@ -180,3 +180,51 @@ def test_the_guard_holds_over_grpc_for_a_spelled_out_secret():
         public = "".join(d.text for d in stream)
         assert stream.reply.finish_reason == "blocked"
         assert "brother" not in public
+
+
+# -- the text budget counts every copy (item 2) -------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+
+def test_the_text_budget_counts_every_copy_and_frees_what_is_dropped():
+    with connected(MockBackend(lambda p: "Mara: Hm.")) as (server, c):
+        budget = server.servicer.budget
+        ids = [c.create_character(f"N{i}") for i in range(8)]
+        scene = c.create_scene(ids, players=["T"])
+        before = budget.total
+        scene.say("T", "x" * 1000)
+        assert budget.total - before == 9 * 1000  # the log and eight memories
+        scene.say("T", "y" * 100, to=["N0", "N1"])  # a whisper: two memories
+        assert budget.total - before == 9 * 1000 + 3 * 100
+        scene.delete(keep_characters=True)  # the characters keep what they heard
+        assert budget.total - before == 8 * 1000 + 2 * 100
+        for cid in ids:
+            c.delete_character(cid)
+        assert budget.total == before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_the_text_budget_bounds_memory_with_eight_listeners():
+    budget = 2_000_000
+    words = ["gate", "north", "brother", "captain", "papers", "duke", "night", "rain"]
+    with connected(
+        MockBackend(lambda p: "Mara: Hm."), max_total_chars=budget, max_scene_events=10**6
+    ) as (server, c):
+        ids = [c.create_character(f"N{i}") for i in range(8)]
+        scene = c.create_scene(ids, players=["T"])
+        start, n = _rss(), 0
+        while True:  # distinct words: the costliest text for the memories' indexes
+            line = " ".join(f"{words[(n + k) % 8]}{n * 700 + k}" for k in range(700))[:7900]
+            try:
+                scene.say("T", line)
+            except Exception as exc:
+                assert "RESOURCE_EXHAUSTED" in str(exc)
+                break
+            n += 1
+        assert server.servicer.budget.total <= budget
+        # The README's bound: about 30 bytes of RSS per character of budget; 40 allowed here.
+        assert _rss() - start <= 40 * budget

@@ -141,11 +141,12 @@ class ServerSettings(BaseModel):
         "with RESOURCE_EXHAUSTED.",
     )
     max_total_chars: int = Field(
-        default=64_000_000,
+        default=16_000_000,
         ge=1,
-        description="Most text all scenes together may take in (counted as it arrives, freed "
-        "when a scene is deleted); past it Say, Narrate, Turn and LoadScene fail with "
-        "RESOURCE_EXHAUSTED.",
+        description="Most text the server holds, every copy counted: a line heard by eight "
+        "characters counts nine times (the scene's log and each one's memory). Freed by "
+        "deleting scenes and characters; past it Say, Narrate, Turn and LoadScene fail with "
+        "RESOURCE_EXHAUSTED. Memory: about 30 bytes of RSS per character of it.",
     )
     max_sequences: int | None = Field(
         default=8,
