@@ -36,6 +36,7 @@ import msgspec
 
 from ._errors import ConfigError
 from .format import CallSpec, ParamSpec, parse_call
+from .format._quote import unnameable
 
 __all__ = ["Action", "ActionState", "Call", "InvalidCall", "Target", "Text"]
 
@@ -126,10 +127,10 @@ class Action:
             values = []
             for v in kind:
                 v = " ".join(str(v).split())
-                if not v or set(v) & _VALUE_FORBIDDEN:
+                if not v or set(v) & _VALUE_FORBIDDEN or unnameable(v) is not None:
                     raise ConfigError(
-                        f"value {v!r} of {name}.{key} must be non-empty, without , = [ ] < > "
-                        "or newlines"
+                        f"value {v!r} of {name}.{key} must be non-empty, without , = [ ] < >, "
+                        "line breaks or control characters"
                     )
                 values.append(v)
             if len(set(values)) != len(values):

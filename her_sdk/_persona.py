@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from ._errors import ConfigError
+from .format._quote import unnameable
 
 __all__ = ["Persona"]
 
@@ -56,6 +57,8 @@ class Persona(msgspec.Struct, kw_only=True, omit_defaults=True):
                 f"character name {self.name!r} may not contain '<', '>', ':', '=', brackets or "
                 "line breaks"
             )
+        if (bad := unnameable(self.name)) is not None:
+            raise ConfigError(f"character name {self.name!r} contains the character {bad!r}")
         self.name = self.name.strip()
         texts = [v for f in self.__struct_fields__ if isinstance(v := getattr(self, f), str)]
         for mapping in (self.relationships, self.others):

@@ -32,6 +32,7 @@ from ._savefile import Saveable
 from ._secrets import BlockedReveal
 from ._turn import Reply, TurnStream, mix_seed
 from .format import ENVIRONMENT, Heard, Turn
+from .format._quote import unnameable
 
 __all__ = ["Event", "Scene", "SceneState"]
 
@@ -209,6 +210,8 @@ class Scene(Saveable):
     def add_player(self, name: str) -> None:
         if not isinstance(name, str) or not name.strip() or any(c in name for c in "<>\n:"):
             raise ConfigError(f"invalid player name {name!r}")
+        if (bad := unnameable(name)) is not None:
+            raise ConfigError(f"player name {name!r} contains the character {bad!r}")
         with self._lock:
             self._check_new_name(name.strip())
             self._players.append(name.strip())

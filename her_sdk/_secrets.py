@@ -1,13 +1,22 @@
 """The secrets guard: a character's secrets never reach its public speech and actions verbatim.
 
 A persona's `secrets` belong in its own prompt, plan and thoughts. What it says and does in
-public is checked, while it streams, against them: any run of `min_chars` (12) or more
-characters of a secret, compared case-insensitively with whitespace runs as one space, is a
-reveal. The guard holds back the tail of the public stream for as long as it could still be the
-start of such a run (at most `min_chars - 1` characters, and only while they match a piece of a
-secret), so nothing it lets through can later turn out to be one. On a reveal it cuts the public
-text where the reveal starts and says so; the character then ends the turn there and reports a
+public is checked, while it streams, against them: any run of `min_chars` (12) or more letters
+and digits of a secret is a reveal. Both sides are compared in a folded space, so spelling
+tricks do not hide a secret: Unicode compatibility forms are folded (fullwidth letters,
+ligatures), accents dropped, look-alike letters of other scripts read as Latin (Cyrillic "а",
+Greek "ο"), case ignored, and everything but letters and digits ignored (spaces, hyphens, dots,
+zero-width characters, the boundary between an action and a speech), so "I-l.e t my brother"
+and "I let my brother" are the same run. The guard holds back the tail of the public stream
+for as long as it could still be the start of such a run (at most `min_chars - 1` letters and
+digits, with whatever separates them, and only while they match a piece of a secret), so
+nothing it lets through can later turn out to be one. On a reveal it cuts the public text where
+the reveal starts and says so; the character then ends the turn there and reports a
 `BlockedReveal` to the game.
+
+What no literal guard can catch: a secret translated, paraphrased, abbreviated or hinted at.
+A game that must keep a secret from a determined player keeps it out of the persona until the
+character may tell it.
 
 The game lifts the guard for one secret, or part of one, with `Scene.allow_reveal` /
 `Character.allow_reveal` (the captain may confess once the player has earned it).
@@ -17,6 +26,7 @@ This module only matches text; it knows nothing of models or scenes.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -27,6 +37,7 @@ from .format import PRIVATE_CHANNELS, Channel, Delta
 __all__ = ["BlockedReveal", "SecretsGuard", "normalize", "reveals"]
 
 MIN_CHARS = 12
+_NEW_LETTERS = 4  # letters of a run beyond the allowed pieces that make it a reveal
 
 
 class BlockedReveal(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,9 +53,27 @@ class BlockedReveal(msgspec.Struct, frozen=True, kw_only=True):
     channel: Channel
 
 
+# Letters of other scripts that read as Latin ones (after lower-casing), the common confusables.
+_LOOKALIKE = str.maketrans(
+    "аеорсухіјѕԁɡһԛԝοαεικνρτυχβмтвнкյոսɑɩ",
+    "aeopcyxijsdghqwoaeiknptuxbmtbhkjnuai",
+)
+
+
+def _fold(ch: str) -> str:
+    """What one character counts as in the guard's space: its letters and digits, folded."""
+    if ch.isascii():
+        return ch.lower() if ch.isalnum() else ""
+    out = []
+    for c in unicodedata.normalize("NFKD", ch).lower().translate(_LOOKALIKE):
+        if c.isalnum() and not unicodedata.combining(c):
+            out.append(c)
+    return "".join(out)
+
+
 def normalize(text: str) -> str:
-    """Lower-cased, with every whitespace run one space and no space at either end."""
-    return " ".join(text.lower().split())
+    """`text` in the guard's space: letters and digits only, folded (see the module doc)."""
+    return "".join(_fold(c) for c in text)
 
 
 def _windows(secret: str, n: int) -> set[str]:
@@ -92,8 +121,11 @@ class SecretsGuard:
                 continue
             self._secrets.append((s, ns))
             free = _allowed_spans(ns, [normalize(a) for a in allowed])
+            covered = [any(a <= j < b for a, b in free) for j in range(len(ns))]
             for i in range(len(ns) - min_chars + 1):
-                if not any(a <= i and i + min_chars <= b for a, b in free):
+                # A run is a reveal when it says something the allowed pieces do not: a few
+                # letters past their end may just be the next word ("through th|at").
+                if covered[i : i + min_chars].count(False) >= min(_NEW_LETTERS, min_chars):
                     self._grams.setdefault(ns[i : i + min_chars], s)
         self.blocked: BlockedReveal | None = None
         self.character = ""
@@ -104,7 +136,6 @@ class SecretsGuard:
         self._pending: list[Delta] = []  # public deltas (or their tails) not yet let through
         self._released = 0  # raw public characters let through so far
         self._raw = 0  # raw public characters seen so far
-        self._last_segment: int | None = None
         self._checked = 0  # windows starting before this normalized index are checked
 
     @property
@@ -121,9 +152,6 @@ class SecretsGuard:
         if not self._grams:
             return [delta]
         self._pending.append(delta)
-        if self._last_segment is not None and delta.segment != self._last_segment:
-            self._push(" ", self._raw)  # a new section is a word boundary
-        self._last_segment = delta.segment
         for ch in delta.text:
             self._push(ch, self._raw)
             self._raw += 1
@@ -136,12 +164,7 @@ class SecretsGuard:
         return self._release(self._raw)
 
     def _push(self, ch: str, where: int) -> None:
-        if ch.isspace():
-            if self._norm and self._norm[-1] != " ":
-                self._norm.append(" ")
-                self._where.append(where)
-            return
-        for c in ch.lower():
+        for c in _fold(ch):
             self._norm.append(c)
             self._where.append(where)
 

@@ -184,6 +184,7 @@ class TurnReader:
         private: bool,
         shape: ShapeGuard | None = None,
     ) -> None:
+        self.name = name
         self.prompt = prompt
         self.shape = shape
         self.parser = TurnParser(name, start=prompt.start, coser=False if tagged else None)
@@ -226,6 +227,14 @@ class TurnReader:
                 self.first_speech_s = time.perf_counter() - self.started
             if self.private or d.channel not in PRIVATE_CHANNELS:
                 yield d
+
+    def tagged_actions(self) -> list[str]:
+        """The actions the model wrote in action tags: the only ones that may hold a call (a
+        CoSER-style "(...)" inside speech is an action to show, never one to execute)."""
+        parser = TurnParser(self.name, start=self.prompt.start, coser=False)
+        parser.feed("".join(self.raw))
+        parser.close()
+        return parser.turn().actions
 
     def turn(self) -> Turn:
         """What was said, once reading has ended (however it ended)."""

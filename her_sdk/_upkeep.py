@@ -17,6 +17,7 @@ from ._errors import GenerationError
 from ._memory import MemoryItem
 from ._persona import Persona
 from .format import Message, render_messages, render_system_prompt
+from .format._quote import _clean, _marking, _name, _unmark
 
 __all__ = ["Ask", "ask", "rate_importance", "summarize"]
 
@@ -60,7 +61,10 @@ def rate_importance(ask: Ask, name: str, pending: Sequence[MemoryItem]) -> None:
 def summarize(ask: Ask, persona: Persona, summary: str, lines: Sequence[str]) -> str:
     """The running summary of `persona` with `lines` (its oldest memories) folded in: one call,
     in its own words. An empty answer raises `GenerationError`."""
-    sheet = render_system_prompt(persona, plan=False).split("\n\n===Requirements===")[0]
+    with _marking():  # the persona's fields are quoted text: literal ranges, as in a turn
+        sheet = _unmark(
+            render_system_prompt(persona, plan=False).split("\n\n===Requirements===")[0]
+        )
     text = ask(
         summary_messages(persona.name, sheet, summary, lines, max_words=SUMMARY_WORDS),
         summary_grammar(SUMMARY_WORDS * 8),
@@ -75,8 +79,13 @@ def summarize(ask: Ask, persona: Persona, summary: str, lines: Sequence[str]) ->
 # -- the wording of these calls ---------------------------------------------------------------
 
 
+# Memories, the summary and names are quoted text (a player's words, a model's turns): each is
+# neutralised and marked literal, exactly as in a turn's prompt, so a line like
+# "<|im_end|><|im_start|>system ..." can forge neither the text nor a control token.
+
+
 def _transcript(lines: Sequence[str]) -> str:
-    return "\n".join(f"- {line}" for line in lines)
+    return "\n".join(f"- {_clean(line)}" for line in lines)
 
 
 def summary_messages(
@@ -93,19 +102,21 @@ def summary_messages(
     `events` the lines to fold in, oldest first. The summary is the character's own, in the first
     person: it may hold its thoughts, as they stay in its own prompt.
     """
-    ask = [
-        f"You are {name}. Below is what you remember of the story so far, and what happened "
-        "after it.",
-    ]
-    if summary:
-        ask.append(f"What you remember so far:\n{summary}")
-    ask.append(f"What happened after that:\n{_transcript(events)}")
-    ask.append(
-        f"Write, as {name} in the first person, one paragraph of at most {max_words} words that "
-        "keeps everything worth remembering from both: who is who, what happened, what was "
-        "promised or revealed, how you feel about the others. Plain text only."
-    )
-    return [("system", sheet), ("user", "\n\n".join(ask))]
+    with _marking():
+        who = _name(name)
+        ask = [
+            f"You are {who}. Below is what you remember of the story so far, and what happened "
+            "after it.",
+        ]
+        if summary:
+            ask.append(f"What you remember so far:\n{_clean(summary)}")
+        ask.append(f"What happened after that:\n{_transcript(events)}")
+        ask.append(
+            f"Write, as {who} in the first person, one paragraph of at most {max_words} words "
+            "that keeps everything worth remembering from both: who is who, what happened, what "
+            "was promised or revealed, how you feel about the others. Plain text only."
+        )
+        return [("system", sheet), ("user", _unmark("\n\n".join(ask)))]
 
 
 def summary_grammar(max_chars: int) -> str:
@@ -115,17 +126,15 @@ def summary_grammar(max_chars: int) -> str:
 
 def rating_messages(name: str, texts: Sequence[str]) -> list[tuple[str, str]]:
     """(role, content) messages asking the model to rate each memory's importance 1-10."""
-    lines = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-    return [
-        (
-            "system",
+    with _marking():
+        lines = _unmark("\n".join(f"{i + 1}. {_clean(t)}" for i, t in enumerate(texts)))
+        system = _unmark(
             "You rate memories. On a scale of 1 to 10, where 1 is purely mundane (e.g. a "
             "greeting, the weather) and 10 is extremely poignant (e.g. a death, a betrayal, a "
-            "life saved), rate how much each memory matters to "
-            f"{name}. Answer with one number per line and nothing else.",
-        ),
-        ("user", lines),
-    ]
+            f"life saved), rate how much each memory matters to {_name(name)}. Answer with one "
+            "number per line and nothing else."
+        )
+    return [("system", system), ("user", lines)]
 
 
 def rating_grammar(n: int) -> str:

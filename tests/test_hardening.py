@@ -97,7 +97,7 @@ def test_card_files_only_through_the_explicit_bounded_api(tmp_path):
 
 
 def test_scene_event_and_server_text_budgets():
-    with connected(max_scene_events=5, max_total_chars=3000) as (_, c):
+    with connected(max_scene_events=5, max_total_chars=3000) as (server, c):
         mara = c.create_character("Mara")
         scene = c.create_scene([mara], players=["T"])
         for _ in range(4):
@@ -108,7 +108,7 @@ def test_scene_event_and_server_text_budgets():
         assert _code(scene.turn, "Mara") == "RESOURCE_EXHAUSTED"
 
         other = c.create_scene([], players=["T"])
-        big = "x" * 900
+        big = "x" * ((3000 - server.servicer.budget.total) // 3)  # fits three times
         for _ in range(3):
             other.say("T", big)
         assert _code(other.say, "T", big) == "RESOURCE_EXHAUSTED"  # past 3000 in all

@@ -31,8 +31,18 @@ def run_guard(text: str, secrets=(SECRET,), allowed=(), seed=0) -> tuple[str, Se
     return "".join(d.text for d in shown), guard
 
 
-def test_normalize_folds_case_and_whitespace():
-    assert normalize("  The  NORTH\n\tgate ") == "the north gate"
+def test_normalize_keeps_folded_letters_and_digits_only():
+    assert normalize("  The  NORTH\n\tgate 7 ") == "thenorthgate7"
+    spelled = [
+        "The-North-Gate",
+        "T.h.e n o r t h gate",
+        "Th\u200be\u200dNo\u2060rth\ufeffGate",  # zero-width characters
+        "\u0422h\u0435 N\u043erth G\u0430te",  # Cyrillic look-alikes
+        "\uff34\uff48\uff45 \uff2e\uff4f\uff52\uff54\uff48 \uff27\uff41\uff54\uff45",  # fullwidth
+        "Th\u00e9 N\u00f6rth G\u0061\u0301te",  # accents, precomposed and combining
+    ]
+    for text in spelled:
+        assert normalize(text) == "thenorthgate", text
 
 
 def test_a_reveal_is_cut_where_it_starts_and_reported():

@@ -37,6 +37,7 @@ def tokenize_prompt(
     tokenize: Callable[[str, bool], list[int]],
     is_control: Callable[[int], bool],
     piece: Callable[[int], str],
+    is_user_defined: Callable[[int], bool] | None = None,
 ) -> list[int]:
     """The tokens of `prompt`, with special tokens parsed only in its scaffolding.
 
@@ -46,6 +47,10 @@ def tokenize_prompt(
     their own; this splits at the control tokens the scaffolding writes only, so a prompt
     without special-token strings in its literal text gets exactly the tokens that
     `tokenize(prompt, True)` gives, and one with them gets those strings as plain text.
+
+    Some tokenizers (llama.cpp's) match user-defined tokens (Gemma's `[multimodal]`) even
+    without special-token parsing: with `is_user_defined`, text that would become one is split
+    inside it and tokenized in two parts, so it stays text.
     """
     literal = getattr(prompt, "literal", ())
     if not literal:
@@ -60,15 +65,29 @@ def tokenize_prompt(
                 if k >= 0:
                     cuts.append((a + k, a + k + len(text), token))
                     at = k + len(text)
+
+    def plain(text: str) -> list[int]:
+        tokens = tokenize(text, False)
+        if is_user_defined is None:
+            return tokens
+        for token in tokens:
+            # (runs of whitespace are user-defined tokens too in Gemma's vocabulary: harmless)
+            name = piece(token) if is_user_defined(token) else ""
+            k = text.find(name) if name.strip() and len(name) > 1 else -1
+            if k >= 0:
+                cut = k + 1  # "[multimodal]" -> "[" + "multimodal]": no longer the token
+                return plain(text[:cut]) + plain(text[cut:])
+        return tokens
+
     out: list[int] = []
     pos = 0
     for a, b, token in cuts:
         if a > pos:
-            out += tokenize(prompt[pos:a], False)
+            out += plain(prompt[pos:a])
         out.append(token)
         pos = b
     if pos < len(prompt):
-        out += tokenize(prompt[pos:], False)
+        out += plain(prompt[pos:])
     return out
 
 

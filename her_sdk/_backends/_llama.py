@@ -33,6 +33,8 @@ from ._scheduler import Priority, priority_rank
 
 __all__ = ["LlamaBackend", "cpu_has_amx"]
 
+_USER_DEFINED = 1 << 4  # LLAMA_TOKEN_ATTR_USER_DEFINED
+
 
 class LlamaBackend(Backend, BatchingEngine):
     """A GGUF model on llama.cpp. Keyword arguments follow llama.cpp's own flag names.
@@ -192,6 +194,7 @@ class LlamaBackend(Backend, BatchingEngine):
             lambda fragment, special: self._tokenize_raw(fragment, False, special),
             lambda token: bool(lib.llama_vocab_is_control(vocab, token)),
             lambda token: self._piece(token, special=True),
+            lambda token: bool(lib.llama_vocab_get_attr(vocab, token) & _USER_DEFINED),
         )
         if add_special and lib.llama_vocab_get_add_bos(vocab):
             tokens.insert(0, lib.llama_vocab_bos(vocab))

@@ -9,10 +9,12 @@ only.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -29,10 +31,10 @@ from .._errors import (
     PermissionDeniedError,
 )
 from .._persona import Persona
-from .._savefile import read as read_save
 from .._scene import Event, Scene, SceneState
 from .._version import __version__
 from ._backend import describe
+from ._budget import TextBudget, text_chars
 from ._convert import (
     delta_to_pb,
     event_to_pb,
@@ -93,10 +95,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
         # Guards the registry and changes of scene membership; turns do not take it.
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="her-turn")
-        # What each scene has taken in (events, characters of text), against the server's
-        # max_scene_events / max_total_chars; a deleted scene gives its text back.
-        self._usage: dict[str, list[int]] = {}
-        self._total_chars = 0
+        self.budget = TextBudget(settings.max_scene_events, settings.max_total_chars)
         if model is not None:
             self.set_model(model)
 
@@ -179,35 +178,29 @@ class HerServicer(pb_grpc.HerServiceServicer):
 
     def _forget_character(self, cid: str) -> None:
         c = self.characters.pop(cid, None)
+        self.budget.drop_character(cid)
         if c is not None:
             self._char_ids.pop(id(c), None)
             if (where := self._scene_of(c)) is not None:
                 where[1].remove(c.name)
 
-    def _charge(self, sid: str, events: int, chars: int) -> None:
-        """Count `events` and `chars` of text against the scene's and the server's budgets."""
-        s = self.settings
-        with self._lock:
-            used = self._usage.setdefault(sid, [0, 0])
-            if used[0] + events > s.max_scene_events:
-                raise LimitExceededError(
-                    f"the scene has recorded {used[0]} events, the most this server allows in "
-                    "one scene: save it and go on in a new one"
-                )
-            if self._total_chars + chars > s.max_total_chars:
-                raise LimitExceededError(
-                    f"the server holds {s.max_total_chars} characters of scene text: "
-                    "delete scenes it no longer needs"
-                )
-            used[0] += events
-            used[1] += chars
-            self._total_chars += chars
+    def _charge(
+        self, sid: str, events: int, chars: int, holders: dict[str, int] | None = None
+    ) -> None:
+        self.budget.charge(sid, events, chars, holders)
+
+    def _listeners(self, scene: Scene, to: Sequence[str], chars: int) -> dict[str, int]:
+        """Who keeps a copy of `chars` said in `scene` (to `to` only, if given): its characters
+        the server knows, by id."""
+        names = set(to) if to else None
+        return {
+            cid: chars
+            for name, c in scene.characters.items()
+            if (names is None or name in names) and (cid := self._char_ids.get(id(c)))
+        }
 
     def _release(self, sid: str) -> None:
-        with self._lock:
-            used = self._usage.pop(sid, None)
-            if used is not None:
-                self._total_chars -= used[1]
+        self.budget.drop_scene(sid)
 
     def _character_msg(self, c: Character) -> pb.Character:
         where = self._scene_of(c)
@@ -350,7 +343,8 @@ class HerServicer(pb_grpc.HerServiceServicer):
                 f"text and actions together are longer than {self.settings.max_text_chars} "
                 "characters"
             )
-        self._charge(request.scene_id, 1, chars)
+        to = list(request.to)
+        self._charge(request.scene_id, 1, chars, self._listeners(scene, to, chars))
         event = scene.say(
             request.speaker, request.text, list(request.actions), to=list(request.to) or None
         )
@@ -359,7 +353,8 @@ class HerServicer(pb_grpc.HerServiceServicer):
     @_guard
     def Narrate(self, request, context):
         scene = self._scene(request.scene_id)
-        self._charge(request.scene_id, 1, len(request.text))
+        chars = len(request.text)
+        self._charge(request.scene_id, 1, chars, self._listeners(scene, list(request.to), chars))
         event = scene.narrate(request.text, to=list(request.to) or None)
         return event_to_pb(event)
 
@@ -413,10 +408,8 @@ class HerServicer(pb_grpc.HerServiceServicer):
                     if done:
                         # After a cancel or deadline gRPC has already ended the call (dropped).
                         assert stream.reply is not None
-                        with self._lock:
-                            if request.scene_id in self._usage:
-                                self._usage[request.scene_id][1] += len(stream.reply.raw)
-                                self._total_chars += len(stream.reply.raw)
+                        n = len(stream.reply.raw)  # after the fact: never cut for it
+                        self.budget.record(request.scene_id, n, self._listeners(scene, [], n))
                         yield pb.TurnResponse(
                             deltas=deltas, summary=reply_to_pb(stream.reply, private=private)
                         )
@@ -492,6 +485,25 @@ class HerServicer(pb_grpc.HerServiceServicer):
             raise ConfigError("this server keeps no saves (it was started without --save-dir)")
         return self.settings.save_dir / f"{name}{_SAVE_SUFFIX}"
 
+    def _read_named(self, name: str) -> bytes:
+        """The bytes of the save `name`: a regular file inside --save-dir itself (a symlink, even
+        to a file there, is not a save), no larger than max_save_bytes, checked before reading."""
+        path = self._save_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # missing, a symlink (ELOOP), a folder, unreadable
+            raise NotFoundError(f"no save named {name!r}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFoundError(f"no save named {name!r}")
+            if st.st_size > self.settings.max_save_bytes:
+                raise LimitExceededError(
+                    f"save {name!r} is {st.st_size} bytes; this server reads saves of at most "
+                    f"{self.settings.max_save_bytes} (--max-save-bytes)"
+                )
+            return f.read(self.settings.max_save_bytes + 1)
+
     @_guard
     def SaveScene(self, request, context):
         scene = self._scene(request.scene_id)
@@ -516,10 +528,7 @@ class HerServicer(pb_grpc.HerServiceServicer):
     def LoadScene(self, request, context):
         which = request.WhichOneof("source")
         if which == "name":
-            path = self._save_path(request.name)
-            if not path.is_file():
-                raise NotFoundError(f"no save named {request.name!r}")
-            data, source = read_save(path), f"save {request.name!r}"
+            data, source = self._read_named(request.name), f"save {request.name!r}"
         elif which == "data" and request.data:
             if not self.settings.expose_thoughts:
                 raise PermissionDeniedError(
@@ -530,7 +539,9 @@ class HerServicer(pb_grpc.HerServiceServicer):
         else:
             raise ConfigError("data or name is required")
         state: SceneState = Scene.decode_state(data, source=source)
-        chars = self._check_save(state)
+        self._check_save(state)
+        log_chars = text_chars([state.events, state.players, state.name])
+        kept = {cs.persona.name: text_chars(cs) for cs in state.characters}
         state.max_events = min(state.max_events, self.settings.max_scene_events)
         scene = Scene.restore(state, source=source, model=self._check_ready())
         with self._lock:
@@ -540,15 +551,24 @@ class HerServicer(pb_grpc.HerServiceServicer):
                     f"the server holds {self.settings.max_characters} characters"
                 )
             sid = self._add_scene(scene)
+            cids = [self._register_character(c) for c in scene.characters.values()]
             try:
-                self._charge(sid, len(state.events), chars)
+                self._charge(
+                    sid,
+                    len(state.events),
+                    log_chars,
+                    {
+                        cid: kept.get(c.name, 0)
+                        for cid, c in zip(cids, scene.characters.values(), strict=True)
+                    },
+                )
             except LimitExceededError:
+                for cid in cids:
+                    self._forget_character(cid)
                 del self.scenes[sid]
                 self._scene_ids.pop(id(scene), None)
-                self._usage.pop(sid, None)
+                self._release(sid)
                 raise
-            for c in scene.characters.values():
-                self._register_character(c)
             return self._scene_msg(scene)
 
     def _check_save(self, state: SceneState) -> int:

@@ -123,6 +123,11 @@ class ServerSettings(BaseModel):
         le=2**31 - 1,
         description="Largest request/response message.",
     )
+    max_save_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest save file LoadScene reads from --save-dir (checked before reading).",
+    )
     max_text_chars: int = Field(default=8000, ge=1, description="Longest text field in a request.")
     max_list_items: int = Field(
         default=256, ge=1, description="Most entries in a repeated/map field."
@@ -136,11 +141,12 @@ class ServerSettings(BaseModel):
         "with RESOURCE_EXHAUSTED.",
     )
     max_total_chars: int = Field(
-        default=64_000_000,
+        default=16_000_000,
         ge=1,
-        description="Most text all scenes together may take in (counted as it arrives, freed "
-        "when a scene is deleted); past it Say, Narrate, Turn and LoadScene fail with "
-        "RESOURCE_EXHAUSTED.",
+        description="Most text the server holds, every copy counted: a line heard by eight "
+        "characters counts nine times (the scene's log and each one's memory). Freed by "
+        "deleting scenes and characters; past it Say, Narrate, Turn and LoadScene fail with "
+        "RESOURCE_EXHAUSTED. Memory: about 30 bytes of RSS per character of it.",
     )
     max_sequences: int | None = Field(
         default=8,
