@@ -35,8 +35,8 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from ._errors import ConfigError
+from ._names import unnameable
 from .format import CallSpec, ParamSpec, parse_call
-from .format._quote import unnameable
 
 __all__ = ["Action", "ActionState", "Call", "InvalidCall", "Target", "Text"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from ._errors import ConfigError
-from .format._quote import unnameable
+from ._names import unnameable
 
 __all__ = ["Persona"]
 

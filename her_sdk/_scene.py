@@ -28,11 +28,11 @@ from ._backends._base import Backend
 from ._character import Character, CharacterState
 from ._errors import ConfigError
 from ._memory import Embedder
+from ._names import unnameable
 from ._savefile import Saveable
 from ._secrets import BlockedReveal
 from ._turn import Reply, TurnStream, mix_seed
 from .format import ENVIRONMENT, Heard, Turn
-from .format._quote import unnameable
 
 __all__ = ["Event", "Scene", "SceneState"]
 

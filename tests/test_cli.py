@@ -220,6 +220,7 @@ RUNNABLE = (
     + [
         pytest.param([str(p)], marks=pytest.mark.slow, id=p.name)
         for p in sorted((ROOT / "benchmarks").glob("*.py"))
+        if not p.name.startswith("_")  # helpers the benchmarks import, not programs
     ]
 )
 

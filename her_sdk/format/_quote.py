@@ -24,23 +24,8 @@ _OPENER_RE = re.compile(r"<+(?=\s*(?:[/|A-Za-z_]|$))")
 _EQUALS_RE = re.compile(r"={2,}")
 # Every way text can break a line (CR, vertical tab, form feed, the Unicode line and paragraph
 # separators, NEL, ...) becomes a newline before anything else, so quoted text that holds one
-# cannot start a transcript line of its own; other control characters are dropped.
+# cannot start a transcript line of its own.
 _LINE_BREAK_RE = re.compile(r"\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
-# What a name or an action value may not hold at all: controls and line breaks of any kind
-# (a NUL made llama.cpp refuse the grammar of every turn that names it), and format characters
-# that hide text (zero-width spaces and joiners, direction marks, the BOM).
-_UNNAMEABLE_RE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
-)
-
-
-def unnameable(text: str) -> str | None:
-    """The first character `text` may not hold as a name or an action value, or None."""
-    m = _UNNAMEABLE_RE.search(text)
-    return None if m is None else m.group()
-
-
 # While `render_prompt` renders, quoted text is wrapped in these (private-use) marks, which
 # survive a chat template; they become `PromptText.literal` ranges and never reach an engine.
 _OPEN, _CLOSE = "\ue000", "\ue001"
@@ -50,7 +35,7 @@ _MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
 def _neutralise(text: str) -> str:
     """`text` without markup, keeping its line breaks."""
     text = text.replace(_OPEN, "").replace(_CLOSE, "")
-    text = _CONTROL_RE.sub("", _LINE_BREAK_RE.sub("\n", text))
+    text = _LINE_BREAK_RE.sub("\n", text)
     for _ in range(8):
         cleaned = _MARKUP_RE.sub("", text)
         if cleaned == text:
