@@ -152,9 +152,17 @@ class SecretsGuard:
         if not self._grams:
             return [delta]
         self._pending.append(delta)
-        for ch in delta.text:
-            self._push(ch, self._raw)
-            self._raw += 1
+        text, base = delta.text, self._raw
+        if text.isascii():  # the common case, without a call per character
+            norm, where = self._norm, self._where
+            for i, c in enumerate(text):
+                if c.isalnum():
+                    norm.append(c.lower())
+                    where.append(base + i)
+        else:
+            for i, ch in enumerate(text):
+                self._push(ch, base + i)
+        self._raw += len(text)
         return self._scan()
 
     def close(self) -> list[Delta]:
@@ -172,8 +180,10 @@ class SecretsGuard:
         n = self.min_chars
         norm = self._norm
         end = len(norm)
-        for i in range(self._checked, end - n + 1):
-            secret = self._grams.get("".join(norm[i : i + n]))
+        start = self._checked
+        recent = "".join(norm[start:end])  # the windows not checked yet, as one string
+        for i in range(start, end - n + 1):
+            secret = self._grams.get(recent[i - start : i - start + n])
             if secret is not None:
                 out = self._release(self._where[i])
                 self.blocked = BlockedReveal(
@@ -187,8 +197,9 @@ class SecretsGuard:
         self._checked = max(end - n + 1, self._checked)
         # Hold back the longest tail that is a piece of some secret: it may grow into a reveal.
         hold = 0
+        last = "".join(norm[max(end - n + 1, 0) :])
         for k in range(min(n - 1, end), 0, -1):
-            tail = "".join(norm[end - k :])
+            tail = last[len(last) - k :]
             if any(tail in ns for _, ns in self._secrets):
                 hold = k
                 break
