@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from her_sdk import Character, ConfigError, DataError, Sampling, Scene, TurnShape
+from her_sdk import Character, DataError, Sampling, Scene, TurnShape
 
 from ._backends import BackendPool
 from ._report import atomic_json, write_outputs
@@ -83,20 +83,9 @@ class PlaySettings:
     scenes_sha256: str = ""
 
 
-SHAPES: dict[str, TurnShape | None] = {
-    "model": None,
-    "default": TurnShape(),
-    "game": TurnShape.GAME,
-    "free": TurnShape.FREE,
-}
-
-
 def shape_named(name: str) -> TurnShape | None:
-    """The `TurnShape` preset `name` names (None: the model's own shape)."""
-    try:
-        return SHAPES[name]
-    except KeyError:
-        raise ConfigError(f"unknown shape {name!r}: use one of {', '.join(SHAPES)}") from None
+    """The `TurnShape` preset `name` names; "model": None (the model's own shape)."""
+    return None if name == "model" else TurnShape.preset(name)
 
 
 def load_scenes(path: str | Path | None = None) -> tuple[list[dict], str, str]:

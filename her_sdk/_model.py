@@ -225,6 +225,8 @@ def backend_from_spec(
     max_sequences: int | None = None,
     max_waiting: int | None = None,
     prompt_style: PromptStyle | None = None,
+    turn_shape: TurnShape | None = None,
+    dry_multiplier: float | None = None,
     chat: bool = False,
     api_key: str | None = None,
     mock: Callable[[str], str] | None = None,
@@ -248,15 +250,49 @@ def backend_from_spec(
 
     The keyword settings apply where the engine has them and are ignored elsewhere (a remote
     server's context window and batching are its own): `n_ctx` for local engines; `n_threads`,
-    `n_gpu_layers`, `max_sequences`, `max_waiting` and `adapter` for llama.cpp; `prompt_style`
-    for every engine but transformers (which runs ChatML prompts). The first spellings of the
-    training commands (`openai:URL#M`, `openai-chat:URL#M`, `gguf:PATH`, `hf:DIR`) still work,
-    with a DeprecationWarning. A missing file raises `ModelNotFoundError`; a spec that names
-    nothing usable, `ConfigError`.
+    `n_gpu_layers`, `max_sequences`, `max_waiting`, `dry_multiplier` and `adapter` for
+    llama.cpp; `prompt_style` for every engine but transformers (which runs ChatML prompts);
+    `turn_shape` (the `TurnShape` of characters that set none) for every engine. The first
+    spellings of the training commands (`openai:URL#M`, `openai-chat:URL#M`, `gguf:PATH`,
+    `hf:DIR`) still work, with a DeprecationWarning. A missing file raises
+    `ModelNotFoundError`; a spec that names nothing usable, `ConfigError`.
     """
     if isinstance(spec, Backend):
         return spec
-    parsed = parse_backend_spec(spec)
+    backend = _backend_from_spec(
+        parse_backend_spec(spec),
+        adapter=adapter,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        max_sequences=max_sequences,
+        max_waiting=max_waiting,
+        prompt_style=prompt_style,
+        dry_multiplier=dry_multiplier,
+        chat=chat,
+        api_key=api_key,
+        mock=mock,
+    )
+    if turn_shape is not None:
+        backend.turn_shape = turn_shape
+    return backend
+
+
+def _backend_from_spec(
+    parsed: BackendSpec,
+    *,
+    adapter: str | os.PathLike[str] | None,
+    n_ctx: int | None,
+    n_threads: int | None,
+    n_gpu_layers: int | None,
+    max_sequences: int | None,
+    max_waiting: int | None,
+    prompt_style: PromptStyle | None,
+    dry_multiplier: float | None,
+    chat: bool,
+    api_key: str | None,
+    mock: Callable[[str], str] | None,
+) -> Backend:
     styled: dict[str, Any] = {} if prompt_style is None else {"prompt_style": prompt_style}
     local: dict[str, Any] = {} if n_ctx is None else {"n_ctx": n_ctx}
     if parsed.kind == "mock":
@@ -290,6 +326,7 @@ def backend_from_spec(
             ("n_gpu_layers", n_gpu_layers),
             ("max_sequences", max_sequences),
             ("max_waiting", max_waiting),
+            ("dry_multiplier", dry_multiplier),
         )
         if v is not None
     }

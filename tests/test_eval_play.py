@@ -204,7 +204,7 @@ def test_a_game_shape_keeps_a_novel_writing_model_in_a_dialogue_box(tmp_path):
     s = res["scores"]
     assert s["long_turn_rate"] == 0.0 and s["speech_words_median"] <= 12
     assert s["nested_quote_rate"] == 0.0 and s["segments_per_turn"] == 2.0
-    with pytest.raises(ConfigError, match="unknown shape"):
+    with pytest.raises(ConfigError, match="unknown turn shape"):
         run_play(tmp_path / "x", PlaySettings(shape="tiny"), scenes=_write(tmp_path, [_scene()]))
 
 

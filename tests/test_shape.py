@@ -213,3 +213,31 @@ def test_the_shape_is_saved_and_old_saves_load(tmp_path):
     doc["character"]["shape"]["max_actions"] = 0
     with pytest.raises(StateError):
         Character.loads(msgspec.json.encode(doc))
+
+
+def test_presets_by_name():
+    assert TurnShape.preset("game") is TurnShape.GAME
+    assert TurnShape.preset("free") is TurnShape.FREE
+    assert TurnShape.preset("default") == TurnShape()
+    with pytest.raises(ConfigError, match="unknown turn shape"):
+        TurnShape.preset("tiny")
+
+
+def test_a_backend_spec_and_the_server_settings_set_the_models_shape(tmp_path):
+    import json
+
+    from her_sdk import backend_from_spec
+    from her_sdk.server._backend import backend_from_settings
+
+    script = tmp_path / "m.json"
+    script.write_text(json.dumps([LONG]))
+    backend = backend_from_spec(f"mock:{script}", turn_shape=TurnShape.GAME)
+    assert backend.turn_shape is TurnShape.GAME
+    assert Character(name="Mara", model=backend).reply().actions == ["folds her arms"]
+    pytest.importorskip("pydantic")
+    from her_sdk.server._settings import ServerSettings
+
+    served = backend_from_settings(ServerSettings(model=f"mock:{script}", turn_shape="free"))
+    assert served.turn_shape is TurnShape.FREE
+    with pytest.raises(ValueError, match="turn_shape"):
+        ServerSettings(turn_shape="tiny")

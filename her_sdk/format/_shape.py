@@ -84,6 +84,17 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
         if self.max_sentences is not None and self.max_speech_chars < 8 * self.max_sentences:
             raise ConfigError("TurnShape.max_speech_chars must allow 8 characters a sentence")
 
+    @classmethod
+    def preset(cls, name: str) -> TurnShape:
+        """The preset `name` names: "game", "default" (`TurnShape()`) or "free"."""
+        presets = {"game": cls.GAME, "default": cls(), "free": cls.FREE}
+        try:
+            return presets[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown turn shape {name!r}: use one of {', '.join(presets)}"
+            ) from None
+
     def limit(self, channel: Channel) -> int:
         """The longest section of `channel`, in characters."""
         return {

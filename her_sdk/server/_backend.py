@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._backends._base import Backend
+from ..format import TurnShape
 from ._settings import ServerSettings
 
 __all__ = ["backend_from_settings", "describe"]
@@ -22,10 +23,14 @@ def backend_from_settings(s: ServerSettings) -> Backend:
     """Load the model `s` names (the embedded default when it names none)."""
     from .._model import backend_from_spec
 
-    adapter: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # what is given, so that the spec's own defaults stay
     if s.adapter is not None:
-        adapter["adapter"] = None if s.adapter.lower() == "none" else s.adapter
+        extra["adapter"] = None if s.adapter.lower() == "none" else s.adapter
     key = s.remote_api_key.get_secret_value() if s.remote_api_key is not None else None
+    if s.dry_multiplier is not None:
+        extra["dry_multiplier"] = s.dry_multiplier
+    if s.turn_shape is not None:
+        extra["turn_shape"] = TurnShape.preset(s.turn_shape)
     # llama.cpp decodes concurrent turns together, within max_sequences and max_waiting.
     return backend_from_spec(
         s.model,
@@ -36,7 +41,7 @@ def backend_from_settings(s: ServerSettings) -> Backend:
         max_waiting=s.max_waiting_turns,
         prompt_style=s.prompt_style,  # type: ignore[arg-type]  # checked by ServerSettings
         api_key=key,
-        **adapter,
+        **extra,
     )
 
 

@@ -85,6 +85,18 @@ class ServerSettings(BaseModel):
         description="How prompts are rendered: chatml, template (the model's own chat template) "
         "or fewshot (default: from the model's metadata).",
     )
+    turn_shape: str | None = Field(
+        default=None,
+        description="The TurnShape of characters that set none: game (one action, one speech of "
+        "at most three sentences), default (six sections, 300-character speeches) or free (long "
+        "plans and paragraphs). Default: the model's own (game for the embedded model).",
+    )
+    dry_multiplier: float | None = Field(
+        default=None,
+        ge=0,
+        description="llama.cpp's DRY sampler, for turns that do not set it: fewer runs repeated "
+        "from the scene (0: off; default: 0.8 for the embedded model, off for others).",
+    )
     remote_api_key: SecretStr | None = Field(
         default=None,
         description="With a server --model (http://HOST/v1#MODEL): its API key, sent as a "
@@ -180,6 +192,8 @@ class ServerSettings(BaseModel):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.token is not None and not self.token.get_secret_value().strip():
             raise ValueError("token must not be empty")
+        if self.turn_shape is not None and self.turn_shape not in _TURN_SHAPES:
+            raise ValueError(f"turn_shape must be one of {', '.join(_TURN_SHAPES)}")
         if self.prompt_style is not None and self.prompt_style not in _PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {', '.join(_PROMPT_STYLES)}")
         if self.http_port is not None and self.http_port == self.port != 0:
@@ -218,6 +232,7 @@ class ServerSettings(BaseModel):
 
 
 _PROMPT_STYLES = ("chatml", "template", "fewshot")
+_TURN_SHAPES = ("game", "default", "free")
 
 
 def _is_loopback(host: str) -> bool:
