@@ -36,7 +36,7 @@ from typing import Any
 from her_sdk import Character, DataError, Sampling, Scene, TurnShape
 
 from ._backends import BackendPool
-from ._report import atomic_json, write_outputs
+from ._report import write_outputs
 from ._table import aggregate
 from .lines import (
     copies,
@@ -203,9 +203,7 @@ def run_play(
         },
         "wall_seconds": time.perf_counter() - t0,
     }
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_json(Path(out) / "results.json", results)
-    write_outputs(out, results)
+    write_outputs(out, results)  # results.json, report.md, plots
     return results
 
 

@@ -32,7 +32,7 @@ from . import _data
 from ._backends import BackendPool
 from ._metrics import mean, self_repetition
 from ._prompts import ENVIRONMENT
-from ._report import atomic_json, write_outputs
+from ._report import write_outputs
 from ._table import aggregate
 from .lines import (
     copies,
@@ -163,9 +163,7 @@ def run_quick(
         },
         "wall_seconds": time.perf_counter() - t_start,
     }
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_json(Path(out) / "results.json", results)
-    write_outputs(out, results)
+    write_outputs(out, results)  # results.json, report.md, plots
     return results
 
 
