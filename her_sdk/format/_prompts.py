@@ -145,22 +145,25 @@ def build_messages(
     system = render_system_prompt(persona, plan=plan, summary=summary, calls=calls)
     messages = [Message("system", system)]
     pending: list[str] = []
+    users = 0  # user messages so far (a flag, not a scan: histories run to thousands)
 
     def flush() -> None:
+        nonlocal users
         if not pending:
             return
-        first = not any(m.role == "user" for m in messages)
         body = "\n".join(pending)
-        messages.append(Message("user", (CONVERSATION_START if first else "") + body))
+        messages.append(Message("user", ("" if users else CONVERSATION_START) + body))
+        users += 1
         pending.clear()
 
     for item in history:
         if isinstance(item, Turn):
-            if not any(m.role == "user" for m in messages) and not pending:
+            if not users and not pending:
                 pending.append(render_perception(_SILENCE))
             flush()
             if messages[-1].role == "assistant":
                 messages.append(Message("user", render_perception(_SILENCE)))
+                users += 1
             text = render_turn(item, persona.name, keep_plan=keep_plans)
             messages.append(Message("assistant", text))
         else:
