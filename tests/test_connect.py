@@ -517,3 +517,20 @@ def test_python_client_errors_carry_grpc_names():
         with pytest.raises(ServerError) as e:
             c.remember("c-nope", "x")
         assert e.value.code == "NOT_FOUND"
+
+
+def test_a_turn_shape_crosses_connect_as_the_godot_addon_sends_it():
+    # examples/godot/addons/her/her_npc.gd: settings.shape = {"preset": "TURN_SHAPE_PRESET_GAME"}
+    from her_sdk import TurnShape
+
+    with running(http_port=0) as server:
+        url = server.http_url
+        settings = {"shape": {"preset": "TURN_SHAPE_PRESET_GAME", "maxSentences": 1}}
+        status, made = unary(
+            url, "CreateCharacter", {"persona": {"name": "Mara"}, "settings": settings}
+        )
+        assert status == 200
+        shape = server.servicer.characters[made["id"]].shape
+        assert shape.max_actions == TurnShape.GAME.max_actions and shape.max_sentences == 1
+        bad = {"persona": {"name": "Jory"}, "settings": {"shape": {"maxActions": 0}}}
+        assert error_code(*unary(url, "CreateCharacter", bad)) == "invalid_argument"

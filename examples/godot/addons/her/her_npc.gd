@@ -27,6 +27,9 @@ signal thought(text: String)
 @export var actions: Array[Dictionary] = []
 ## Most tokens a turn may take.
 @export var max_tokens := 120
+## The shape of its turns: "game" (one action, one speech of at most three sentences), "free"
+## (long plans and paragraphs), "default" (six sections); empty: the model's own.
+@export_enum("", "game", "default", "free") var turn_shape := ""
 ## Ask for the private channels (honoured only by a server run with --expose-thoughts).
 @export var show_private := false
 
@@ -46,6 +49,8 @@ func create(her: HerClient) -> bool:
 		"secrets": secrets,
 	}
 	var settings := {"actions": actions, "maxTokens": max_tokens}
+	if turn_shape != "":
+		settings["shape"] = {"preset": "TURN_SHAPE_PRESET_" + turn_shape.to_upper()}
 	var made: Dictionary = await her.call_rpc(
 		"CreateCharacter", {"persona": persona, "settings": settings}
 	)
