@@ -270,7 +270,7 @@ def _play_scene(
                 "scene": sc["id"],
                 "character": name,
                 "valid_turn": strict_valid(reply.raw, name, plan=character.plan)
-                and reply.finish_reason != "length",
+                and reply.finish_reason not in ("length", "plan_length"),
                 "speech_words": len(words(reply.speech)),
                 "segments": turn_segments(reply.turn),
                 "narration": narrates(reply.speech, name, others),

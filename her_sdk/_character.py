@@ -518,6 +518,15 @@ class Character(Mind, Saveable):
             finish = "stop"  # a complete turn that reached the edge of its shape
         else:
             finish = text.finish_reason or "stop"
+            if finish == "length" and reader.ended_in == "plan":
+                finish = "plan_length"
+                log.warning(
+                    "the turn of %s ended inside its plan at max_tokens=%d: it said nothing. "
+                    "Raise max_tokens (a HER model plans at length) or lower the turn shape's "
+                    "max_plan_chars.",
+                    self.name,
+                    text.completion_tokens,
+                )
         stream.reply = reader.reply(
             self.name, turn, text, finish=finish, calls=calls, invalid=invalid
         )

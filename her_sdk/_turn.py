@@ -74,6 +74,10 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     `invalid_calls`, calls it wrote that were not legal (only possible without a grammar);
     `blocked_reveals`, secrets the guard stopped it from saying (`finish_reason` is then
     "blocked": the turn ends where the reveal began).
+
+    `finish_reason`: "stop" (the turn ended), "length" (its token budget ended it),
+    "plan_length" (the budget ended it inside its plan: nothing was said; raise
+    `max_tokens` or lower the shape's `max_plan_chars`), "cancelled" or "blocked".
     """
 
     character: str
@@ -191,6 +195,7 @@ class TurnReader:
         self.guard = guard
         self.private = private
         self.raw: list[str] = []
+        self.ended_in: Channel | None = None  # the parser's channel when the text ran out
         self.started = time.perf_counter()
         self.first_speech_s: float | None = None
         self._said: dict[int, tuple[Channel, str]] = {}  # segment -> text, as let through
@@ -208,6 +213,7 @@ class TurnReader:
                 return  # the turn ends where the reveal began
             if self.shape is not None and self.shape.done:
                 break  # the turn ends at the edge of its shape
+        self.ended_in = self.parser.channel
         yield from self._passed(self.parser.close())
         if self.guard is not None:
             yield from self._shown(self.guard.close())

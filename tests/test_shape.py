@@ -241,3 +241,16 @@ def test_a_backend_spec_and_the_server_settings_set_the_models_shape(tmp_path):
     assert served.turn_shape is TurnShape.FREE
     with pytest.raises(ValueError, match="turn_shape"):
         ServerSettings(turn_shape="tiny")
+
+
+def test_a_turn_that_ends_inside_its_plan_says_so(caplog):
+    # A HER model plans at length: a budget that ends inside the plan leaves nothing said, and
+    # the reply and the log say so (never a silent empty turn).
+    long_plan = "<system_thinking>" + "I weigh every word the traveler said. " * 40
+    mara = Character(name="Mara", model=MockBackend([long_plan + "</system_thinking>Mara: No."]))
+    with caplog.at_level("WARNING", logger="her_sdk"):
+        reply = mara.reply(max_tokens=40)
+    assert reply.finish_reason == "plan_length" and reply.speech == "" and reply.plan
+    assert "max_tokens=40" in caplog.text and "I weigh" not in caplog.text  # nothing private
+    mara = Character(name="Mara", model=MockBackend(["Mara: " + "Fine, fine. " * 40]), plan=False)
+    assert mara.reply(max_tokens=20).finish_reason == "length"  # inside its speech: "length"
