@@ -44,7 +44,7 @@ def character_turn(backend) -> None:
     npc.hear("Traveler", "Let me through.")
     reply = npc.reply()
     assert reply.completion_tokens > 0
-    assert reply.finish_reason in ("stop", "length")
+    assert reply.finish_reason in ("stop", "length", "plan_length")  # a random model rambles
 
 
 @pytest.mark.parametrize("arch", ARCHS)
