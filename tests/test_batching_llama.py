@@ -115,7 +115,7 @@ def test_batched_turns_are_well_formed_turns_of_the_right_character(model):
         # wherever the budget fell (inside the plan, or inside `</system_thinking>NAME:`).
         # "blocked": the secrets guard ended the turn where a reveal began (which turn drifts
         # towards a secret depends on the CPU's rounding).
-        assert reply.finish_reason in ("stop", "length", "blocked")
+        assert reply.finish_reason in ("stop", "length", "plan_length", "blocked")
         assert bool(reply.blocked_reveals) == (reply.finish_reason == "blocked")
         assert her_shaped(reply.raw, name, complete=reply.finish_reason == "stop"), reply.raw
         assert reply.plan, reply.raw
