@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from her_sdk import Character, DataError, Sampling, Scene, TurnShape
+from her_sdk.format import ENVIRONMENT
 
 from ._backends import BackendPool
 from ._report import write_outputs
@@ -53,7 +54,6 @@ from .quick import leaks
 __all__ = ["PLAY_SCENES", "PlaySettings", "load_scenes", "run_play"]
 
 PLAY_SCENES = Path(__file__).resolve().parent / "scenes" / "play.json"
-ENVIRONMENT = "Environment"
 _PERSONA_FIELDS = (
     "source",
     "profile",
