@@ -234,6 +234,7 @@ class Character(Mind, Saveable):
         self.shape = shape
         self.on_blocked_reveal = on_blocked_reveal
         self.turns_taken = 0
+        self._last_cut = 0  # the oldest memories the last prompt left out: where fitting starts
         self._seat: Seat | None = None
         self._lock = threading.Lock()
 
@@ -313,12 +314,20 @@ class Character(Mind, Saveable):
             )
 
         budget = model.n_ctx - reserved - 8
-        fitted = fit(render, model.count_tokens, self.memory, budget, summarized=bool(self.summary))
+        fitted = fit(
+            render,
+            model.count_tokens,
+            self.memory,
+            budget,
+            summarized=bool(self.summary),
+            hint=self._last_cut,
+        )
         if fitted is None:
             raise ContextOverflowError(
                 f"the persona of {self.name!r} alone does not fit the context window "
                 f"({model.n_ctx} tokens, {reserved} reserved)"
             )
+        self._last_cut = fitted[1]
         return fitted
 
     def _ask(self, messages: list[tuple[str, str]], grammar: str, max_tokens: int) -> str:

@@ -97,22 +97,53 @@ def fit(
     budget: int,
     *,
     summarized: bool,
+    hint: int = 0,
 ) -> tuple[Prompt, int] | None:
     """(the prompt of as much of `memory` as fits in `budget` tokens, how many of its oldest
     items that leaves out), or None when not even the persona fits. Without a running summary
-    (`summarized`) the prompt says that earlier events are no longer remembered."""
-    full = render(memory)
-    if count_tokens(full.text) <= budget:
+    (`summarized`) the prompt says that earlier events are no longer remembered.
+
+    `hint` is where the search starts: the last turn's cut, which in a long game is this turn's
+    or next to it, so a turn renders its prompt two or three times instead of once per halving
+    of the whole memory. Any hint gives the same answer.
+    """
+    n = len(memory)
+    head = [] if summarized else [_TRIMMED]
+    tried: dict[int, Prompt | None] = {}
+
+    def attempt(k: int) -> Prompt | None:  # the prompt without the k oldest items, if it fits
+        if k not in tried:
+            p = render(memory if k == 0 else [*head, *memory[k:]])
+            tried[k] = p if count_tokens(p.text) <= budget else None
+        return tried[k]
+
+    full = attempt(0)
+    if full is not None:
         return full, 0
-    # Binary search the fewest oldest items to drop so the prompt fits.
-    lo, hi = 1, len(memory)
-    best: tuple[Prompt, int] | None = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        head = [] if summarized else [_TRIMMED]
-        p = render([*head, *memory[mid:]])
-        if count_tokens(p.text) <= budget:
-            best, hi = (p, mid), mid - 1
+    # From one dropped item on, the prompt also says earlier events are gone, so only k >= 1
+    # shrinks monotonically: search there (attempt(0) is known not to fit).
+    k = min(max(hint, 1), n)
+    if attempt(k) is not None:  # gallop towards fewer dropped items, then bisect
+        good, step = k, 1
+        while good > 1 and attempt(max(good - step, 1)) is not None:
+            good, step = max(good - step, 1), step * 2
+        bad = max(good - step, 1) if good > 1 else 0
+    else:  # gallop towards more dropped items, then bisect
+        bad, step = k, 1
+        while True:
+            if bad == n:
+                return None  # not even the persona fits
+            nxt = min(bad + step, n)
+            if attempt(nxt) is not None:
+                good = nxt
+                break
+            bad, step = nxt, step * 2
+    while good - bad > 1:  # attempt(bad) does not fit, attempt(good) does
+        mid = (bad + good) // 2
+        if attempt(mid) is not None:
+            good = mid
         else:
-            lo = mid + 1
-    return best
+            bad = mid
+    prompt = attempt(good)
+    assert prompt is not None
+    return prompt, good
