@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ._actions import Action, ActionState, Call, InvalidCall, Target, check_actions, read_calls
+from ._actions import Action, ActionState, Call, Target, check_actions, read_calls
 from ._backends._base import Backend, CancelToken, Sampling, TextStream
 from ._backends._scheduler import Priority, priority_rank
 from ._errors import ConfigError, ContextOverflowError
@@ -512,12 +512,10 @@ class Character(Mind, Saveable):
         remembered and published, a stopped reveal reported."""
         turn = reader.turn()
         typed = self.typed_actions
-        calls: list[Call] = []
-        invalid: list[InvalidCall] = []
-        if typed:  # calls come only from action sections written as such, and let through
-            tagged = set(reader.tagged_actions())
-            written = [a for a in turn.actions if a in tagged]
-            calls, invalid = read_calls(written, typed, names)
+        # Calls come only from action sections written as such (and let through).
+        calls, invalid = (
+            read_calls(reader.tagged(turn.actions), typed, names) if typed else ([], [])
+        )
         blocked = reader.blocked
         if cancel.cancelled:
             finish = "cancelled"

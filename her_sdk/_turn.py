@@ -192,6 +192,7 @@ class TurnReader:
         self.prompt = prompt
         self.shape = shape
         self.parser = TurnParser(name, start=prompt.start, coser=False if tagged else None)
+        self.parser_tagged = tagged
         self.guard = guard
         self.private = private
         self.raw: list[str] = []
@@ -234,13 +235,16 @@ class TurnReader:
             if self.private or d.channel not in PRIVATE_CHANNELS:
                 yield d
 
-    def tagged_actions(self) -> list[str]:
-        """The actions the model wrote in action tags: the only ones that may hold a call (a
-        CoSER-style "(...)" inside speech is an action to show, never one to execute)."""
+    def tagged(self, actions: list[str]) -> list[str]:
+        """Those of `actions` the model wrote in action tags: the only ones that may hold a
+        call (a CoSER-style "(...)" inside speech is an action to show, never one to run)."""
+        if self.parser_tagged:  # read without CoSER brackets: every action was a tag
+            return actions
         parser = TurnParser(self.name, start=self.prompt.start, coser=False)
         parser.feed("".join(self.raw))
         parser.close()
-        return parser.turn().actions
+        written = set(parser.turn().actions)
+        return [a for a in actions if a in written]
 
     def turn(self) -> Turn:
         """What was said, once reading has ended (however it ended)."""

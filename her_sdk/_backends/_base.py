@@ -37,7 +37,7 @@ def tokenize_prompt(
     tokenize: Callable[[str, bool], list[int]],
     is_control: Callable[[int], bool],
     piece: Callable[[int], str],
-    is_user_defined: Callable[[int], bool] | None = None,
+    user_defined: Callable[[int], str] | None = None,
 ) -> list[int]:
     """The tokens of `prompt`, with special tokens parsed only in its scaffolding.
 
@@ -49,8 +49,9 @@ def tokenize_prompt(
     `tokenize(prompt, True)` gives, and one with them gets those strings as plain text.
 
     Some tokenizers (llama.cpp's) match user-defined tokens (Gemma's `[multimodal]`) even
-    without special-token parsing: with `is_user_defined`, text that would become one is split
-    inside it and tokenized in two parts, so it stays text.
+    without special-token parsing: with `user_defined(token)` (the token's text if it is such a
+    token, else ""), text that would become one is split inside it and tokenized in two parts,
+    so it stays text.
     """
     literal = getattr(prompt, "literal", ())
     if not literal:
@@ -68,12 +69,11 @@ def tokenize_prompt(
 
     def plain(text: str) -> list[int]:
         tokens = tokenize(text, False)
-        if is_user_defined is None:
+        if user_defined is None:
             return tokens
         for token in tokens:
-            # (runs of whitespace are user-defined tokens too in Gemma's vocabulary: harmless)
-            name = piece(token) if is_user_defined(token) else ""
-            k = text.find(name) if name.strip() and len(name) > 1 else -1
+            name = user_defined(token)
+            k = text.find(name) if name else -1
             if k >= 0:
                 cut = k + 1  # "[multimodal]" -> "[" + "multimodal]": no longer the token
                 return plain(text[:cut]) + plain(text[cut:])

@@ -113,6 +113,7 @@ class LlamaBackend(Backend, BatchingEngine):
             )
             adapter = adapter if adapter is not None else lora_path
         self._last_tokens: tuple[tuple, list[int]] | None = None
+        self._user_defined: dict[int, str] = {}  # token -> its text, if a user-defined one
         self.info: GGUFInfo = read_gguf_info(model_path)
         if n_ctx < 64 or n_batch < 1:
             raise ConfigError("n_ctx must be >= 64 and n_batch >= 1")
@@ -194,13 +195,24 @@ class LlamaBackend(Backend, BatchingEngine):
             lambda fragment, special: self._tokenize_raw(fragment, False, special),
             lambda token: bool(lib.llama_vocab_is_control(vocab, token)),
             lambda token: self._piece(token, special=True),
-            lambda token: bool(lib.llama_vocab_get_attr(vocab, token) & _USER_DEFINED),
+            self._user_defined_text,
         )
         if add_special and lib.llama_vocab_get_add_bos(vocab):
             tokens.insert(0, lib.llama_vocab_bos(vocab))
         if add_special and lib.llama_vocab_get_add_eos(vocab):
             tokens.append(lib.llama_vocab_eos(vocab))
         return tokens
+
+    def _user_defined_text(self, token: int) -> str:
+        """The text of `token` if it is a user-defined token that is not whitespace, else ""
+        (remembered per token: every prompt asks about every one of its tokens)."""
+        text = self._user_defined.get(token)
+        if text is None:
+            attr = self._lib.llama_vocab_get_attr(self._vocab, token)
+            text = self._piece(token, special=True) if attr & _USER_DEFINED else ""
+            text = text if text.strip() and len(text) > 1 else ""
+            self._user_defined[token] = text
+        return text
 
     def count_tokens(self, text: str) -> int:
         self._check_open()

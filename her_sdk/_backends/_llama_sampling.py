@@ -70,6 +70,7 @@ def make_chain(
             breakers,
             len(_DRY_BREAKERS),
         )
+        # (after the cut above: DRY lowers a few more candidates, well within its 64 spare)
         add(chain, dry)  # the chain owns it now; it is still ours to feed
         for token in history[-dry_last_n:]:
             lib.llama_sampler_accept(dry, token)

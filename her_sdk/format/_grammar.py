@@ -153,12 +153,11 @@ def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
     with a sentence limit, each sentence ends at '.', '!' or '?' and the last may stay open."""
     quotes = "" if shape is None or shape.quotes else QUOTE_MARKS
     word = f"[^<\\n .,;:!?{quotes}]"
-    if shape is None or shape.max_sentences is None:
-        opening = f"[{QUOTE_MARKS}]? " if quotes else ""
-        return [f'speech ::= " "? {opening}{word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
-    # A speech may open with a quotation mark (small models like to; refusing it pushes them
-    # to odd tokens) but hold none after it; the guard drops the one it opens with.
+    # Without quotes a speech may still open with one (small models like to; refusing it
+    # pushes them to odd tokens) but holds none after it; the guard drops the one it opens with.
     opening = f"[{QUOTE_MARKS}]? " if quotes else ""
+    if shape is None or shape.max_sentences is None:
+        return [f'speech ::= " "? {opening}{word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
     k = shape.max_sentences
     # Per sentence: a word, its text, up to three end marks and a space; k of them fit, with
     # the speech's leading space.

@@ -149,8 +149,7 @@ class ShapeGuard:
     def __init__(self, shape: TurnShape) -> None:
         self.shape = shape
         self.done = False
-        self._segment: int | None = None  # the section being read, and its channel
-        self._channel: Channel | None = None
+        self._segment: int | None = None  # the section being read
         self._sections = 0
         self._counts: dict[Channel, int] = {}
         self._length = 0  # characters of the current section let through
@@ -182,7 +181,7 @@ class ShapeGuard:
             self._counts[channel] = self._counts.get(channel, 0) + 1
             if self._counts[channel] > self.shape.count(channel):
                 return False
-        self._segment, self._channel = delta.segment, channel
+        self._segment = delta.segment
         self._length, self._sentences, self._ended = 0, 0, False
         return True
 

@@ -571,8 +571,9 @@ class HerServicer(pb_grpc.HerServiceServicer):
                 raise
             return self._scene_msg(scene)
 
-    def _check_save(self, state: SceneState) -> int:
-        """Hold a save to the limits that requests are held to; returns its characters of text.
+    def _check_save(self, state: SceneState) -> None:
+        """Hold a save to the limits that requests are held to (its text is counted against the
+        budget by `text_chars`, per scene log and per character).
 
         A save is a request too: without this, one message could hand the server texts and
         memories far beyond what Say and CreateCharacter accept, and each turn would pay for them.
@@ -582,7 +583,6 @@ class HerServicer(pb_grpc.HerServiceServicer):
             raise LimitExceededError(f"the save holds more than {s.max_scene_events} events")
         if len(state.players) > s.max_list_items:
             raise LimitExceededError(f"the save holds more than {s.max_list_items} players")
-        total = 0
         longest_list = max(s.max_scene_events, s.max_list_items)
         stack: list[object] = [msgspec.to_builtins(state)]
         while stack:
@@ -592,7 +592,6 @@ class HerServicer(pb_grpc.HerServiceServicer):
                     raise LimitExceededError(
                         f"the save holds a text longer than {s.max_text_chars} characters"
                     )
-                total += len(item)
             elif isinstance(item, list):
                 if len(item) > longest_list:
                     raise LimitExceededError(f"the save holds a list of {len(item)} entries")
@@ -600,7 +599,6 @@ class HerServicer(pb_grpc.HerServiceServicer):
             elif isinstance(item, dict):
                 stack.extend(item.keys())
                 stack.extend(item.values())
-        return total
 
 
 _SAVE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
