@@ -46,12 +46,16 @@ def _load(
     n_ctx: int,
     api_key: str | None,
     adapter: str | None,
+    prompt_style: str | None = None,
 ) -> Backend:
     """A role's backend: `model_name` names the served model of a URL without `#MODEL`;
-    `adapter` "none" loads a GGUF model without any (None: `load_model`'s default)."""
+    `adapter` "none" loads a GGUF model without any (None: `load_model`'s default);
+    `prompt_style` overrides the model's (None: from its metadata)."""
     if model_name and spec and "://" in spec and "#" not in spec:
         spec = f"{spec}#{model_name}"
-    kw = {} if adapter is None else {"adapter": None if adapter == "none" else adapter}
+    kw: dict = {} if adapter is None else {"adapter": None if adapter == "none" else adapter}
+    if prompt_style is not None:
+        kw["prompt_style"] = prompt_style
     return _from_spec(spec, n_ctx=n_ctx, chat=role != "actor", api_key=api_key, **kw)
 
 
@@ -88,11 +92,14 @@ class BackendPool:
         role: str = "actor",
         *,
         adapter: str | None = None,
+        prompt_style: str | None = None,
     ) -> Backend:
         kind = "actor" if role == "actor" else "chat"  # URLs differ by mode only
-        key = (spec, model_name, kind if spec and "://" in spec else "", adapter)
+        key = (spec, model_name, kind if spec and "://" in spec else "", adapter, prompt_style)
         if key not in self._loaded:
-            self._loaded[key] = _load(spec, model_name, role, self.n_ctx, self.api_key, adapter)
+            self._loaded[key] = _load(
+                spec, model_name, role, self.n_ctx, self.api_key, adapter, prompt_style
+            )
         return self._loaded[key]
 
     def close(self) -> None:

@@ -400,17 +400,17 @@ def judge_prompt(
 ) -> str:
     """The judge's system prompt for one dimension; the simulated dialogue is the user message.
 
-    Differs from CoSER in one place on purpose: CoSER fills `{major_characters}` before it
-    inserts the criteria, so the Character Fidelity criteria reach the judge with a literal
-    "{major_characters}"; here (as in HER's `.format` version) the names are filled in.
+    As in both references, the criteria are inserted after the template's placeholders are
+    filled (CoSER replaces them one by one, HER calls `str.format` once, which does not fill what
+    it inserts), so the Character Fidelity criteria reach the judge with a literal
+    "{major_characters}": the judge prompt the paper's numbers were measured with.
     """
     brief, criteria = DIMENSIONS[dimension]
     template = JUDGE_TEMPLATE
     if preset == "her":
         template = template.replace(JUDGE_EXAMPLE_COSER, JUDGE_EXAMPLE_HER)
-    text = _fill(template, dimension_criteria=criteria)  # criteria may hold placeholders
-    return _fill(
-        text,
+    text = _fill(
+        template,
         book=book,
         plot_summary=plot_summary,
         scenario=scenario,
@@ -421,6 +421,7 @@ def judge_prompt(
         dimension_name=dimension,
         dimension_brief=brief,
     )
+    return _fill(text, dimension_criteria=criteria)
 
 
 def prompts_hash() -> str:

@@ -66,6 +66,16 @@ def coser(
     grammar: Annotated[
         bool | None, typer.Option("--grammar/--no-grammar", help="Constrain actors' turns.")
     ] = None,
+    actor_max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Override the preset's actor budget (coser 512, her 4096 tokens)."),
+    ] = None,
+    actor_prompt_style: Annotated[
+        str | None,
+        typer.Option(
+            help="Override the actor's prompt style (her preset: her; coser: the model's)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of scenes and fallbacks.")] = 42,
     n_ctx: Annotated[int, typer.Option(help="Context window for GGUF models.")] = 8192,
     restart: Annotated[
@@ -93,6 +103,8 @@ def coser(
             max_rounds=max_rounds,
             temperature=temperature,
             grammar=grammar,
+            actor_max_tokens=actor_max_tokens,
+            actor_prompt_style=actor_prompt_style,
             seed=seed,
             n_ctx=n_ctx,
         )

@@ -42,15 +42,39 @@ Where it deliberately differs, and why:
 - A judge answer that stays unparseable after the retries is a *parse failure*: counted, listed
   in results.json and the report, and left out of that dimension's mean (CoSER crashes there;
   HER scores it 50). An unreachable backend stops the run instead; rerun to resume.
-- `{major_characters}` inside the Character Fidelity criteria is filled in (see `_prompts.py`).
+- `{major_characters}` inside the Character Fidelity criteria stays literal, as in both
+  references (see `judge_prompt`).
 
-Presets (`--preset`): `coser` (default) is the above. `her` is HER's adaptation: temperature 0.7
-for actor, environment and NSP, actor max_tokens 4096, judge max_tokens 2048, at most 10
-rounds, HER's NSP prompt rules and lenient NSP parsing (no system-prompt re-input after an
-invalid prediction), actors keep their earlier plans in context, the judge sees inner thoughts as
-`[...]` (simulation and reference), float severities count, a flaw without severity counts 0,
-and HER's balanced JSON example in the judge prompt. Parse failures are still counted, never
-scored 50.
+Presets (`--preset`): `coser` (default) is the above. `her` is HER's adaptation (`eval_code/`):
+temperature 0.7 for actor, environment and NSP, actor max_tokens 4096, judge max_tokens 2048,
+at most 10 rounds, HER's NSP prompt rules and lenient NSP parsing (no system-prompt re-input
+after an invalid prediction), actors keep their earlier plans in context, the judge sees inner
+thoughts as `[...]` (simulation and reference), float severities count, a flaw without severity
+counts 0, and HER's balanced JSON example in the judge prompt; actors run unconstrained (no
+grammar: neither reference constrains decoding) with the prompt style "her" (HER's own prompt,
+no prefill; `her_sdk.format._her`), and the environment and the NSP are the judge model unless
+`--env`/`--nsp` say otherwise. Parse failures are still counted, never scored 50. Every setting
+is in `results.json`; `--actor-max-tokens`, `--actor-prompt-style`, `--grammar/--no-grammar`,
+`--temperature` and `--max-rounds` override a preset.
+
+What still differs from the references, and is never hidden (results.json records it all):
+
+- Actor prompts. CoSER's actors get `get_character_prompt` with `[thought] (action)` notation;
+  HER's eval gives its actors `get_character_prompt(model_type="her")` (prompts.py), which adds
+  "CRITICAL RULES" and a 200-word limit to HER's training prompt. Here the coser preset uses the
+  project's prompt and the her preset HER's *training* prompt (what HER's models learned), not
+  the eval variant.
+- What an actor perceives. Both references show an actor the others' messages without their
+  thoughts, as here; but they pass a message's text as the model wrote it, while here an actor
+  perceives the parsed public sections (actions as `<role_action>`, speech), so text the parser
+  does not recognise as a section is not passed on.
+- Transcript notation. The judge always sees `Name: ` before a message and CoSER's
+  `(action)`/`[thought]` notation, in both presets; HER's eval keeps its own tags.
+- The coser preset's environment and NSP default to the actor (CoSER: gpt-4o and
+  gpt-4o-mini), so an offline run needs no second model; pass `--env`/`--nsp` to match.
+- Actor budget: the coser preset gives 512 tokens, enough for her_sdk's short plans; a HER model
+  plans at length, so use the her preset or `--actor-max-tokens` (a turn cut inside its plan
+  says so: finish reason "plan_length").
 """
 
 from __future__ import annotations
@@ -65,7 +89,14 @@ from pathlib import Path
 import msgspec
 
 from her_sdk import Backend, Character, ConfigError, GenerationError, Scene, StateError
-from her_sdk.format import CONVERSATION_START, ENVIRONMENT, PUBLIC_CHANNELS, Message, Segment
+from her_sdk.format import (
+    CONVERSATION_START,
+    ENVIRONMENT,
+    PUBLIC_CHANNELS,
+    Message,
+    Segment,
+    check_prompt_style,
+)
 
 from . import _data
 from ._backends import BackendPool, ChatAgent, plain_sampling
@@ -103,7 +134,7 @@ class CoserSettings:
     preset: str = "coser"
     actor: str | None = None  # spec; None = the embedded default model
     actor_model: str = ""
-    env: str | None = None  # default: the actor
+    env: str | None = None  # default: the actor (the judge under the her preset)
     env_model: str = ""
     nsp: str | None = None  # default: the environment model
     nsp_model: str = ""
@@ -114,6 +145,7 @@ class CoserSettings:
     temperature: float = 0.0  # actor, environment, NSP (CoSER: 0 on the first try)
     retry_temperature: float = 1.0
     actor_max_tokens: int = 512
+    actor_prompt_style: str | None = None  # None: the actor model's own (its metadata)
     agent_max_tokens: int = 512
     judge_temperature: float = 0.0
     judge_max_tokens: int = 8196
@@ -142,11 +174,15 @@ class CoserSettings:
                 max_rounds=10,
                 judge_sees_thoughts=True,
                 keep_plans=True,
+                actor_prompt_style="her",
+                grammar=False,
             )
         base.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**base)
-        if s.max_rounds < 1:
-            raise ConfigError("max_rounds must be >= 1")
+        if s.max_rounds < 1 or s.actor_max_tokens < 1:
+            raise ConfigError("max_rounds and actor_max_tokens must be >= 1")
+        if s.actor_prompt_style is not None:
+            check_prompt_style(s.actor_prompt_style, "-")  # "template" is checked on load
         if s.judge is None:
             raise ConfigError("her eval coser needs a judge (--judge SPEC)")
         return s
@@ -446,9 +482,16 @@ def run_coser(
     own_pool = pool is None
     pool = pool or BackendPool(n_ctx=settings.n_ctx)
     try:
-        actor = pool.get(settings.actor, settings.actor_model, "actor")
-        env_spec = settings.env if settings.env is not None else settings.actor
-        env_model = settings.env_model or (settings.actor_model if settings.env is None else "")
+        actor = pool.get(
+            settings.actor, settings.actor_model, "actor", prompt_style=settings.actor_prompt_style
+        )
+        # CoSER's environment is a model of its own (gpt-4o), HER's the judge; by default the
+        # coser preset plays it with the actor (offline), the her preset with the judge.
+        if settings.preset == "her" and settings.env is None:
+            env_spec, env_model = settings.judge, settings.env_model or settings.judge_model
+        else:
+            env_spec = settings.env if settings.env is not None else settings.actor
+            env_model = settings.env_model or (settings.actor_model if settings.env is None else "")
         env = pool.get(env_spec, env_model, "env")
         nsp_spec = settings.nsp if settings.nsp is not None else env_spec
         nsp_model = settings.nsp_model or (env_model if settings.nsp is None else "")

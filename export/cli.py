@@ -34,6 +34,46 @@ Tol = Annotated[
 ]
 
 
+Style = Annotated[
+    str,
+    typer.Option(
+        "--prompt-style",
+        help="How the model was trained to be prompted (her.prompt_style): 'chatml' (this "
+        "project's prompt) or 'her' (HER's own, for a released HER checkpoint).",
+    ),
+]
+PlanChars = Annotated[
+    int | None,
+    typer.Option(
+        "--max-plan-chars",
+        help="Longest plan the model was trained with, in characters (default: the style's: "
+        "400 for chatml, 3000 for her).",
+    ),
+]
+ThoughtChars = Annotated[
+    int | None,
+    typer.Option("--max-thought-chars", help="Longest inner thought it was trained with."),
+]
+LineBreaks = Annotated[
+    bool | None,
+    typer.Option(
+        "--line-breaks/--no-line-breaks",
+        help="Whether its sections span lines (default: the style's: no for chatml, yes for her).",
+    ),
+]
+
+
+def _meta(prompt_style: str, plan_chars: int | None, thought_chars: int | None, lines):
+    from .to_gguf import her_model_metadata
+
+    return her_model_metadata(
+        prompt_style,
+        max_plan_chars=plan_chars,
+        max_thought_chars=thought_chars,
+        line_breaks=lines,
+    )
+
+
 def _show(summary: dict) -> None:
     t = Table(show_header=False, box=None)
     t.add_row("file", summary["path"])
@@ -81,13 +121,26 @@ def gguf_cmd(
     ] = None,
     verify: Verify = True,
     tolerance: Tol = None,
+    prompt_style: Style = "chatml",
+    max_plan_chars: PlanChars = None,
+    max_thought_chars: ThoughtChars = None,
+    line_breaks: LineBreaks = None,
 ) -> None:
-    """Convert a checkpoint to GGUF (llama.cpp), quantized with llama.cpp's quantizer."""
+    """Convert a checkpoint to GGUF (llama.cpp), quantized with llama.cpp's quantizer.
+
+    A released HER checkpoint: `--prompt-style her` (the runtime then prompts it with HER's own
+    prompt and decodes it with HER-sized plans)."""
     from .to_gguf import export_gguf
 
     _run(
         lambda: export_gguf(
-            src, out, outtype=type_.lower(), adapter=adapter, verify=verify, tolerance=tolerance
+            src,
+            out,
+            outtype=type_.lower(),
+            adapter=adapter,
+            verify=verify,
+            tolerance=tolerance,
+            her_meta=_meta(prompt_style, max_plan_chars, max_thought_chars, line_breaks),
         )
     )
 
@@ -107,13 +160,24 @@ def gguf_lora_cmd(
         bool,
         typer.Option("--plan/--no-plan", help="Trained to plan before each turn (her.plan)."),
     ] = True,
+    prompt_style: Style = "chatml",
+    max_plan_chars: PlanChars = None,
+    max_thought_chars: ThoughtChars = None,
+    line_breaks: LineBreaks = None,
 ) -> None:
     """Write a LoRA adapter as a GGUF adapter (load_model(base, adapter=FILE))."""
     from .to_gguf import export_gguf_lora
 
     _run(
         lambda: export_gguf_lora(
-            adapter, base, out, verify=verify, base_gguf=base_gguf, plan=plan, tolerance=tolerance
+            adapter,
+            base,
+            out,
+            verify=verify,
+            base_gguf=base_gguf,
+            plan=plan,
+            tolerance=tolerance,
+            her_meta=_meta(prompt_style, max_plan_chars, max_thought_chars, line_breaks),
         )
     )
 

@@ -23,10 +23,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from her_sdk import ConfigError, MissingDependencyError, ModelError
-from her_sdk.format import FORMAT_VERSION_KEY, HER_FORMAT_VERSION
+from her_sdk.format import FORMAT_VERSION_KEY, HER_FORMAT_VERSION, SHAPE_METADATA, TurnShape
 
 from ._source import arch_of, import_torch, load_source
 
@@ -388,6 +389,35 @@ def _her_metadata(w, extra: dict | None = None) -> None:
             w.add_string(f"her.{k}", str(v))
 
 
+def her_model_metadata(
+    prompt_style: str = "chatml",
+    *,
+    max_plan_chars: int | None = None,
+    max_thought_chars: int | None = None,
+    line_breaks: bool | None = None,
+) -> dict[str, Any]:
+    """What a model file says about how to prompt and decode it (the `her.*` keys beside the
+    format version): its prompt style ("chatml", the project's own prompt; "her", HER's own, for
+    a released HER checkpoint) and the section lengths it was trained with, which the runtime
+    turns into its default `TurnShape` (`TurnShape.from_metadata`). Unset lengths are the
+    style's: the contract's short plans for "chatml", `TurnShape.FREE`'s for "her"."""
+    if prompt_style not in ("chatml", "her"):
+        raise ConfigError(f"prompt style {prompt_style!r}: a HER model is 'chatml' or 'her'")
+    base = TurnShape.FREE if prompt_style == "her" else TurnShape()
+    shape = msgspec.structs.replace(
+        base,
+        max_plan_chars=base.max_plan_chars if max_plan_chars is None else max_plan_chars,
+        max_thought_chars=base.max_thought_chars
+        if max_thought_chars is None
+        else max_thought_chars,
+        line_breaks=base.line_breaks if line_breaks is None else line_breaks,
+    )  # checks the values
+    meta: dict[str, Any] = {"prompt_style": prompt_style}
+    for key, field in SHAPE_METADATA.items():
+        meta[key.removeprefix("her.")] = getattr(shape, field)
+    return meta
+
+
 def write_gguf(
     model,
     tok,
@@ -397,8 +427,10 @@ def write_gguf(
     name: str | None = None,
     src: str | Path | None = None,
     her: bool = True,
+    her_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an in-memory transformers model + tokenizer as an f32/f16/bf16 GGUF file."""
+    """Write an in-memory transformers model + tokenizer as an f32/f16/bf16 GGUF file;
+    `her_meta` (`her_model_metadata()`) says how to prompt and decode it."""
     gguf = _gguf()
     if outtype not in FLOAT_TYPES:
         raise ConfigError(f"write_gguf writes {FLOAT_TYPES}; quantize afterwards")
@@ -412,7 +444,7 @@ def write_gguf(
     extra = _write_hparams(w, gguf, config, arch)
     _write_tokenizer(w, gguf, tok, config, arch, Path(src) if src else None)
     if her:
-        _her_metadata(w)
+        _her_metadata(w, her_meta if her_meta is not None else her_model_metadata())
     for tname, data in extra:
         w.add_tensor(tname, data)
     for tname, data in _tensors(model.state_dict(), config, arch, gguf):
@@ -449,13 +481,15 @@ def export_gguf(
     verify: bool = True,
     name: str | None = None,
     lora: str | Path | None = None,
+    her_meta: dict[str, Any] | None = None,
     **verify_kw,
 ) -> dict:
     """Export a checkpoint (plus an optional PEFT LoRA `adapter`, merged) to one GGUF file.
 
     Returns a summary dict (path, sizes, timings, and the verification report unless
-    `verify=False`). Raises `her_sdk.VerificationError` when the file is broken. `lora=` is
-    the deprecated first name of `adapter=`.
+    `verify=False`). Raises `her_sdk.VerificationError` when the file is broken. `her_meta`
+    (`her_model_metadata(...)`) is written into the file: for a released HER checkpoint,
+    `her_model_metadata("her")`. `lora=` is the deprecated first name of `adapter=`.
     """
     if lora is not None:
         warnings.warn("export_gguf(lora=) is deprecated; use adapter=", DeprecationWarning, 2)
@@ -469,7 +503,7 @@ def export_gguf(
     t_load = time.perf_counter() - t0
     summary: dict[str, Any] = {"path": str(out), "type": outtype, "source": str(src)}
     if outtype in FLOAT_TYPES:
-        write_gguf(model, tok, out, outtype=outtype, name=name, src=Path(src))
+        write_gguf(model, tok, out, outtype=outtype, name=name, src=Path(src), her_meta=her_meta)
         summary["convert_s"] = time.perf_counter() - t0
     else:
         # Quantize from a 16-bit float file (bf16 sources stay bf16): as llama.cpp's own
@@ -478,7 +512,9 @@ def export_gguf(
         base_type = _float_base(src)
         with tempfile.TemporaryDirectory(prefix="her-gguf-", dir=out.parent) as tmp:
             mid = Path(tmp) / f"model-{base_type}.gguf"
-            write_gguf(model, tok, mid, outtype=base_type, name=name, src=Path(src))
+            write_gguf(
+                model, tok, mid, outtype=base_type, name=name, src=Path(src), her_meta=her_meta
+            )
             summary["convert_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             quantize_gguf(mid, out, outtype)
@@ -511,6 +547,7 @@ def export_gguf_lora(
     verify: bool = True,
     base_gguf: str | Path | None = None,
     plan: bool = True,
+    her_meta: dict[str, Any] | None = None,
     **verify_kw,
 ) -> dict:
     """Write a PEFT LoRA adapter as a GGUF adapter for llama.cpp (`load_model(base, adapter=)`).
@@ -519,7 +556,7 @@ def export_gguf_lora(
     computes `W x + (alpha / r) * B A x`. With `verify`, the adapter is applied to `base_gguf`
     (or to an f32 GGUF of `base` written for the check) and compared with the merged model.
     `plan=False` records (`her.plan`) that the adapter was trained on turns without a plan, so
-    characters on it do not ask for one.
+    characters on it do not ask for one. `her_meta` as for `export_gguf`.
     """
     gguf = _gguf()
     torch = import_torch()
@@ -560,7 +597,7 @@ def export_gguf_lora(
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     w.add_name(adir.name)
-    _her_metadata(w, {"plan": plan})
+    _her_metadata(w, {**(her_meta if her_meta is not None else her_model_metadata()), "plan": plan})
     for mod, ab in sorted(pairs.items()):
         if set(ab) != {"a", "b"}:
             raise ConfigError(f"adapter module {mod} lacks lora_A or lora_B")

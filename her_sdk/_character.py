@@ -127,14 +127,17 @@ class Character(Mind, Saveable):
       honours grammars, `model.supports_grammar`).
     - `shape`: the most sections and the longest text of its turns (`TurnShape`; e.g.
       `TurnShape.GAME` for a dialogue box). Written within by the grammar, stopped at its edge on
-      engines without one. Default: the model's own (`model.turn_shape`), else the grammar's
-      caps and no limit where there is no grammar.
+      engines without one. Default: the model's own (`model.default_shape()`: its `turn_shape`,
+      `TurnShape.FREE` for a released HER model), else the grammar's caps and no limit where
+      there is no grammar.
     - `allowed_actions`: if given, the only action texts the character may write (enforced by
       the grammar). `Reply.actions` are the actions it did take.
     - `typed_actions`: `Action`s the game executes; the character's calls come back as
       `Reply.calls` (see `her_sdk.Action`). With `allowed_actions` too, an action is one of
       those texts or a call. (`actions=`, their first name, is deprecated.)
-    - `sampling`: default `Sampling` for turns; `seed` makes the whole character reproducible.
+    - `sampling`: default `Sampling` for turns (default: the model's, `model.default_sampling()`:
+      HER's own decoding for a released HER model, else 320 tokens); `seed` makes the whole
+      character reproducible.
     - `max_memory`: perceptions and own turns kept verbatim for the prompt (the working
       memory). Older ones are folded into a running summary the model writes from the
       character's point of view (`summarize`, one model call per fold), and stay in long-term
@@ -226,7 +229,10 @@ class Character(Mind, Saveable):
         self.grammar = grammar
         self.allowed_actions = list(allowed_actions) if allowed_actions else None
         self.typed_actions = check_actions(typed_actions or [])
-        self.sampling = sampling or Sampling(max_tokens=320)
+        # None: the model's (`model.default_sampling()`: HER's decoding for a released HER model).
+        self.sampling = sampling or (
+            model.default_sampling() if model is not None else Sampling(max_tokens=320)
+        )
         self.seed = seed
         self.guard_secrets = guard_secrets
         if shape is not None and not isinstance(shape, TurnShape):
@@ -446,7 +452,7 @@ class Character(Mind, Saveable):
         shape: TurnShape | None = None,
     ) -> Generator[Delta, None, None]:
         model = self._require_model()
-        shape = shape or self.shape or model.turn_shape
+        shape = shape or self.shape or model.default_shape()
         with self._lock:
             sampling = msgspec.structs.replace(
                 sampling or self.sampling, seed=self._turn_seed(seed)

@@ -262,12 +262,33 @@ def chat(
     save: Annotated[
         Path | None, typer.Option("--save", help="Save the character here when you leave.")
     ] = None,
+    prompt_style: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-style",
+            help="chatml, template, fewshot, or her (HER's own prompt, for a released HER "
+            "model). Default: from the model's metadata.",
+        ),
+    ] = None,
+    n_gpu_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--n-gpu-layers", help="Layers on the GPU (-1: all; a GPU build of llama.cpp)."
+        ),
+    ] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context size in tokens.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="GGUF LoRA adapter, or 'none'.")
+    ] = None,
 ) -> None:
     """Talk to a character. Lines starting with '*' are actions; /quit leaves."""
     from ._scene import Scene
 
     try:
-        backend = _load(model)
+        options: dict = {"prompt_style": prompt_style, "n_gpu_layers": n_gpu_layers, "n_ctx": n_ctx}
+        if adapter is not None:
+            options["adapter"] = None if adapter == "none" else adapter
+        backend = _load(model, **options)
         npc = _character_from_file(character, backend)
         scene = Scene([npc], player=as_name)
         console.print(f"You are [bold blue]{as_name}[/], talking to [bold green]{npc.name}[/].")

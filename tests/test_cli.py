@@ -246,3 +246,57 @@ def test_every_runnable_module_answers_help_and_writes_nothing(tmp_path, command
     assert res.returncode == 0, res.stderr[-2000:]
     assert "usage" in res.stdout.lower(), res.stdout[:500]
     assert list(tmp_path.iterdir()) == [] and state() == before
+
+
+def test_chat_runs_a_her_model_with_hers_prompt(tmp_path):
+    """`her chat --prompt-style her`: a released HER model's flags reach the model."""
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+
+    script = tmp_path / "her.json"
+    script.write_text(
+        json.dumps(
+            {
+                "Your output should follow this two-part structure": (
+                    "<system_thinking>Odile should be warm.\nShe offers a room."
+                    "</system_thinking>Odile: Welcome, traveler."
+                ),
+                "*": "Odile: (this is not HER's prompt)",
+            }
+        )
+    )
+    saved = tmp_path / "odile.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--character",
+            str(EXAMPLES / "innkeeper.json"),
+            "--model",
+            f"mock:{script}",
+            "--prompt-style",
+            "her",
+            "--save",
+            str(saved),
+        ],
+        input="Good evening.\n/quit\n",
+    )
+    assert res.exit_code == 0, res.output
+    assert "Welcome, traveler." in res.output and "not HER" not in res.output
+    turns = [m for m in json.loads(saved.read_text())["character"]["memory"] if m["type"] == "turn"]
+    assert turns and turns[0]["speech"] == "Welcome, traveler."
+    bad = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--character",
+            str(EXAMPLES / "innkeeper.json"),
+            "--model",
+            f"mock:{script}",
+            "--prompt-style",
+            "qwen",
+        ],
+        input="/quit\n",
+    )
+    assert bad.exit_code != 0 and "prompt style" in bad.output

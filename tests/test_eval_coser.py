@@ -189,7 +189,8 @@ def test_run_judges_each_dimension_once_and_scores(tmp_path):
         # The judge sees the gold dialogue without thoughts, and the profiles.
         assert "We go now, Tomas, or we hang." in prompt or i >= 4
         assert "The lantern is getting closer" not in prompt
-        assert "{major_characters}" not in prompt
+        # As in both references, only the Character Fidelity criteria keep the placeholder.
+        assert ("{major_characters}" in prompt) == (dim == "Character Fidelity")
     r0 = results["per_record"][0]
     R = r0["actor_rounds"]
     assert 0 < R <= 6  # END CHAT is accepted after the sixth message
@@ -276,6 +277,42 @@ def test_her_preset_shows_thoughts_to_the_judge(tmp_path):
     assert "[SECRET-WREN is what I hide]" in judge.prompts[0]
     assert "[The lantern is getting closer.]" in judge.prompts[0]  # the gold dialogue, too
     assert "PLAN-" not in judge.prompts[0]
+
+
+def test_her_preset_runs_a_her_model_as_hers_does(tmp_path):
+    """The her preset: actors on HER's own prompt without a prefill or a grammar, a budget that
+    holds HER's plans, and the environment and the next-speaker predictor on the judge model;
+    every setting is recorded in results.json."""
+    script = json.loads(JUDGE.read_text())
+    script.update({"predict the next speaker": "Next Speaker: <END CHAT>", "*": "A gull cries."})
+    (tmp_path / "judge.json").write_text(json.dumps(script))
+    (tmp_path / "actor.json").write_text(
+        json.dumps({f"You are {n} from": actor_turn(f"You are {n} from") for n in NAMES})
+    )
+    specs = {"actor": f"mock:{tmp_path / 'actor.json'}", "judge": f"mock:{tmp_path / 'judge.json'}"}
+    settings = CoserSettings.for_preset("her", **specs)
+    assert (settings.actor_prompt_style, settings.grammar, settings.actor_max_tokens) == (
+        "her",
+        False,
+        4096,
+    )
+    pool = BackendPool()
+    results = run_coser(TEST_SET, tmp_path / "run", settings, records=1, pool=pool)
+    actor = pool.get(specs["actor"], "", "actor", prompt_style="her")
+    assert actor.prompt_style == "her" and actor.prompts
+    for prompt in actor.prompts:
+        assert "Your output should follow this two-part structure in strict order:" in prompt
+        assert prompt.endswith("<|im_start|>assistant\n")  # no prefill
+    judge = pool.get(specs["judge"], "", "judge")
+    env_prompts = [p for p in judge.prompts if "in terms of" not in p]
+    assert env_prompts  # the environment and the NSP asked the judge model
+    assert results["settings"]["actor_prompt_style"] == "her"
+    assert results["settings"]["grammar"] is False
+    # The coser preset keeps the model's own style and budget; both can be overridden.
+    coser = CoserSettings.for_preset("coser", judge="x", actor_max_tokens=1024)
+    assert coser.actor_prompt_style is None and coser.actor_max_tokens == 1024
+    with pytest.raises(ConfigError, match="prompt style"):
+        CoserSettings.for_preset("her", judge="x", actor_prompt_style="qwen")
 
 
 def test_judge_is_required():

@@ -187,3 +187,54 @@ def test_cli(models, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "max logit diff" in res.output
+
+
+def test_a_her_release_export_runs_with_hers_prompt_and_plans(models, tmp_path):
+    """`her export gguf --prompt-style her` (a released HER checkpoint, here a tiny random
+    Qwen3 with ChatML) writes how to run it into the file: loaded with no setting, it gets
+    HER's prompt without a prefill, HER's decoding and a grammar whose caps hold a HER plan:
+    every token of a scripted 2,000-character multi-line plan and the speech after it passes
+    llama.cpp's own grammar sampler, where the project's own caps stop it."""
+    from her_sdk.export.to_gguf import her_model_metadata
+    from test_her_style import MARA, TURN
+
+    from her_sdk import TurnShape
+    from her_sdk._backends._base import HER_SAMPLING
+    from her_sdk._backends._llama_sampling import grammar_check
+    from her_sdk.format import build_grammar
+
+    out = tmp_path / "her-release.gguf"
+    meta = her_model_metadata("her")
+    export_gguf(models("qwen3"), out, outtype="f32", verify=False, her_meta=meta)
+    backend = load_model(out, n_ctx=2048)
+    assert backend.prompt_style == "her"
+    assert backend.default_shape() == TurnShape.FREE  # caps from the file: 3000-char plans
+    mara = Character(persona=MARA, model=backend)
+    assert mara.sampling == HER_SAMPLING
+    mara.hear("Traveler", "Open up, captain.")
+    assert mara.prompt().text.endswith("<|im_start|>assistant\n")  # no prefill
+
+    lib, vocab = backend._lib, backend._vocab  # the engine's own grammar check (tests only)
+    tokens = backend.tokenize(TURN, add_special=False)
+    eos = lib.llama_vocab_eos(vocab)
+
+    def admitted(shape) -> int:
+        """How many tokens of the scripted turn the grammar of `shape` lets through."""
+        gbnf = build_grammar("Mara", prefilled=False, end="", shape=shape)
+        grammar = lib.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        allows = grammar_check(lib, grammar)
+        try:
+            for n, token in enumerate(tokens):
+                if not allows(token):
+                    return n
+                lib.llama_sampler_accept(grammar, token)
+            assert allows(eos)  # and the turn may end there
+            return len(tokens)
+        finally:
+            lib.llama_sampler_free(grammar)
+
+    assert admitted(backend.default_shape()) == len(tokens)
+    assert admitted(TurnShape()) < len(tokens) // 10  # the first line break of the plan
+    reply = Character(persona=MARA, model=backend, sampling=Sampling(max_tokens=24)).reply()
+    assert reply.completion_tokens > 0  # the real engine runs the style end to end
+    backend.close()

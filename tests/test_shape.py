@@ -254,3 +254,50 @@ def test_a_turn_that_ends_inside_its_plan_says_so(caplog):
     assert "max_tokens=40" in caplog.text and "I weigh" not in caplog.text  # nothing private
     mara = Character(name="Mara", model=MockBackend(["Mara: " + "Fine, fine. " * 40]), plan=False)
     assert mara.reply(max_tokens=20).finish_reason == "length"  # inside its speech: "length"
+
+
+def test_a_model_file_declares_the_caps_it_was_trained_with():
+    """Export writes the plan and thought lengths a model was trained with (`her.*` metadata);
+    the runtime makes them the model's shape, ignoring values it cannot use."""
+    meta = {"her.max_plan_chars": 1500, "her.max_thought_chars": 600, "her.line_breaks": True}
+    shape = TurnShape.from_metadata(meta, TurnShape())
+    assert shape is not None
+    assert (shape.max_plan_chars, shape.max_thought_chars, shape.line_breaks) == (1500, 600, True)
+    assert shape.max_segments == TurnShape().max_segments  # the rest is the base's
+    assert TurnShape.from_metadata({}, TurnShape()) is None
+    assert TurnShape.from_metadata({"her.max_plan_chars": "long"}, TurnShape()) is None
+    assert TurnShape.from_metadata({"her.max_plan_chars": 10**9}, TurnShape()) is None
+    assert TurnShape.from_metadata({"her.line_breaks": 1}, TurnShape.FREE) is None
+
+
+def test_export_metadata_of_each_style():
+    pytest.importorskip("gguf")
+    from her_sdk.export.to_gguf import her_model_metadata
+
+    own = her_model_metadata()
+    assert own == {
+        "prompt_style": "chatml",
+        "max_plan_chars": 400,
+        "max_thought_chars": 240,
+        "line_breaks": False,
+    }
+    her = her_model_metadata("her")
+    assert her["prompt_style"] == "her" and her["line_breaks"] is True
+    assert her["max_plan_chars"] == TurnShape.FREE.max_plan_chars
+    assert her_model_metadata("her", max_plan_chars=2500)["max_plan_chars"] == 2500
+    with pytest.raises(ConfigError):
+        her_model_metadata("fewshot")
+    with pytest.raises(ConfigError, match="max_plan_chars"):
+        her_model_metadata(max_plan_chars=0)
+
+
+def test_line_breaks_survive_the_wire_and_saves():
+    pytest.importorskip("grpc")
+    from her_sdk.server._convert import shape_from_pb, shape_to_pb
+    from her_sdk.server._pb import her_pb2 as pb
+
+    assert shape_from_pb(shape_to_pb(TurnShape.FREE)) == TurnShape.FREE
+    assert shape_from_pb(pb.TurnShape(preset=pb.TURN_SHAPE_PRESET_FREE)).line_breaks is True
+    assert shape_from_pb(pb.TurnShape(line_breaks=True)).line_breaks is True
+    mara = Character(name="Mara", model=MockBackend([LONG]), shape=TurnShape.FREE)
+    assert Character.loads(mara.dumps()).shape == TurnShape.FREE

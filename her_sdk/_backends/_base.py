@@ -152,6 +152,16 @@ class Sampling(msgspec.Struct, kw_only=True, frozen=True):
         )
 
 
+# How HER's own code decodes its released models (chat_demo/chat_demo.py: max_new_tokens 1024,
+# temperature 0.7, top-p 0.9), with what that leaves to transformers' generate: top-k 20 from
+# the Qwen3 generation config the checkpoints inherit, no min-p, no repetition penalty. The
+# default of characters on a "her"-style model: a budget that holds a plan of HER's length and
+# the turn after it.
+HER_SAMPLING = Sampling(
+    max_tokens=1024, temperature=0.7, top_p=0.9, top_k=20, min_p=0.0, repeat_penalty=1.0
+)
+
+
 class CancelToken:
     """Thread-safe cancellation flag: `cancel()` from any thread stops the generation it is
     passed to before the next token."""
@@ -217,7 +227,7 @@ class TextStream:
 class Backend(ABC):
     """What a model engine must provide to run characters.
 
-    - `prompt_style`: how prompts are rendered for it ("chatml", "template" or "fewshot");
+    - `prompt_style`: how prompts are rendered for it ("chatml", "template", "fewshot" or "her");
       with "template", `chat_template` holds the model's Jinja template.
     - `n_ctx`: the context window in tokens.
     - `stream(...)`: generate text for a prompt, stopping at any of `stop` (the stop string is
@@ -238,6 +248,11 @@ class Backend(ABC):
       backends without it raise `ConfigError` there.
     - `turn_shape`: the `TurnShape` a Character on this model uses when it sets none (None:
       the grammar's caps, and no limit without a grammar).
+    - `sampling`: the `Sampling` a Character on this model uses when it sets none.
+
+    `default_shape()` and `default_sampling()` read the last two, falling back on what the
+    prompt style implies: a "her"-style model (a released HER model) plans at length, so its
+    characters get `TurnShape.FREE` and HER's own decoding (`HER_SAMPLING`).
     """
 
     supports_grammar: bool = True
@@ -246,6 +261,7 @@ class Backend(ABC):
     schedules: bool = False
     supports_logprobs: bool = False
     turn_shape: TurnShape | None = None
+    sampling: Sampling | None = None
     prompt_style: PromptStyle = "chatml"
     chat_template: str | None = None
     bos_token: str = ""
@@ -267,6 +283,18 @@ class Backend(ABC):
 
     @abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    def default_shape(self) -> TurnShape | None:
+        """The `TurnShape` of a character on this model that sets none."""
+        if self.turn_shape is not None:
+            return self.turn_shape
+        return TurnShape.FREE if self.prompt_style == "her" else None
+
+    def default_sampling(self) -> Sampling:
+        """The `Sampling` of a character on this model that sets none."""
+        if self.sampling is not None:
+            return self.sampling
+        return HER_SAMPLING if self.prompt_style == "her" else Sampling(max_tokens=320)
 
     def logprobs(
         self, prompt: str, continuation: str, *, priority: Priority = "normal"

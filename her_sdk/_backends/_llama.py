@@ -55,7 +55,8 @@ class LlamaBackend(Backend, BatchingEngine):
     - `cache_slots`: saved prompt states kept in host memory for characters whose sequence was
       given to another (each a copy of their KV cache), so many characters on one model each
       resume from their own cached persona.
-    - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot").
+    - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot", or
+      "her": HER's own prompt for a released HER model; default: the model's metadata).
     - `dry_multiplier`: llama.cpp's DRY sampler for turns whose `Sampling` leaves it unset
       (0: off, llama.cpp's default; 0.8 is usual): fewer runs repeated from the scene.
     - `turn_shape`: the `TurnShape` of characters on this model that set none.
@@ -156,13 +157,24 @@ class LlamaBackend(Backend, BatchingEngine):
         self.chat_template = self.info.chat_template
         # A HER adapter makes a HER model of any base: its metadata decides the prompt style
         # (ChatML, no few-shot example) and whether turns begin with a plan (`her.plan`).
+        # A model exported with `--prompt-style her` (a released HER model) says so itself,
+        # and its metadata may declare the section lengths it was trained with.
         her_meta = [i for i in (self.adapter_info, self.info) if i and i.her_format_version]
+        styles = [m.metadata.get("her.prompt_style") for m in her_meta]
+        declared = next((s for s in styles if s in ("her", "chatml")), None)
         self.prompt_style = check_prompt_style(
-            prompt_style or detect_prompt_style(self.chat_template, her_model=bool(her_meta)),
+            prompt_style
+            or declared
+            or detect_prompt_style(self.chat_template, her_model=bool(her_meta)),
             self.chat_template,
         )
         plans = [m.metadata.get("her.plan") for m in her_meta]
         self.plans = next((p for p in plans if isinstance(p, bool)), True)
+        if self.turn_shape is None:
+            base = TurnShape.FREE if self.prompt_style == "her" else TurnShape()
+            self.turn_shape = next(
+                (s for m in her_meta if (s := TurnShape.from_metadata(m.metadata, base))), None
+            )
 
     @property
     def lora_path(self) -> Path | None:

@@ -34,7 +34,13 @@ from .._errors import (
     MissingDependencyError,
     ModelNotFoundError,
 )
-from ..format import PromptStyle, check_prompt_style, detect_prompt_style, format_version_problem
+from ..format import (
+    PromptStyle,
+    TurnShape,
+    check_prompt_style,
+    detect_prompt_style,
+    format_version_problem,
+)
 from ._base import Backend, CancelToken, Sampling, StopScanner, TextStream
 from ._scheduler import Priority
 
@@ -76,7 +82,8 @@ class OnnxBackend(Backend):
 
     - `n_ctx`: context window; default the folder's `context_length`.
     - `execution_provider`: e.g. "cuda"; default whatever the folder was built for.
-    - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot").
+    - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot", or
+      "her": HER's own prompt for a released HER model; default: the model's metadata).
     """
 
     supports_grammar = False  # ONNX Runtime GenAI does not read GBNF (see the module doc)
@@ -138,10 +145,17 @@ class OnnxBackend(Backend):
         self._lock = threading.Lock()
         self._warned_grammar = False
         her_model = self.her.get("format_version") is not None
+        declared = self.her.get("prompt_style") if her_model else None
         self.prompt_style = check_prompt_style(
-            prompt_style or detect_prompt_style(self.chat_template, her_model=her_model),
+            prompt_style
+            or (declared if declared in ("her", "chatml") else None)
+            or detect_prompt_style(self.chat_template, her_model=her_model),
             self.chat_template,
         )
+        if her_model:  # the section lengths it was trained with, as a GGUF declares them
+            base = TurnShape.FREE if self.prompt_style == "her" else TurnShape()
+            meta = {f"her.{k}": v for k, v in self.her.items()}
+            self.turn_shape = TurnShape.from_metadata(meta, base)
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._tok.encode(text)]

@@ -35,12 +35,15 @@ here, so import them from `her_sdk.format`):
   in the system prompt; the memories recalled for this turn, `===Your Memories===`, at the end of
   the prompt so that an engine's prompt cache stays valid before them) and of its typed actions
   (`===Actions You Can Take===`);
+- `_her`: the prompt style "her": HER's own training prompt, byte for byte, for the released
+  HER models (no prefill; its differences from HER's data are listed there);
 - `_chat`: ChatML (the renderer, its inverse for chat-only servers, its stop strings and the
   Jinja template `CHATML_TEMPLATE` that training gives a tokenizer), a model's own chat template,
   and the rule that picks a prompt style for a model (`detect_prompt_style`);
 - `_grammar`: the GBNF grammar of a turn for constrained decoding, typed-action calls included;
 - `_shape`: `TurnShape`, the most sections and the longest text a turn may have (the grammar
-  writes within it; `ShapeGuard` stops a streamed turn at its edge on engines without one).
+  writes within it; `ShapeGuard` stops a streamed turn at its edge on engines without one), and
+  the metadata keys where a model declares the section lengths it was trained with.
 
 It does not generate, hold state, or know about scenes; see `her_sdk.Character` for that.
 Bad arguments raise `her_sdk.ConfigError`.
@@ -95,6 +98,13 @@ from ._contract import (
 from ._grammar import (
     build_grammar,
 )
+from ._her import (
+    HER_OUTPUT_FORMAT,
+    build_her_messages,
+    render_her_perception,
+    render_her_system_prompt,
+    render_her_turn,
+)
 from ._parse import (
     TurnParser,
     parse_turn,
@@ -110,7 +120,7 @@ from ._prompts import (
     render_turn,
     requirements,
 )
-from ._shape import QUOTE_MARKS, ShapeGuard, TurnShape
+from ._shape import QUOTE_MARKS, SHAPE_METADATA, ShapeGuard, TurnShape
 
 __all__ = [
     "CHANNELS",
@@ -121,6 +131,7 @@ __all__ = [
     "FEWSHOT_PREAMBLE",
     "FORMAT_VERSION_KEY",
     "HER_FORMAT_VERSION",
+    "HER_OUTPUT_FORMAT",
     "MAX_PLAN_CHARS",
     "MAX_THOUGHT_CHARS",
     "MEMORIES_HEAD",
@@ -128,6 +139,7 @@ __all__ = [
     "PROMPT_STYLES",
     "PUBLIC_CHANNELS",
     "QUOTE_MARKS",
+    "SHAPE_METADATA",
     "TAG",
     "CallSpec",
     "Channel",
@@ -147,6 +159,7 @@ __all__ = [
     "TurnParser",
     "TurnShape",
     "build_grammar",
+    "build_her_messages",
     "build_messages",
     "chatml_to_messages",
     "check_prompt_style",
@@ -158,6 +171,9 @@ __all__ = [
     "render_call",
     "render_chatml",
     "render_fewshot",
+    "render_her_perception",
+    "render_her_system_prompt",
+    "render_her_turn",
     "render_memories",
     "render_messages",
     "render_perception",

@@ -171,6 +171,7 @@ _RENDERERS: dict[
     "chatml": _render_chatml,
     "template": _render_template,
     "fewshot": _render_script,
+    "her": _render_chatml,  # HER's messages (`_her`), in ChatML as HER's Qwen3 models read it
 }
 
 
@@ -191,7 +192,7 @@ def render_messages(
     BOS/EOS texts are used and the keywords of the same names are ignored. The open answer
     begins with `prefill`. By style:
 
-    - "chatml": ChatML, stopped by ChatML's end markers;
+    - "chatml" and "her": ChatML, stopped by ChatML's end markers;
     - "template": the model's own Jinja chat template, stopped by its EOS text;
     - "fewshot" (a base model without a template): a plain-text script that ends with
       `label:`; with `one_line` the answer ends at the line's end, otherwise at a blank line.

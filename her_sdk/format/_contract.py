@@ -20,10 +20,11 @@ HER_FORMAT_VERSION = 1
 FORMAT_VERSION_KEY = "her.format_version"
 
 Channel = Literal["plan", "thought", "action", "speech"]
-# How a model's prompts are written: ChatML, the model's own Jinja chat template, or a plain-text
-# script for base models without one. A property of the model (`Backend.prompt_style`).
-PromptStyle = Literal["chatml", "template", "fewshot"]
-PROMPT_STYLES: tuple[PromptStyle, ...] = ("chatml", "template", "fewshot")
+# How a model's prompts are written: ChatML, the model's own Jinja chat template, a plain-text
+# script for base models without one, or "her": ChatML holding HER's own training prompt, byte
+# for byte, for the released HER models. A property of the model (`Backend.prompt_style`).
+PromptStyle = Literal["chatml", "template", "fewshot", "her"]
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("chatml", "template", "fewshot", "her")
 
 CHANNELS: tuple[Channel, ...] = ("plan", "thought", "action", "speech")
 PRIVATE_CHANNELS: frozenset[Channel] = frozenset({"plan", "thought"})

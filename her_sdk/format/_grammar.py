@@ -40,9 +40,10 @@ def build_grammar(
     its first name, is deprecated). `calls`, when given,
     are the typed actions that may be called in an action segment, each only with legal values
     (see `render_call`); free action text then may not begin with '[', so it can never be taken
-    for a call. Text never contains '<' or a newline, so a section can only end by its closing
-    tag. Decoding cost stays small because the backend samples freely and consults the grammar
-    only to verify the token it picked (see `LlamaBackend`).
+    for a call. Text never contains '<', so a section can only end by its closing tag, nor a
+    newline unless the shape allows line breaks (and `end` is not one). Decoding cost stays
+    small because the backend samples freely and consults the grammar only to verify the token
+    it picked (see `LlamaBackend`).
 
     `shape`, when given, sets every cap (its counts of sections of each kind, sentences per
     speech, quotation marks; see `TurnShape`) and the `max_*` arguments are ignored.
@@ -65,6 +66,9 @@ def build_grammar(
     ):
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"{label} must be a positive integer")
+    # What section text may not hold: '<' (only a tag may follow) and, unless the shape allows
+    # line breaks, a newline. A section opens with a visible character either way.
+    no = "<" if shape is not None and shape.line_breaks and end != "\n" else "<\\n"
     label_lit = _gbnf_literal(f"{name}: ")
     rules = []
     if plan:
@@ -105,10 +109,10 @@ def build_grammar(
     rules.append(f'action ::= "<role_action>" ({" | ".join(forms)}) "</role_action>"')
     # Sections hold at least one character; leading spaces are allowed because most tokens of
     # SentencePiece vocabularies begin with one, and refusing them would force slow resampling.
-    rules.append(f"ptext ::= [^<\\n] [^<\\n]{{0,{max_plan_chars - 1}}}")
-    rules.append(f"ttext ::= [^<\\n] [^<\\n]{{0,{max_thought_chars - 1}}}")
-    rules.append(f"atext ::= [^<\\n] [^<\\n]{{0,{max_action_chars - 1}}}")
-    rules += _speech_rules(max_speech_chars, shape)
+    rules.append(f"ptext ::= [^<\\n] [^{no}]{{0,{max_plan_chars - 1}}}")
+    rules.append(f"ttext ::= [^<\\n] [^{no}]{{0,{max_thought_chars - 1}}}")
+    rules.append(f"atext ::= [^<\\n] [^{no}]{{0,{max_action_chars - 1}}}")
+    rules += _speech_rules(max_speech_chars, shape, no)
     return "\n".join(rules) + "\n"
 
 
@@ -148,7 +152,7 @@ def _steps(a: int, t: int, p: int, n: int, spoke: bool, state: Callable[..., str
     return steps
 
 
-def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
+def _speech_rules(max_chars: int, shape: TurnShape | None, no: str = "<\\n") -> list[str]:
     """Speech opens with a word, not stray punctuation (small models like to emit a lone ".");
     with a sentence limit, each sentence ends at '.', '!' or '?' and the last may stay open."""
     quotes = "" if shape is None or shape.quotes else QUOTE_MARKS
@@ -157,12 +161,12 @@ def _speech_rules(max_chars: int, shape: TurnShape | None) -> list[str]:
     # pushes them to odd tokens) but holds none after it; the guard drops the one it opens with.
     opening = f"[{QUOTE_MARKS}]? " if quotes else ""
     if shape is None or shape.max_sentences is None:
-        return [f'speech ::= " "? {opening}{word} [^<\\n{quotes}]{{0,{max(max_chars - 2, 0)}}}']
+        return [f'speech ::= " "? {opening}{word} [^{no}{quotes}]{{0,{max(max_chars - 2, 0)}}}']
     k = shape.max_sentences
     # Per sentence: a word, its text, up to three end marks and a space; k of them fit, with
     # the speech's leading space.
     per = max_chars // k - 6
-    text = f"[^<\\n{SENTENCE_END}{quotes}]{{0,{per}}}"
+    text = f"[^{no}{SENTENCE_END}{quotes}]{{0,{per}}}"
     rules = [f'speech ::= " "? {opening}sent1']
     for i in range(1, k + 1):
         more = f' (" "? sent{i + 1})?' if i < k else ""

@@ -5,7 +5,7 @@ whole next-turn prompt in one of the three prompt styles (`render_prompt`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._persona import Persona
 from ._calls import CallSpec, render_actions
@@ -23,6 +23,7 @@ from ._contract import (
     PromptStyle,
     Turn,
 )
+from ._her import build_her_messages
 from ._quote import _block, _clean, _marking, _name, _unmark
 
 
@@ -259,17 +260,24 @@ def render_prompt(
     summary: str = "",
     calls: Sequence[CallSpec] = (),
 ) -> Prompt:
-    """Render a character's next-turn prompt in one of the three styles.
+    """Render a character's next-turn prompt in one of the prompt styles.
 
     With `prefill` (the default) the prompt already begins the reply (`<system_thinking>`, or
-    `NAME:` without a plan) so that even a base model starts in the right place. `memories`,
+    `NAME:` without a plan) so that even a base model starts in the right place; never in the
+    "her" style, which is HER's own prompt (see `her_sdk.format._her`). `memories`,
     `summary` and `calls` are rendered into the system prompt (see `render_system_prompt`).
     The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
     memories, earlier turns), which engines tokenize without special tokens.
     """
     style = check_prompt_style(style, chat_template)
-    prefill_text, start = _prefill(persona.name, plan, prefill)
-    render = render_fewshot if style == "fewshot" else build_messages
+    # HER's models were trained, and are evaluated, without a prefill: the prompt ends
+    # `<|im_start|>assistant\n` and the model writes `<system_thinking>` itself.
+    prefill_text, start = _prefill(persona.name, plan, prefill and style != "her")
+    render: Callable[..., str | list[Message]] = build_messages
+    if style == "fewshot":
+        render = render_fewshot
+    elif style == "her":
+        render = build_her_messages
     with _marking():  # quoted text is marked, then becomes the result's literal ranges
         rendered = render(
             persona,

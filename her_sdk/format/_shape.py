@@ -21,7 +21,7 @@ is told.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import msgspec
@@ -29,7 +29,7 @@ import msgspec
 from .._errors import ConfigError
 from ._contract import MAX_PLAN_CHARS, MAX_THOUGHT_CHARS, Channel, Delta
 
-__all__ = ["QUOTE_MARKS", "ShapeGuard", "TurnShape"]
+__all__ = ["QUOTE_MARKS", "SHAPE_METADATA", "ShapeGuard", "TurnShape"]
 
 # Quotation marks a speech may not hold when `quotes=False`. Single quotes stay: they are
 # apostrophes far more often ("don't", "the captain's").
@@ -38,6 +38,16 @@ SENTENCE_END = ".!?"
 MAX_SECTIONS = 16  # the most sections (and sentences) a shape may allow
 MAX_SECTION_CHARS = 8000  # the longest section a shape may allow
 _QUOTES = re.compile(f"[{QUOTE_MARKS}]")
+
+
+# Where a model file declares the sections it was trained with (GGUF metadata; `her.json` of
+# an ONNX folder without the "her." prefix): its shape's caps, so that a model trained with long
+# plans is decoded with long plans and the project's own models with short ones.
+SHAPE_METADATA = {
+    "her.max_plan_chars": "max_plan_chars",
+    "her.max_thought_chars": "max_thought_chars",
+    "her.line_breaks": "line_breaks",
+}
 
 
 class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +60,10 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
     - `max_sentences`: sentences in one speech (None: no limit); a sentence ends at '.', '!'
       or '?';
     - `quotes`: whether speech may hold quotation marks (a small model nests quotes when it
-      narrates: "'We must go,' she said.").
+      narrates: "'We must go,' she said.");
+    - `line_breaks`: whether sections may span lines (HER's plans are structured in
+      paragraphs and lists; a dialogue box wants one line). Prompt styles that end a turn at the
+      line's end (a base model's few-shot script) never allow them.
     """
 
     max_segments: int = 6
@@ -63,6 +76,7 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
     max_plan_chars: int = MAX_PLAN_CHARS
     max_sentences: int | None = None
     quotes: bool = True
+    line_breaks: bool = False
 
     GAME: ClassVar[TurnShape]
     FREE: ClassVar[TurnShape]
@@ -70,7 +84,7 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
             value = getattr(self, field)
-            if field == "quotes" or (field == "max_sentences" and value is None):
+            if field in ("quotes", "line_breaks") or (field == "max_sentences" and value is None):
                 continue
             if type(value) is not int or value < 1:
                 raise ConfigError(f"TurnShape.{field} must be a positive integer, not {value!r}")
@@ -79,8 +93,8 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
             most = MAX_SECTION_CHARS if field.endswith("_chars") else MAX_SECTIONS
             if value > most:
                 raise ConfigError(f"TurnShape.{field} must be at most {most}, not {value}")
-        if type(self.quotes) is not bool:
-            raise ConfigError("TurnShape.quotes must be True or False")
+        if type(self.quotes) is not bool or type(self.line_breaks) is not bool:
+            raise ConfigError("TurnShape.quotes and line_breaks must be True or False")
         if self.max_sentences is not None and self.max_speech_chars < 8 * self.max_sentences:
             raise ConfigError("TurnShape.max_speech_chars must allow 8 characters a sentence")
 
@@ -94,6 +108,25 @@ class TurnShape(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 f"unknown turn shape {name!r}: use one of {', '.join(presets)}"
             ) from None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, object], base: TurnShape) -> TurnShape | None:
+        """`base` with the caps a model's metadata declares (`SHAPE_METADATA`: what export
+        writes, the lengths the model was trained with), or None when it declares none. A
+        value of the wrong type or out of range is ignored: it cannot make a model unloadable.
+        """
+        caps: dict[str, object] = {}
+        for key, field in SHAPE_METADATA.items():
+            value = metadata.get(key)
+            kind = bool if field == "line_breaks" else int
+            if type(value) is kind:
+                caps[field] = value
+        if not caps:
+            return None
+        try:
+            return msgspec.structs.replace(base, **caps)
+        except ConfigError:
+            return None
 
     def limit(self, channel: Channel) -> int:
         """The longest section of `channel`, in characters."""
@@ -133,6 +166,7 @@ TurnShape.FREE = TurnShape(
     max_action_chars=400,
     max_thought_chars=1000,
     max_plan_chars=3000,
+    line_breaks=True,
 )
 
 

@@ -82,8 +82,9 @@ class ServerSettings(BaseModel):
     )
     prompt_style: str | None = Field(
         default=None,
-        description="How prompts are rendered: chatml, template (the model's own chat template) "
-        "or fewshot (default: from the model's metadata).",
+        description="How prompts are rendered: chatml, template (the model's own chat template), "
+        "fewshot, or her (HER's own prompt, for a released HER model) (default: from the "
+        "model's metadata).",
     )
     turn_shape: str | None = Field(
         default=None,
@@ -231,7 +232,7 @@ class ServerSettings(BaseModel):
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
 
-_PROMPT_STYLES = ("chatml", "template", "fewshot")
+_PROMPT_STYLES = ("chatml", "template", "fewshot", "her")
 _TURN_SHAPES = ("game", "default", "free")
 
 

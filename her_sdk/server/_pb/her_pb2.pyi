@@ -136,7 +136,7 @@ class CharacterSettings(_message.Message):
     def __init__(self, plan: _Optional[bool] = ..., allowed_actions: _Optional[_Iterable[str]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_memory: _Optional[int] = ..., actions: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., recall: _Optional[int] = ..., summarize: _Optional[bool] = ..., rate_importance: _Optional[_Union[ImportanceRating, str]] = ..., max_long_term: _Optional[int] = ..., shape: _Optional[_Union[TurnShape, _Mapping]] = ...) -> None: ...
 
 class TurnShape(_message.Message):
-    __slots__ = ("preset", "max_segments", "max_actions", "max_thoughts", "max_speeches", "max_speech_chars", "max_action_chars", "max_thought_chars", "max_plan_chars", "max_sentences", "quotes")
+    __slots__ = ("preset", "max_segments", "max_actions", "max_thoughts", "max_speeches", "max_speech_chars", "max_action_chars", "max_thought_chars", "max_plan_chars", "max_sentences", "quotes", "line_breaks")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     MAX_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_ACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class TurnShape(_message.Message):
     MAX_PLAN_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_SENTENCES_FIELD_NUMBER: _ClassVar[int]
     QUOTES_FIELD_NUMBER: _ClassVar[int]
+    LINE_BREAKS_FIELD_NUMBER: _ClassVar[int]
     preset: TurnShapePreset
     max_segments: int
     max_actions: int
@@ -159,7 +160,8 @@ class TurnShape(_message.Message):
     max_plan_chars: int
     max_sentences: int
     quotes: bool
-    def __init__(self, preset: _Optional[_Union[TurnShapePreset, str]] = ..., max_segments: _Optional[int] = ..., max_actions: _Optional[int] = ..., max_thoughts: _Optional[int] = ..., max_speeches: _Optional[int] = ..., max_speech_chars: _Optional[int] = ..., max_action_chars: _Optional[int] = ..., max_thought_chars: _Optional[int] = ..., max_plan_chars: _Optional[int] = ..., max_sentences: _Optional[int] = ..., quotes: _Optional[bool] = ...) -> None: ...
+    line_breaks: bool
+    def __init__(self, preset: _Optional[_Union[TurnShapePreset, str]] = ..., max_segments: _Optional[int] = ..., max_actions: _Optional[int] = ..., max_thoughts: _Optional[int] = ..., max_speeches: _Optional[int] = ..., max_speech_chars: _Optional[int] = ..., max_action_chars: _Optional[int] = ..., max_thought_chars: _Optional[int] = ..., max_plan_chars: _Optional[int] = ..., max_sentences: _Optional[int] = ..., quotes: _Optional[bool] = ..., line_breaks: _Optional[bool] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("values",)
