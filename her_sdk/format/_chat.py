@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 
 from .._errors import ConfigError, MissingDependencyError
 from ._contract import PROMPT_STYLES, Message, PromptStyle, PromptText
-from ._quote import _remark, _unmark
+from ._quote import _CLOSE, _OPEN, _remark, _unmark
 
 # ChatML, the chat format of the released HER (Qwen3-based) models.
 _IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
@@ -164,6 +164,15 @@ def _render_script(
     return head + "".join(lines) + opener + prefill, [sep]
 
 
+def _quoted(content: str) -> str:
+    """Message content with its literal ranges as marks: a `PromptText`'s own, else the whole
+    of it (marks it holds are text, not marks: dropped)."""
+    if isinstance(content, PromptText):
+        return _remark(content)
+    content = content.replace(_OPEN, "").replace(_CLOSE, "")
+    return f"{_OPEN}{content}{_CLOSE}" if content else content
+
+
 _Model = tuple[str | None, str, str]  # (chat template, BOS text, EOS text)
 _RENDERERS: dict[
     PromptStyle, Callable[[list[Message], str, _Model, str, bool], tuple[str, list[str]]]
@@ -197,12 +206,17 @@ def render_messages(
     - "fewshot" (a base model without a template): a plain-text script that ends with
       `label:`; with `one_line` the answer ends at the line's end, otherwise at a blank line.
 
-    A message's content may be a `PromptText`: its literal ranges are kept in the result's.
+    Content is quoted text unless it says otherwise: a plain `str` is literal as a whole (an
+    engine tokenizes it without special tokens, so no text a judge, a teacher or an agent is
+    shown can become a control token), while a `PromptText` (what `render_prompt`, `literal`
+    and the upkeep prompts make) keeps exactly its own literal ranges. The scaffolding is the
+    chat format itself and `prefill`. This is the one path every prompt takes: an auxiliary
+    prompt cannot forget it.
     """
     if not isinstance(style, str):
         chat_template, bos_token, eos_token = style.chat_template, style.bos_token, style.eos_token
         style = style.prompt_style
     render = _RENDERERS[check_prompt_style(style, chat_template)]
-    msgs = [Message(m.role, _remark(m.content)) for m in messages]
+    msgs = [Message(m.role, _quoted(m.content)) for m in messages]
     text, stop = render(msgs, prefill, (chat_template, bos_token, eos_token), label, one_line)
     return Rendered(_unmark(text), stop)

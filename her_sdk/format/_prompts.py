@@ -292,7 +292,7 @@ def render_prompt(
         text, stop = _unmark(rendered + prefill_text), ["\n"]
     else:
         text, stop = render_messages(
-            rendered,
+            [Message(m.role, _unmark(m.content)) for m in rendered],
             style,
             prefill=prefill_text,
             chat_template=chat_template,
