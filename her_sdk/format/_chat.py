@@ -164,9 +164,16 @@ def _render_script(
     return head + "".join(lines) + opener + prefill, [sep]
 
 
+class _Marked(str):
+    """Content rendered while marking (`_quote._marking`): it carries its literal ranges as
+    marks already (`render_prompt`'s messages), so they are kept as they are."""
+
+
 def _quoted(content: str) -> str:
-    """Message content with its literal ranges as marks: a `PromptText`'s own, else the whole
-    of it (marks it holds are text, not marks: dropped)."""
+    """Message content with its literal ranges as marks: a `PromptText`'s own, marked content's
+    own, else the whole of it (marks it holds are text, not marks: dropped)."""
+    if isinstance(content, _Marked):
+        return str(content)
     if isinstance(content, PromptText):
         return _remark(content)
     content = content.replace(_OPEN, "").replace(_CLOSE, "")

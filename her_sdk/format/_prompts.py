@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from .._persona import Persona
 from ._calls import CallSpec, render_actions
-from ._chat import check_prompt_style, render_messages
+from ._chat import _Marked, check_prompt_style, render_messages
 from ._contract import (
     CONVERSATION_START,
     ENVIRONMENT,
@@ -292,7 +292,7 @@ def render_prompt(
         text, stop = _unmark(rendered + prefill_text), ["\n"]
     else:
         text, stop = render_messages(
-            [Message(m.role, _unmark(m.content)) for m in rendered],
+            [Message(m.role, _Marked(m.content)) for m in rendered],
             style,
             prefill=prefill_text,
             chat_template=chat_template,
