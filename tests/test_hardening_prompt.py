@@ -197,4 +197,4 @@ def test_every_auxiliary_prompt_quotes_its_content_by_default():
     assert scaffold.count("<|im_start|>") == 3  # system, user, the open assistant turn
     own = PromptText("head <b>x</b> tail", [(5, 13)])  # a caller that says what is literal
     r = render_messages([Message("user", own)], "chatml")
-    assert ["<b>x</b>"] == [r.text[a:b] for a, b in r.text.literal]
+    assert [r.text[a:b] for a, b in r.text.literal] == ["<b>x</b>"]

@@ -57,6 +57,9 @@ HER = json.dumps(encode_her(MARA, HIST, REF))
             0.75,
         ),  # a second speaker's line
         (f"<system_thinking>{'Mara stalls him. ' * 30}</system_thinking>Mara: Go.", 0.75),
+        # line breaks are free (HER's turns run in paragraphs); a forged speaker line is not
+        ("<system_thinking>p\n\n1. stall</system_thinking>Mara: Go.\n\nNow.", 1.0),
+        ("<system_thinking>p</system_thinking>Mara: Go.\n\nOfficer Hale: Stop.", 0.75),
         # HER mixes turn patterns: no thought, no action, speech only are all full marks
         ("<system_thinking>p</system_thinking>Mara: Go.", 1.0),
         ("<system_thinking>p</system_thinking>Mara: <role_action>points</role_action>Go.", 1.0),

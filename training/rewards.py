@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,15 +176,19 @@ def _per_rollout(name: str, score: Callable[[_Rollout], float]) -> RewardFunc:
 # ---------------------------------------------------------------------------------------------
 
 
-def format_score(text: str, name: str, *, plan: bool = True) -> float:
+def format_score(
+    text: str, name: str, *, plan: bool = True, max_plan_chars: int = MAX_PLAN_CHARS
+) -> float:
     """0..1: how well `text` (a full turn, plan included) follows the dual-layer format.
 
     0 when anything private reaches a public channel (tag text in speech/actions, an inner
     thought or the plan spoken aloud) or nothing visible is left; otherwise the share of
-    checks passed: a plan when asked, within the runtime's plan cap (`MAX_PLAN_CHARS`),
-    well-formed tags, no second speaker's line. Which segments a turn has is free: HER mixes
-    speech only, action then speech, thought-action-speech, ... so no segment is required
-    beyond something visible.
+    checks passed: a plan when asked, within the plan cap the model is trained for
+    (`max_plan_chars`: the runtime's short cap by default; HER's models plan at length, see
+    `TurnShape.FREE`), well-formed tags, no second speaker's line. Line breaks are free (HER's
+    turns run in paragraphs); a line that opens with another speaker's `Name:` is not. Which
+    segments a turn has is free: HER mixes speech only, action then speech,
+    thought-action-speech, ... so no segment is required beyond something visible.
     """
     turn = parse_turn(text, name)
     public = " ".join([turn.speech, *turn.actions])
@@ -197,11 +202,15 @@ def format_score(text: str, name: str, *, plan: bool = True) -> float:
         return 0.0
     checks = [
         bool(turn.plan) if plan else True,
-        len(turn.plan.strip()) <= MAX_PLAN_CHARS,
+        len(turn.plan.strip()) <= max_plan_chars,
         tag_errors(text) == 0,
-        f"{name}:" not in turn.speech and "\n" not in text.strip(),
+        f"{name}:" not in turn.speech and not _SPEAKER_LINE.search(public),
     ]
     return sum(checks) / len(checks)
+
+
+# A line of a turn's public text that opens like a transcript line of someone: "Brannoc: Fine."
+_SPEAKER_LINE = re.compile(r"\n\s*[A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,3}:(?:\s|$)")
 
 
 def _turn_chars(turn: Turn) -> int:
@@ -389,9 +398,15 @@ REWARDS: dict[str, Reward] = {
         ),
         Reward(
             "format",
-            _simple("format", lambda r: format_score(r.text, r.name, plan=r.plan)),
+            lambda args, _: _per_rollout(
+                "format",
+                lambda r: format_score(
+                    r.text, r.name, plan=r.plan, max_plan_chars=args.max_plan_chars
+                ),
+            ),
             0.0,
-            "0..1 dual-layer format, 0 when private text reaches a public channel",
+            "0..1 dual-layer format (plan within `max_plan_chars`), 0 when private text "
+            "reaches a public channel",
         ),
         Reward(
             "length",

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from her_sdk import Backend, ConfigError
-from her_sdk.format import render_prompt
+from her_sdk.format import MAX_PLAN_CHARS, render_prompt
 
 from .common import (
     config_dict,
@@ -154,6 +154,9 @@ class RLArguments:
     )
     length_min_chars: int = 20
     length_max_chars: int = 400
+    # the longest plan the `format` reward accepts: the runtime's short cap for the project's
+    # own models; a HER-style model plans at length (HER's plans run 800-2,500 characters)
+    max_plan_chars: int = MAX_PLAN_CHARS
     # the turn shape the `shape` reward measures (`evaluation.lines.TurnShape`; missing keys:
     # the game default, one thought, one action, one speech of <= 3 sentences and <= 40 words)
     turn_shape: dict[str, int] = field(default_factory=dict)
