@@ -400,8 +400,8 @@ REWARDS: dict[str, Reward] = {
             "format",
             lambda args, _: _per_rollout(
                 "format",
-                lambda r: format_score(
-                    r.text, r.name, plan=r.plan, max_plan_chars=args.max_plan_chars
+                lambda ro: format_score(
+                    ro.text, ro.name, plan=ro.plan, max_plan_chars=args.max_plan_chars
                 ),
             ),
             0.0,
