@@ -160,14 +160,16 @@ if has eval; then
   # Single lines (`quick`, the CoSER held-out scenes) and multi-turn scenes (`play`, the
   # held-out game scenes in benchmarks/heldout_scenes.json, never used to train or tune):
   # the bare base (few-shot), today's shipped adapter, and the new one; then side by side.
+  # `play` runs the embedded model as `load_model()` ships it (TurnShape.GAME, DRY 0.8) with
+  # each adapter: what a game gets is what decides.
   GGUF=$("$PY" -c "from her_sdk._model import default_model_path; print(default_model_path())")
   SHIPPED=her_sdk/models/her-gemma3-270m-lora.gguf
   for who in base:none shipped:$SHIPPED new:$ADAPTER; do
     name=${who%%:*}; adapter=${who#*:}
     "$HER" eval quick "$RUN/heldout_test_set.json" --model "$GGUF" --adapter "$adapter" \
       --lines 3 --n-ctx 4096 --grammar --out "$RUN/eval/quick-$name"
-    "$HER" eval play --scenes benchmarks/heldout_scenes.json --model "$GGUF" \
-      --adapter "$adapter" --out "$RUN/eval/play-$name"
+    "$HER" eval play --scenes benchmarks/heldout_scenes.json --adapter "$adapter" \
+      --out "$RUN/eval/play-$name"
   done
   "$HER" eval compare "$RUN/eval/quick-shipped" "$RUN/eval/quick-new" --markdown
   "$HER" eval compare "$RUN/eval/play-base" "$RUN/eval/play-shipped" --markdown
