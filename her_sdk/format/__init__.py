@@ -29,14 +29,15 @@ here, so import them from `her_sdk.format`):
 - `_calls`: typed-action calls, written and read;
 - `_quote`: how quoted text (players' lines, persona fields, memories) is neutralised and marked;
 - `_prompts`: the system prompt from a `Persona`, perceptions as user messages, a character's own
-  earlier turns (thoughts kept, plans dropped unless asked), and its next-turn prompt in the three
-  prompt styles (ChatML, the model's own chat template, few-shot for base models); the prompt
+  earlier turns (thoughts kept, plans dropped unless asked), as messages for ChatML or the model's
+  own chat template and as a few-shot script for base models; the prompt
   sections of a character's long-term memory (the running summary `===What Happened Before===`
   in the system prompt; the memories recalled for this turn, `===Your Memories===`, at the end of
   the prompt so that an engine's prompt cache stays valid before them) and of its typed actions
   (`===Actions You Can Take===`);
 - `_her`: the prompt style "her": HER's own training prompt, byte for byte, for the released
   HER models (no prefill; its differences from HER's data are listed there);
+- `_render`: `render_prompt`, a character's whole next-turn prompt in any style;
 - `_chat`: ChatML (the renderer, its inverse for chat-only servers, its stop strings and the
   Jinja template `CHATML_TEMPLATE` that training gives a tokenizer), a model's own chat template,
   and the rule that picks a prompt style for a model (`detect_prompt_style`);
@@ -115,11 +116,11 @@ from ._prompts import (
     render_fewshot,
     render_memories,
     render_perception,
-    render_prompt,
     render_system_prompt,
     render_turn,
     requirements,
 )
+from ._render import render_prompt
 from ._shape import QUOTE_MARKS, SHAPE_METADATA, ShapeGuard, TurnShape
 
 __all__ = [

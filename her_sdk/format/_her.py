@@ -28,17 +28,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._persona import Persona
-from ._calls import CallSpec, render_actions
+from ._calls import CallSpec
 from ._contract import (
     CONVERSATION_START,
     ENVIRONMENT,
-    MEMORIES_HEAD,
     TAG,
     Heard,
     HistoryItem,
     Message,
     Turn,
 )
+from ._prompts import introduction, persona_sections, render_memories
 from ._quote import _block, _clean, _name
 
 # convert_to_sft_format.py, get_output_format() (lines 247-250): the Requirements of every HER
@@ -68,8 +68,7 @@ def render_her_system_prompt(
     """
     p = persona
     name = _name(p.name)
-    source = _clean(p.source)
-    parts = [f"You are {name} from {source}." if source else f"You are {name}."]
+    parts = [introduction(p)]
     others = []
     for who in dict.fromkeys([*p.others, *p.relationships]):
         if who == p.name:
@@ -79,18 +78,8 @@ def render_her_system_prompt(
         if who in p.relationships:
             text += f" ({name}'s view: {_clean(p.relationships[who])})"
         others.append(text)
-    goals, secrets = _block(p.goals), _block(p.secrets)
-    inner = "\n".join(x for x in (goals, f"Secrets you keep: {secrets}" if secrets else "") if x)
-    sections = [
-        (f"==={name}'s Profile===", _block(p.profile)),
-        ("===Background===", _block(p.background)),
-        ("===Current Scenario===", _block(p.scenario)),
-        ("===Information about other Characters===", "\n\n".join(others)),
-        ("===Your Inner Thoughts===", inner),
-        ("===What Happened Before===", _clean(summary)),
-        ("===Actions You Can Take===", render_actions(calls) if calls else ""),
-        ("===Requirements===", HER_OUTPUT_FORMAT if plan else HER_OUTPUT_FORMAT_NO_PLAN),
-    ]
+    rules = HER_OUTPUT_FORMAT if plan else HER_OUTPUT_FORMAT_NO_PLAN
+    sections = persona_sections(p, "\n\n".join(others), summary=summary, calls=calls, rules=rules)
     parts += [f"\n\n{head}\n{text}" for head, text in sections if text.strip()]
     return "".join(parts)
 
@@ -167,8 +156,7 @@ def build_her_messages(
             messages.append(Message("assistant", text))
         else:
             pending.append(render_her_perception(item))
-    recalled = "\n".join(f"- {_clean(m)}" for m in memories if _clean(m))
-    if recalled:  # as in the "chatml" style (`render_memories`)
-        pending.append(f"{MEMORIES_HEAD}\n{recalled}")
+    if block := render_memories(memories):  # as in the "chatml" style
+        pending.append(block.lstrip("\n"))
     flush()
     return messages

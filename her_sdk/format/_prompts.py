@@ -1,30 +1,26 @@
-"""Rendering a character's prompt: its system prompt from a `Persona`, what it perceived, its own
-earlier turns (thoughts kept, plans dropped unless asked), its memories and typed actions, and the
-whole next-turn prompt in one of the three prompt styles (`render_prompt`).
+"""The project's own prompt for a character: its system prompt from a `Persona`, what it
+perceived, its own earlier turns (thoughts kept, plans dropped unless asked), its memories and
+typed actions, as chat messages ("chatml", "template") or a few-shot script ("fewshot").
+`_render.render_prompt` puts a whole next-turn prompt together in any style.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .._persona import Persona
 from ._calls import CallSpec, render_actions
-from ._chat import _Marked, check_prompt_style, render_messages
 from ._contract import (
     CONVERSATION_START,
     ENVIRONMENT,
     MEMORIES_HEAD,
     TAG,
-    Channel,
     Heard,
     HistoryItem,
     Message,
-    Prompt,
-    PromptStyle,
     Turn,
 )
-from ._her import build_her_messages
-from ._quote import _block, _clean, _marking, _name, _unmark
+from ._quote import _block, _clean, _name
 
 
 def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True) -> str:
@@ -97,8 +93,6 @@ def render_system_prompt(
     """
     p = persona
     name = _name(p.name)
-    source = _clean(p.source)
-    intro = f"You are {name} from {source}." if source else f"You are {name}."
     others = []
     for who in dict.fromkeys([*p.others, *p.relationships]):
         known = _clean(p.others.get(who, ""))
@@ -106,20 +100,39 @@ def render_system_prompt(
         if who in p.relationships:
             line += f" ({name}'s view: {_clean(p.relationships[who])})"
         others.append(line)
+    sections = persona_sections(
+        p, "\n".join(others), summary=summary, calls=calls, rules=requirements(name, plan=plan)
+    )
+    body = "\n\n".join(f"{head}\n{text.strip()}" for head, text in sections if text.strip())
+    return f"{introduction(p)}\n\n{body}"
+
+
+def introduction(persona: Persona) -> str:
+    """The system prompt's first line: "You are NAME from SOURCE." (or "You are NAME.")."""
+    source = _clean(persona.source)
+    name = _name(persona.name)
+    return f"You are {name} from {source}." if source else f"You are {name}."
+
+
+def persona_sections(
+    persona: Persona, others: str, *, summary: str, calls: Sequence[CallSpec], rules: str
+) -> list[tuple[str, str]]:
+    """The system prompt's (head, text) sections, in order, of every prompt style that has one:
+    `others` is the other characters' section as the style writes it, `rules` its
+    Requirements; empty sections are left to the caller to drop."""
+    p = persona
     goals, secrets = _block(p.goals), _block(p.secrets)
     inner = "\n".join(x for x in (goals, f"Secrets you keep: {secrets}" if secrets else "") if x)
-    sections = [
-        (f"==={name}'s Profile===", _block(p.profile)),
+    return [
+        (f"==={_name(p.name)}'s Profile===", _block(p.profile)),
         ("===Background===", _block(p.background)),
         ("===Current Scenario===", _block(p.scenario)),
-        ("===Information about other Characters===", "\n".join(others)),
+        ("===Information about other Characters===", others),
         ("===Your Inner Thoughts===", inner),
         ("===What Happened Before===", _clean(summary)),
         ("===Actions You Can Take===", render_actions(calls) if calls else ""),
-        ("===Requirements===", requirements(name, plan=plan)),
+        ("===Requirements===", rules),
     ]
-    body = "\n\n".join(f"{head}\n{text.strip()}" for head, text in sections if text.strip())
-    return f"{intro}\n\n{body}"
 
 
 _SILENCE = Heard(speaker=ENVIRONMENT, speech="A moment passes.")
@@ -183,15 +196,6 @@ def render_memories(memories: Sequence[str]) -> str:
     return f"\n{MEMORIES_HEAD}\n{lines}" if lines else ""
 
 
-def _prefill(name: str, plan: bool, prefill: bool = True) -> tuple[str, Channel | None]:
-    if not prefill:
-        return "", None
-    # "NAME:" without the space: tokenizers attach a space to the word after it (" Shut",
-    # " <role_action>"), so a prompt ending in a bare space token is one no model saw in
-    # training (a tuned 270M model answered it with stray numbers).
-    return ("<system_thinking>", "plan") if plan else (f"{name}:", "speech")
-
-
 # A short scene in another setting, teaching a base model the shape of a HER turn by example.
 FEWSHOT_PREAMBLE = """\
 A role-play script. Before each of a character's lines comes the actor's private plan inside \
@@ -243,60 +247,3 @@ def render_fewshot(
     if transcript:
         text += "\n"
     return text
-
-
-def render_prompt(
-    persona: Persona,
-    history: Sequence[HistoryItem],
-    *,
-    style: PromptStyle = "chatml",
-    plan: bool = True,
-    keep_plans: bool = False,
-    chat_template: str | None = None,
-    bos_token: str = "",
-    eos_token: str = "",
-    prefill: bool = True,
-    memories: Sequence[str] = (),
-    summary: str = "",
-    calls: Sequence[CallSpec] = (),
-) -> Prompt:
-    """Render a character's next-turn prompt in one of the prompt styles.
-
-    With `prefill` (the default) the prompt already begins the reply (`<system_thinking>`, or
-    `NAME:` without a plan) so that even a base model starts in the right place; never in the
-    "her" style, which is HER's own prompt (see `her_sdk.format._her`). `memories`,
-    `summary` and `calls` are rendered into the system prompt (see `render_system_prompt`).
-    The text is a `PromptText`: its `literal` ranges are the quoted text (persona, perceptions,
-    memories, earlier turns), which engines tokenize without special tokens.
-    """
-    style = check_prompt_style(style, chat_template)
-    # HER's models were trained, and are evaluated, without a prefill: the prompt ends
-    # `<|im_start|>assistant\n` and the model writes `<system_thinking>` itself.
-    prefill_text, start = _prefill(persona.name, plan, prefill and style != "her")
-    render: Callable[..., str | list[Message]] = build_messages
-    if style == "fewshot":
-        render = render_fewshot
-    elif style == "her":
-        render = build_her_messages
-    with _marking():  # quoted text is marked, then becomes the result's literal ranges
-        rendered = render(
-            persona,
-            history,
-            plan=plan,
-            keep_plans=keep_plans,
-            memories=memories,
-            summary=summary,
-            calls=calls,
-        )
-    if isinstance(rendered, str):  # few-shot: a script of HER turns, one a line
-        text, stop = _unmark(rendered + prefill_text), ["\n"]
-    else:
-        text, stop = render_messages(
-            [Message(m.role, _Marked(m.content)) for m in rendered],
-            style,
-            prefill=prefill_text,
-            chat_template=chat_template,
-            bos_token=bos_token,
-            eos_token=eos_token,
-        )
-    return Prompt(text=text, stop=stop, prefill=prefill_text, start=start, style=style)
