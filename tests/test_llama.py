@@ -326,7 +326,7 @@ def test_the_largest_shape_builds_a_grammar_the_engine_takes(model):
     from her_sdk import TurnShape
 
     most = {f: 8000 if f.endswith("_chars") else 16 for f in TurnShape.__struct_fields__}
-    most.update(quotes=True, max_actions=8, max_thoughts=8, max_speeches=8)
+    most.update(quotes=True, line_breaks=True, max_actions=8, max_thoughts=8, max_speeches=8)
     scene = scene_with(model)
     reply = scene.turn("Mara", seed=1, max_tokens=8, shape=TurnShape(**most))
     assert reply.finish_reason in ("length", "plan_length")  # 8 tokens: inside the plan
