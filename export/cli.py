@@ -63,7 +63,9 @@ LineBreaks = Annotated[
 ]
 
 
-def _meta(prompt_style: str, plan_chars: int | None, thought_chars: int | None, lines):
+def _meta(
+    prompt_style: str, plan_chars: int | None, thought_chars: int | None, lines: bool | None
+) -> dict:
     from .to_gguf import her_model_metadata
 
     return her_model_metadata(

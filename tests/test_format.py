@@ -532,6 +532,11 @@ def test_prompt_style_detection():
     assert detect_prompt_style(gemma) == "template"
     assert detect_prompt_style(gemma, her_model=True) == "chatml"
     assert detect_prompt_style(None, her_model=True) == "chatml"
+    # A HER model may declare HER's own prompt (a released checkpoint exported with it); a
+    # declaration is read only from a HER model, and only a known one.
+    assert detect_prompt_style(CHATML_TEMPLATE, her_model=True, declared="her") == "her"
+    assert detect_prompt_style(CHATML_TEMPLATE, her_model=True, declared="qwen") == "chatml"
+    assert detect_prompt_style(CHATML_TEMPLATE, declared="her") == "chatml"
 
 
 def test_format_version_check():

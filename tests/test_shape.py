@@ -301,3 +301,12 @@ def test_line_breaks_survive_the_wire_and_saves():
     assert shape_from_pb(pb.TurnShape(line_breaks=True)).line_breaks is True
     mara = Character(name="Mara", model=MockBackend([LONG]), shape=TurnShape.FREE)
     assert Character.loads(mara.dumps()).shape == TurnShape.FREE
+
+
+def test_the_guard_keeps_a_turn_on_one_line_unless_the_shape_allows_line_breaks():
+    # Engines without a grammar get the shape the grammar would have given them.
+    deltas = [Delta("speech", "Go home.\nCome back", 1), Delta("speech", " at dawn.", 1)]
+    one_line, _ = guarded(TurnShape(), deltas)
+    assert "".join(d.text for d in one_line) == "Go home. Come back at dawn."
+    free, _ = guarded(TurnShape.FREE, deltas)
+    assert "".join(d.text for d in free) == "Go home.\nCome back at dawn."

@@ -160,12 +160,10 @@ class LlamaBackend(Backend, BatchingEngine):
         # A model exported with `--prompt-style her` (a released HER model) says so itself,
         # and its metadata may declare the section lengths it was trained with.
         her_meta = [i for i in (self.adapter_info, self.info) if i and i.her_format_version]
-        styles = [m.metadata.get("her.prompt_style") for m in her_meta]
-        declared = next((s for s in styles if s in ("her", "chatml")), None)
+        declared = next((s for m in her_meta if (s := m.metadata.get("her.prompt_style"))), None)
         self.prompt_style = check_prompt_style(
             prompt_style
-            or declared
-            or detect_prompt_style(self.chat_template, her_model=bool(her_meta)),
+            or detect_prompt_style(self.chat_template, her_model=bool(her_meta), declared=declared),
             self.chat_template,
         )
         plans = [m.metadata.get("her.plan") for m in her_meta]

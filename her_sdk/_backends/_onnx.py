@@ -145,11 +145,10 @@ class OnnxBackend(Backend):
         self._lock = threading.Lock()
         self._warned_grammar = False
         her_model = self.her.get("format_version") is not None
-        declared = self.her.get("prompt_style") if her_model else None
+        declared = self.her.get("prompt_style")
         self.prompt_style = check_prompt_style(
             prompt_style
-            or (declared if declared in ("her", "chatml") else None)
-            or detect_prompt_style(self.chat_template, her_model=her_model),
+            or detect_prompt_style(self.chat_template, her_model=her_model, declared=declared),
             self.chat_template,
         )
         if her_model:  # the section lengths it was trained with, as a GGUF declares them

@@ -102,9 +102,7 @@ from ._grammar import (
 from ._her import (
     HER_OUTPUT_FORMAT,
     build_her_messages,
-    render_her_perception,
     render_her_system_prompt,
-    render_her_turn,
 )
 from ._parse import (
     TurnParser,
@@ -172,9 +170,7 @@ __all__ = [
     "render_call",
     "render_chatml",
     "render_fewshot",
-    "render_her_perception",
     "render_her_system_prompt",
-    "render_her_turn",
     "render_memories",
     "render_messages",
     "render_perception",

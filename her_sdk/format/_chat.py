@@ -49,15 +49,19 @@ def chatml_to_messages(prompt: str) -> tuple[list[Message], str]:
     return messages, prefill
 
 
-def detect_prompt_style(chat_template: str | None, *, her_model: bool = False) -> PromptStyle:
+def detect_prompt_style(
+    chat_template: str | None, *, her_model: bool = False, declared: object = None
+) -> PromptStyle:
     """How to render prompts for a model, from its metadata.
 
-    A HER model (one whose metadata carries a HER format version) and any model whose template
-    is ChatML get "chatml"; another chat template is used as it is ("template"); a model without
-    one is a base model, prompted with a few-shot script ("fewshot").
+    A HER model (one whose metadata carries a HER format version) gets the style it declares
+    (`declared`, its `her.prompt_style`: "her" for a released HER model exported so), else
+    "chatml"; any model whose template is ChatML gets "chatml"; another chat template is used as
+    it is ("template"); a model without one is a base model, prompted with a few-shot script
+    ("fewshot").
     """
     if her_model:
-        return "chatml"
+        return "her" if declared == "her" else "chatml"
     if not chat_template or not chat_template.strip():
         return "fewshot"
     if _IM_START in chat_template:

@@ -31,14 +31,17 @@ from .._persona import Persona
 from ._calls import CallSpec
 from ._contract import (
     CONVERSATION_START,
-    ENVIRONMENT,
-    TAG,
-    Heard,
     HistoryItem,
     Message,
     Turn,
 )
-from ._prompts import introduction, persona_sections, render_memories
+from ._prompts import (
+    introduction,
+    persona_sections,
+    render_memories,
+    render_perception,
+    render_turn,
+)
 from ._quote import _block, _clean, _name
 
 # convert_to_sft_format.py, get_output_format() (lines 247-250): the Requirements of every HER
@@ -84,40 +87,6 @@ def render_her_system_prompt(
     return "".join(parts)
 
 
-def render_her_perception(heard: Heard) -> str:
-    """Another's turn as HER's data wrote it for the listener (`without_think`): `Name: ` then
-    the visible actions as `<role_action>` sections and the speech, separated by spaces (the
-    CoSER source text's spacing, which HER keeps)."""
-    if heard.speaker == ENVIRONMENT:
-        return f"{ENVIRONMENT}: {_clean(heard.speech)}"
-    parts = [f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a)]
-    if _clean(heard.speech):
-        parts.append(_clean(heard.speech))
-    return f"{_name(heard.speaker)}: {' '.join(parts)}"
-
-
-def render_her_turn(turn: Turn, name: str, *, keep_plan: bool = False) -> str:
-    """One of the character's own turns as HER's data wrote it (`standard_format`): `Name: `
-    then its sections in order, no space after a closing tag, one space between speech and a
-    tag that follows it (the CoSER source text's spacing); the plan only with `keep_plan`."""
-    parts = []
-    if keep_plan and turn.plan:
-        parts.append(f"<system_thinking>{_clean(turn.plan)}</system_thinking>")
-    parts.append(f"{_name(name)}: ")
-    spoke = False
-    for seg in turn.segments:
-        text = _clean(seg.text)
-        if seg.channel == "plan" or not text:
-            continue
-        if seg.channel == "speech":
-            parts.append(text)
-        else:
-            tag = TAG[seg.channel]
-            parts.append(f"{' ' if spoke else ''}<{tag}>{text}</{tag}>")
-        spoke = seg.channel == "speech"
-    return "".join(parts)
-
-
 def build_her_messages(
     persona: Persona,
     history: Sequence[HistoryItem],
@@ -152,10 +121,12 @@ def build_her_messages(
     for item in history:
         if isinstance(item, Turn):
             flush()
-            text = render_her_turn(item, persona.name, keep_plan=keep_plans)
+            # HER's `standard_format`: a space kept before a tag that follows speech
+            text = render_turn(item, persona.name, keep_plan=keep_plans, spaced=True)
             messages.append(Message("assistant", text))
         else:
-            pending.append(render_her_perception(item))
+            # HER's `without_think`: the source's space between an action and the speech
+            pending.append(render_perception(item, sep=" "))
     if block := render_memories(memories):  # as in the "chatml" style
         pending.append(block.lstrip("\n"))
     flush()

@@ -23,16 +23,21 @@ from ._contract import (
 from ._quote import _block, _clean, _name
 
 
-def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True) -> str:
+def render_turn(
+    turn: Turn, name: str, *, keep_plan: bool = False, label: bool = True, spaced: bool = False
+) -> str:
     """A turn as HER text: `<system_thinking>…</system_thinking>NAME: ` then its segments.
 
     The plan is left out unless `keep_plan`; thoughts are kept (the character remembers them).
+    `spaced`: a space between speech and a tag after it, as in CoSER's source text, which HER's
+    data keeps (the "her" style); never one after a closing tag.
     """
     parts: list[str] = []
     if keep_plan and turn.plan:
         parts.append(f"<system_thinking>{_clean(turn.plan)}</system_thinking>")
     if label:
         parts.append(f"{_name(name)}: ")
+    spoke = False
     for seg in turn.segments:
         if seg.channel == "plan":
             continue
@@ -40,16 +45,20 @@ def render_turn(turn: Turn, name: str, *, keep_plan: bool = False, label: bool =
             parts.append(_clean(seg.text))
         else:
             tag = TAG[seg.channel]
-            parts.append(f"<{tag}>{_clean(seg.text)}</{tag}>")
+            parts.append(f"{' ' if spaced and spoke else ''}<{tag}>{_clean(seg.text)}</{tag}>")
+        spoke = seg.channel == "speech"
     return "".join(parts)
 
 
-def render_perception(heard: Heard) -> str:
-    """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`."""
+def render_perception(heard: Heard, *, sep: str = "") -> str:
+    """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`;
+    `sep` goes between its sections (the "her" style: a space, as CoSER's source text has)."""
     if heard.speaker == ENVIRONMENT:
         return f"{ENVIRONMENT}: {_clean(heard.speech)}"
-    acts = "".join(f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a))
-    return f"{_name(heard.speaker)}: {acts}{_clean(heard.speech)}"
+    parts = [f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a)]
+    if speech := _clean(heard.speech):
+        parts.append(speech)
+    return f"{_name(heard.speaker)}: {sep.join(parts)}"
 
 
 # ---------------------------------------------------------------------------------------------

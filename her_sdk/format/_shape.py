@@ -177,7 +177,8 @@ class ShapeGuard:
     `feed(delta)` returns what of the delta fits; once a delta would open a section too many,
     begin a sentence too many or run a speech past its length, `done` is True and the turn should
     end there (what came before stays). Plans, thoughts and actions past their length are cut
-    and the turn goes on: they are not what the game waits for.
+    and the turn goes on: they are not what the game waits for. Without `line_breaks`, a line
+    break becomes a space, as the grammar would have had it.
     """
 
     def __init__(self, shape: TurnShape) -> None:
@@ -196,7 +197,7 @@ class ShapeGuard:
         if delta.segment != self._segment and not self._open(delta):
             self.done = True
             return ()
-        text = delta.text
+        text = delta.text if self.shape.line_breaks else delta.text.replace("\n", " ")
         if delta.channel == "speech":
             text = self._speech(text)
         else:
