@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 
-from her_sdk import Backend, Sampling
+from her_sdk import Backend, Sampling, TextStream
 from her_sdk import backend_from_spec as _from_spec
 from her_sdk.format import Message, Rendered, render_messages
 
@@ -111,29 +111,46 @@ class BackendPool:
 class ChatAgent:
     """A system prompt and a message list, as CoSER's `Agent` keeps them.
 
-    `update(role, text)` appends a message, or extends the last one with a blank line between
-    when it has the same role (CoSER `Agent.update`); empty text is ignored.
+    `update(role, text)` appends a message, or, with `merge` (CoSER `Agent.update`), extends the
+    last one with a blank line between when it has the same role; HER's `CharacterAgent` keeps
+    every message apart (`merge=False`). Empty text is ignored. The system prompt loses its
+    outer newlines unless `verbatim` (HER's actor prompts end in blank lines the model saw).
+    `last` is the stream of the latest `chat` (finish reason, token counts, timings).
     """
 
-    def __init__(self, backend: Backend, system: str, *, label: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        system: str,
+        *,
+        label: str,
+        merge: bool = True,
+        one_line: bool = True,
+        verbatim: bool = False,
+    ) -> None:
         self.backend = backend
         self.label = label  # the agent's name in a base-model script ("Environment", ...)
-        self.messages: list[Message] = [Message("system", system.strip("\n"))]
+        self.merge = merge
+        self.one_line = one_line
+        self.messages: list[Message] = [
+            Message("system", system if verbatim else system.strip("\n"))
+        ]
+        self.last: TextStream | None = None
 
     def update(self, role: str, text: str) -> None:
         if not text:
             return
         last = self.messages[-1]
-        if last.role == role:
+        if self.merge and last.role == role:
             self.messages[-1] = Message(role, last.content + "\n\n" + text)
         else:
             self.messages.append(Message(role, text))
 
     def render(self, messages: list[Message] | None = None) -> Rendered:
         """(prompt text, stop strings) for the backend's prompt style; in a base model's
-        script the agent answers one line after its label."""
+        script the agent answers after its label (one line, with `one_line`)."""
         msgs = messages if messages is not None else self.messages
-        return render_messages(msgs, self.backend, label=self.label, one_line=True)
+        return render_messages(msgs, self.backend, label=self.label, one_line=self.one_line)
 
     def chat(self, sampling: Sampling, messages: list[Message] | None = None) -> str:
         msgs = list(messages if messages is not None else self.messages)
@@ -145,6 +162,7 @@ class ChatAgent:
             del msgs[1]
             prompt, stop = self.render(msgs)
         stream = self.backend.stream(prompt, stop=stop, sampling=sampling)
+        self.last = stream
         try:
             return "".join(stream).strip()
         finally:

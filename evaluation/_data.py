@@ -68,9 +68,10 @@ def speakers(rec: dict) -> list[str]:
     return names
 
 
-def involved_profiles(rec: dict) -> dict[str, str]:
+def involved_profiles(rec: dict, *, strip: bool = False) -> dict[str, str]:
     """CoSER's `involved_character_profiles`: plot description + profile, per speaking
-    character (gca_evaluation/main.py)."""
+    character (gca_evaluation/main.py); with `strip`, HER's (benchmark.py lines 398-415), which
+    strips all outer whitespace where CoSER strips newlines (and spaces at the ends)."""
     plot = rec.get("plot") or {}
     key_chars = {c.get("name", ""): c for c in plot.get("key_characters") or []}
     profiles = rec.get("character_profiles") or {}
@@ -81,8 +82,10 @@ def involved_profiles(rec: dict) -> dict[str, str]:
         profile = profiles.get(name, "") or ""
         info = key_chars.get(name)
         if info is not None and "description" in info:
-            profile = (info.get("description") or "").strip("\n") + "\n\n" + profile.strip("\n")
-        profile = profile.strip(" \n")
+            edge = None if strip else "\n"
+            desc = (info.get("description") or "").strip(edge)
+            profile = desc + "\n\n" + profile.strip(edge)
+        profile = profile.strip() if strip else profile.strip(" \n")
         if profile:
             out[name] = profile
     return out

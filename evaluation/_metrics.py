@@ -5,6 +5,8 @@ CoSER pieces reproduced here (gca_evaluation/main.py and utils.py, repository Ne
 the judge-answer check (`parse_response`), the per-dimension score
 `clip(100 - 5 * (S - 0.3 * R), 0, 100)`, `remove_inner_thoughts`, `extract_nsp`, and
 `calculate_bleu_rouge` (NLTK `word_tokenize` + `sentence_bleu`, the `rouge` package's ROUGE-L F1).
+HER's variants of the text helpers (`her_*`, eval_code/benchmarks/multi_turn/coser/utils.py,
+repository cydu24/HER) are what the `her` preset passes between its actors and to its judge.
 """
 
 from __future__ import annotations
@@ -121,6 +123,78 @@ def add_speaker_name(text: str, speaker: str) -> str:
     ):
         return text
     return f"{speaker}: {text}"
+
+
+# -- text helpers from HER's eval (eval_code/benchmarks/multi_turn/coser/utils.py) -------------
+
+
+def _squeeze_lines(text: str) -> str:
+    """Each line stripped, runs of newlines made one (both references' clean-up)."""
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return re.sub(r"\n+", "\n", text)
+
+
+_HER_SYSTEM_TAG = r"<\s*system[_\s]*think(?:ing)?\s*>"
+_HER_SYSTEM_CLOSE = r"</\s*system[_\s]*think(?:ing)?\s*>"
+
+
+def her_remove_system_thinking(dialogue: str) -> str:
+    """HER's `remove_system_thinking` (utils.py lines 19-56): plans (closed or not), `<think>`,
+    `<thought>` and stray `<role_think>` blocks removed, lines squeezed. Role thoughts stay."""
+    cleaned = re.sub(_HER_SYSTEM_TAG + r".*?" + _HER_SYSTEM_CLOSE, "", dialogue, flags=re.S)
+    cleaned = re.sub(_HER_SYSTEM_TAG + r".*$", "", cleaned, flags=re.S)
+    cleaned = re.sub(_HER_SYSTEM_CLOSE, "", cleaned)
+    for tag in ("think", "thought", "role_think"):
+        cleaned = re.sub(rf"<{tag}>.*?</{tag}>", "", cleaned, flags=re.S)
+        cleaned = re.sub(rf"<{tag}>.*", "", cleaned, flags=re.S)
+    return _squeeze_lines(cleaned).strip()
+
+
+def her_remove_inner_thoughts(dialogue: str) -> str:
+    """HER's `remove_inner_thoughts` (utils.py lines 172-199): thinking blocks of any kind and
+    `[...]` removed, lines squeezed. Only closed blocks go (see `coser._her_public_view`)."""
+    cleaned = dialogue
+    for pat in (
+        r"\s*<\s*system[_\s]+think(?:ing)?\s*>.*?</\s*system[_\s]+think(?:ing)?\s*>\s*",
+        r"\s*<\s*role[_\s]+think(?:ing)?\s*>.*?</\s*role[_\s]+think(?:ing)?\s*>\s*",
+        r"\s*<\s*\w*[_\s]*think(?:ing)?\s*>.*?</\s*\w*[_\s]*think(?:ing)?\s*>\s*",
+    ):
+        cleaned = re.sub(pat, "", cleaned, flags=re.S).strip()
+    cleaned = re.sub(r"\[.*?\]", "", cleaned)
+    return _squeeze_lines(cleaned).strip()
+
+
+def her_long_thinking_to_role(dialogue: str) -> str:
+    """HER's `remove_long_role_thinking` (utils.py lines 279-287): `<long_role_thinking>` blocks
+    become `<role_thinking>` blocks."""
+    return re.sub(
+        r"<long_role_thinking>(.*?)</long_role_thinking>",
+        r"<role_thinking>\1</role_thinking>",
+        dialogue,
+        flags=re.S,
+    )
+
+
+def her_remove_role_thinking(dialogue: str) -> str:
+    """HER's `remove_role_thinking` (utils.py lines 202-215): `<role_thinking>` blocks and
+    `[...]` removed (its judge-side ablation, `eval_remove_role_thinking`)."""
+    cleaned = re.sub(r"<role_thinking>.*?</role_thinking>", "", dialogue, flags=re.S)
+    return re.sub(r"\[.*?\]", "", cleaned, flags=re.S).strip()
+
+
+def her_coser_notation(dialogue: str) -> str:
+    """HER's `convert_her_format` (utils.py lines 218-239): `<role_thinking>` -> `[...]`,
+    `<role_action>` -> `(...)`, `<role_speech>` tags dropped; what its judge reads."""
+    for old, new in (
+        ("<role_thinking>", "["),
+        ("</role_thinking>", "]"),
+        ("<role_action>", "("),
+        ("</role_action>", ")"),
+        ("<role_speech>", ""),
+        ("</role_speech>", ""),
+    ):
+        dialogue = dialogue.replace(old, new)
+    return dialogue.strip()
 
 
 _NSP_RE = re.compile(

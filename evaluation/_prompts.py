@@ -15,10 +15,14 @@ protocol: a judge shown other words gives other scores. Sources:
   `get_nsp_prompt(with_reasoning=True)` appends (the `her` preset).
 - `FIX_JSON_PROMPT`: CoSER's `extract_json._fix_json`, sent to the judge when its answer is not
   parseable JSON.
+- `her_eval_character_prompt`: the actor system prompt of HER's eval code
+  (`get_character_prompt(model_type="her", fixed_template=True)`, eval_code/benchmarks/
+  multi_turn/coser/prompts.py lines 8-109), which the `her` preset's actors get; with
+  `plan=False` its "her_without_systhink" variant. The coser preset's actors get her_sdk's own
+  prompts (`her_sdk.format`), see `her_sdk.evaluation.coser` for why.
 
 Placeholders are filled with `str.replace`, never `str.format`, so braces in a test set's text
-are safe. Actor prompts are not here: they are her_sdk's HER system prompts (`her_sdk.format`),
-see `her_sdk.evaluation.coser` for why.
+are safe.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "JUDGE_TEMPLATE",
     "NSP",
     "environment_prompt",
+    "her_eval_character_prompt",
     "judge_prompt",
     "nsp_prompt",
     "prompts_hash",
@@ -424,6 +429,76 @@ def judge_prompt(
     return _fill(text, dimension_criteria=criteria)
 
 
+# eval_code/benchmarks/multi_turn/coser/prompts.py lines 43-49 and 59-66: the rules HER's eval
+# adds for its actors (with `{character}` replaced by the actor's name).
+_HER_EVAL_RULES = """===CRITICAL RULES (MUST FOLLOW)===
+1. You are ONLY playing {character}. NEVER speak or act as other characters.
+2. Output ONLY ONE turn of dialogue. Do NOT generate multiple conversation rounds.
+3. NEVER include other character names followed by colons (e.g., "OtherCharacter:") in your output.
+4. Keep your response concise and focused on your character's single turn.
+5. Stop after completing your character's thought, speech, and action for this turn.
+6. Limit your response to approximately 200 words.
+"""
+
+# prompts.py lines 59-73 (model_type "her", the default): the plan and the response.
+_HER_EVAL_FORMAT = (
+    "\n\n"
+    + _HER_EVAL_RULES
+    + """
+===Requirements===
+Your output should follow this two-part structure in strict order:
+1. System Thinking: A single block at the very beginning, wrapped in <system_thinking> and </system_thinking>. This is the third-person analysis of how to portray the role.
+2. Role-play Response: The response include the role's thought, speech and action. Use <role_thinking> your thought </role_thinking> and <role_action> your action</role_action> as needed. These three elements (thought, speech and action) can appear multiple times and be freely interleaved.
+(all thinking is invisible to others)
+
+
+"""  # noqa: E501
+)
+
+# prompts.py lines 40-55 (model_type "her_nosys" / "her_without_systhink"): no plan.
+_HER_EVAL_FORMAT_NO_PLAN = (
+    "\n"
+    + _HER_EVAL_RULES
+    + """
+===Requirements===
+Your output should be a Role-play Response that includes the role's thought, speech and action. Use <role_thinking> your thought </role_thinking> for thoughts (invisible to others) and <role_action> your action </role_action> for actions (visible to others). These three elements (thought, speech and action) can appear multiple times and be freely interleaved.
+(all thinking is invisible to others)
+"""  # noqa: E501
+)
+
+
+def her_eval_character_prompt(
+    *,
+    book: str,
+    character: str,
+    profile: str,
+    scenario: str,
+    motivation: str,
+    other_profiles: dict[str, str],
+    plan: bool = True,
+) -> str:
+    """An actor's system prompt in HER's eval (`get_character_prompt(model_type="her")`).
+
+    Byte for byte what HER's function returns, blank lines included: `other_profiles` may hold
+    the actor itself (skipped, as there); `motivation` is the record's `key_characters`
+    motivation. The plot summary is not part of it (HER's fixed template ignores `background`).
+    """
+    others = "".join(
+        f"\n{name}: {text}\n" for name, text in other_profiles.items() if name != character
+    )
+    if others:
+        others = f"===Information about the other Characters===\n{others}\n\n"
+    inner = f"===Your Inner Thoughts===\n{motivation}\n\n" if motivation else ""
+    output_format = _HER_EVAL_FORMAT if plan else _HER_EVAL_FORMAT_NO_PLAN
+    return (
+        f"You are {character} from {book}.\n\n"
+        f"==={character}'s Profile===\n{profile}\n\n"
+        f"===Current Scenario===\n{scenario}\n\n"
+        f"{others}{inner}\n\n"
+        f"===Requirements===\n{output_format.replace('{character}', character)}\n\n"
+    )
+
+
 def prompts_hash() -> str:
     """sha256 of every prompt text here: recorded in results so runs with other prompts differ."""
     h = hashlib.sha256()
@@ -435,6 +510,8 @@ def prompts_hash() -> str:
         NSP_TEMPLATE,
         NSP_RULES_HER,
         FIX_JSON_PROMPT,
+        _HER_EVAL_FORMAT,
+        _HER_EVAL_FORMAT_NO_PLAN,
         *MODEL_ROLES,
     ]
     for name, (brief, criteria) in DIMENSIONS.items():

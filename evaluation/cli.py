@@ -70,6 +70,13 @@ def coser(
         int | None,
         typer.Option(help="Override the preset's actor budget (coser 512, her 4096 tokens)."),
     ] = None,
+    actor_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Actors: her_eval (HER's eval agents and prompt; her preset) or sdk "
+            "(her_sdk Characters; coser preset)."
+        ),
+    ] = None,
     actor_prompt_style: Annotated[
         str | None,
         typer.Option(
@@ -104,6 +111,7 @@ def coser(
             temperature=temperature,
             grammar=grammar,
             actor_max_tokens=actor_max_tokens,
+            actor_prompt=actor_prompt,
             actor_prompt_style=actor_prompt_style,
             seed=seed,
             n_ctx=n_ctx,

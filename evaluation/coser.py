@@ -20,14 +20,14 @@ What it follows, file by file (CoSER: repository Neph0s/CoSER; HER: cydu24/HER, 
   the run's average is the mean of the four dimension means. BLEU and ROUGE-L
   (`utils.calculate_bleu_rouge`) are reported beside it, not averaged in.
 
-Where it deliberately differs, and why:
+Where the coser preset deliberately differs, and why:
 
 - Actors are her_sdk `Character`s in one `Scene`, so isolation holds by construction: a
   character's prompt is its own persona (own profile, own motivation, the others' profiles, as
   CoSER's `get_character_prompt(fixed_template=True)` builds it) plus what it perceived: other
-  characters' public actions and speech, narration. Prompts are her_sdk's HER prompts (HER tags;
-  CoSER asks for `[thought] (action)`), which is what the models under test are trained on, as in
-  HER's adaptation. CoSER's extra "Limit your response to 60 words" line is replaced by
+  characters' public actions and speech, narration. Prompts are her_sdk's HER prompts in the
+  model's prompt style (HER tags; CoSER asks for `[thought] (action)`), which is what the models
+  under test are trained on. CoSER's extra "Limit your response to 60 words" line is replaced by
   her_sdk's "Keep it to one short turn", and a first turn perceives "Environment: A moment
   passes." instead of an empty conversation start (her_sdk's rendering).
 - Messages are judged in CoSER's notation: `Name: (action) speech`, thoughts removed (CoSER
@@ -44,43 +44,44 @@ Where it deliberately differs, and why:
   HER scores it 50). An unreachable backend stops the run instead; rerun to resume.
 - `{major_characters}` inside the Character Fidelity criteria stays literal, as in both
   references (see `judge_prompt`).
+- The environment and NSP default to the actor (CoSER: gpt-4o and gpt-4o-mini), so an offline
+  run needs no second model; pass `--env`/`--nsp` to match.
+- Actor budget: 512 tokens, enough for her_sdk's short plans; a turn cut inside its plan says so
+  (finish reason "plan_length", counted per record as `plan_cut_turns`).
 
-Presets (`--preset`): `coser` (default) is the above. `her` is HER's adaptation (`eval_code/`):
-temperature 0.7 for actor, environment and NSP, actor max_tokens 4096, judge max_tokens 2048,
-at most 10 rounds, HER's NSP prompt rules and lenient NSP parsing (no system-prompt re-input
-after an invalid prediction), actors keep their earlier plans in context, the judge sees inner
-thoughts as `[...]` (simulation and reference), float severities count, a flaw without severity
-counts 0, and HER's balanced JSON example in the judge prompt; actors run unconstrained (no
-grammar: neither reference constrains decoding) with the prompt style "her" (HER's own prompt,
-no prefill; `her_sdk.format._her`), and the environment and the NSP are the judge model unless
-`--env`/`--nsp` say otherwise. Parse failures are still counted, never scored 50. Every setting
-is in `results.json`; `--actor-max-tokens`, `--actor-prompt-style`, `--grammar/--no-grammar`,
-`--temperature` and `--max-rounds` override a preset.
+The her preset reproduces HER's eval code (`eval_code/`, `run_coser.py` defaults and
+`benchmarks/multi_turn/coser/`): temperature 0.7 for actor, environment and NSP, actor
+max_tokens 4096, judge max_tokens 2048, at most 10 rounds, HER's NSP prompt rules and lenient
+NSP parsing (no system-prompt re-input after an invalid prediction), agents that keep every
+message apart, the judge shown inner thoughts as `[...]` (simulation and reference), float
+severities counted, a flaw without severity counted 0, and HER's balanced JSON example in the
+judge prompt. Its actors are HER's (`--actor-prompt her_eval`): one chat agent per character
+with `get_character_prompt(model_type="her")` as system prompt ("CRITICAL RULES", the 200-word
+limit; `plan=False` gives its "her_without_systhink" variant), a user message
+"===Conversation Start===", then every message as its own chat message: the actor's own replies
+whole (plan included) as assistant messages, everyone else's as user messages through HER's
+clean-up (plan and thoughts removed, `Name: ` prefixed), rendered as ChatML (HER's
+`format_qwen_prompt`, when the model's style is "her" or "chatml") with no prefill and no
+grammar; the judge reads each reply as HER's does (plan removed, tags in CoSER notation, no name
+added). The environment and the NSP are the judge model unless `--env`/`--nsp` say otherwise.
 
-What still differs from the references, and is never hidden (results.json records it all):
+What still differs from HER's eval, and is never hidden (results.json records every setting):
 
-- Actor prompts. CoSER's actors get `get_character_prompt` with `[thought] (action)` notation;
-  HER's eval gives its actors `get_character_prompt(model_type="her")` (prompts.py), which adds
-  "CRITICAL RULES" and a 200-word limit to HER's training prompt. Here the coser preset uses the
-  project's prompt and the her preset HER's *training* prompt (what HER's models learned), not
-  the eval variant.
-- What an actor perceives. Both references show an actor the others' messages without their
-  thoughts, as here; but they pass a message's text as the model wrote it, while here an actor
-  perceives the parsed public sections (actions as `<role_action>`, speech), so text the parser
-  does not recognise as a section is not passed on.
-- Transcript notation. The judge always sees `Name: ` before a message and CoSER's
-  `(action)`/`[thought]` notation, in both presets; HER's eval keeps its own tags.
-- The coser preset's environment and NSP default to the actor (CoSER: gpt-4o and
-  gpt-4o-mini), so an offline run needs no second model; pass `--env`/`--nsp` to match.
-- Actor budget: the coser preset gives 512 tokens, enough for her_sdk's short plans; a HER model
-  plans at length, so use the her preset or `--actor-max-tokens` (a turn cut inside its plan
-  says so: finish reason "plan_length").
+- A reply cut inside a thought: HER removes only closed thinking blocks, so it would pass the
+  open thought on to the others; here the open tail is cut from their view (`_her_public_view`).
+- HER sends the speaker's name in each chat message's `name` field as well as in its text; an
+  OpenAI-compatible environment or NSP gets the text only. A window too small for a long scene
+  forgets the oldest messages (HER's run errors out).
+- Parse failures are counted and left out of the mean, never scored 50 (above).
+- With `--actor-prompt sdk` the her preset runs her_sdk Characters in the prompt style "her"
+  (HER's *training* prompt, `her_sdk.format._her`) instead: what a game would run.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -105,6 +106,11 @@ from ._metrics import (
     bleu_rouge,
     extract_json,
     extract_nsp,
+    her_coser_notation,
+    her_long_thinking_to_role,
+    her_remove_inner_thoughts,
+    her_remove_role_thinking,
+    her_remove_system_thinking,
     judge_flaws,
     parse_nsp_her,
     remove_inner_thoughts,
@@ -116,6 +122,7 @@ from ._prompts import (
     FIX_JSON_PROMPT,
     NSP,
     environment_prompt,
+    her_eval_character_prompt,
     judge_prompt,
     nsp_prompt,
     prompts_hash,
@@ -145,6 +152,7 @@ class CoserSettings:
     temperature: float = 0.0  # actor, environment, NSP (CoSER: 0 on the first try)
     retry_temperature: float = 1.0
     actor_max_tokens: int = 512
+    actor_prompt: str = "sdk"  # "sdk": her_sdk Characters; "her_eval": HER's eval actors
     actor_prompt_style: str | None = None  # None: the actor model's own (its metadata)
     agent_max_tokens: int = 512
     judge_temperature: float = 0.0
@@ -174,6 +182,7 @@ class CoserSettings:
                 max_rounds=10,
                 judge_sees_thoughts=True,
                 keep_plans=True,
+                actor_prompt="her_eval",
                 actor_prompt_style="her",
                 grammar=False,
             )
@@ -181,6 +190,13 @@ class CoserSettings:
         s = cls(**base)
         if s.max_rounds < 1 or s.actor_max_tokens < 1:
             raise ConfigError("max_rounds and actor_max_tokens must be >= 1")
+        if s.actor_prompt not in ("sdk", "her_eval"):
+            raise ConfigError(f"unknown actor prompt {s.actor_prompt!r} (sdk or her_eval)")
+        if s.actor_prompt == "her_eval" and s.grammar:
+            raise ConfigError(
+                "the her_eval actors run unconstrained, as HER's eval does; "
+                "use --actor-prompt sdk for a grammar"
+            )
         if s.actor_prompt_style is not None:
             check_prompt_style(s.actor_prompt_style, "-")  # "template" is checked on load
         if s.judge is None:
@@ -213,6 +229,62 @@ def _public_narration(raw: str) -> str:
     return remove_inner_thoughts(raw)
 
 
+_OPEN_THOUGHT = re.compile(r"<\s*\w*[_\s]*think(?:ing)?\s*>.*", re.S)
+_ORPHAN_CLOSE = re.compile(r"(?:^|(?<=>))[^<>]*</\s*\w*[_\s]*think(?:ing)?\s*>")
+_PLAN_OPEN = re.compile(r"<\s*system[_\s]*think(?:ing)?\s*>")
+_PLAN_CLOSE = re.compile(r"</\s*system[_\s]*think(?:ing)?\s*>")
+
+
+def _her_public_view(message: str, speaker: str) -> str:
+    """What HER's eval passes to everyone but the speaker (benchmark.py lines 629-664): long
+    thoughts made role thoughts, plans removed, the speaker's name prefixed, thoughts removed.
+
+    HER removes only closed thinking blocks, so a reply cut inside a thought would reach the
+    others; here that tail (and text before a stray closing tag) is cut as well. On well-formed
+    replies the view is HER's, byte for byte.
+    """
+    view = her_remove_system_thinking(her_long_thinking_to_role(message))
+    view = her_remove_inner_thoughts(add_speaker_name(view, speaker))
+    safe = _ORPHAN_CLOSE.sub("", _OPEN_THOUGHT.sub("", view))
+    safe = re.sub(r"\[[^\]]*$", "", safe).strip()
+    if safe != view:
+        view = add_speaker_name(safe, speaker)
+    return view
+
+
+def _cut_in_plan(raw: str) -> bool:
+    """Whether a reply opened a plan it never closed (its budget ended inside it)."""
+    opened = _PLAN_OPEN.search(raw)
+    return opened is not None and not _PLAN_CLOSE.search(raw, opened.end())
+
+
+def _her_eval_actors(
+    rec: dict, speakers: list[str], actor: Backend, settings: CoserSettings
+) -> dict[str, ChatAgent]:
+    """HER's eval actors (benchmark.py lines 386-465): one `CharacterAgent` per speaking
+    character with `get_character_prompt(model_type="her")`, started by the conversation start;
+    profiles as HER builds them (plot description, a blank line, the profile)."""
+    profiles = _data.involved_profiles(rec, strip=True)
+    agents: dict[str, ChatAgent] = {}
+    for name in speakers:
+        if name == ENVIRONMENT or name in agents:
+            continue
+        system = her_eval_character_prompt(
+            book=str(rec.get("book", "Unknown")),
+            character=name,
+            profile=profiles.get(name, ""),
+            scenario=str(rec.get("scenario", "")),
+            motivation=_data.motivation(rec, name),
+            other_profiles=profiles,
+            plan=settings.plan,
+        )
+        agents[name] = ChatAgent(
+            actor, system, label=name, merge=False, one_line=False, verbatim=True
+        )
+        agents[name].update("user", CONVERSATION_START)
+    return agents
+
+
 def simulate(
     rec: dict,
     index: int,
@@ -231,25 +303,33 @@ def simulate(
     speakers = _data.speakers(rec)
     major = list(rec.get("major_characters") or [])
     scenario = str(rec.get("scenario", ""))
-    profiles = _data.involved_profiles(rec)
     sampling = plain_sampling(settings.temperature, settings.actor_max_tokens)
+    her_eval = settings.actor_prompt == "her_eval"
     actors: dict[str, Character] = {}
-    for name in speakers:
-        if name == ENVIRONMENT or name in actors:
-            continue
-        actors[name] = Character(
-            persona=_data.persona_for(rec, name, profiles),
-            model=actor,
-            plan=settings.plan,
-            keep_plans=settings.keep_plans,
-            grammar=settings.grammar,
-            sampling=sampling,
-        )
-    scene = Scene(list(actors.values()), seed=settings.seed + index)
+    her_actors: dict[str, ChatAgent] = {}
+    if her_eval:
+        her_actors = _her_eval_actors(rec, speakers, actor, settings)
+    else:
+        profiles = _data.involved_profiles(rec)
+        for name in speakers:
+            if name == ENVIRONMENT or name in actors:
+                continue
+            actors[name] = Character(
+                persona=_data.persona_for(rec, name, profiles),
+                model=actor,
+                plan=settings.plan,
+                keep_plans=settings.keep_plans,
+                grammar=settings.grammar,
+                sampling=sampling,
+            )
+    scene = Scene(list(actors.values()), seed=settings.seed + index) if actors else None
 
-    env_agent = ChatAgent(env, environment_prompt(major, scenario, rng), label=ENVIRONMENT)
+    merge = settings.preset == "coser"  # HER's agents keep every message apart
+    env_agent = ChatAgent(
+        env, environment_prompt(major, scenario, rng), label=ENVIRONMENT, merge=merge
+    )
     nsp_system = nsp_prompt(speakers, scenario, preset=settings.preset)
-    nsp_agent = ChatAgent(nsp, nsp_system, label="Next Speaker")
+    nsp_agent = ChatAgent(nsp, nsp_system, label="Next Speaker", merge=merge)
     for agent in (env_agent, nsp_agent):
         agent.update("user", CONVERSATION_START)
 
@@ -262,8 +342,21 @@ def simulate(
             on_prompt(who, agent.render()[0])
         return agent.chat(agent_sampling())
 
+    def tell_others(speaker: str, view: str, raw: str) -> None:
+        """HER's update of every agent after a message: the speaker keeps its own reply whole
+        (plan included), the others, the environment and the NSP get the public view."""
+        for name, agent in her_actors.items():
+            if name == speaker:
+                agent.update("assistant", raw)
+            else:
+                agent.update("user", view)
+        for agent in (env_agent, nsp_agent):
+            if agent is not env_agent or speaker != ENVIRONMENT:
+                agent.update("user", view)
+
     transcript: list[dict] = []
     nsp_fallbacks = 0
+    plan_cuts = 0
     end_reason = "max_rounds"
     current = speakers[0]
     t0 = time.perf_counter()
@@ -273,17 +366,47 @@ def simulate(
             break
         if current == ENVIRONMENT:
             raw = ask(env_agent, ENVIRONMENT)
-            narration = _public_narration(raw)
             env_agent.update("assistant", raw)
-            if narration:
-                scene.narrate(narration)
-            nsp_agent.update("user", add_speaker_name(narration, ENVIRONMENT))
+            if her_eval:
+                narration = her_remove_system_thinking(raw)
+                tell_others(ENVIRONMENT, _her_public_view(narration, ENVIRONMENT), narration)
+            else:
+                narration = _public_narration(raw)
+                if narration and scene is not None:
+                    scene.narrate(narration)
+                nsp_agent.update("user", add_speaker_name(narration, ENVIRONMENT))
             transcript.append({"role": ENVIRONMENT, "content": narration, "raw": raw})
+        elif her_eval:
+            agent = her_actors[current]
+            if on_prompt is not None:
+                on_prompt(current, agent.render()[0])
+            raw = agent.chat(sampling)
+            stats = agent.last
+            cut = _cut_in_plan(raw)
+            plan_cuts += cut
+            tell_others(current, _her_public_view(raw, current), raw)
+            judged = her_remove_system_thinking(raw)
+            if not settings.judge_sees_thoughts:  # HER's eval_remove_role_thinking ablation
+                judged = her_remove_role_thinking(judged)
+            transcript.append(
+                {
+                    "role": current,
+                    "content": her_coser_notation(judged),
+                    "raw": raw,
+                    "finish_reason": "plan_length"
+                    if cut
+                    else getattr(stats, "finish_reason", None),
+                    "first_token_s": getattr(stats, "first_token_s", None),
+                    "completion_tokens": getattr(stats, "completion_tokens", None),
+                }
+            )
         else:
             character = actors[current]
             if on_prompt is not None:
                 on_prompt(current, character.prompt().text)
+            assert scene is not None
             reply = scene.turn(character.name, private=True)
+            plan_cuts += reply.finish_reason == "plan_length"
             segs = list(reply.segments)
             public = _coser_text([s for s in segs if s.channel in PUBLIC_CHANNELS], False)
             seen = add_speaker_name(public, current)
@@ -296,6 +419,7 @@ def simulate(
                         _coser_text(segs, settings.judge_sees_thoughts), current
                     ),
                     "raw": reply.raw,
+                    "finish_reason": reply.finish_reason,
                     "first_speech_s": reply.first_speech_s,
                     "completion_tokens": reply.completion_tokens,
                 }
@@ -335,6 +459,7 @@ def simulate(
         "transcript": transcript,
         "rounds": sum(1 for m in transcript if m["role"] != NSP),
         "nsp_fallbacks": nsp_fallbacks,
+        "plan_cut_turns": plan_cuts,
         "end_reason": end_reason,
         "seconds": time.perf_counter() - t0,
     }
@@ -553,6 +678,7 @@ def _summary(state: dict) -> dict:
         "actor_rounds": judged["actor_rounds"],
         "end_reason": sim["end_reason"],
         "nsp_fallbacks": sim["nsp_fallbacks"],
+        "plan_cut_turns": sim.get("plan_cut_turns", 0),
         "seconds": {"simulation": sim["seconds"], "judge": judged["seconds"]},
         "tokenizer": judged["tokenizer"],
     }

@@ -315,6 +315,68 @@ def test_her_preset_runs_a_her_model_as_hers_does(tmp_path):
         CoserSettings.for_preset("her", judge="x", actor_prompt_style="qwen")
 
 
+HER_GOLDEN = json.loads((FIXTURES / "her_eval_golden.json").read_text())
+
+
+@pytest.mark.parametrize("variant", ["her", "her_nosys"])
+def test_her_preset_actors_get_hers_eval_prompts_byte_for_byte(variant):
+    """The her preset's actors, against strings HER's eval code produced for the same scene
+    (`her_eval_golden.json` says how: get_character_prompt, the agents' message updates and
+    format_qwen_prompt of eval_code/benchmarks/multi_turn/coser/): each actor prompt, what the
+    others are shown of every reply, and what the judge reads."""
+    replies = HER_GOLDEN["replies"]
+    actor = MockBackend([r for who, r in replies if who != "Environment"], prompt_style="her")
+    env = MockBackend([r for who, r in replies if who == "Environment"])
+    order = [who for who, _ in replies[1:]]
+    nsp = MockBackend([f"Next Speaker: {who}" for who in order] + ["Next Speaker: Tomas"])
+    settings = _settings(preset="her", plan=variant == "her", max_rounds=len(replies))
+    seen: list[tuple[str, str]] = []
+    sim = simulate(
+        RECORDS[0], 0, actor, env, nsp, settings, on_prompt=lambda w, p: seen.append((w, p))
+    )
+    gold = HER_GOLDEN[variant]
+    assert [(w, p) for w, p in seen if w in NAMES] == [tuple(x) for x in gold["prompts"]]
+    assert actor.prompts == [p for _, p in gold["prompts"]]
+    msgs = [m for m in sim["transcript"] if m["role"] != "NSP"]
+    assert [[m["role"], m["content"]] for m in msgs] == gold["judge_view"]
+    # The environment and the NSP were shown the same views as the actors, one message each.
+    nsp_prompt = nsp.prompts[-1]
+    for _who, view in gold["others_view"]:
+        assert f"<|im_start|>user\n{view}<|im_end|>" in nsp_prompt
+    # The reply cut inside its plan says so, and nothing of it reached anyone else.
+    assert msgs[-1]["finish_reason"] == "plan_length" and sim["plan_cut_turns"] == 1
+    assert "pushes harder" not in nsp_prompt
+
+
+def test_her_preset_actors_never_pass_on_a_cut_thought():
+    """HER's clean-up removes only closed thinking blocks; a reply cut inside a thought (or
+    missing its opening tag) must still not show that thought to anyone else."""
+    replies = [
+        "<system_thinking>p</system_thinking>Wren: <role_action>waves</role_action>Hi. "
+        "<role_thinking>SECRET-WREN is what I hide",
+        "<system_thinking>p</system_thinking>Tomas: SECRET-TOMAS I keep</role_thinking>Hello.",
+        "<system_thinking>p</system_thinking>Wren: Fine. [SECRET-BRACKET half",
+    ]
+    actor = MockBackend(replies, prompt_style="her")
+    nsp = MockBackend(["Next Speaker: Tomas", "Next Speaker: Wren", "Next Speaker: Tomas"])
+    seen: list[tuple[str, str]] = []
+    simulate(
+        RECORDS[0],
+        0,
+        actor,
+        nsp,
+        nsp,
+        _settings(preset="her", max_rounds=3),
+        on_prompt=lambda w, p: seen.append((w, p)),
+    )
+    later = [p for _, p in seen[1:]] + nsp.prompts
+    for prompt in later:  # user messages: what each agent was shown of the others
+        for shown in re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S):
+            assert "SECRET" not in shown, shown
+    assert any("Wren: <role_action>waves</role_action>Hi." in p for p in later)
+    assert any("Tomas:" in p and "Hello." in p for p in later)
+
+
 def test_judge_is_required():
     with pytest.raises(ConfigError, match="judge"):
         CoserSettings.for_preset("coser")

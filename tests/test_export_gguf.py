@@ -238,3 +238,49 @@ def test_a_her_release_export_runs_with_hers_prompt_and_plans(models, tmp_path):
     reply = Character(persona=MARA, model=backend, sampling=Sampling(max_tokens=24)).reply()
     assert reply.completion_tokens > 0  # the real engine runs the style end to end
     backend.close()
+
+
+def test_a_her_release_plans_at_length_on_the_engine(models, tmp_path, monkeypatch, caplog):
+    """The scripted 2,000-character multi-line plan and its speech, decoded by llama.cpp on the
+    tiny HER-release export: with a budget that holds it, the reply parses into that plan and
+    that speech; with 320 tokens, it ends inside the plan, says nothing, and warns about the
+    budget. The engine is scripted by a grammar that admits only the scripted turn (the
+    project's own grammar admitting it is checked above); every tokenization of the plan takes
+    more than 320 tokens, checked here, so the outcome cannot depend on the random weights."""
+    import logging
+
+    from her_sdk.export.to_gguf import her_model_metadata
+    from test_her_style import MARA, PLAN, TURN
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "her-release.gguf"
+    export_gguf(
+        models("qwen3"), out, outtype="f32", verify=False, her_meta=her_model_metadata("her")
+    )
+    tok = AutoTokenizer.from_pretrained(models("qwen3"))
+    pieces = {tok.decode([i]) for i in range(len(tok))}
+    planned = "<system_thinking>" + PLAN + "</system_thinking>"
+    fewest = [0] + [len(planned) + 1] * len(planned)  # fewest tokens that spell each prefix
+    for end in range(1, len(planned) + 1):
+        for start in range(max(0, end - 32), end):
+            if planned[start:end] in pieces:
+                fewest[end] = min(fewest[end], fewest[start] + 1)
+    assert fewest[-1] > 320
+
+    escaped = TURN.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    monkeypatch.setattr("her_sdk._character.build_grammar", lambda *a, **k: f'root ::= "{escaped}"')
+    backend = load_model(out, n_ctx=4096)
+    try:
+        whole = Character(
+            persona=MARA, model=backend, sampling=Sampling(max_tokens=3000, seed=1)
+        ).reply()
+        assert whole.finish_reason == "stop"
+        assert whole.plan == PLAN and whole.speech == "Papers can be forged.\nShow me the seal."
+        short = Character(persona=MARA, model=backend, sampling=Sampling(max_tokens=320, seed=1))
+        with caplog.at_level(logging.WARNING, logger="her_sdk"):
+            cut = short.reply()
+        assert cut.finish_reason == "plan_length" and cut.completion_tokens == 320
+        assert cut.speech == "" and cut.actions == []
+        assert "max_tokens=320" in caplog.text and "Raise max_tokens" in caplog.text
+    finally:
+        backend.close()
