@@ -295,3 +295,31 @@ def test_closing_ends_running_and_waiting_turns():
     assert m._thread is None
     with pytest.raises(GenerationError, match="closed"):
         m.stream("Again")
+
+
+def test_cache_any_prefix_rereads_only_what_changed():
+    """By default a turn re-uses only whole n_batch chunks of a cached prompt (so seeded turns
+    are bit-exact whatever was cached); with `cache_any_prefix` it re-uses every cached token,
+    generated text included, and re-reads only the new tail."""
+    base = vault("BANANA")
+    exact = load_model(n_ctx=1024, max_sequences=2, adapter=None)
+    anyp = load_model(n_ctx=1024, max_sequences=2, adapter=None, cache_any_prefix=True)
+    try:
+        for m in (exact, anyp):
+            first = m.stream(base, sampling=GREEDY)
+            said = "".join(first)
+            n = first.prompt_tokens
+            assert n % m.n_batch not in (0, 1)  # the prompt ends inside a chunk
+            again = m.stream(base + said + " And once more:", sampling=GREEDY)
+            "".join(again)
+            grown = again.prompt_tokens
+            if m is exact:
+                assert again.cached_tokens % m.n_batch == 0
+                assert again.cached_tokens <= n - n % m.n_batch
+            else:  # the whole first prompt (at its seam with the new text, a token may differ)
+                assert again.cached_tokens >= n - 1
+                assert grown - again.cached_tokens < grown - (n - n % m.n_batch)
+            assert again.finish_reason in ("stop", "length")
+    finally:
+        exact.close()
+        anyp.close()

@@ -55,6 +55,10 @@ class LlamaBackend(Backend, BatchingEngine):
     - `cache_slots`: saved prompt states kept in host memory for characters whose sequence was
       given to another (each a copy of their KV cache), so many characters on one model each
       resume from their own cached persona.
+    - `cache_any_prefix`: re-use every cached token of a prompt (and generated text), not only
+      whole `n_batch` chunks: each turn re-reads only what changed (up to `n_batch - 1` tokens
+      fewer; many NPCs run faster, see `benchmarks/many_npcs.py`), but a seeded turn is no
+      longer bit-for-bit reproducible whatever was cached before (off by default).
     - `prompt_style`: override how prompts are rendered ("chatml", "template", "fewshot", or
       "her": HER's own prompt for a released HER model; default: the model's metadata).
     - `dry_multiplier`: llama.cpp's DRY sampler for turns whose `Sampling` leaves it unset
@@ -102,6 +106,7 @@ class LlamaBackend(Backend, BatchingEngine):
         adapter: str | os.PathLike[str] | None = None,
         use_extra_bufts: bool | None = None,
         cache_slots: int = 4,
+        cache_any_prefix: bool = False,
         prompt_style: PromptStyle | None = None,
         dry_multiplier: float = 0.0,
         turn_shape: TurnShape | None = None,
@@ -144,6 +149,7 @@ class LlamaBackend(Backend, BatchingEngine):
             max_sequences=max_sequences,
             max_waiting=max_waiting,
             cache_slots=cache_slots,
+            cache_any_prefix=cache_any_prefix,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads_batch,
             n_gpu_layers=n_gpu_layers,

@@ -15,7 +15,10 @@ not, on any sequence. Each sequence has its own KV stream (`kv_unified=False`), 
 cells lie never depends on the others; every prompt is read in chunks aligned to multiples of
 `n_batch`, each in a `llama_decode` of its own, then its last token alone; and only whole aligned
 chunks read that way are re-used. A turn decoded in one batch with others is computed with them,
-so it may differ in the last bits from the same turn alone.
+so it may differ in the last bits from the same turn alone. `cache_any_prefix=True` trades that
+guarantee for throughput: every cached token is re-used (the part of a prompt after its last
+aligned chunk, and generated text), so a turn re-reads only what changed, not up to
+`n_batch - 1` tokens more; a seeded turn's text may then depend on what was cached.
 
 The handles are `_llama_engine`'s, the token choice `_llama_sampling`'s; the `Backend` face that
 queues turns here is `_llama`.
@@ -51,7 +54,8 @@ class BatchingEngine(LlamaEngine):
     """A `LlamaEngine` whose sequences run turns queued from any thread (see the module doc).
 
     `n_ctx` is the context window of one sequence; `cache_slots` the parked prompt states kept
-    in host memory; `max_waiting` the turns that may wait for a sequence.
+    in host memory; `max_waiting` the turns that may wait for a sequence; `cache_any_prefix`
+    re-uses every cached token, not only whole aligned chunks (see the module doc).
     """
 
     dry_defaults: Mapping[str, float | int] = DRY_DEFAULTS  # for turns whose Sampling sets none
@@ -65,6 +69,7 @@ class BatchingEngine(LlamaEngine):
         max_sequences: int | None,
         max_waiting: int,
         cache_slots: int,
+        cache_any_prefix: bool = False,
         **engine: Any,
     ) -> None:
         self._thread: threading.Thread | None = None
@@ -76,6 +81,7 @@ class BatchingEngine(LlamaEngine):
         self.n_batch = n_batch
         self.max_sequences = n_seq
         self.cache_slots = cache_slots
+        self.cache_any_prefix = cache_any_prefix
         self._seqs = [_Cache() for _ in range(n_seq)]  # what each sequence's KV stream holds
         self._busy: list[_Turn | None] = [None] * n_seq  # the turn running on each sequence
         self._slots: list[_Cache] = []  # parked states, least recently used first
@@ -193,8 +199,7 @@ class BatchingEngine(LlamaEngine):
         free = [s for s, busy in enumerate(self._busy) if busy is None]
 
         def usable(c: _Cache) -> int:
-            n = _common_prefix(c.tokens, tokens, min(c.canonical, limit))
-            return n - n % nb
+            return self._reusable(_common_prefix(c.tokens, tokens, min(c.canonical, limit)))
 
         # Re-use a free sequence in place only when the prompt takes up most of what it holds
         # (the same character's last turn); a state that holds more, or any other state, is
@@ -302,7 +307,10 @@ class BatchingEngine(LlamaEngine):
         # one thread picks for the whole batch (0.2 ms a turn) while llama.cpp's are idle.
         picks = [self._pick(t, i) for i, t in enumerate(batch)]
         for t, token in zip(batch, picks, strict=True):
-            self._seqs[t.seq].tokens.append(t.pending)
+            cache = self._seqs[t.seq]
+            cache.tokens.append(t.pending)
+            if self.cache_any_prefix:
+                cache.canonical = len(cache.tokens)
             t.pos += 1
             if isinstance(token, BaseException):
                 self._finish(t, token)
@@ -331,7 +339,7 @@ class BatchingEngine(LlamaEngine):
                 return size
             cache = self._seqs[t.seq]
             cache.tokens.extend(tokens[pos0 : pos0 + size])
-            cache.canonical = len(cache.tokens) // nb * nb
+            cache.canonical = self._reusable(len(cache.tokens))
             t.pos += size
             if t.score_from is not None:
                 self._score(t, [(i, p) for i, (_, p, _, out) in enumerate(items) if out])
@@ -358,7 +366,12 @@ class BatchingEngine(LlamaEngine):
         cache = self._seqs[seq]
         self._lib.llama_memory_seq_rm(self._mem, seq, pos, -1)
         del cache.tokens[pos:]
-        cache.canonical = min(cache.canonical, len(cache.tokens) // self.n_batch * self.n_batch)
+        cache.canonical = min(cache.canonical, self._reusable(len(cache.tokens)))
+
+    def _reusable(self, n: int) -> int:
+        """How many of `n` cached tokens a later prompt may start from: whole aligned chunks,
+        or all of them with `cache_any_prefix`."""
+        return n if self.cache_any_prefix else n - n % self.n_batch
 
     def _pick(self, t: _Turn, i: int) -> int | BaseException:
         lib = self._lib

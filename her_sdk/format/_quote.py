@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 
 from ._contract import PromptText
 
@@ -32,8 +33,12 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 _MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
 
 
+@lru_cache(maxsize=8192)
 def _neutralise(text: str) -> str:
-    """`text` without markup, keeping its line breaks."""
+    """`text` without markup, keeping its line breaks.
+
+    Cached: a prompt quotes the same history lines turn after turn, and a long game's prompt
+    would otherwise clean all of them again on every render (a pure function of `text`)."""
     text = text.replace(_OPEN, "").replace(_CLOSE, "")
     text = _LINE_BREAK_RE.sub("\n", text)
     for _ in range(8):
@@ -65,24 +70,24 @@ def _name(name: str) -> str:
     return _quote(_EQUALS_RE.sub("=", name))
 
 
+_MARK_RE = re.compile(f"[{_OPEN}{_CLOSE}]")
+
+
 def _unmark(text: str) -> PromptText:
     """A marked rendering as the text engines see, with its literal ranges."""
-    out: list[str] = []
     ranges: list[tuple[int, int]] = []
-    pos = depth = start = 0
-    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
-        if part == _OPEN:
+    depth = start = 0
+    for n, mark in enumerate(_MARK_RE.finditer(text)):
+        pos = mark.start() - n  # where the mark falls in the text without marks
+        if mark.group() == _OPEN:
             depth += 1
             if depth == 1:
                 start = pos
-        elif part == _CLOSE:
-            depth = max(0, depth - 1)
+        elif depth > 0:
+            depth -= 1
             if depth == 0:
                 ranges.append((start, pos))
-        else:
-            out.append(part)
-            pos += len(part)
-    return PromptText("".join(out), ranges)
+    return PromptText(text.replace(_OPEN, "").replace(_CLOSE, ""), ranges)
 
 
 @contextmanager

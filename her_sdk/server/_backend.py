@@ -31,6 +31,8 @@ def backend_from_settings(s: ServerSettings) -> Backend:
         extra["dry_multiplier"] = s.dry_multiplier
     if s.turn_shape is not None:
         extra["turn_shape"] = TurnShape.preset(s.turn_shape)
+    if s.cache_any_prefix:
+        extra["cache_any_prefix"] = True
     # llama.cpp decodes concurrent turns together, within max_sequences and max_waiting.
     return backend_from_spec(
         s.model,

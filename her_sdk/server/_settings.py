@@ -167,6 +167,12 @@ class ServerSettings(BaseModel):
         le=256,
         description="Turns a GGUF model decodes together (each holds n_ctx tokens of KV cache).",
     )
+    cache_any_prefix: bool = Field(
+        default=False,
+        description="Re-use every cached prompt token of a GGUF model, not only whole 64-token "
+        "chunks: each turn re-reads only what changed (many NPCs run faster), but a seeded "
+        "turn is no longer bit-for-bit reproducible whatever was cached before.",
+    )
     max_waiting_turns: int = Field(
         default=256,
         ge=0,
@@ -205,8 +211,12 @@ class ServerSettings(BaseModel):
             raise ValueError(str(exc)) from None
         if not remote and self.remote_api_key is not None:
             raise ValueError("remote_api_key needs a server model (http(s)://HOST/v1#MODEL)")
-        if remote and (self.adapter is not None or self.n_gpu_layers is not None):
-            raise ValueError("adapter and n_gpu_layers apply to local models, not a URL")
+        if remote and (
+            self.adapter is not None or self.n_gpu_layers is not None or self.cache_any_prefix
+        ):
+            raise ValueError(
+                "adapter, n_gpu_layers and cache_any_prefix apply to local models, not a URL"
+            )
         if self.max_concurrent_rpcs >= self.max_workers:
             # Health checks and the auth refusals need a free thread when the bound is reached.
             raise ValueError("max_concurrent_rpcs must be less than max_workers")
