@@ -15,6 +15,15 @@ negative principle loses to one that violates none, and two that both violate on
 parser enforces this from the JSON's `violations` too). Position bias is controlled by judging
 both orders and averaging.
 
+`prompt_format="her_rm"` asks in HER-RM's own words instead, so the released HER-RM-32B (or a
+judge trained on HER's RM data) can judge: one user message, HER's `RM_PROMPT_TEMPLATE`
+(training_code/step2_reward_sft/construct_rm_training_data.py lines 19-160, kept verbatim in
+`her_rm_prompt.txt`) with the dialogue context as HER's `extract_context_from_raw_record` writes
+it (lines 181-198: `System: ...`, `User: ...`, `Assistant: ...` of the character's HER-format
+prompt, blank lines between) and the two candidates (plans stripped); it generates its own 3-5
+principles and answers with a `<think>` and a fenced JSON whose `result[0].better_response` is
+the verdict, so it needs a budget of thousands of tokens (4,096 by default), not hundreds.
+
 `parse_verdict` never raises: text it cannot read gives None (the caller retries, then
 abstains). This module renders and parses; it does not train (see `rm.py`) or build data
 (see `pairs.py`). All HER formatting comes from `her_sdk.format`.
@@ -38,6 +47,7 @@ from her_sdk.format import (
     Message,
     Rendered,
     Turn,
+    build_her_messages,
     render_messages,
     render_perception,
     render_system_prompt,
@@ -52,6 +62,7 @@ __all__ = [
     "Judge",
     "Verdict",
     "candidate_text",
+    "her_rm_messages",
     "judge_messages",
     "parse_verdict",
     "render_judge_prompt",
@@ -60,6 +71,9 @@ __all__ = [
 
 OUTCOMES = ("cand_1", "cand_2", "tie")
 SLOTS = ("cand_1", "cand_2")
+PROMPT_FORMATS = ("sdk", "her_rm")
+# The budget each prompt format needs for its answer (Judge(max_tokens=None)).
+DEFAULT_MAX_TOKENS = {"sdk": 384, "her_rm": 4096}
 
 JUDGE_SYSTEM = """\
 You judge role-play. You are shown a character sheet, the conversation so far as the character \
@@ -146,6 +160,39 @@ def judge_messages(
         f"Which is the better next turn for {persona.name}?"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def her_rm_prompt_template() -> str:
+    """HER-RM's prompt template, verbatim (trailing spaces included), with `{context}`,
+    `{cand_1}` and `{cand_2}` to fill."""
+    from pathlib import Path
+
+    return (Path(__file__).parent / "her_rm_prompt.txt").read_text(encoding="utf-8")
+
+
+def her_rm_messages(
+    persona: Persona,
+    history: Sequence[Heard | Turn],
+    cand_1: Turn | str,
+    cand_2: Turn | str,
+) -> list[dict]:
+    """HER-RM's one user message for a comparison (`construct_rm_training_data.py`): the
+    character's HER-format prompt as `Role: content` blocks, then the two candidates."""
+    msgs = build_her_messages(persona, history, plan=True)
+    roles = {"system": "System", "user": "User", "assistant": "Assistant"}
+    context = "\n\n".join(f"{roles[m.role]}: {m.content}" for m in msgs)
+
+    def shown(c: Turn | str) -> str:
+        if isinstance(c, Turn):
+            return render_turn(c, persona.name, keep_plan=False, spaced=True)
+        return candidate_text(c, persona.name)
+
+    text = her_rm_prompt_template()
+    # The order of HER's replacements: text a candidate quotes is never filled in again.
+    text = text.replace("{context}", context)
+    text = text.replace("{cand_1}", shown(cand_1))
+    text = text.replace("{cand_2}", shown(cand_2))
+    return [{"role": "user", "content": text}]
 
 
 def render_judge_prompt(messages: list[dict], backend: Backend | None = None) -> Rendered:
@@ -286,6 +333,11 @@ def _parse(text: str, principles: PrincipleSet | None) -> Verdict | None:
     obj: dict | None = None
     for chunk in _json_objects(text):
         cand = _load_obj(chunk)
+        inner = cand.get("result") if cand is not None else None
+        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+            cand = inner[0]  # HER-RM's answer: {"result": [{..., "better_response": ...}]}
+        elif isinstance(inner, dict):
+            cand = inner
         if cand is not None and any(k.lower().replace(" ", "_") == "better_response" for k in cand):
             obj = {k.lower().replace(" ", "_"): v for k, v in cand.items()}
             break
@@ -359,6 +411,9 @@ class Judge:
 
     `retries`: extra attempts when an answer has no readable verdict (then it abstains).
     `detail`: "brief" (principle ids and names; small judges) or "full" (definitions too).
+    `prompt_format`: "sdk" (this module's prompt and principle set) or "her_rm" (HER-RM's own
+    prompt; the principles are then the judge's own). `max_tokens`: None gives the format's
+    budget (`DEFAULT_MAX_TOKENS`).
     """
 
     def __init__(
@@ -368,11 +423,17 @@ class Judge:
         principles: PrincipleSet | None = None,
         detail: str = "brief",
         retries: int = 1,
-        max_tokens: int = 384,
+        max_tokens: int | None = None,
         temperature: float = 0.0,
         max_history: int | None = 12,
         concurrency: int = 4,
+        prompt_format: str = "sdk",
     ) -> None:
+        if prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}")
+        self.prompt_format = prompt_format
+        if max_tokens is None:
+            max_tokens = DEFAULT_MAX_TOKENS[prompt_format]
         self.backend = backend
         self.principles = principles if principles is not None else load_principles()
         self.detail = detail
@@ -393,6 +454,10 @@ class Judge:
         cand_1: Turn | str,
         cand_2: Turn | str,
     ) -> Rendered:
+        if self.prompt_format == "her_rm":
+            return render_judge_prompt(
+                her_rm_messages(persona, history, cand_1, cand_2), self.backend
+            )
         msgs = judge_messages(
             persona,
             history,

@@ -324,6 +324,7 @@ def _judge(args: RLArguments, judge_backend: Backend | None) -> RewardFunc | Non
         retries=args.judge_retries,
         max_tokens=args.judge_max_tokens,
         concurrency=args.judge_concurrency,
+        prompt_format=args.judge_prompt,
     )
     return JudgeReward(
         judge,

@@ -23,7 +23,11 @@ answers the last line, keeps the secret).
 The judge runs on any her_sdk Backend named by `judge_model`: `heuristic` (rule-based,
 in-process, for tests), `none`, or a backend spec (`her_sdk.backend_from_spec`): a trained
 judge's folder (in-process via transformers), `http://HOST/v1#MODEL` (vLLM or any
-OpenAI-compatible server), a GGUF file (llama.cpp). Prompts are rendered by
+OpenAI-compatible server), a GGUF file (llama.cpp). `judge_prompt: her_rm` asks it in HER-RM's
+own prompt and reads its JSON answer, for the released HER-RM-32B:
+
+    her train rl --config training/configs/rl_qwen3_32b.yaml \
+        judge_model=http://judge-node:8001/v1#HER-RM-32B judge_prompt=her_rm Prompts are rendered by
 `her_sdk.format.render_prompt` with the runtime's prefill, so the policy is trained on exactly
 the prompts the SDK will show it.
 A stopped run resumes with `resume_from_checkpoint=latest`. This module trains; the rewards live
@@ -54,6 +58,7 @@ from .common import (
     resolve_model,
 )
 from .data import decode_her
+from .judge import DEFAULT_MAX_TOKENS, PROMPT_FORMATS
 from .rewards import JudgeReward, build_rewards, check_weights, shape_from
 
 if TYPE_CHECKING:
@@ -141,7 +146,10 @@ class RLArguments:
     judge_detail: str = "brief"  # "brief" | "full" principle descriptions
     judge_principles: str | None = None  # a principles YAML (default: the packaged set)
     judge_principle_ids: list[str] | None = None  # a subset, e.g. for small judges
-    judge_max_tokens: int = 384
+    # "sdk": this project's judge prompt (a judge trained by `rm.py`); "her_rm": HER-RM's own
+    # prompt and JSON answer (the released HER-RM-32B), see `judge.py`
+    judge_prompt: str = "sdk"
+    judge_max_tokens: int | None = None  # None: what the prompt's answer needs (384 / 4096)
     judge_retries: int = 1
     judge_concurrency: int = 8
     judge_abstain: float = 0.5  # the reward of a rollout the judge gives no verdict on
@@ -169,6 +177,15 @@ class RLArguments:
         check_weights(self.rewards)
         if self.judge_detail not in ("brief", "full"):
             raise ConfigError("judge_detail must be brief or full")
+        if self.judge_prompt not in PROMPT_FORMATS:
+            raise ConfigError(f"judge_prompt must be one of {PROMPT_FORMATS}")
+        if self.judge_max_tokens is None:
+            self.judge_max_tokens = DEFAULT_MAX_TOKENS[self.judge_prompt]
+        if self.judge_prompt == "her_rm" and self.judge_max_tokens < 2048:
+            raise ConfigError(
+                "HER-RM thinks, then writes a JSON analysis of 3-5 principles before its verdict: "
+                f"judge_max_tokens {self.judge_max_tokens} would cut it; use >= 2048 (default 4096)"
+            )
         self.shape = shape_from(self.turn_shape)
 
 

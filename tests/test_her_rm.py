@@ -1,0 +1,153 @@
+"""`judge_prompt: her_rm`: the released HER-RM's own prompt and answer format, in the judge and in
+the RL reward.
+
+The expected context is HER's: `extract_context_from_raw_record`
+(training_code/step2_reward_sft/construct_rm_training_data.py, lines 181-198) applied to HER's
+training messages for the scene of `test_her_style` (strings HER's own pipeline produced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+pytest.importorskip("yaml")
+
+from her_sdk.training.data import encode_her
+from her_sdk.training.judge import Judge, her_rm_messages, her_rm_prompt_template, parse_verdict
+from her_sdk.training.rewards import JudgeReward
+from her_sdk.training.rl import RLArguments
+from test_her_style import MARA, MARA_1, SYSTEM, TRAVELER_1, TRAVELER_2
+
+from her_sdk import ConfigError, MockBackend
+from her_sdk.format import Segment, Turn
+
+# sha256 of RM_PROMPT_TEMPLATE (construct_rm_training_data.py lines 19-160) as released.
+HER_RM_TEMPLATE_SHA256 = "5984c269a97a0c5b80122611c6119d218023e1801eb81cd1ca9ec64bd2ce63fc"
+
+
+def her_context(messages: list[tuple[str, str]]) -> str:
+    """HER's extract_context_from_raw_record: every message but a last non-user one, as
+    `System: `/`User: `/`Assistant: ` blocks joined by blank lines."""
+    parts = []
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    for i, (role, content) in enumerate(messages):
+        if i == len(messages) - 1 and role != "user":
+            continue
+        parts.append(f"{names[role]}: {content}")
+    return "\n\n".join(parts)
+
+
+def answer(better: str, think: str = "Both stay in character; cand_2 answers him.") -> str:
+    """An answer shaped as HER-RM writes it: a think block, then its fenced JSON."""
+    result = {
+        "cand_1": "...",
+        "cand_2": "...",
+        "principle": {
+            "Principle 1": {
+                "principle_name": "Character consistency",
+                "dimension_name": "Negative",
+                "principle_level": "sentence",
+                "main_content": "Stays in character.",
+                "reason_for_choosing": "Mara is guarded.",
+            }
+        },
+        "analysis": {
+            "principle_comparisons": [
+                {
+                    "principle_name": "Character consistency",
+                    "principle_level": "sentence",
+                    "cand_1_performance": "fine",
+                    "cand_2_performance": "fine",
+                    "comparison_reason": "slight",
+                    "winner": "cand_1" if better == "cand_2" else "cand_2",
+                }
+            ],
+            "overall_analysis": "...",
+            "principle_summary": "...",
+        },
+        "better_response": better,
+    }
+    return f"<think>\n{think}\n</think>\n\n```json\n{json.dumps(result, indent=2)}\n```"
+
+
+def test_the_prompt_is_her_rms_own():
+    template = her_rm_prompt_template()
+    assert hashlib.sha256(template.encode()).hexdigest() == HER_RM_TEMPLATE_SHA256
+    reply = Turn.from_segments([Segment("speech", "Then wait for dawn.")])
+    (msg,) = her_rm_messages(MARA, [TRAVELER_1, MARA_1, TRAVELER_2], reply, "Mara: Go away.")
+    assert msg["role"] == "user"
+    history = [
+        ("system", SYSTEM),
+        (
+            "user",
+            "===Conversation Start===\n\nTraveler: <role_action>shakes the rain from his cloak"
+            "</role_action> Open up, captain. I carry the duke's papers.",
+        ),
+        (
+            "assistant",
+            "Mara: <role_thinking>Another one with a story.</role_thinking><role_action>folds "
+            "her arms</role_action>Papers can be forged. <role_action>looks him over"
+            "</role_action>Show me the seal.",
+        ),
+        ("user", "Traveler: <role_action>holds up a wax seal</role_action> Here. Now let me in."),
+    ]
+    expected = (
+        template.replace("{context}", her_context(history))
+        .replace("{cand_1}", "Mara: Then wait for dawn.")
+        .replace("{cand_2}", "Mara: Go away.")
+    )
+    assert msg["content"] == expected
+
+
+def test_her_rm_answers_are_read_from_their_json():
+    for better in ("cand_1", "cand_2", "tie"):
+        v = parse_verdict(answer(better))
+        assert v is not None and v.better == better and not v.overridden
+    # the principle comparisons' own "winner" fields are not the verdict
+    assert parse_verdict(answer("cand_2")).better == "cand_2"
+    # a think that drafts another verdict does not override the JSON after it
+    drafted = answer("cand_1", think='Maybe "better_response": "cand_2"? No.')
+    assert parse_verdict(drafted).better == "cand_1"
+    assert parse_verdict('<think>\nHm.\n</think>\n\n```json\n{"result": [') is None
+
+
+def test_rl_judge_reward_with_her_rm_matches_its_verdicts():
+    """The RL judge reward on HER-RM's prompt and answers: a rollout it prefers gets 1, one it
+    rejects 0, a tie 0.5, in both orders; the prompt the judge saw is HER-RM's."""
+    ref = Turn.from_segments([Segment("speech", "Show me your papers.")])
+    her = json.dumps(encode_her(MARA, [TRAVELER_1], ref))
+    rollout = (
+        "<system_thinking>Mara stalls.</system_thinking>Mara: <role_action>crosses her arms"
+        "</role_action>Papers first, traveler."
+    )
+    seen: list[str] = []
+
+    def judge_preferring(text: str):
+        def handler(prompt: str) -> str:
+            seen.append(prompt)
+            c1 = prompt.split("**Response Candidate 1**")[1].split("**Response Candidate 2**")[0]
+            c2 = prompt.split("**Response Candidate 2**")[1]
+            if text in c1 and text not in c2:
+                return answer("cand_1")
+            if text in c2 and text not in c1:
+                return answer("cand_2")
+            return answer("tie")
+
+        return handler
+
+    args = RLArguments(judge_prompt="her_rm")
+    assert args.judge_max_tokens == 4096
+    for prefers, reward in (("Papers first", 1.0), ("Show me your papers", 0.0), ("-", 0.5)):
+        judge = Judge(MockBackend(judge_preferring(prefers)), prompt_format=args.judge_prompt)
+        got = JudgeReward(judge)(["p"], [rollout], her_json=[her], prefill=[""])
+        assert got == [reward], prefers
+    assert seen and all(p.startswith("<|im_start|>user\n##prompt info") for p in seen)
+    assert not any("Mara stalls." in p for p in seen)  # the rollout's plan stays private
+    with pytest.raises(ConfigError, match="judge_max_tokens"):
+        RLArguments(judge_prompt="her_rm", judge_max_tokens=1024)
+    with pytest.raises(ConfigError, match="judge_prompt"):
+        RLArguments(judge_prompt="gpt")
+    assert RLArguments().judge_max_tokens == 384
