@@ -68,6 +68,7 @@ def test_gdscript_client_in_headless_godot3_against_a_live_server(tmp_path):
         run = subprocess.run(
             [GODOT3, "--no-window", "-s", str(ROOT / "tests" / "godot" / "her_client_check.gd")],
             env=env,
+            cwd=tmp_path,  # without a project, Godot writes logs/ into its working directory
             capture_output=True,
             text=True,
             timeout=300,
