@@ -256,14 +256,15 @@ def test_rm_pairs_drops_unreadable_teachers_and_dead_policies(rm_data, tmp_path)
         retries=1,
     )
     assert rep.kept == 0 and rep.dropped == {"abstained": 3}
-    assert rep.rejections["unreadable verdict"] == 3 * 2 * 2 * 2  # prompts x pairs x orders x tries
+    # prompts x pairs (8 samples by default, as HER) x orders x tries
+    assert rep.rejections["unreadable verdict"] == 3 * 4 * 2 * 2
 
     def dead(prompt: str) -> str:
         raise ConnectionError("policy server is down")
 
     rep = rm_pairs(rm_data, tmp_path / "q.jsonl", MockBackend(dead), MockBackend(scripted_teacher))
     assert rep.kept == 0 and rep.dropped == {"fewer than 2 candidates": 12}
-    assert rep.rejections == {"policy error: GenerationError": 12 * (4 + 2)}  # n + retries
+    assert rep.rejections == {"policy error: GenerationError": 12 * (8 + 2)}  # n + retries
 
 
 @pytest.mark.slow

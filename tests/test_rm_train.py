@@ -95,3 +95,42 @@ def test_rm_with_judge_rl_and_accuracy(tmp_path):
     assert res.rl["steps"] == 2
     assert (out / "merged" / "config.json").exists()
     assert (out / "rl" / "adapter_model.safetensors").exists()
+
+
+def test_judge_rl_trains_on_its_own_portion(tmp_path, monkeypatch):
+    """With `rl_pairs_file` (or `rl_samples`: the rm_rl portion of `her data split`) the judge's
+    RL gets those pairs, none of the rows its SFT was trained on, as HER splits rm_sft/rm_rl."""
+    from her_sdk.training import rm
+    from her_sdk.training.data import write_jsonl
+    from her_sdk.training.launch import parse_stage
+    from her_sdk.training.pairs import auto_pairs
+    from her_sdk.training.tiny import synthetic_samples
+
+    pairs = auto_pairs(synthetic_samples(6, seed=9), kinds=["other_voice"], per_sample=1)
+    for p in pairs:
+        p["id"] = f"rl-{p['id']}"
+    write_jsonl(tmp_path / "rl_pairs.jsonl", pairs)
+    seen: dict = {}
+
+    def judge_rl(cfg, out, tok, rows, *rest):
+        seen["rows"] = rows
+        return {"steps": 0}
+
+    monkeypatch.setattr(rm, "_judge_rl", judge_rl)
+    out = tmp_path / "rm"
+    (args,) = parse_stage(
+        "rm",
+        RM_YAML,
+        [
+            "train.max_steps=1",
+            "samples=synthetic:12",
+            "rl_steps=1",
+            f"rl_pairs_file={tmp_path / 'rl_pairs.jsonl'}",
+            f"output_dir={out}",
+        ],
+    )
+    rm.run_rm(args)
+    sft_ids = {json.loads(x)["id"] for x in (out / "judge_data.jsonl").read_text().splitlines()}
+    rl_ids = {r["id"] for r in seen["rows"]}
+    assert rl_ids and all(i.startswith("rl-") for i in rl_ids) and not rl_ids & sft_ids
+    assert len(seen["rows"]) == 2 * len(pairs)  # every pair, both orders, none held out

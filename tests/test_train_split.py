@@ -1,4 +1,5 @@
-"""`her data split`: samples split by scene into disjoint SFT / RM / RL portions."""
+"""`her data split`: samples split by scene into disjoint portions for the policy's SFT and RL,
+the judge's SFT and RL, and a test set, in HER's proportions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from her_sdk.training.data import (
     PORTIONS,
+    TEST_SAMPLES,
     convert_file,
     read_jsonl,
     split_file,
@@ -28,7 +30,9 @@ def _scenes(rows):
 def test_portions_are_disjoint_by_scene_and_follow_hers_proportions():
     rows = synthetic_samples(600, seed=3)
     parts = split_portions(rows)
-    assert list(parts) == ["sft", "rm", "rl"]
+    # split_by_purpose.py lines 152-161: sft_roleplay, roleplay_rl, rm_sft, rm_rl
+    assert list(parts) == ["sft", "rl", "rm_sft", "rm_rl"]
+    assert PORTIONS == {"sft": 0.33, "rl": 0.08, "rm_sft": 0.34, "rm_rl": 0.25}
     assert sum(len(p) for p in parts.values()) == len(rows)
     ids = Counter(r["id"] for p in parts.values() for r in p)
     assert set(ids) == {r["id"] for r in rows} and max(ids.values()) == 1  # each row exactly once
@@ -48,6 +52,24 @@ def test_split_is_deterministic_and_seeded():
     }
     c = split_portions(rows, seed=1)
     assert _scenes(a["rl"]) != _scenes(c["rl"])
+
+
+def test_a_test_portion_of_whole_scenes_comes_first():
+    rows = synthetic_samples(3000, seed=4)
+    parts = split_portions(rows, test=TEST_SAMPLES)
+    assert list(parts) == ["sft", "rl", "rm_sft", "rm_rl", "test"]
+    assert TEST_SAMPLES <= len(parts["test"]) < TEST_SAMPLES + 20  # whole scenes of a few rows
+    assert sum(len(p) for p in parts.values()) == len(rows)
+    for a in parts:
+        for b in parts:
+            assert a == b or not _scenes(parts[a]) & _scenes(parts[b])
+    rest = len(rows) - len(parts["test"])
+    for name, share in PORTIONS.items():
+        assert abs(len(parts[name]) / rest - share) < 0.03, name
+    small = split_portions(synthetic_samples(100, seed=4), test=TEST_SAMPLES)
+    assert 10 <= len(small["test"]) < 20  # never more than a tenth (to a scene)
+    with pytest.raises(ConfigError):
+        split_portions(rows, test=-1)
 
 
 def test_custom_ratios_and_bad_ratios():
@@ -70,10 +92,10 @@ def test_cli_split_on_the_coser_sample(tmp_path):
     rows = read_jsonl(data)
     assert len(_scenes(rows)) == 2
     out = tmp_path / "parts"
-    res = CliRunner().invoke(
-        app, ["data", "split", str(data), "--out", str(out), "--sft", "1", "--rm", "0", "--rl", "1"]
-    )
+    args = ["data", "split", str(data), "--out", str(out), "--sft", "1", "--rl", "1"]
+    res = CliRunner().invoke(app, [*args, "--rm", "0", "--test", "0"])
     assert res.exit_code == 0, res.output
+    assert not (out / "test.jsonl").exists() and not (out / "rm_sft.jsonl").exists()
     parts = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "rm", "rl")}
     assert sum(len(p) for p in parts.values()) == len(rows)
     assert parts["sft"] and parts["rl"] and not parts["rm"]  # two scenes, one in each
@@ -107,8 +129,9 @@ def test_no_scene_of_the_coser_sample_lands_in_two_portions(tmp_path):
         convert_file("coser", COSER / book, tmp_path / f"{book}.jsonl")
         rows += read_jsonl(tmp_path / f"{book}.jsonl")
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    split_file(data, tmp_path / "parts")
-    parts = {name: read_jsonl(tmp_path / "parts" / f"{name}.jsonl") for name in PORTIONS}
+    split_file(data, tmp_path / "parts", test=TEST_SAMPLES)
+    names = [*PORTIONS, "test"]
+    parts = {name: read_jsonl(tmp_path / "parts" / f"{name}.jsonl") for name in names}
     assert sum(len(p) for p in parts.values()) == len(rows)
     assert all(parts.values())
     for a in parts:

@@ -4,8 +4,8 @@
     her data synth-plans data/train.jsonl --out data/planned.jsonl --teacher http://HOST/v1#MODEL
     her data enrich-thoughts data/train.jsonl --out data/thoughts.jsonl --teacher http://HOST/v1#M
     her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher ...
-    her data split data/planned.jsonl --out data/her      # sft.jsonl, rm.jsonl, rl.jsonl
-    her data rm-pairs data/her/rm.jsonl --out data/rm_pairs.jsonl \
+    her data split data/planned.jsonl --out data/her      # sft, rl, rm_sft, rm_rl, test .jsonl
+    her data rm-pairs data/her/rm_sft.jsonl --out data/rm_pairs.jsonl \
         --policy http://HOST/v1#SFT_MODEL --teacher http://HOST/v1#TEACHER --samples 4
     her train sft --config training/configs/sft_tiny_cpu.yaml [key=value | --key value ...]
     her train rm  --config training/configs/rm_tiny_cpu.yaml
@@ -103,17 +103,36 @@ def data_convert(
 @data_app.command("split")
 def data_split(
     input_path: Annotated[Path, typer.Argument(help="JSONL from `her data convert`.", exists=True)],
-    out: Annotated[Path, typer.Option("--out", help="Folder for sft.jsonl, rm.jsonl, rl.jsonl.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for sft, rl, rm_sft, rm_rl and test .jsonl files."),
+    ],
     sft: Annotated[float, typer.Option("--sft", help="Share of samples for SFT.")] = 0.33,
-    rm: Annotated[float, typer.Option("--rm", help="Share for the reward model.")] = 0.59,
     rl: Annotated[float, typer.Option("--rl", help="Share for RL of the policy.")] = 0.08,
+    rm_sft: Annotated[float, typer.Option("--rm-sft", help="Share for the judge's SFT.")] = 0.34,
+    rm_rl: Annotated[float, typer.Option("--rm-rl", help="Share for the judge's RL.")] = 0.25,
+    rm: Annotated[
+        float | None,
+        typer.Option(
+            "--rm",
+            help="One reward-model portion (rm.jsonl) instead of --rm-sft/--rm-rl, for a judge "
+            "trained without its RL stage.",
+        ),
+    ] = None,
+    test: Annotated[
+        int,
+        typer.Option("--test", help="Samples held out for testing (at most a tenth; 0: none)."),
+    ] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Split samples by scene into disjoint SFT / RM / RL portions (HER's 33/59/8 by default)."""
+    """Split samples by scene into disjoint portions: SFT / RL of the policy, SFT / RL of the
+    judge, and a test set (HER's 33/8/34/25 and 200 samples by default)."""
     from her_sdk.training.data import split_file
 
+    ratios = {"sft": sft, "rl": rl}
+    ratios.update({"rm": rm} if rm is not None else {"rm_sft": rm_sft, "rm_rl": rm_rl})
     try:
-        report = split_file(input_path, out, {"sft": sft, "rm": rm, "rl": rl}, seed=seed)
+        report = split_file(input_path, out, ratios, seed=seed, test=test)
     except (HerError, OSError) as exc:
         _fail(exc)
     for name, r in report.items():
@@ -228,7 +247,10 @@ def _run_teacher_job(label: str, run) -> dict:
 @data_app.command("rm-pairs")
 def data_rm_pairs(
     input_path: Annotated[
-        Path, typer.Argument(help="Samples: the rm portion of `her data split`.", exists=True)
+        Path,
+        typer.Argument(
+            help="Samples: the rm_sft (or rm_rl) portion of `her data split`.", exists=True
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output JSONL (appended; resumable).")],
     policy: Annotated[
@@ -239,8 +261,11 @@ def data_rm_pairs(
         typer.Option("--teacher", help=f"The judge: heuristic | {_TEACHER_HELP}"),
     ],
     samples: Annotated[
-        int, typer.Option("--samples", help="Policy samples per prompt (paired 1-2, 3-4, ...).")
-    ] = 4,
+        int,
+        typer.Option(
+            "--samples", help="Policy samples per prompt (paired 1-2, 3-4, ...; HER: 8, 4 pairs)."
+        ),
+    ] = 8,
     plan: Annotated[
         bool, typer.Option("--plan/--no-plan", help="Prompt the policy for a plan first.")
     ] = True,
@@ -266,7 +291,14 @@ def data_rm_pairs(
     temperature: Annotated[
         float, typer.Option("--temperature", help="Policy sampling temperature.")
     ] = 1.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Per policy sample.")] = 256,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens",
+            help="Per policy sample: the RL stage's max_completion_length, so the judge is "
+            "trained on turns as long as the rollouts it will judge (rl_qwen3_32b.yaml: 1024).",
+        ),
+    ] = 1024,
     judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens")] = 1024,
     limit: Annotated[
         int | None, typer.Option("--limit", help="At most this many new prompts.")

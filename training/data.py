@@ -49,6 +49,7 @@ from her_sdk.format import (
 __all__ = [
     "PORTIONS",
     "SOURCES",
+    "TEST_SAMPLES",
     "ConvertOptions",
     "ConvertReport",
     "Entry",
@@ -722,37 +723,56 @@ def trl_columns(rows: Iterable[dict]) -> list[dict]:
 # Portions for the stages (`her data split`)
 # ---------------------------------------------------------------------------------------------
 
-# HER's proportions (training_code/step1_roleplay_sft/split_by_purpose.py): 33% role-play SFT,
-# 34% reward-model SFT + 25% reward-model RL (one `rm` portion here), 8% role-play RL.
-PORTIONS: dict[str, float] = {"sft": 0.33, "rm": 0.59, "rl": 0.08}
+# HER's proportions (training_code/step1_roleplay_sft/split_by_purpose.py, lines 152-161:
+# 107,800 / 26,800 / 108,800 / 80,000 samples): 33% role-play SFT, 8% role-play RL, 34% the
+# reward model's SFT, 25% its RL; and 200 samples held out for testing (`rl_test`).
+PORTIONS: dict[str, float] = {"sft": 0.33, "rl": 0.08, "rm_sft": 0.34, "rm_rl": 0.25}
+TEST_SAMPLES = 200
 
 
 def split_portions(
-    rows: Sequence[dict], ratios: dict[str, float] | None = None, *, seed: int = 0
+    rows: Sequence[dict],
+    ratios: dict[str, float] | None = None,
+    *,
+    seed: int = 0,
+    test: int = 0,
 ) -> dict[str, list[dict]]:
-    """Rows grouped by scene into disjoint portions (`PORTIONS` by default).
+    """Rows grouped by scene into disjoint portions (`PORTIONS` by default), and with `test`
+    a `test` portion of about that many samples (at most a tenth of them).
 
-    Scenes are taken in a seeded hash order and each goes whole to the portion furthest below
-    its share of the samples so far, so the sample counts follow `ratios` while no scene is in
-    two portions (the RL reference turn is never a turn the policy was trained to copy). A row
-    without a `scene` is a scene of its own (by `id`). Row order within a scene is kept.
+    Scenes are taken in a seeded hash order. The test portion takes whole scenes first until it
+    holds `test` samples; then each scene goes whole to the portion furthest below its share of
+    the samples so far, so the sample counts follow `ratios` while no scene is in two portions
+    (the RL reference turn is never a turn the policy was trained to copy, the judge's RL never
+    sees its SFT scenes, and the test scenes none of them). HER splits by sample; splitting by
+    scene is stricter. A row without a `scene` is a scene of its own (by `id`). Row order
+    within a scene is kept.
     """
     ratios = dict(PORTIONS if ratios is None else ratios)
     if not ratios or any(v < 0 for v in ratios.values()) or sum(ratios.values()) <= 0:
         raise ConfigError(f"portion ratios must be >= 0 with a positive sum, not {ratios}")
+    if test < 0 or "test" in ratios:
+        raise ConfigError("test is a number of samples (>= 0), not a ratio")
     total = sum(ratios.values())
     share = {k: v / total for k, v in ratios.items()}
     scenes: dict[str, list[dict]] = {}
     for i, r in enumerate(rows):
         scenes.setdefault(str(r.get("scene") or r.get("id") or f"#{i}"), []).append(r)
     out: dict[str, list[dict]] = {k: [] for k in ratios}
+    held: list[dict] = []
+    test = min(test, len(rows) // 10)
     placed = 0
     for key in sorted(scenes, key=lambda k: _rank(k, seed)):
         group = scenes[key]
+        if len(held) < test:
+            held.extend(group)
+            continue
         target = placed + len(group)
         name = max(share, key=lambda k: (share[k] * target - len(out[k]), share[k]))
         out[name].extend(group)
         placed = target
+    if test:
+        out["test"] = held
     return out
 
 
@@ -762,13 +782,14 @@ def split_file(
     ratios: dict[str, float] | None = None,
     *,
     seed: int = 0,
+    test: int = 0,
 ) -> dict[str, dict[str, int]]:
     """`her data split`: write `OUT/<portion>.jsonl` for each portion; returns per-portion
     sample and scene counts."""
     rows = read_jsonl(input_path)
     if not rows:
         raise DataError(f"{input_path}: no samples")
-    parts = split_portions(rows, ratios, seed=seed)
+    parts = split_portions(rows, ratios, seed=seed, test=test)
     report = {}
     for name, part in parts.items():
         write_jsonl(Path(out_dir) / f"{name}.jsonl", part)

@@ -717,7 +717,7 @@ def rm_pairs(
     policy: Backend,
     teacher: Backend,
     *,
-    samples: int = 4,
+    samples: int = 8,
     plan: bool = True,
     corruptions: Sequence[str] = (),
     principles: PrincipleSet | None = None,
@@ -727,13 +727,15 @@ def rm_pairs(
     retries: int = 2,
     timeout: float | None = 300.0,
     temperature: float = 1.0,
-    max_tokens: int = 256,
+    max_tokens: int = 1024,
     judge_max_tokens: int = 1024,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobReport:
-    """HER's reward-model data from the samples of `input_path` (the `rm` portion of
-    `her data split`), written to `out_path` (resumable, see `plans.run_jobs`).
+    """HER's reward-model data from the samples of `input_path` (the `rm_sft` or `rm_rl`
+    portion of `her data split`), written to `out_path` (resumable, see `plans.run_jobs`).
+    The defaults are HER's: 8 samples (4 pairs) per prompt, each up to the RL rollouts'
+    length (1,024 tokens), so the judge learns on turns like those it will judge.
 
     Per sample: `samples` distinct candidates from `policy` (the SFT model) for the sample's
     prompt (rendered as the runtime does; asking for a plan when `plan`), paired off (1-2,

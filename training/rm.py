@@ -19,7 +19,9 @@ Stages:
    config: SFTArguments, trl's ModelConfig and SFTConfig), loss on the verdict only.
 3. optional RL of the judge (`rl_steps > 0`): GRPO from the SFT model with a verifiable reward,
    1 when the parsed verdict names the labelled candidate, else 0 (`verdict_reward`); the keys
-   under `rl:` are those of an RL config.
+   under `rl:` are those of an RL config. Its pairs come from `rl_pairs_file` or `rl_samples`
+   (the `rm_rl` portion of `her data split`, as HER trains its judge's RL on data of its own);
+   without either, from the SFT pairs' training rows.
 Held-out pairwise accuracy (both orders combined) is measured before and after when
 `eval_pairs > 0`. Results: the adapter/model in OUTPUT (RL: OUTPUT/rl), `her_rm.json`.
 """
@@ -31,7 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,10 @@ class RMArguments:
     # data
     samples: str = "synthetic:96"  # gold turns: synthetic:N or the RM portion of `her data split`
     pairs_file: str | None = None  # prebuilt pairs (`her data rm-pairs` / auto_pairs JSONL)
+    # the judge's RL data, as `samples`/`pairs_file` for its SFT (the rm_rl portion of
+    # `her data split`); neither: the SFT pairs' training rows
+    rl_samples: str | None = None
+    rl_pairs_file: str | None = None
     corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
     per_sample: int = 1
     both_orders: bool = True
@@ -392,7 +398,14 @@ def run_rm(args: RMArguments) -> RMResult:
 
     rl_info = None
     if args.rl_steps > 0:
-        rl_info = _judge_rl(args, out, tok, rows, sft, ps, eval_sel)
+        rl_rows = [r for r in rows if r["split"] == "train"]
+        if args.rl_samples or args.rl_pairs_file:
+            own = replace(
+                args, samples=args.rl_samples or args.samples, pairs_file=args.rl_pairs_file
+            )
+            rl_rows = build_pair_data(own)[1]  # all of them: the RL data is its own portion
+            log.info("judge RL data: %d rows of its own", len(rl_rows))
+        rl_info = _judge_rl(args, out, tok, rl_rows, sft, ps, eval_sel)
     res = RMResult(
         output_dir=str(out),
         pairs=pair_info,
@@ -417,8 +430,7 @@ def _judge_rl(cfg: RMArguments, out: Path, tok, rows: list[dict], sft, ps, eval_
     if cfg.rl_from:  # a launch of the judge's RL alone, from the merge of its SFT
         start = Path(cfg.rl_from)
     rl_args, rl_model, rl_train = rl_configs(cfg, str(start), sft)
-    train = [r for r in rows if r["split"] == "train"]
-    data = [{"prompt": _prompt_text(r["prompt"]), "label": r["label"]} for r in train]
+    data = [{"prompt": _prompt_text(r["prompt"]), "label": r["label"]} for r in rows]
     trainer = build_grpo_trainer(
         rl_args,
         rl_model,

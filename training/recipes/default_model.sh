@@ -111,7 +111,7 @@ if has shape && ! done_already "$DATA/portions/rl.jsonl" shape; then
   # prompt whose very turn SFT copied.
   "$HER" data shape "$DATA/all.jsonl" --out "$DATA/shaped.jsonl" \
     --max-actions 1 --max-sentences 3 --max-speech-words 40
-  "$HER" data split "$DATA/shaped.jsonl" --out "$DATA/portions" --sft 0.92 --rm 0 --rl 0.08
+  "$HER" data split "$DATA/shaped.jsonl" --out "$DATA/portions" --sft 0.92 --rm 0 --rl 0.08 --test 0
 fi
 
 if has sft && ! done_already "$SFT/her_sft.json" sft; then
