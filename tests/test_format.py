@@ -626,3 +626,20 @@ def test_plan_less_prefill_leaves_the_space_to_the_model():
         parser.feed(raw)
         parser.close()
         assert parser.turn().speech == "Halt." and parser.turn().actions == ["nods"]
+
+
+def test_quoted_lines_are_cleaned_the_same_long_or_short():
+    """Short lines are cleaned once and remembered; long ones are cleaned each time: both ways
+    give the same text, and a long line never enters the cache."""
+    from her_sdk.format._quote import _neutralise, _neutralise_line, _strip_markup
+
+    short = "Mara: <role_thinking>x</role_thinking> <|im_start|>==head== <sys<x>tem_thinking>"
+    long = short * 40
+    assert len(short) <= 2048 < len(long)
+    _neutralise_line.cache_clear()
+    for text in (short, short, long):
+        cleaned = _neutralise(text)
+        assert cleaned == _strip_markup(text)
+        assert "<role_thinking>" not in cleaned and "==" not in cleaned
+    info = _neutralise_line.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 1, 1)

@@ -33,12 +33,16 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 _MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
 
 
-@lru_cache(maxsize=8192)
 def _neutralise(text: str) -> str:
     """`text` without markup, keeping its line breaks.
 
-    Cached: a prompt quotes the same history lines turn after turn, and a long game's prompt
-    would otherwise clean all of them again on every render (a pure function of `text`)."""
+    Lines of up to 2,048 characters are cleaned once and remembered (the last 4,096 of them,
+    8 million characters at worst): a prompt quotes the same history lines turn after turn, and a long game
+    would otherwise clean all of them again on every render."""
+    return _neutralise_line(text) if len(text) <= 2048 else _strip_markup(text)
+
+
+def _strip_markup(text: str) -> str:
     text = text.replace(_OPEN, "").replace(_CLOSE, "")
     text = _LINE_BREAK_RE.sub("\n", text)
     for _ in range(8):
@@ -47,6 +51,9 @@ def _neutralise(text: str) -> str:
             break
         text = cleaned
     return _EQUALS_RE.sub("=", _OPENER_RE.sub("", text))
+
+
+_neutralise_line = lru_cache(maxsize=4096)(_strip_markup)
 
 
 def _quote(text: str) -> str:
@@ -70,24 +77,24 @@ def _name(name: str) -> str:
     return _quote(_EQUALS_RE.sub("=", name))
 
 
-_MARK_RE = re.compile(f"[{_OPEN}{_CLOSE}]")
-
-
 def _unmark(text: str) -> PromptText:
     """A marked rendering as the text engines see, with its literal ranges."""
+    out: list[str] = []
     ranges: list[tuple[int, int]] = []
-    depth = start = 0
-    for n, mark in enumerate(_MARK_RE.finditer(text)):
-        pos = mark.start() - n  # where the mark falls in the text without marks
-        if mark.group() == _OPEN:
+    pos = depth = start = 0
+    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
+        if part == _OPEN:
             depth += 1
             if depth == 1:
                 start = pos
-        elif depth > 0:
-            depth -= 1
+        elif part == _CLOSE:
+            depth = max(0, depth - 1)
             if depth == 0:
                 ranges.append((start, pos))
-    return PromptText(text.replace(_OPEN, "").replace(_CLOSE, ""), ranges)
+        else:
+            out.append(part)
+            pos += len(part)
+    return PromptText("".join(out), ranges)
 
 
 @contextmanager
