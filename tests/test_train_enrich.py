@@ -243,3 +243,70 @@ def test_cli_enrich_and_complete(data, tmp_path):
     )
     assert res.exit_code == 1 and "unknown backend" in res.output
     assert render_turn  # the format module is the one contract (imported above)
+
+
+BOOK_TEXT = (
+    "The Salt Road Inn had not paid the guild in three winters. Brannoc had lost his brother "
+    "to a guild debt and swore he would never kneel to a collector again. Ysolde knew it."
+)
+
+
+@pytest.fixture
+def book_data(tmp_path) -> Path:
+    """The CoSER book fixture with the book's text of its first plot (CoSER's `plot.text`)."""
+    book = json.loads((F / "coser_book.json").read_text())
+    book["plots"][0]["text"] = BOOK_TEXT
+    (tmp_path / "book.json").write_text(json.dumps(book))
+    path = tmp_path / "book.jsonl"
+    convert_file("coser", tmp_path / "book.json", path)
+    return path
+
+
+def test_convert_keeps_the_books_text_for_grounding(book_data, tmp_path):
+    from her_sdk.training.data import ConvertOptions
+
+    rows = read_jsonl(book_data)
+    inn = [r for r in rows if r["book"] and "Brannoc" in json.dumps(r["her"])]
+    assert inn and all(r["source_text"] == BOOK_TEXT for r in inn)
+    assert all("source_text" not in r for r in rows if r not in inn)  # that plot has none
+    bare = tmp_path / "bare.jsonl"
+    convert_file("coser", tmp_path / "book.json", bare, ConvertOptions(source_text=False))
+    assert all("source_text" not in r for r in read_jsonl(bare))
+
+
+def test_complete_settings_adds_only_what_the_books_text_says(book_data, tmp_path):
+    """HER step 4 (step4_1_construct_setting_data.py, Rules 2 and 4: "SUPPLEMENT FROM
+    original_text ONLY", "Every addition needs TEXT source quote"): with the book's text, a
+    completion stands only with quotes found in it."""
+    seen: list[str] = []
+
+    def teacher(prompt: str) -> str:
+        seen.append(prompt)
+        return mock_setting_teacher(prompt)
+
+    out = tmp_path / "grounded.jsonl"
+    complete_settings(book_data, out, MockBackend(teacher))
+    inn = [r for r in read_jsonl(out) if r.get("source_text")]
+    assert inn
+    for r in inn:
+        persona = decode_her(r)[0]
+        quote = r["setting_quotes"]["profile"][0]
+        assert quote in BOOK_TEXT and quote in persona.profile
+    assert any("=== The book's text of this part of the story ===" in p for p in seen)
+
+    def liar(prompt: str) -> str:  # quotes what the book never says
+        answer = json.loads("{" + mock_setting_teacher(prompt))
+        if "quotes" in answer:
+            answer["profile"] += " He once killed a guard."
+            answer["quotes"] = {"profile": ["Brannoc once killed a guard at the bridge."]}
+        return json.dumps(answer)
+
+    def unquoted(prompt: str) -> str:  # completes without saying where it comes from
+        answer = json.loads("{" + mock_setting_teacher(prompt))
+        answer.pop("quotes", None)
+        return json.dumps(answer)
+
+    for bad, reason in ((liar, "a quote not in the book's text"), (unquoted, "no quote")):
+        rep = complete_settings(book_data, tmp_path / f"{bad.__name__}.jsonl", MockBackend(bad))
+        dropped = {k: v for k, v in rep.dropped.items() if k.startswith("profile:")}
+        assert dropped and all(reason in k for k in dropped), rep.dropped

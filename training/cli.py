@@ -68,6 +68,14 @@ def data_convert(
         typer.Option("--exclude", help="Scenes to leave out: a CoSER test set or a list of keys."),
     ] = None,
     max_profile_chars: Annotated[int, typer.Option("--max-profile-chars")] = 0,
+    source_text: Annotated[
+        bool,
+        typer.Option(
+            "--source-text/--no-source-text",
+            help="Keep each CoSER plot's book text on its samples (what complete-settings "
+            "grounds its additions in).",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Convert CoSER / HER / ShareGPT records into one SFT sample per character turn."""
@@ -83,6 +91,7 @@ def data_convert(
         split_by=split_by,
         exclude=load_exclude(exclude or []),
         max_profile_chars=max_profile_chars,
+        source_text=source_text,
         seed=seed,
     )
     try:
@@ -410,7 +419,9 @@ def data_complete_settings(
     ] = None,
 ) -> None:
     """HER data step 4: a teacher completes each character's sheet (profile, background,
-    motivation) so it explains the character's behaviour in the scene; originals are kept."""
+    motivation) so it explains the character's behaviour in the scene; originals are kept.
+    With the book's text on the samples (`her data convert coser` keeps it), additions must
+    quote it."""
     from her_sdk.training.enrich import complete_settings, mock_setting_teacher
 
     try:

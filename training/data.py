@@ -329,6 +329,9 @@ class ConvertOptions:
     max_other_chars: int = 300
     max_background_chars: int = 0  # 0: keep the whole plot summary
     max_scenario_chars: int = 0  # 0: keep the whole scenario
+    # CoSER book files: keep each plot's book text (`plot.text`) on its samples as
+    # `source_text`, what `her data complete-settings` grounds its additions in (HER step 4)
+    source_text: bool = True
     seed: int = 0
 
 
@@ -432,6 +435,8 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
                         },
                     )
                 meta = {"source": "coser", "book": book or "unknown", "scene": key}
+                if opts.source_text and _text(plot.get("text")):
+                    meta["source_text"] = _text(plot.get("text"))
                 yield meta, entries, personas
             except Exception as exc:  # one bad conversation never stops the file
                 report.note_bad(f"plot {pi} conversation {ci}", exc)

@@ -18,7 +18,12 @@ the scene is then re-rendered with the enriched turns (its own earlier turns in 
 sees the character sheet and what the character says, does, thinks and plans in the scene, and
 completes the sheet (profile, background, motivation) so that it explains that behaviour,
 keeping what the sheet said (`validate_setting`: original content kept, no dialogue copied, no
-markup, bounded growth). Its reasoning is kept in `setting_reasoning`, the original sheet in
+markup, bounded growth). Where the samples carry the book's text of their part of the story
+(`source_text`, kept by `her data convert coser` from CoSER's `plot.text`), the teacher may only
+add what that text supports, as HER's step 4 (step4_1_construct_setting_data.py: "SUPPLEMENT FROM
+original_text ONLY", "Every addition needs TEXT source quote"): each completed field must come
+with quotes from the text, and each quote must be found there (`grounded`); they are kept in
+`setting_quotes`. Its reasoning is kept in `setting_reasoning`, the original sheet in
 `persona_original`.
 
 Both run on any her_sdk Backend with the machinery of `her data synth-plans`
@@ -57,6 +62,7 @@ from .plans import JobReport, Outcome, _history_text, _shingles, ask_teacher, ru
 __all__ = [
     "complete_settings",
     "enrich_thoughts",
+    "grounded",
     "mock_setting_teacher",
     "mock_thought_teacher",
     "turn_shape",
@@ -331,6 +337,16 @@ Answer with one JSON object and nothing else:
  "goals": "the completed motivation (what they want now)"}
 A field that needs nothing new is repeated unchanged."""
 
+# With the book's text (HER step 4): additions only from it, each with its source quoted.
+SETTING_SOURCE_RULES = (
+    "\n\nYou are also shown the book's text of this part of the story. Add only what that text "
+    "supports: for every field you complete, quote the sentences of the text each addition "
+    'rests on, word for word, in "quotes" (a field you repeat unchanged needs none). What the '
+    "behaviour needs but the text does not say is left out. The answer then also holds:\n"
+    ' "quotes": {"profile": ["a sentence of the text", ...], "background": [...], '
+    '"goals": [...]}'
+)
+
 
 def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) -> str:
     lines = []
@@ -342,30 +358,65 @@ def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) ->
     return "\n".join(lines)
 
 
-def _setting_prompt(persona: Persona, behaviour: str, teacher: ChatModel) -> Rendered:
+def _setting_prompt(
+    persona: Persona, behaviour: str, teacher: ChatModel, source_text: str = ""
+) -> Rendered:
     fields = "\n".join(f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS)
+    book = f"=== The book's text of this part of the story ===\n{source_text}\n\n"
     user = (
         f"=== {persona.name}'s sheet ===\n{_sheet(persona)}\n\n"
         f"=== Fields to complete ===\n{fields}\n\n"
         f"=== What {persona.name} says, does, thinks and plans in the scene ===\n{behaviour}\n\n"
-        f"Complete {persona.name}'s sheet."
+        + (book if source_text else "")
+        + f"Complete {persona.name}'s sheet."
     )
-    messages = [Message("system", SETTING_SYSTEM), Message("user", user)]
+    system = SETTING_SYSTEM + (SETTING_SOURCE_RULES if source_text else "")
+    messages = [Message("system", system), Message("user", user)]
     return render_messages(messages, teacher, prefill="{")
 
 
+def _squeeze(text: str) -> str:
+    return " ".join(re.sub(r"[\u2018\u2019]", "'", re.sub(r"[\u201c\u201d]", '"', text)).split())
+
+
+def grounded(quotes: Any, source_text: str, *, min_chars: int = 12) -> str | None:
+    """Why the `quotes` of a completed field do not ground it in `source_text`, or None when
+    they do: at least one quote, each of at least `min_chars` characters and found in the text
+    word for word (spacing and curly quotes aside)."""
+    if isinstance(quotes, str):
+        quotes = [quotes]
+    if not isinstance(quotes, list) or not quotes:
+        return "no quote from the book's text"
+    text = _squeeze(source_text)
+    for q in quotes:
+        if not isinstance(q, str) or len(_squeeze(q)) < min_chars:
+            return "a quote too short to ground anything"
+        if _squeeze(q).strip("\"' .") not in text:
+            return "a quote not in the book's text"
+    return None
+
+
 def mock_setting_teacher(prompt: str) -> str:
-    """A deterministic stand-in teacher: each field kept, with one grounded sentence added."""
+    """A deterministic stand-in teacher: each field kept, with one grounded sentence added (from
+    the book's text, quoted, when the prompt shows it)."""
     m = re.search(r"^=== (.+?)'s sheet ===", prompt, re.M)
     name = m.group(1) if m else "The character"
     fields = dict(re.findall(r"^(profile|background|goals): (.*)$", prompt, re.M))
     keep = {f: "" if v == "(empty)" else v for f, v in fields.items()}
-    answer = {
+    added = f"{name} is slow to trust strangers."
+    book = re.search(r"=== The book's text of this part of the story ===\n(.+?)\n\n", prompt, re.S)
+    quotes: dict[str, list[str]] = {}
+    if book:
+        first = re.split(r"(?<=[.!?])\s+", book.group(1).strip())[0]
+        added, quotes = f"In the story: {first}", {"profile": [first]}
+    answer: dict[str, Any] = {
         "reasoning": f"{name} acts guarded in the scene; the sheet did not say why.",
-        "profile": f"{keep.get('profile', '')} {name} is slow to trust strangers.".strip(),
+        "profile": f"{keep.get('profile', '')} {added}".strip(),
         "background": keep.get("background", ""),
         "goals": keep.get("goals", ""),
     }
+    if book:
+        answer["quotes"] = quotes
     return json.dumps(answer)[1:]  # the prompt already opened the object
 
 
@@ -421,11 +472,13 @@ def complete_settings(
     max_tokens: int = 1024,
     max_turns: int = 8,
     max_added_chars: int = 800,
+    max_source_chars: int = 16000,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobReport:
     """Complete the sheet of each character of each scene of `input_path`; see the module
-    docstring. Resumable by scene and character; `limit` counts those groups."""
+    docstring. Resumable by scene and character; `limit` counts those groups. The book's text
+    is shown up to `max_source_chars` (a CoSER plot's text runs to about 15,000)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in read_jsonl(input_path):
         key = f"{r.get('scene') or r.get('id')}|{r.get('character', '')}"
@@ -441,6 +494,7 @@ def complete_settings(
         persona = decoded[0][0]
         turns = [d[2] for d in decoded]
         behaviour = _scene_behaviour(persona, turns, max_turns)
+        source = str(samples[0].get("source_text") or "")[:max_source_chars]
         scene_text = "\n".join([behaviour, *(_history_text(p, h) for p, h, _ in decoded[-1:])])
 
         def check(text: str) -> tuple[Any, str | None]:
@@ -448,6 +502,8 @@ def complete_settings(
             if obj is None:
                 return None, "unreadable answer"
             fields: dict[str, str] = {}
+            quotes = obj.get("quotes") if isinstance(obj.get("quotes"), dict) else {}
+            kept_quotes: dict[str, list[str]] = {}
             for f in SETTING_FIELDS:
                 value = obj.get(f)
                 old = getattr(persona, f)
@@ -457,17 +513,24 @@ def complete_settings(
                 bad = validate_setting(
                     value, old, scene_text=scene_text, max_added_chars=max_added_chars
                 )
+                if bad is None and source and value != " ".join(old.split()):
+                    given = quotes.get(f)
+                    bad = grounded(given, source)
+                    kept_quotes[f] = [given] if isinstance(given, str) else list(given or [])
                 if bad is not None:
                     return None, f"{f}: {bad}"
                 fields[f] = value
             if all(fields[f] == " ".join(getattr(persona, f).split()) for f in SETTING_FIELDS):
                 return None, "nothing completed"
             reasoning = obj.get("reasoning")
-            return {"fields": fields, "reasoning": str(reasoning or "").strip()}, None
+            done: dict[str, Any] = {"fields": fields, "reasoning": str(reasoning or "").strip()}
+            if source:
+                done["quotes"] = kept_quotes
+            return done, None
 
         res = ask_teacher(
             teacher,
-            _setting_prompt(persona, behaviour, teacher),
+            _setting_prompt(persona, behaviour, teacher, source),
             check,
             key=job["id"],
             retries=retries,
@@ -488,6 +551,7 @@ def complete_settings(
                     "setting": "completed",
                     "setting_source": getattr(teacher, "name", "teacher"),
                     "setting_reasoning": done["reasoning"],
+                    **({"setting_quotes": done["quotes"]} if "quotes" in done else {}),
                     "persona_original": msgspec.to_builtins(persona),
                     "prompt": prompt,
                     "completion": completion,

@@ -36,9 +36,9 @@ _MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
 def _neutralise(text: str) -> str:
     """`text` without markup, keeping its line breaks.
 
-    Lines of up to 2,048 characters are cleaned once and remembered (the last 4,096 of them,
-    8 million characters at worst): a prompt quotes the same history lines turn after turn, and a long game
-    would otherwise clean all of them again on every render."""
+    Lines of up to 2,048 characters are cleaned once and remembered (the last 4,096 of them, 8
+    million characters at worst): a prompt quotes the same history lines turn after turn, and a
+    long game would otherwise clean all of them again on every render."""
     return _neutralise_line(text) if len(text) <= 2048 else _strip_markup(text)
 
 
