@@ -227,6 +227,7 @@ def backend_from_spec(
     prompt_style: PromptStyle | None = None,
     turn_shape: TurnShape | None = None,
     dry_multiplier: float | None = None,
+    cache_any_prefix: bool | None = None,
     chat: bool = False,
     api_key: str | None = None,
     mock: Callable[[str], str] | None = None,
@@ -250,12 +251,12 @@ def backend_from_spec(
 
     The keyword settings apply where the engine has them and are ignored elsewhere (a remote
     server's context window and batching are its own): `n_ctx` for local engines; `n_threads`,
-    `n_gpu_layers`, `max_sequences`, `max_waiting`, `dry_multiplier` and `adapter` for
-    llama.cpp; `prompt_style` for every engine but transformers (which runs ChatML prompts);
-    `turn_shape` (the `TurnShape` of characters that set none) for every engine. The first
-    spellings of the training commands (`openai:URL#M`, `openai-chat:URL#M`, `gguf:PATH`,
-    `hf:DIR`) still work, with a DeprecationWarning. A missing file raises
-    `ModelNotFoundError`; a spec that names nothing usable, `ConfigError`.
+    `n_gpu_layers`, `max_sequences`, `max_waiting`, `dry_multiplier`, `cache_any_prefix` and
+    `adapter` for llama.cpp; `prompt_style` for every engine but transformers (which runs
+    ChatML prompts); `turn_shape` (the `TurnShape` of characters that set none) for every
+    engine. The first spellings of the training commands (`openai:URL#M`,
+    `openai-chat:URL#M`, `gguf:PATH`, `hf:DIR`) still work, with a DeprecationWarning. A
+    missing file raises `ModelNotFoundError`; a spec that names nothing usable, `ConfigError`.
     """
     if isinstance(spec, Backend):
         return spec
@@ -269,6 +270,7 @@ def backend_from_spec(
         max_waiting=max_waiting,
         prompt_style=prompt_style,
         dry_multiplier=dry_multiplier,
+        cache_any_prefix=cache_any_prefix,
         chat=chat,
         api_key=api_key,
         mock=mock,
@@ -289,6 +291,7 @@ def _backend_from_spec(
     max_waiting: int | None,
     prompt_style: PromptStyle | None,
     dry_multiplier: float | None,
+    cache_any_prefix: bool | None,
     chat: bool,
     api_key: str | None,
     mock: Callable[[str], str] | None,
@@ -327,6 +330,7 @@ def _backend_from_spec(
             ("max_sequences", max_sequences),
             ("max_waiting", max_waiting),
             ("dry_multiplier", dry_multiplier),
+            ("cache_any_prefix", cache_any_prefix),
         )
         if v is not None
     }

@@ -323,3 +323,24 @@ def test_cache_any_prefix_rereads_only_what_changed():
     finally:
         exact.close()
         anyp.close()
+
+
+def test_cache_any_prefix_reaches_the_model_from_a_spec_and_from_her_serve():
+    pytest.importorskip("pydantic")
+    from her_sdk import backend_from_spec
+    from her_sdk.server._backend import backend_from_settings
+    from her_sdk.server._settings import ServerSettings
+
+    m = backend_from_spec(None, adapter=None, n_ctx=256, cache_any_prefix=True)
+    assert m.cache_any_prefix is True
+    m.close()
+    served = backend_from_settings(
+        ServerSettings(adapter="none", n_ctx=256, max_sequences=1, cache_any_prefix=True)
+    )
+    assert served.cache_any_prefix is True
+    served.close()
+    plain = backend_from_settings(ServerSettings(adapter="none", n_ctx=256, max_sequences=1))
+    assert plain.cache_any_prefix is False
+    plain.close()
+    with pytest.raises(ValueError, match="cache_any_prefix"):
+        ServerSettings(model="http://127.0.0.1:1/v1#m", cache_any_prefix=True)
