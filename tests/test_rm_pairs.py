@@ -301,3 +301,38 @@ def test_rm_pairs_on_the_tiny_model_hold_reasoning_ties_and_unordered_lengths(rm
     assert 0.2 <= bal["chosen_longer"] <= 0.8  # length does not predict the label
     rows = judge_sft_rows(recs)
     assert all("Reasoning:" in r["completion"][0]["content"] for r in rows)
+
+
+def test_rl_references_are_the_preferred_policy_samples(rm_data, tmp_path):
+    """HER's policy RL data (step4_roleplay_rl/main.py, process_roleplay_rl_data): one row per
+    judged pair, its reference the candidate the teacher preferred; ties are skipped."""
+    from her_sdk.training.data import read_jsonl
+    from her_sdk.training.pairs import mock_policy, rl_references, rm_pairs
+    from her_sdk.training.rl import policy_rows
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+
+    pairs = tmp_path / "rl_pairs.jsonl"
+    rm_pairs(rm_data, pairs, MockBackend(mock_policy()), MockBackend(scripted_teacher), limit=4)
+    recs = read_jsonl(pairs)
+    by_pair: dict[str, list[dict]] = {}
+    for r in recs:
+        by_pair.setdefault(r["id"], []).append(r)
+    decided = {pid: rs[0] for pid, rs in by_pair.items() if rs[0]["label"] != "tie"}
+    assert decided and len(decided) < len(by_pair)  # the scripted teacher ties some pairs
+    out = tmp_path / "rl_ref.jsonl"
+    counts = rl_references(pairs, out)
+    rows = read_jsonl(out)
+    assert counts["pairs"] == len(by_pair) and counts["rows"] == len(rows) == len(decided)
+    assert counts["ties"] == len(by_pair) - len(decided)
+    for row in rows:
+        pid = row["id"].rsplit(":", 1)[1]
+        persona, history, target = decode_her(row)
+        gold_persona, gold_history, _ = decode_her(decided[pid])
+        assert (persona, history) == (gold_persona, gold_history)  # the same prompt
+        assert target == parse_turn(decided[pid]["chosen"], persona.name)  # the preferred one
+        assert row["reference"] == "policy"
+    assert len(policy_rows(rows)) == len(rows)  # RL reads them as it reads samples
+    res = CliRunner().invoke(app, ["data", "rl-refs", str(pairs), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0 and f"{len(rows)} rows" in res.output, res.output

@@ -6,7 +6,8 @@
     her data complete-settings data/thoughts.jsonl --out data/settings.jsonl --teacher ...
     her data split data/planned.jsonl --out data/her      # sft, rl, rm_sft, rm_rl, test .jsonl
     her data rm-pairs data/her/rm_sft.jsonl --out data/rm_pairs.jsonl \
-        --policy http://HOST/v1#SFT_MODEL --teacher http://HOST/v1#TEACHER --samples 4
+        --policy http://HOST/v1#SFT_MODEL --teacher http://HOST/v1#TEACHER
+    her data rl-refs data/rl_pairs.jsonl --out data/her/rl_ref.jsonl   # rm-pairs on rl.jsonl
     her train sft --config training/configs/sft_tiny_cpu.yaml [key=value | --key value ...]
     her train rm  --config training/configs/rm_tiny_cpu.yaml
     her train rl  --config training/configs/rl_tiny_cpu.yaml
@@ -367,6 +368,28 @@ def data_rm_pairs(
         err_console.print(f"[yellow]{line}: length predicts the label[/]")
     else:
         console.print(line)
+
+
+@data_app.command("rl-refs")
+def data_rl_refs(
+    pairs: Annotated[
+        Path,
+        typer.Argument(help="`her data rm-pairs` output on the rl portion.", exists=True),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="RL rows (the train_file of an RL config).")],
+) -> None:
+    """HER's RL data: one row per judged pair of policy samples, the teacher-preferred sample as
+    the reference the judge compares rollouts against (ties skipped)."""
+    from her_sdk.training.pairs import rl_references
+
+    try:
+        counts = rl_references(pairs, out)
+    except (HerError, OSError) as exc:
+        _fail(exc)
+    console.print(
+        f"{counts['rows']} rows from {counts['pairs']} pairs -> {out} (ties {counts['ties']}, "
+        f"unparsable {counts['unparsable']}, not policy pairs {counts['not_policy']})"
+    )
 
 
 @data_app.command("enrich-thoughts")

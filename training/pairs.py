@@ -55,7 +55,7 @@ from her_sdk.format import (
     render_turn,
 )
 
-from .data import decode_her, read_jsonl
+from .data import decode_her, encode_her, read_jsonl, write_jsonl
 from .judge import (
     SLOTS,
     Judge,
@@ -78,6 +78,7 @@ __all__ = [
     "length_balance",
     "mock_policy",
     "repetition_ratio",
+    "rl_references",
     "rm_pairs",
     "tag_errors",
     "teacher_rows",
@@ -828,3 +829,50 @@ def rm_pairs(
     report = run_jobs(rows, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
     report.stats["length"] = length_balance(read_jsonl(out_path))
     return report
+
+
+def rl_references(pairs_path: str | Path, out_path: str | Path) -> dict[str, int]:
+    """RL rows whose reference answer is the teacher-preferred policy sample, as HER builds its
+    policy's RL data (training_code/step4_roleplay_rl/main.py, `process_roleplay_rl_data`: one
+    row per judged pair of SFT-policy samples, `ref_answer` the candidate its `better_response`
+    names; a pair without one is skipped).
+
+    `pairs_path` is `her data rm-pairs` output on the `rl` portion: every policy pair whose two
+    orders agree on a winner gives one row, the sample's prompt with that winner as its target
+    (what `JudgeReward` compares rollouts against); ties, gold-vs-corrupted pairs and winners
+    that do not parse as a turn are skipped and counted. Returns the counts."""
+    counts = {"pairs": 0, "rows": 0, "ties": 0, "not_policy": 0, "unparsable": 0}
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for rec in read_jsonl(pairs_path):
+        if rec.get("kind") != "policy":
+            counts["not_policy"] += 1
+            continue
+        pid = str(rec.get("id"))
+        if pid in seen:  # the other order of a pair already taken
+            continue
+        seen.add(pid)
+        counts["pairs"] += 1
+        if rec.get("label") == "tie":
+            counts["ties"] += 1
+            continue
+        persona, history, _gold = decode_her(rec)
+        try:
+            target = parse_turn(str(rec["chosen"]), persona.name)
+        except Exception:
+            target = None
+        if target is None or not (target.speech or target.actions):
+            counts["unparsable"] += 1
+            continue
+        rows.append(
+            {
+                "id": f"{rec.get('source_id', pid)}:{pid}",
+                "scene": rec.get("scene", ""),
+                "split": rec.get("split", "train"),
+                "character": persona.name,
+                "reference": "policy",
+                "her": encode_her(persona, history, target),
+            }
+        )
+    counts["rows"] = write_jsonl(out_path, rows)
+    return counts
