@@ -50,7 +50,7 @@ def test_enrich_thoughts_keeps_public_text_and_updates_own_history(data, tmp_pat
     rep = enrich_thoughts(data, out, MockBackend(teacher), concurrency=2)
     rows = read_jsonl(out)
     assert rep.kept == 2 and len(rows) == len(before) == 9  # 2 scenes, every sample kept
-    assert rep.stats == {"enriched": 9, "unchanged": 0, "kept_original": 0}
+    assert rep.stats == {"enriched": 9, "unchanged": 0, "kept_original": 0, "actions_repaired": 0}
     for r in rows:
         persona, history, target = decode_her(r)
         old = decode_her(before[r["id"]])[2]
@@ -310,3 +310,66 @@ def test_complete_settings_adds_only_what_the_books_text_says(book_data, tmp_pat
         rep = complete_settings(book_data, tmp_path / f"{bad.__name__}.jsonl", MockBackend(bad))
         dropped = {k: v for k, v in rep.dropped.items() if k.startswith("profile:")}
         assert dropped and all(reason in k for k in dropped), rep.dropped
+
+
+def test_same_action_words_allows_only_hers_repairs():
+    from her_sdk.training.enrich import same_action_words
+
+    ok = [
+        ("leans forward", "i lean forward"),
+        ("leans forward voice lowering", "leans forward his voice lowering"),
+        ("reaches for cup", "i reach for my cup"),  # HER drops the pronoun, adds nothing
+    ]
+    for new, old in ok:
+        assert same_action_words(new, old), (new, old)
+    for new, old in [
+        ("walks away", "runs away"),
+        ("forward leans", "leans forward"),
+        ("leans forward slowly", "leans forward"),
+        ("grabs arm", "grabs his arm tightly"),
+    ]:
+        assert not same_action_words(new, old), (new, old)
+
+
+def test_enrich_thoughts_repairs_actions_and_everyone_perceives_the_repair(tmp_path):
+    """HER step 2 repairs actions (role_thinking_enhance_prompt.py lines 85-131): no pronoun
+    for the character itself, consecutive actions merged. The repaired turn is what every later
+    sample of the scene perceives; speech never changes."""
+    record = json.loads((F / "coser_test.json").read_text())[0]
+    record["dialogues"] = [
+        {"character": "Brannoc", "message": "(I lean forward) (my voice drops low) Listen."},
+        {"character": "Ysolde", "message": "(taps the ledger) I am listening."},
+        {"character": "Brannoc", "message": "Then hear this."},
+    ]
+    (tmp_path / "t.json").write_text(json.dumps([record]))
+    data = tmp_path / "t.jsonl"
+    convert_file("coser", tmp_path / "t.json", data)
+
+    def teacher(prompt: str) -> str:
+        name, line = _next_turn(prompt)
+        if "lean forward" in line:
+            return "<role_action>leans forward, voice dropping low</role_action>Listen."
+        if "Listen" in line and name == "Brannoc":
+            return "<role_action>leans forward, voice drops low</role_action>Listen!"
+        return line
+
+    out = tmp_path / "e.jsonl"
+    rep = enrich_thoughts(data, out, MockBackend(teacher), retries=0)
+    assert rep.stats["actions_repaired"] == 0  # "dropping" is not "drops": rejected, kept
+    out2 = tmp_path / "e2.jsonl"
+
+    def repairing(prompt: str) -> str:
+        name, line = _next_turn(prompt)
+        if name == "Brannoc" and "lean forward" in line:
+            return "<role_action>leans forward, voice drops low</role_action>Listen."
+        return line
+
+    rep = enrich_thoughts(data, out2, MockBackend(repairing), retries=0)
+    assert rep.stats["actions_repaired"] == 1
+    rows = {(r["character"], r["turn"]): r for r in read_jsonl(out2)}
+    _, _, first = decode_her(rows[("Brannoc", 0)])
+    assert first.actions == ["leans forward, voice drops low"] and first.speech == "Listen."
+    _, heard, _ = decode_her(rows[("Ysolde", 1)])
+    assert heard[-1].actions == ["leans forward, voice drops low"]  # Ysolde perceives it
+    _, own, _ = decode_her(rows[("Brannoc", 2)])
+    assert any(getattr(h, "actions", None) == ["leans forward, voice drops low"] for h in own)

@@ -7,8 +7,13 @@
 teacher sees the character sheet, the scene as the character perceived it (its own earlier
 turns already enriched) and the character's next turn, and rewrites that turn with the inner
 thoughts (`<role_thinking>`, first person) made explicit where they add depth. Everything the
-other characters perceive stays exactly as written: actions and speech must come back word for
-word, in order (`validate_thoughts`), so the other characters' samples never change. Shapes are
+other characters perceive stays as written: speech must come back word for word, in order
+(`validate_thoughts`); actions too, but for the repairs HER's step 2 asks of them
+(role_thinking_enhance_prompt.py lines 85-131): no self-pronouns ("I lean forward" becomes
+"leans forward"), consecutive actions merged into one. An action is accepted as repaired when
+its words are the original's, in the same order, less the pronouns I/me/my/myself/his/her/
+their and with a verb's -s/-es added or dropped (`same_action_words`); every sample of the scene
+then perceives the repaired actions. Shapes are
 meant to vary (speech only, thought then speech, action-thought-speech, ...): the teacher is told
 the shapes of the character's last turns and a turn may keep no thought at all. A turn whose
 answers all fail validation keeps its original text (counted in the report). Every sample of
@@ -65,6 +70,7 @@ __all__ = [
     "grounded",
     "mock_setting_teacher",
     "mock_thought_teacher",
+    "same_action_words",
     "turn_shape",
     "validate_setting",
     "validate_thoughts",
@@ -106,8 +112,11 @@ character feels, suspects, remembers or decides right then.
 Format: <role_thinking>...</role_thinking> holds a private thought, in the first person (I, \
 me, my). <role_action>...</role_action> is a visible action and plain text is speech.
 Rules:
-- Keep every action and every spoken word exactly as given, in the same order. You may only \
-add, rewrite or remove <role_thinking> sections, before, between or after them.
+- Keep every spoken word exactly as given, in the same order, and every action's words in the \
+same order. Repair actions only this way: an action has no pronoun for the character itself \
+("leans forward", not "I lean forward" or "leans forward, his voice lowering"), and two \
+actions in a row become one. Otherwise you may only add, rewrite or remove <role_thinking> \
+sections, before, between or after them.
 - A thought uses only what the character can know: what the others said and did, never what \
 they think.
 - A thought is one or two short sentences (at most {MAX_THOUGHT_CHARS} characters); it never \
@@ -128,14 +137,50 @@ def turn_shape(turn: Turn) -> str:
 
 
 def _public_stream(turn: Turn) -> list[str]:
-    """What others perceive, as a comparable sequence: action markers and speech words."""
+    """What others perceive, as a comparable sequence: speech words, and the words of each run
+    of consecutive actions as one item (merging two actions changes nothing here)."""
     out: list[str] = []
+    acting = False
     for s in turn.segments:
         if s.channel == "action":
-            out.append("\0" + " ".join(_norm_words(s.text)))
+            words = " ".join(_norm_words(s.text))
+            if acting:
+                out[-1] += " " + words
+            else:
+                out.append("\0" + words)
+            acting = True
         elif s.channel == "speech":
             out.extend(_norm_words(s.text))
+            acting = False
     return out
+
+
+# Words an action may lose in repair (HER: an action names no pronoun for its character).
+_SELF_WORDS = frozenset({"i", "me", "my", "myself", "his", "her", "their"})
+
+
+def _verb_match(a: str, b: str) -> bool:
+    return a == b or any(a + e == b or b + e == a for e in ("s", "es"))
+
+
+def same_action_words(new: str, original: str) -> bool:
+    """Whether `new` is `original` with only HER's repairs: the same words in the same order,
+    less pronouns for the character, a verb's -s/-es added or dropped ("I lean" -> "leans")."""
+    a = [w for w in new.split() if w not in _SELF_WORDS]
+    b = [w for w in original.split() if w not in _SELF_WORDS]
+    return len(a) == len(b) and all(_verb_match(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _same_public(new: Turn, original: Turn) -> bool:
+    a, b = _public_stream(new), _public_stream(original)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.startswith("\0") != y.startswith("\0"):
+            return False
+        if x != y and not (x.startswith("\0") and same_action_words(x[1:], y[1:])):
+            return False
+    return True
 
 
 def validate_thoughts(
@@ -149,7 +194,7 @@ def validate_thoughts(
     ngram: int = 5,
 ) -> str | None:
     """Why the enriched turn `new` of `original` is unusable, or None when it passes."""
-    if _public_stream(new) != _public_stream(original):
+    if not _same_public(new, original):
         return "changed actions or speech"
     speech = " ".join(_norm_words(new.speech))
     first = name.split()[0].lower()
@@ -212,6 +257,28 @@ def _replace_own_turns(
     return [done.get(render_turn(h, name), h) if isinstance(h, Turn) else h for h in history]
 
 
+def _heard_key(speaker: str, actions: Sequence[str], speech: str) -> tuple:
+    return (
+        speaker,
+        tuple(" ".join(_norm_words(a)) for a in actions),
+        " ".join(_norm_words(speech)),
+    )
+
+
+def _replace_perceived(
+    history: Sequence[Heard | Turn], repaired: dict[tuple, list[str]]
+) -> list[Heard | Turn]:
+    """History with others' perceived turns carrying their repaired actions."""
+    out: list[Heard | Turn] = []
+    for h in history:
+        if isinstance(h, Heard) and (
+            new := repaired.get(_heard_key(h.speaker, h.actions, h.speech))
+        ):
+            h = msgspec.structs.replace(h, actions=list(new))
+        out.append(h)
+    return out
+
+
 def enrich_thoughts(
     input_path: str | Path,
     out_path: str | Path,
@@ -241,11 +308,12 @@ def enrich_thoughts(
         done: dict[str, dict[str, Turn]] = defaultdict(dict)  # character -> original -> new
         shapes: dict[str, list[str]] = defaultdict(list)
         out = Outcome([], None)
-        out.stats = {"enriched": 0, "unchanged": 0, "kept_original": 0}
+        out.stats = {"enriched": 0, "unchanged": 0, "kept_original": 0, "actions_repaired": 0}
+        repaired: dict[tuple, list[str]] = {}  # (speaker, actions, speech) -> repaired actions
         new_targets: list[Turn] = []
         for row, (persona, history, target) in zip(samples, decoded, strict=True):
             name = persona.name
-            history = _replace_own_turns(history, name, done[name])
+            history = _replace_perceived(_replace_own_turns(history, name, done[name]), repaired)
             turn_no = int(row.get("turn", 0))
             original = Turn.from_segments(s for s in target.segments if s.channel != "plan")
             known = "\n".join(
@@ -292,6 +360,9 @@ def enrich_thoughts(
             plans = [s for s in target.segments if s.channel == "plan"]
             new_target = Turn.from_segments([*plans, *new.segments])
             done[name][render_turn(target, name)] = new_target
+            if list(new.actions) != list(original.actions):  # repaired: the others see it so
+                repaired[_heard_key(name, original.actions, original.speech)] = list(new.actions)
+                out.stats["actions_repaired"] += 1
             shapes[name].append(turn_shape(new))
             new_targets.append(new_target)
         if out.stats["kept_original"] == len(samples):
@@ -299,6 +370,7 @@ def enrich_thoughts(
             return out
         for row, (persona, history, _), target in zip(samples, decoded, new_targets, strict=True):
             history = _replace_own_turns(history, persona.name, done[persona.name])
+            history = _replace_perceived(history, repaired)
             prompt, completion = render_sample(persona, history, target)
             out.records.append(
                 {
