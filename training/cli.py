@@ -194,11 +194,53 @@ def data_synth_plans(
     limit: Annotated[
         int | None, typer.Option("--limit", help="At most this many new samples.")
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="short: 2-3 sentences from a teacher that sees the reply (small runtime "
+            "models); her: HER's two phases, long plans (a reasoning teacher, then a rewrite).",
+        ),
+    ] = "short",
+    rewriter: Annotated[
+        str | None,
+        typer.Option("--rewriter", help="--mode her: the phase-2 model (default: the teacher)."),
+    ] = None,
 ) -> None:
     """Ask a teacher for the third-person plan behind each known reply; keep the valid ones."""
     from her_sdk.training.plans import mock_teacher, synth_plans
     from rich.progress import Progress
 
+    if mode not in ("short", "her"):
+        raise typer.BadParameter("--mode must be short or her")
+    if mode == "her":
+        from her_sdk.training.plans_her import (
+            mock_reasoning_teacher,
+            mock_rewriter,
+            synth_plans_her,
+        )
+
+        def run_her(progress):
+            first = backend_from_spec(teacher, mock=mock_reasoning_teacher)
+            # the teacher rewrites too unless told otherwise ("mock": the rewriting stand-in)
+            spec = rewriter or (teacher if teacher == "mock" else None)
+            second = backend_from_spec(spec, mock=mock_rewriter) if spec else None
+            return synth_plans_her(
+                input_path,
+                out,
+                first,
+                second,
+                concurrency=concurrency,
+                retries=retries,
+                timeout=max(timeout, 600.0),
+                temperature=temperature,
+                limit=limit,
+                progress=progress,
+            )
+
+        r = _run_teacher_job("plans (HER's two phases)", run_her)
+        console.print(f"phase 1 (draft plans): {r.get('stats', {}).get('phase1')} -> {out}")
+        return
     try:
         backend = backend_from_spec(teacher, mock=mock_teacher)
         with Progress(console=err_console, transient=True) as bar:

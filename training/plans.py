@@ -138,6 +138,12 @@ _ACTOR_FRAME = re.compile(
     re.I,
 )
 _THIRD = re.compile(r"\b(he|she|they|his|her|their|him|them|hers|theirs)\b", re.I)
+# Anywhere in a long plan, the actor speaking about the part (HER's phase-1 thinking: "Okay, so I
+# need to portray...", "my character should...").
+_ACTOR_ANYWHERE = re.compile(
+    r"\b(portray(?:ing)?|play(?:ing)? (?:the role|the part)|role of|my character|the character)\b",
+    re.I,
+)
 
 
 def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
@@ -154,8 +160,13 @@ def validate_plan(
     min_words: int = 8,
     max_chars: int = MAX_PLAN_CHARS,
     ngram: int = 5,
+    actor_voice: bool = False,
 ) -> str | None:
     """Why `plan` is unusable, or None when it passes.
+
+    With `actor_voice` (HER's long plans) the actor's first person may run through the plan
+    ("I need to portray...", "I should show...") when the plan names the character and says
+    that it is playing a part; otherwise only an opening actor frame allows it.
 
     `max_chars` defaults to the runtime grammar's plan cap (`her_sdk.format.MAX_PLAN_CHARS`):
     a model trained on longer plans would be cut off mid-plan when it runs in a game.
@@ -179,7 +190,8 @@ def validate_plan(
     first = name.split()[0].lower()
     names_character = first in unquoted.lower()
     # The actor's "I" ("I need to portray Lear ...") is HER's style; the character's is a leak.
-    actor = bool(_ACTOR_FRAME.match(unquoted)) and names_character
+    framed = _ACTOR_FRAME.match(unquoted) or (actor_voice and _ACTOR_ANYWHERE.search(unquoted))
+    actor = bool(framed) and names_character
     if _FIRST_PERSON.search(unquoted) and not actor:
         return "first person"
     if not names_character and not _THIRD.search(unquoted):
