@@ -40,30 +40,35 @@ def her_context(messages: list[tuple[str, str]]) -> str:
     return "\n\n".join(parts)
 
 
-def answer(better: str, think: str = "Both stay in character; cand_2 answers him.") -> str:
-    """An answer shaped as HER-RM writes it: a think block, then its fenced JSON."""
+def answer(
+    better: str, think: str = "Both stay in character; cand_2 answers him.", principles: int = 1
+) -> str:
+    """An answer shaped as HER-RM (and HER's teacher) writes it: a think, then its fenced JSON."""
+    names = [f"Principle {i + 1}" for i in range(principles)]
     result = {
         "cand_1": "...",
         "cand_2": "...",
         "principle": {
-            "Principle 1": {
-                "principle_name": "Character consistency",
+            n: {
+                "principle_name": f"{n} name",
                 "dimension_name": "Negative",
                 "principle_level": "sentence",
                 "main_content": "Stays in character.",
                 "reason_for_choosing": "Mara is guarded.",
             }
+            for n in names
         },
         "analysis": {
             "principle_comparisons": [
                 {
-                    "principle_name": "Character consistency",
+                    "principle_name": f"{n} name",
                     "principle_level": "sentence",
                     "cand_1_performance": "fine",
                     "cand_2_performance": "fine",
                     "comparison_reason": "slight",
-                    "winner": "cand_1" if better == "cand_2" else "cand_2",
+                    "winner": "cand_1" if (better == "cand_2") == (i == 0) else "cand_2",
                 }
+                for i, n in enumerate(names)
             ],
             "overall_analysis": "...",
             "principle_summary": "...",
@@ -151,3 +156,83 @@ def test_rl_judge_reward_with_her_rm_matches_its_verdicts():
     with pytest.raises(ConfigError, match="judge_prompt"):
         RLArguments(judge_prompt="gpt")
     assert RLArguments().judge_max_tokens == 384
+
+
+# sha256 of principle_template_en (process_inference_results.py lines 13-139) as released.
+HER_TEACHER_TEMPLATE_SHA256 = "d906d14d04ba5a5018413a3a1f498fbe71ee7492b924e8e7c439f6167738c0b8"
+
+
+def _her_teacher(principles: int):
+    """A teacher in HER's protocol: prefers the longer candidate, with `principles` of them."""
+
+    def handler(prompt: str) -> str:
+        c1 = prompt.split("**Response Candidate 1**")[1].split("**Response Candidate 2**")[0]
+        c2 = prompt.split("**Response Candidate 2**")[1]
+        better = "cand_1" if len(c1.strip()) >= len(c2.strip()) else "cand_2"
+        fenced = answer(better, principles=principles).split("```json\n", 1)[1][: -len("\n```")]
+        # the teacher's answer wraps its verdict in {"result": [...]} (HER-RM's does not)
+        return "```json\n" + json.dumps({"result": [json.loads(fenced)]}, indent=2) + "\n```"
+
+    return handler
+
+
+def test_rm_pairs_in_hers_protocol_and_a_judge_trained_on_her_rms_prompt(tmp_path):
+    """HER's teacher protocol (principle_template_en, >= 3 principles kept, winner patterns)
+    and HER-RM's training rows (construct_rm_training_data.py: the list-free prompt, the
+    teacher's JSON result as the target)."""
+    from her_sdk.training.data import read_jsonl, write_jsonl
+    from her_sdk.training.judge import her_teacher_messages, her_teacher_prompt_template
+    from her_sdk.training.pairs import judge_sft_rows, mock_policy, rm_pairs
+    from her_sdk.training.principles import load_principles
+    from her_sdk.training.rm import RMArguments
+    from her_sdk.training.tiny import synthetic_samples
+
+    template = her_teacher_prompt_template()
+    assert hashlib.sha256(template.encode()).hexdigest() == HER_TEACHER_TEMPLATE_SHA256
+    ps = load_principles()
+    (msg,) = her_teacher_messages(MARA, [TRAVELER_1], "Mara: Go.", "Mara: Stay.", ps)
+    assert msg["content"].startswith("##prompt info \n### Role")
+    listed = msg["content"].split("<principles>")[1].split("</principles>")[0]
+    assert all(p.name in listed for p in ps)
+    assert "**Response Candidate 1**  \nMara: Go." in msg["content"]
+
+    data = tmp_path / "rm.jsonl"
+    write_jsonl(data, synthetic_samples(6, seed=5))
+    seen: list[str] = []
+
+    def teacher(principles: int):
+        inner = _her_teacher(principles)
+        return lambda p: seen.append(p) or inner(p)
+
+    kept = tmp_path / "kept.jsonl"
+    rm_pairs(
+        data, kept, MockBackend(mock_policy()), MockBackend(teacher(3)), protocol="her", limit=3
+    )
+    recs = read_jsonl(kept)
+    assert recs and all(r["protocol"] == "her" for r in recs)
+    assert all(r["winner_pattern"] in ("both_sides", "cand_1_only", "cand_2_only") for r in recs)
+    assert all(p.startswith("<|im_start|>user\n##prompt info") for p in seen)
+    few = rm_pairs(
+        data,
+        tmp_path / "few.jsonl",
+        MockBackend(mock_policy()),
+        MockBackend(teacher(2)),
+        protocol="her",
+        limit=3,
+        retries=0,
+    )
+    assert few.kept == 0 and few.rejections["fewer than 3 principles"] > 0
+
+    rows = judge_sft_rows(recs, prompt_format="her_rm")
+    assert len(rows) == len(recs)
+    for row, rec in zip(rows, recs, strict=True):
+        (user,) = row["prompt"]
+        assert user["content"].startswith("##prompt info \n### Role")
+        assert "<principles>" not in user["content"]  # HER-RM generates its own
+        target = row["completion"][0]["content"]
+        assert target.startswith("```json\n") and target.endswith("\n```")
+        assert json.loads(target[8:-4])["better_response"] == rec["label"]
+    with pytest.raises(ConfigError, match="protocol her"):
+        judge_sft_rows([{**recs[0], "completion_text": "cand_1"}], prompt_format="her_rm")
+    with pytest.raises(ConfigError, match="eval_max_tokens"):
+        RMArguments(judge_prompt="her_rm", eval_pairs=4, eval_max_tokens=160)

@@ -352,6 +352,15 @@ def data_rm_pairs(
         ),
     ] = 1024,
     judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens")] = 1024,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="sdk: this project's judge prompt; her: HER's teacher prompt (principles "
+            "selected and added, a JSON analysis each, >= 3 principles kept), for a judge "
+            "trained with judge_prompt: her_rm.",
+        ),
+    ] = "sdk",
     limit: Annotated[
         int | None, typer.Option("--limit", help="At most this many new prompts.")
     ] = None,
@@ -392,6 +401,7 @@ def data_rm_pairs(
             temperature=temperature,
             max_tokens=max_tokens,
             judge_max_tokens=judge_max_tokens,
+            protocol=protocol,
             limit=limit,
             progress=progress,
         ),

@@ -21,8 +21,11 @@ judge trained on HER's RM data) can judge: one user message, HER's `RM_PROMPT_TE
 `her_rm_prompt.txt`) with the dialogue context as HER's `extract_context_from_raw_record` writes
 it (lines 181-198: `System: ...`, `User: ...`, `Assistant: ...` of the character's HER-format
 prompt, blank lines between) and the two candidates (plans stripped); it generates its own 3-5
-principles and answers with a `<think>` and a fenced JSON whose `result[0].better_response` is
-the verdict, so it needs a budget of thousands of tokens (4,096 by default), not hundreds.
+principles and answers with a `<think>` and a fenced JSON verdict object (its training target
+is the teacher's `result[0]`), whose `better_response` is the verdict, so it needs a budget of
+thousands of tokens (4,096 by default), not hundreds. `prompt_format="her_teacher"` is HER's
+teacher prompt (the principle set to select from and add to), for `her data rm-pairs
+--protocol her`.
 
 `parse_verdict` never raises: text it cannot read gives None (the caller retries, then
 abstains). This module renders and parses; it does not train (see `rm.py`) or build data
@@ -62,18 +65,21 @@ __all__ = [
     "Judge",
     "Verdict",
     "candidate_text",
+    "her_result",
     "her_rm_messages",
+    "her_teacher_messages",
     "judge_messages",
     "parse_verdict",
     "render_judge_prompt",
     "render_verdict",
+    "winner_pattern",
 ]
 
 OUTCOMES = ("cand_1", "cand_2", "tie")
 SLOTS = ("cand_1", "cand_2")
-PROMPT_FORMATS = ("sdk", "her_rm")
+PROMPT_FORMATS = ("sdk", "her_rm", "her_teacher")
 # The budget each prompt format needs for its answer (Judge(max_tokens=None)).
-DEFAULT_MAX_TOKENS = {"sdk": 384, "her_rm": 4096}
+DEFAULT_MAX_TOKENS = {"sdk": 384, "her_rm": 4096, "her_teacher": 4096}
 
 JUDGE_SYSTEM = """\
 You judge role-play. You are shown a character sheet, the conversation so far as the character \
@@ -170,6 +176,92 @@ def her_rm_prompt_template() -> str:
     return (Path(__file__).parent / "her_rm_prompt.txt").read_text(encoding="utf-8")
 
 
+def her_teacher_prompt_template() -> str:
+    """HER's teacher prompt (`principle_template_en`, training_code/step2_reward_sft/
+    process_inference_results.py lines 13-139), verbatim: `{input}`, `{cand_1}`, `{cand_2}` and
+    `{principles}` to fill."""
+    from pathlib import Path
+
+    return (Path(__file__).parent / "her_teacher_prompt.txt").read_text(encoding="utf-8")
+
+
+def principles_json(principles: PrincipleSet) -> str:
+    """A principle set as the JSON HER's teacher prompt lists (dimension -> principles)."""
+    dims: dict[str, list[dict]] = {}
+    for p in principles:
+        dims.setdefault(p.dimension, []).append(
+            {
+                "principle_name": p.name,
+                "principle_level": p.level,
+                "polarity": p.polarity,
+                "main_content": p.definition,
+            }
+        )
+    return json.dumps(dims, ensure_ascii=False)
+
+
+def _her_context(persona: Persona, history: Sequence[Heard | Turn]) -> str:
+    msgs = build_her_messages(persona, history, plan=True)
+    roles = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{roles[m.role]}: {m.content}" for m in msgs)
+
+
+def _her_candidate(c: Turn | str, name: str) -> str:
+    if isinstance(c, Turn):
+        return render_turn(c, name, keep_plan=False, spaced=True)
+    return candidate_text(c, name)
+
+
+def her_teacher_messages(
+    persona: Persona,
+    history: Sequence[Heard | Turn],
+    cand_1: Turn | str,
+    cand_2: Turn | str,
+    principles: PrincipleSet,
+) -> list[dict]:
+    """HER's teacher request for a comparison (process_inference_results.py lines 240-248,
+    replaced in HER's order): the principle list to select from, add to, and judge by."""
+    text = her_teacher_prompt_template()
+    text = text.replace("{input}", _her_context(persona, history))
+    text = text.replace("{cand_1}", _her_candidate(cand_1, persona.name))
+    text = text.replace("{cand_2}", _her_candidate(cand_2, persona.name))
+    text = text.replace("{principles}", principles_json(principles))
+    return [{"role": "user", "content": text}]
+
+
+def her_result(text: str) -> dict | None:
+    """The verdict object of an answer in HER's JSON, or None: `result[0]` of the teacher's
+    answer, or the object itself in HER-RM's (trained on `result[0]` alone)."""
+    for chunk in _json_objects(str(text)[-40000:]):
+        obj = _load_obj(chunk)
+        if obj is None:
+            continue
+        inner = obj.get("result")
+        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+            return inner[0]
+        if isinstance(inner, dict):
+            return inner
+        if "better_response" in obj:
+            return obj
+    return None
+
+
+def winner_pattern(result: dict) -> str:
+    """HER's winner pattern of an answer (filter_high_quality_sft.py lines 64-77, 204-217):
+    both_sides, cand_1_only, cand_2_only, tie_only or no_winner, by the principles' winners."""
+    analysis = result.get("analysis") if isinstance(result.get("analysis"), dict) else {}
+    comps = analysis.get("principle_comparisons") or []
+    wins = [c.get("winner") for c in comps if isinstance(c, dict)]
+    c1, c2, tie = wins.count("cand_1"), wins.count("cand_2"), wins.count("tie")
+    if c1 and c2:
+        return "both_sides"
+    if c1:
+        return "cand_1_only"
+    if c2:
+        return "cand_2_only"
+    return "tie_only" if tie else "no_winner"
+
+
 def her_rm_messages(
     persona: Persona,
     history: Sequence[Heard | Turn],
@@ -178,20 +270,11 @@ def her_rm_messages(
 ) -> list[dict]:
     """HER-RM's one user message for a comparison (`construct_rm_training_data.py`): the
     character's HER-format prompt as `Role: content` blocks, then the two candidates."""
-    msgs = build_her_messages(persona, history, plan=True)
-    roles = {"system": "System", "user": "User", "assistant": "Assistant"}
-    context = "\n\n".join(f"{roles[m.role]}: {m.content}" for m in msgs)
-
-    def shown(c: Turn | str) -> str:
-        if isinstance(c, Turn):
-            return render_turn(c, persona.name, keep_plan=False, spaced=True)
-        return candidate_text(c, persona.name)
-
     text = her_rm_prompt_template()
     # The order of HER's replacements: text a candidate quotes is never filled in again.
-    text = text.replace("{context}", context)
-    text = text.replace("{cand_1}", shown(cand_1))
-    text = text.replace("{cand_2}", shown(cand_2))
+    text = text.replace("{context}", _her_context(persona, history))
+    text = text.replace("{cand_1}", _her_candidate(cand_1, persona.name))
+    text = text.replace("{cand_2}", _her_candidate(cand_2, persona.name))
     return [{"role": "user", "content": text}]
 
 
@@ -458,6 +541,9 @@ class Judge:
             return render_judge_prompt(
                 her_rm_messages(persona, history, cand_1, cand_2), self.backend
             )
+        if self.prompt_format == "her_teacher":
+            msgs = her_teacher_messages(persona, history, cand_1, cand_2, self.principles)
+            return render_judge_prompt(msgs, self.backend)
         msgs = judge_messages(
             persona,
             history,

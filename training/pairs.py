@@ -35,6 +35,7 @@ field); all HER rendering and parsing goes through `her_sdk.format`.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import threading
@@ -57,13 +58,17 @@ from her_sdk.format import (
 
 from .data import decode_her, encode_her, read_jsonl, write_jsonl
 from .judge import (
+    DEFAULT_MAX_TOKENS,
     SLOTS,
     Judge,
     Verdict,
     candidate_text,
+    her_result,
+    her_rm_messages,
     judge_messages,
     parse_verdict,
     render_verdict,
+    winner_pattern,
 )
 from .plans import JobReport, Outcome, ask_teacher, generate_text, run_jobs, seed_for
 from .principles import PrincipleSet, load_principles
@@ -390,8 +395,13 @@ def judge_sft_rows(
     both_orders: bool = True,
     max_history: int | None = 12,
     seed: int = 0,
+    prompt_format: str = "sdk",
 ) -> list[dict]:
     """trl prompt/completion rows teaching the judge the labelled verdict of each pair.
+
+    `prompt_format="her_rm"` builds HER-RM's rows (construct_rm_training_data.py lines
+    250-285): HER-RM's prompt without a principle list, and as target the teacher's JSON
+    `result` in a ```json fence; only teacher records of `rm_pairs(protocol="her")` have one.
 
     `both_orders`: each pair appears with the gold turn as cand_1 and as cand_2 (balanced
     labels, no position shortcut); otherwise the gold slot is random. Rows carry `label`
@@ -400,10 +410,34 @@ def judge_sft_rows(
     and becomes one row whose target is the teacher's own answer, reasoning and ties included.
     """
     ps = principles if principles is not None else load_principles()
+    if prompt_format not in ("sdk", "her_rm"):
+        raise ConfigError("prompt_format must be sdk or her_rm")
     rng = random.Random(seed)
     rows = []
     for pair in pairs:
         persona, history = _pair_inputs(pair)
+        if prompt_format == "her_rm":
+            result = (
+                her_result(pair.get("completion_text", "")) if "completion_text" in pair else None
+            )
+            if result is None:
+                raise ConfigError(
+                    "judge_prompt her_rm trains on HER's teacher answers: build the pairs with "
+                    "`her data rm-pairs --protocol her`"
+                )
+            c1, c2 = _teacher_order(pair)
+            answer = json.dumps(result, ensure_ascii=False, indent=2)
+            rows.append(
+                {
+                    "id": f"{pair['id']}:{pair.get('order') or pair['label']}",
+                    "split": pair.get("split", "train"),
+                    "kind": pair.get("kind", ""),
+                    "label": pair["label"],
+                    "prompt": her_rm_messages(persona, history, c1, c2),
+                    "completion": [{"role": "assistant", "content": f"```json\n{answer}\n```"}],
+                }
+            )
+            continue
         if "completion_text" in pair:  # a teacher's verdict of one order: its own row
             c1, c2 = _teacher_order(pair)
             rows.append(
@@ -730,6 +764,7 @@ def rm_pairs(
     temperature: float = 1.0,
     max_tokens: int = 1024,
     judge_max_tokens: int = 1024,
+    protocol: str = "sdk",
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobReport:
@@ -747,23 +782,47 @@ def rm_pairs(
     pairs of the same sample. A sample with no usable pair is dropped with
     its reason. Returns the run's `JobReport`; `stats` counts candidates, pairs, ties and
     drops, and `stats["length"]` is `length_balance` over the whole output file.
+
+    `protocol="her"` asks the teacher as HER did (`judge.her_teacher_messages`: HER's prompt,
+    the principle set to select from and add to, a JSON analysis per principle; 4,096 answer
+    tokens at least) and keeps a judged order only when its answer uses at least 3 principles
+    (filter_high_quality_sft.py); each record notes its `winner_pattern` (HER balances its
+    judge's data by it) and its answer is what `judge_sft_rows(prompt_format="her_rm")` trains
+    the judge to write on HER-RM's list-free prompt.
     """
+    if protocol not in ("sdk", "her"):
+        raise ConfigError("protocol must be sdk or her")
     if samples < 2 and not corruptions:
         raise ConfigError("rm_pairs needs samples >= 2 (or corruptions)")
     for k in corruptions:
         if k not in CORRUPTIONS:
             raise ConfigError(f"unknown corruption {k!r}; use one of {CORRUPTIONS}")
     ps = principles if principles is not None else load_principles()
-    judge = Judge(teacher, principles=ps, detail=detail)
+    her = protocol == "her"
+    judge = Judge(
+        teacher, principles=ps, detail=detail, prompt_format="her_teacher" if her else "sdk"
+    )
+    if her:
+        judge_max_tokens = max(judge_max_tokens, DEFAULT_MAX_TOKENS["her_teacher"])
     rows = read_jsonl(input_path)
     teacher_name = getattr(teacher, "name", "teacher")
+
+    def read(text: str) -> tuple[Verdict | None, str | None]:
+        v = parse_verdict(text, ps)
+        if v is None:
+            return None, "unreadable verdict"
+        if her:
+            result = her_result(text)
+            if result is None or len(result.get("principle") or {}) < 3:
+                return None, "fewer than 3 principles"
+        return v, None
 
     def verdict(persona: Persona, history: list, c1: str, c2: str, key: str):
         prompt = judge.prompt(persona, history, c1, c2)
         return ask_teacher(
             teacher,
             prompt,
-            lambda t: (v, None) if (v := parse_verdict(t, ps)) else (None, "unreadable verdict"),
+            read,
             key=key,
             retries=retries,
             timeout=timeout,
@@ -795,6 +854,7 @@ def rm_pairs(
             "her": row["her"],
             "scene": row.get("scene", ""),
             "teacher": teacher_name,
+            **({"protocol": "her"} if her else {}),
         }
         why = "fewer than 2 candidates" if len(cands) < 2 else None
         for j in range(0, len(cands) - 1, 2):
@@ -812,6 +872,10 @@ def rm_pairs(
             if why is not None:
                 out.stats[why] = out.stats.get(why, 0) + 1
                 continue
+            if her:
+                for rec in recs:
+                    result = her_result(rec["completion_text"]) or {}
+                    rec["winner_pattern"] = winner_pattern(result)
             out.records.extend(recs)
             out.stats["pairs"] += 1
             out.stats["ties"] += recs[0]["label"] == "tie"

@@ -94,6 +94,9 @@ class RMArguments:
     principle_ids: list[str] | None = None  # a subset (small judges, short prompts)
     detail: str = "brief"  # "brief" | "full" principle descriptions
     max_history: int | None = 8
+    # "sdk": this project's judge prompt and answer; "her_rm": HER-RM's prompt without a
+    # principle list and HER's JSON answer, from `her data rm-pairs --protocol her` pairs
+    judge_prompt: str = "sdk"
     # accuracy measurement (generative, greedy, both orders)
     eval_pairs: int = 0
     eval_max_tokens: int = 160
@@ -113,6 +116,13 @@ class RMArguments:
             raise ConfigError(f"unknown corruption(s) {bad}; use {list(CORRUPTIONS)}")
         if self.detail not in ("brief", "full"):
             raise ConfigError("detail must be brief or full")
+        if self.judge_prompt not in ("sdk", "her_rm"):
+            raise ConfigError("judge_prompt must be sdk or her_rm")
+        if self.judge_prompt == "her_rm" and self.eval_pairs and self.eval_max_tokens < 2048:
+            raise ConfigError(
+                "judge_prompt her_rm: the judge answers with a JSON analysis per principle; "
+                f"eval_max_tokens {self.eval_max_tokens} would cut it (use >= 2048)"
+            )
 
 
 def config_types() -> tuple[type, ...]:
@@ -231,6 +241,7 @@ def build_pair_data(cfg: RMArguments) -> tuple[list[dict], list[dict]]:
         detail=cfg.detail,
         both_orders=cfg.both_orders,
         max_history=cfg.max_history,
+        prompt_format=cfg.judge_prompt,
     )
     return pairs, rows
 
