@@ -3,6 +3,7 @@ that made it (training/recipes/default_model.sh)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -85,8 +86,12 @@ def test_every_recipe_command_parses_with_its_options():
         ("eval", "compare"),
     }
     for call in calls:
-        res = subprocess.run(
-            [HER, *call[:2], "--help"], capture_output=True, text=True, timeout=600
+        res = subprocess.run(  # wide: rich shortens option names to fit a narrow terminal
+            [HER, *call[:2], "--help"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "COLUMNS": "250"},
         )
         assert res.returncode == 0, (call[:2], res.stderr)
         flags = {w.split("=")[0] for w in call[2:] if w.startswith("--") and "$" not in w}

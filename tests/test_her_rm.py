@@ -236,3 +236,44 @@ def test_rm_pairs_in_hers_protocol_and_a_judge_trained_on_her_rms_prompt(tmp_pat
         judge_sft_rows([{**recs[0], "completion_text": "cand_1"}], prompt_format="her_rm")
     with pytest.raises(ConfigError, match="eval_max_tokens"):
         RMArguments(judge_prompt="her_rm", eval_pairs=4, eval_max_tokens=160)
+
+
+def test_her_train_rl_with_her_rms_prompt_rewards_its_verdicts(tmp_path):
+    """`her train rl ... judge_prompt=her_rm` against a mock judge answering in HER-RM's JSON:
+    the judge reward of every rollout is what the verdicts give (here: always cand_1, the
+    rollout, so 1.0), and every judgment was readable."""
+    pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from her_sdk.cli import app
+
+    script = tmp_path / "her_rm.json"
+    # it answers HER-RM's prompt only: any other prompt is an error (the run would stop)
+    script.write_text(json.dumps({"##prompt info": answer("cand_1", principles=3)}))
+    out = tmp_path / "rl"
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "rl_tiny_cpu.yaml"
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "rl",
+            "--config",
+            str(config),
+            "--output_dir",
+            str(out),
+            "max_steps=1",
+            "train_file=synthetic:8",
+            f"judge_model=mock:{script}",
+            "judge_prompt=her_rm",
+            "judge_both_orders=false",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "her_rl.json").read_text())
+    assert report["config"]["RLArguments"]["judge_prompt"] == "her_rm"
+    assert report["result"]["judge_abstain_rate"] == 0.0
+    means = [h["rewards/judge/mean"] for h in report["log"] if "rewards/judge/mean" in h]
+    assert means and all(m == 1.0 for m in means)
