@@ -277,3 +277,24 @@ def test_her_train_rl_with_her_rms_prompt_rewards_its_verdicts(tmp_path):
     assert report["result"]["judge_abstain_rate"] == 0.0
     means = [h["rewards/judge/mean"] for h in report["log"] if "rewards/judge/mean" in h]
     assert means and all(m == 1.0 for m in means)
+
+
+def test_pattern_caps_keep_hers_quotas_of_winner_patterns():
+    """filter_high_quality_sft.py caps each winner pattern of the judge's SFT data (both_sides
+    20,000, one side 10,000 each): here per config, both records of a pair kept together."""
+    from her_sdk.training.rm import RMArguments, cap_patterns
+
+    pairs = []
+    for i in range(10):
+        pattern = "cand_1_only" if i < 7 else "both_sides"
+        for order in ("ab", "ba"):
+            pairs.append({"id": f"p{i}", "order": order, "winner_pattern": pattern})
+    pairs.append({"id": "auto", "kind": "repetition"})  # no pattern: kept
+    kept = cap_patterns(pairs, {"cand_1_only": 3})
+    by_id = {p["id"] for p in kept}
+    assert len([i for i in by_id if i in {f"p{k}" for k in range(7)}]) == 3
+    assert {"p7", "p8", "p9", "auto"} <= by_id
+    assert all(sum(p["id"] == i for p in kept) == 2 for i in by_id - {"auto"})  # pairs whole
+    assert kept == cap_patterns(pairs, {"cand_1_only": 3})  # seeded
+    with pytest.raises(ConfigError, match="pattern_caps"):
+        RMArguments(pattern_caps={"one_side": 3})

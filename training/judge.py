@@ -61,6 +61,7 @@ from .principles import PrincipleSet, load_principles
 
 __all__ = [
     "OUTCOMES",
+    "WINNER_PATTERNS",
     "Comparison",
     "Judge",
     "Verdict",
@@ -244,6 +245,9 @@ def her_result(text: str) -> dict | None:
         if "better_response" in obj:
             return obj
     return None
+
+
+WINNER_PATTERNS = ("both_sides", "cand_1_only", "cand_2_only", "tie_only", "no_winner")
 
 
 def winner_pattern(result: dict) -> str:

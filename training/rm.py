@@ -51,7 +51,7 @@ from .common import (
     resolve_model,
 )
 from .data import read_jsonl, write_jsonl
-from .judge import parse_verdict
+from .judge import WINNER_PATTERNS, parse_verdict
 from .pairs import CORRUPTIONS, auto_pairs, judge_sft_rows
 from .principles import PrincipleSet, load_principles
 
@@ -97,6 +97,10 @@ class RMArguments:
     # "sdk": this project's judge prompt and answer; "her_rm": HER-RM's prompt without a
     # principle list and HER's JSON answer, from `her data rm-pairs --protocol her` pairs
     judge_prompt: str = "sdk"
+    # HER's quotas by winner pattern (filter_high_quality_sft.py: both_sides 20,000, cand_1_only
+    # and cand_2_only 10,000 each), on pairs of `rm-pairs --protocol her`: pairs of a pattern
+    # past its cap are left out (seeded), so one-sided verdicts cannot swamp the judge's data
+    pattern_caps: dict[str, int] | None = None
     # accuracy measurement (generative, greedy, both orders)
     eval_pairs: int = 0
     eval_max_tokens: int = 160
@@ -116,6 +120,12 @@ class RMArguments:
             raise ConfigError(f"unknown corruption(s) {bad}; use {list(CORRUPTIONS)}")
         if self.detail not in ("brief", "full"):
             raise ConfigError("detail must be brief or full")
+        caps = self.pattern_caps or {}
+        bad_caps = set(caps) - set(WINNER_PATTERNS)
+        if bad_caps or any(not isinstance(v, int) or v < 0 for v in caps.values()):
+            raise ConfigError(
+                f"pattern_caps: patterns are {', '.join(WINNER_PATTERNS)}, caps counts >= 0"
+            )
         if self.judge_prompt not in ("sdk", "her_rm"):
             raise ConfigError("judge_prompt must be sdk or her_rm")
         if self.judge_prompt == "her_rm" and self.eval_pairs and self.eval_max_tokens < 2048:
@@ -220,12 +230,38 @@ def _principles(cfg: RMArguments) -> PrincipleSet:
     return load_principles(cfg.principles).subset(cfg.principle_ids)
 
 
+def cap_patterns(pairs: Sequence[dict], caps: dict[str, int], seed: int = 42) -> list[dict]:
+    """`pairs` with at most `caps[pattern]` pairs of each winner pattern (both records of a
+    pair stay together), chosen with a seeded shuffle as HER's filter samples (seed 42); pairs
+    without a pattern, or of an uncapped one, are all kept. Order is kept."""
+    import random
+
+    by_pattern: dict[str, list[str]] = {}
+    for p in pairs:
+        pattern = p.get("winner_pattern")
+        ids = by_pattern.setdefault(str(pattern), [])
+        if pattern in caps and p["id"] not in ids:
+            ids.append(p["id"])
+    dropped: set[str] = set()
+    rng = random.Random(seed)
+    for pattern, ids in by_pattern.items():
+        cap = caps.get(pattern)
+        if cap is not None and len(ids) > cap:
+            rng.shuffle(ids)
+            dropped.update(ids[cap:])
+    if dropped:
+        log.info("pattern_caps: %d pairs over their pattern's cap left out", len(dropped))
+    return [p for p in pairs if p["id"] not in dropped]
+
+
 def build_pair_data(cfg: RMArguments) -> tuple[list[dict], list[dict]]:
     """(pairs, judge SFT rows) for `cfg`; every pair has a `split` (train / eval)."""
     if cfg.pairs_file:
         if not Path(cfg.pairs_file).exists():
             raise ConfigError(f"pairs file not found: {cfg.pairs_file}")
         pairs = read_jsonl(cfg.pairs_file)
+        if cfg.pattern_caps:
+            pairs = cap_patterns(pairs, cfg.pattern_caps)
     else:
         samples = load_rows(cfg.samples, None)
         pairs = auto_pairs(samples, kinds=cfg.corruptions, per_sample=cfg.per_sample)
