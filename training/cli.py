@@ -199,7 +199,8 @@ def data_synth_plans(
         typer.Option(
             "--mode",
             help="short: 2-3 sentences from a teacher that sees the reply (small runtime "
-            "models); her: HER's two phases, long plans (a reasoning teacher, then a rewrite).",
+            "models); her: HER's two phases, long plans (a reasoning teacher, then a rewrite; "
+            "each call may take --timeout or 600 s, whichever is longer).",
         ),
     ] = "short",
     rewriter: Annotated[
