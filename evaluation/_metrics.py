@@ -134,7 +134,7 @@ def _squeeze_lines(text: str) -> str:
     return re.sub(r"\n+", "\n", text)
 
 
-_HER_SYSTEM_TAG = r"<\s*system[_\s]*think(?:ing)?\s*>"
+_HER_SYSTEM_TAG = r"<\s*system[_\s]*think(?:ing)?\s*>"  # a plan's tags, as HER matches them
 _HER_SYSTEM_CLOSE = r"</\s*system[_\s]*think(?:ing)?\s*>"
 
 
@@ -148,6 +148,12 @@ def her_remove_system_thinking(dialogue: str) -> str:
         cleaned = re.sub(rf"<{tag}>.*?</{tag}>", "", cleaned, flags=re.S)
         cleaned = re.sub(rf"<{tag}>.*", "", cleaned, flags=re.S)
     return _squeeze_lines(cleaned).strip()
+
+
+def her_cut_in_plan(raw: str) -> bool:
+    """Whether a reply opened a plan (by HER's tag patterns) and never closed it."""
+    opened = re.search(_HER_SYSTEM_TAG, raw)
+    return opened is not None and not re.compile(_HER_SYSTEM_CLOSE).search(raw, opened.end())
 
 
 def her_remove_inner_thoughts(dialogue: str) -> str:

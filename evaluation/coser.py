@@ -107,6 +107,7 @@ from ._metrics import (
     extract_json,
     extract_nsp,
     her_coser_notation,
+    her_cut_in_plan,
     her_long_thinking_to_role,
     her_remove_inner_thoughts,
     her_remove_role_thinking,
@@ -231,8 +232,6 @@ def _public_narration(raw: str) -> str:
 
 _OPEN_THOUGHT = re.compile(r"<\s*\w*[_\s]*think(?:ing)?\s*>.*", re.S)
 _ORPHAN_CLOSE = re.compile(r"(?:^|(?<=>))[^<>]*</\s*\w*[_\s]*think(?:ing)?\s*>")
-_PLAN_OPEN = re.compile(r"<\s*system[_\s]*think(?:ing)?\s*>")
-_PLAN_CLOSE = re.compile(r"</\s*system[_\s]*think(?:ing)?\s*>")
 
 
 def _her_public_view(message: str, speaker: str) -> str:
@@ -250,12 +249,6 @@ def _her_public_view(message: str, speaker: str) -> str:
     if safe != view:
         view = add_speaker_name(safe, speaker)
     return view
-
-
-def _cut_in_plan(raw: str) -> bool:
-    """Whether a reply opened a plan it never closed (its budget ended inside it)."""
-    opened = _PLAN_OPEN.search(raw)
-    return opened is not None and not _PLAN_CLOSE.search(raw, opened.end())
 
 
 def _her_eval_actors(
@@ -382,7 +375,7 @@ def simulate(
                 on_prompt(current, agent.render()[0])
             raw = agent.chat(sampling)
             stats = agent.last
-            cut = _cut_in_plan(raw)
+            cut = her_cut_in_plan(raw)  # its budget ended inside the plan
             plan_cuts += cut
             tell_others(current, _her_public_view(raw, current), raw)
             judged = her_remove_system_thinking(raw)

@@ -230,19 +230,20 @@ def her_teacher_messages(
     return [{"role": "user", "content": text}]
 
 
+def _unwrap_result(obj: dict | None) -> dict | None:
+    """HER's teacher wraps its verdict object in `{"result": [...]}`; HER-RM writes it bare."""
+    inner = obj.get("result") if obj is not None else None
+    if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+        return inner[0]
+    return inner if isinstance(inner, dict) else obj
+
+
 def her_result(text: str) -> dict | None:
     """The verdict object of an answer in HER's JSON, or None: `result[0]` of the teacher's
     answer, or the object itself in HER-RM's (trained on `result[0]` alone)."""
     for chunk in _json_objects(str(text)[-40000:]):
-        obj = _load_obj(chunk)
-        if obj is None:
-            continue
-        inner = obj.get("result")
-        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
-            return inner[0]
-        if isinstance(inner, dict):
-            return inner
-        if "better_response" in obj:
+        obj = _unwrap_result(_load_obj(chunk))
+        if obj is not None and "better_response" in obj:
             return obj
     return None
 
@@ -419,12 +420,7 @@ def _parse(text: str, principles: PrincipleSet | None) -> Verdict | None:
     text = text[-20000:]  # verdicts end the answer; bound the work on runaway generations
     obj: dict | None = None
     for chunk in _json_objects(text):
-        cand = _load_obj(chunk)
-        inner = cand.get("result") if cand is not None else None
-        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
-            cand = inner[0]  # HER-RM's answer: {"result": [{..., "better_response": ...}]}
-        elif isinstance(inner, dict):
-            cand = inner
+        cand = _unwrap_result(_load_obj(chunk))
         if cand is not None and any(k.lower().replace(" ", "_") == "better_response" for k in cand):
             obj = {k.lower().replace(" ", "_"): v for k, v in cand.items()}
             break

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -234,8 +235,6 @@ def cap_patterns(pairs: Sequence[dict], caps: dict[str, int], seed: int = 42) ->
     """`pairs` with at most `caps[pattern]` pairs of each winner pattern (both records of a
     pair stay together), chosen with a seeded shuffle as HER's filter samples (seed 42); pairs
     without a pattern, or of an uncapped one, are all kept. Order is kept."""
-    import random
-
     by_pattern: dict[str, list[str]] = {}
     for p in pairs:
         pattern = p.get("winner_pattern")
