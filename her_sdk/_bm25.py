@@ -133,27 +133,23 @@ class BM25:
     def score_docs(self, query: Iterable[str], docs: Iterable[int]) -> dict[int, float]:
         """`scores(query)` for `docs` only (those sharing no term with `query` are left out).
 
-        Each score is the same float `scores` gives: the terms are summed in the query's order.
+        Each score is the same float `scores` gives: the same terms summed in the same order.
+        The work is in the pairs of a query term and a document holding it; which documents
+        hold a term is found in C (a set intersection), whatever the term's document frequency.
         """
         if not self._docs:
             return {}
         avg = self._total / len(self._docs) or 1.0
         k1, b, lengths = self.k1, self.b, self._lengths
-        weights = [
-            (term, qtf * self.idf(term))
-            for term, qtf in Counter(query).items()
-            if term in self._postings
-        ]
+        wanted = set(docs)
         out: dict[int, float] = {}
-        for d in docs:
-            tf = self._docs[d]
-            acc, hit = 0.0, False
-            for term, w in weights:
-                f = tf.get(term)
-                if f:
-                    # As `scores` computes it, operation for operation: the same float.
-                    norm = f + k1 * (1 - b + b * lengths[d] / avg)
-                    acc, hit = acc + w * f / norm, True
-            if hit:
-                out[d] = acc
+        for term, qtf in Counter(query).items():
+            ids = self._postings.get(term)
+            if not ids:
+                continue
+            w = qtf * self.idf(term)
+            for d in ids.keys() & wanted:
+                f = ids[d]
+                norm = f + k1 * (1 - b + b * lengths[d] / avg)
+                out[d] = out.get(d, 0.0) + w * f / norm
         return out

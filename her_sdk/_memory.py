@@ -42,6 +42,9 @@ import weakref
 from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from itertools import compress, repeat
+from operator import ge
 from typing import Any, Literal
 
 import msgspec
@@ -144,6 +147,11 @@ def rate_importance(text: str, *, name: str = "", own: bool = False) -> float:
     return float(min(max(score, 1.0), 10.0))
 
 
+# Runs of whitespace as one space, as texts are stored; a recall leaves out the same working
+# memory's texts turn after turn, so each is squashed once.
+_squash = lru_cache(maxsize=8192)(lambda text: " ".join(text.split()))
+
+
 def _scale(values: dict[int, float]) -> dict[int, float]:
     """Min-max scale to [0, 1]; all-equal values become 1 (they tie, and are present)."""
     if not values:
@@ -223,6 +231,7 @@ class MemoryStore:
         self._items: dict[int, MemoryItem] = {}  # by key: the order in which they were stored
         self._index = BM25()
         self._vectors: dict[int, Sequence[float]] = {}
+        self._by_text: dict[str, dict[int, None]] = {}  # text -> the keys of items holding it
         self._next_id = 0
         self._lock = threading.RLock()
         self.clock = 0  # memories formed so far: the store's notion of time
@@ -300,6 +309,7 @@ class MemoryStore:
         key = self._next_id
         self._next_id += 1
         self._items[key] = item
+        self._by_text.setdefault(item.text, {})[key] = None
         _HELD[id(item)] = (self._edits, key)
         self._index.add(key, tokenize(item.text))
         if file:
@@ -356,6 +366,8 @@ class MemoryStore:
             if filed == (item.importance, item.last_recalled, item.text):
                 continue
             if filed[2] != item.text:
+                self._unlist(key, filed[2])
+                self._by_text.setdefault(item.text, {})[key] = None
                 self._index.add(key, tokenize(item.text))
                 self._vectors.pop(key, None)
             self._unfile(key)
@@ -380,7 +392,14 @@ class MemoryStore:
         assert victim is not None
         self._remove(victim[1])
 
+    def _unlist(self, key: int, text: str) -> None:
+        keys = self._by_text[text]
+        del keys[key]
+        if not keys:
+            del self._by_text[text]
+
     def _remove(self, key: int) -> None:
+        self._unlist(key, self._filed[key][2])
         self._unfile(key)
         item = self._items.pop(key)
         _HELD.pop(id(item), None)
@@ -411,7 +430,12 @@ class MemoryStore:
         if k < 1 or not self._items:
             return []
         self._sync()
-        excluded = {" ".join(t.split()) for t in exclude}
+        # The items to leave out, by key: a recall may look at hundreds of items.
+        by_text = self._by_text
+        excluded: set[int] = set()
+        for text in set(map(_squash, exclude)):
+            if text in by_text:
+                excluded.update(by_text[text])
         if self.embedder is None:
             relevance = self._relevance(query, excluded)
         else:
@@ -443,19 +467,19 @@ class MemoryStore:
             self._unfile(key)
             self._file(key)
 
-    def _relevance(self, query: str, excluded: set[str]) -> dict[int, float]:
-        index, items = self._index, self._items
+    def _relevance(self, query: str, excluded: set[int]) -> dict[int, float]:
+        index = self._index
         tokens = tokenize(query)
         terms = [t for t in dict.fromkeys(tokens) if index.df(t)]
         postings = sum(index.df(t) for t in terms)
         if self.candidates is None or postings <= _EXACT * self.candidates:
             self.recall_cost["postings"] = postings
-            return {i: s for i, s in index.scores(tokens).items() if items[i].text not in excluded}
+            return {i: s for i, s in index.scores(tokens).items() if i not in excluded}
         return index.score_docs(tokens, self._candidates(terms, excluded, self.candidates))
 
-    def _candidates(self, terms: list[str], excluded: set[str], budget: int) -> list[int]:
+    def _candidates(self, terms: list[str], excluded: set[int], budget: int) -> list[int]:
         """A bounded set of memories sharing a term with the query (see the class docstring)."""
-        index, items, docs = self._index, self._items, self._index._docs
+        index, docs = self._index, self._index._docs
         query = set(terms)
         found: dict[int, None] = {}
         cost = self.recall_cost
@@ -464,11 +488,7 @@ class MemoryStore:
             taken = walked = 0
             for key in keys:
                 walked += 1
-                if (
-                    key not in found
-                    and not query.isdisjoint(docs[key])
-                    and items[key].text not in excluded
-                ):
+                if key not in found and key not in excluded and not query.isdisjoint(docs[key]):
                     found[key] = None
                     taken += 1
                     if taken >= want:
@@ -485,7 +505,7 @@ class MemoryStore:
             spent += index.df(term)
             found.update(dict.fromkeys(index.postings(term)))
         cost["postings"] = spent
-        for key in [k for k in found if items[k].text in excluded]:
+        for key in excluded.intersection(found):
             del found[key]
         # Then, of the next terms' memories, those holding the most of them (counted in C, at
         # the cost of reading the postings): many shared middling terms make a relevant memory.
@@ -500,8 +520,11 @@ class MemoryStore:
                 enough, least = enough + docs_with_n, n
                 if enough >= want:
                     break
-            best = [k for k, n in hits.items() if n >= least]
-            best.sort(key=lambda k: (hits[k], k), reverse=True)  # ties: the most recent
+            # Thousands of memories hold one of the terms: picked and sorted in C. By count,
+            # ties the most recent first (two stable sorts).
+            best = list(compress(hits, map(ge, hits.values(), repeat(least))))
+            best.sort(reverse=True)
+            best.sort(key=hits.__getitem__, reverse=True)
             walk(best, want, budget)
         # The most recent, the most important, then the least of each (the scales' low ends).
         walk(reversed(self._recent), budget // 4, budget)
@@ -515,14 +538,10 @@ class MemoryStore:
         walk((k for v in self._level_order for k in levels[v]), 1, budget // 4)
         return list(found)
 
-    def _relevance_by_meaning(self, query: str, excluded: set[str]) -> dict[int, float]:
+    def _relevance_by_meaning(self, query: str, excluded: set[int]) -> dict[int, float]:
         assert self.embedder is not None
-        bm25 = {
-            i: s
-            for i, s in self._index.scores(tokenize(query)).items()
-            if self._items[i].text not in excluded
-        }
-        ids = [i for i, it in self._items.items() if it.text not in excluded]
+        bm25 = {i: s for i, s in self._index.scores(tokenize(query)).items() if i not in excluded}
+        ids = [i for i in self._items if i not in excluded]
         cos = self._cosines(query, ids)
         lexical = _scale(bm25) if bm25 else {}
         out: dict[int, float] = {}

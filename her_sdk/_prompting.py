@@ -8,11 +8,12 @@ turn and renders the result with `her_sdk.format.render_prompt`. Nothing here ca
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from ._actions import Target
 from ._memory import MemoryStore
 from ._persona import Persona
-from .format import ENVIRONMENT, Heard, Prompt, Turn
+from .format import ENVIRONMENT, Heard, Prompt, Segment, Turn
 
 __all__ = ["fit", "memory_text", "recall", "recall_query", "target_names"]
 
@@ -23,17 +24,29 @@ _TRIMMED = Heard(speaker=ENVIRONMENT, speech="(Earlier events are no longer reme
 def memory_text(item: Heard | Turn, name: str) -> tuple[str, bool]:
     """How `name` remembers `item` in long-term memory, and whether that holds its thoughts."""
     if isinstance(item, Heard):
-        acts = " ".join(f"({a})" for a in item.actions if a.strip())
-        return f"{item.speaker}: {' '.join(x for x in (acts, item.speech) if x)}", False
+        return _heard_text(item.speaker, item.speech, tuple(item.actions)), False
+    return _turn_text(tuple(item.segments), name), bool(item.thoughts)
+
+
+# Every recall leaves out the texts of the whole working memory (a few hundred items in a long
+# game), the same items turn after turn: each text is made once, keyed by the item's content.
+@lru_cache(maxsize=8192)
+def _heard_text(speaker: str, speech: str, actions: tuple[str, ...]) -> str:
+    acts = " ".join(f"({a})" for a in actions if a.strip())
+    return f"{speaker}: {' '.join(x for x in (acts, speech) if x)}"
+
+
+@lru_cache(maxsize=8192)
+def _turn_text(segments: tuple[Segment, ...], name: str) -> str:
     parts = []
-    for seg in item.segments:
+    for seg in segments:
         if seg.channel == "action":
             parts.append(f"({seg.text})")
         elif seg.channel == "speech":
             parts.append(seg.text)
         elif seg.channel == "thought":
             parts.append(f"[I thought: {seg.text}]")
-    return f"{name} (me): {' '.join(parts)}", bool(item.thoughts)
+    return f"{name} (me): {' '.join(parts)}"
 
 
 def recall_query(memory: Sequence[Heard | Turn]) -> str:

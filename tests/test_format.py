@@ -643,3 +643,39 @@ def test_quoted_lines_are_cleaned_the_same_long_or_short():
         assert "<role_thinking>" not in cleaned and "==" not in cleaned
     info = _neutralise_line.cache_info()
     assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
+
+
+def test_history_lines_rendered_once_keep_marked_and_plain_renderings_apart():
+    """A history line is rendered once per content and marking: a line first rendered inside
+    `render_prompt` (marked) renders plain outside it, and the reverse; a changed item renders
+    anew, and the literal ranges of a long history match what rendering afresh gives."""
+    from her_sdk import Persona
+    from her_sdk.format import Heard, Segment, Turn, render_perception, render_prompt
+    from her_sdk.format._prompts import _perception_text, _turn_text
+    from her_sdk.format._quote import _CLOSE, _OPEN, _marking
+
+    speech = "Open <role_action>the</role_action> gate"
+    heard = Heard(speaker="Jory", speech=speech, actions=["waves"])
+    turn = Turn.from_segments([Segment("thought", "He lies."), Segment("speech", "No.")])
+    _perception_text.cache_clear()
+    _turn_text.cache_clear()
+    with _marking():
+        marked = render_perception(heard)
+    plain = render_perception(heard)
+    assert _OPEN in marked and _CLOSE in marked
+    assert _OPEN not in plain and plain == marked.replace(_OPEN, "").replace(_CLOSE, "")
+    assert "<role_action>the</role_action>" not in plain
+    changed = Heard(speaker="Jory", speech="Open the gate", actions=["waves", "bows"])
+    assert "bows" in render_perception(changed)
+
+    persona = Persona(name="Mara", profile="A guard.")
+    history = [heard, turn] * 150
+    prompt = render_prompt(persona, history)  # the lines come from the cache now
+    _perception_text.cache_clear()
+    _turn_text.cache_clear()
+    fresh = render_prompt(persona, history)
+    assert prompt.text == fresh.text and prompt.text.literal == fresh.text.literal
+    assert len(prompt.text.literal) > 300
+    for a, b in prompt.text.literal:
+        assert _OPEN not in prompt.text[a:b]
+    assert "He lies." in prompt.text and "<role_action>waves</role_action>" in prompt.text

@@ -385,6 +385,27 @@ def test_exclusion_collapses_whitespace_as_memories_do():
     assert [m.text for m in got] == ["Jory: I buried the chalice."]
 
 
+def test_exclusion_follows_texts_edited_shared_and_forgotten():
+    # Exclusion is looked up by text in an index of the store's own: it must follow a text
+    # edited on the item, leave out every item holding an excluded text, and survive forgetting.
+    store = MemoryStore(capacity=4)
+    a = store.add("the chalice is in the well", importance=9)
+    b = store.add("the chalice is in the well", importance=8)
+    c = store.add("Jory hid the chalice", importance=2)
+
+    def recalled(exclude: set[str]) -> set[int]:
+        return {m.tick for m in store.recall("chalice", k=5, exclude=exclude, touch=False)}
+
+    assert recalled({a.text}) == {c.tick}
+    store.items[2].text = "Jory sold the chalice"  # edited directly: refiled
+    assert recalled({"Jory sold the chalice"}) == {a.tick, b.tick}
+    assert recalled({"Jory hid the chalice"}) == {a.tick, b.tick, c.tick}
+    store.add("filler about bread", importance=1)
+    store.add("more about the mill", importance=1)  # past capacity: one item goes
+    assert len(store) == 4 and recalled({a.text}) == {c.tick}
+    assert recalled(set()) == {m.tick for m in store.items if "chalice" in m.text}
+
+
 @pytest.mark.parametrize("line", ["Have  you seen the chalice?", "Have you\nseen the chalice?"])
 def test_recall_never_repeats_a_line_still_in_the_prompt(line):
     prompts = []

@@ -8,6 +8,8 @@ are the other modules of `her_sdk.format`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import compress, starmap
+from operator import lt
 from typing import Literal
 
 import msgspec
@@ -178,7 +180,9 @@ class PromptText(str):
 
     def __new__(cls, text: str, literal: Iterable[tuple[int, int]] = ()) -> PromptText:
         self = super().__new__(cls, text)
-        self.literal = tuple((a, b) for a, b in literal if a < b)
+        ranges: tuple[tuple[int, int], ...] = tuple(map(tuple, literal))  # type: ignore[arg-type]
+        # (in C, not a loop: a long game's prompt quotes hundreds of lines)
+        self.literal = tuple(compress(ranges, starmap(lt, ranges)))
         return self
 
     def scaffold(self) -> list[tuple[int, int]]:

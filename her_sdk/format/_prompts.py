@@ -7,6 +7,7 @@ typed actions, as chat messages ("chatml", "template") or a few-shot script ("fe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from .._persona import Persona
 from ._calls import CallSpec, render_actions
@@ -18,9 +19,10 @@ from ._contract import (
     Heard,
     HistoryItem,
     Message,
+    Segment,
     Turn,
 )
-from ._quote import _block, _clean, _name
+from ._quote import _MARKING, _block, _clean, _name
 
 
 def render_turn(
@@ -32,13 +34,35 @@ def render_turn(
     `spaced`: a space between speech and a tag after it, as in CoSER's source text, which HER's
     data keeps (the "her" style); never one after a closing tag.
     """
+    return _turn_text(
+        turn.plan if keep_plan else "",
+        tuple(turn.segments),
+        name if label else None,
+        spaced,
+        _MARKING.get(),
+    )
+
+
+def render_perception(heard: Heard, *, sep: str = "") -> str:
+    """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`;
+    `sep` goes between its sections (the "her" style: a space, as CoSER's source text has)."""
+    return _perception_text(heard.speaker, heard.speech, tuple(heard.actions), sep, _MARKING.get())
+
+
+# A prompt renders the same history lines turn after turn, and a long game's prompt holds
+# hundreds of them: each line is rendered once, keyed by its content (items hold lists, so they
+# are not hashable themselves) and by whether quoted text is being marked, which `_clean` reads.
+@lru_cache(maxsize=8192)
+def _turn_text(
+    plan: str, segments: tuple[Segment, ...], name: str | None, spaced: bool, marking: bool
+) -> str:
     parts: list[str] = []
-    if keep_plan and turn.plan:
-        parts.append(f"<system_thinking>{_clean(turn.plan)}</system_thinking>")
-    if label:
+    if plan:
+        parts.append(f"<system_thinking>{_clean(plan)}</system_thinking>")
+    if name is not None:
         parts.append(f"{_name(name)}: ")
     spoke = False
-    for seg in turn.segments:
+    for seg in segments:
         if seg.channel == "plan":
             continue
         if seg.channel == "speech":
@@ -50,15 +74,16 @@ def render_turn(
     return "".join(parts)
 
 
-def render_perception(heard: Heard, *, sep: str = "") -> str:
-    """One perception line: `Name: <role_action>…</role_action>speech` or `Environment: …`;
-    `sep` goes between its sections (the "her" style: a space, as CoSER's source text has)."""
-    if heard.speaker == ENVIRONMENT:
-        return f"{ENVIRONMENT}: {_clean(heard.speech)}"
-    parts = [f"<role_action>{_clean(a)}</role_action>" for a in heard.actions if _clean(a)]
-    if speech := _clean(heard.speech):
-        parts.append(speech)
-    return f"{_name(heard.speaker)}: {sep.join(parts)}"
+@lru_cache(maxsize=8192)
+def _perception_text(
+    speaker: str, speech: str, actions: tuple[str, ...], sep: str, marking: bool
+) -> str:
+    if speaker == ENVIRONMENT:
+        return f"{ENVIRONMENT}: {_clean(speech)}"
+    parts = [f"<role_action>{_clean(a)}</role_action>" for a in actions if _clean(a)]
+    if said := _clean(speech):
+        parts.append(said)
+    return f"{_name(speaker)}: {sep.join(parts)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from itertools import accumulate
 
 from ._contract import PromptText
 
@@ -30,6 +31,8 @@ _LINE_BREAK_RE = re.compile(r"\r\n?|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # While `render_prompt` renders, quoted text is wrapped in these (private-use) marks, which
 # survive a chat template; they become `PromptText.literal` ranges and never reach an engine.
 _OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKS_RE = re.compile(f"([{_OPEN}{_CLOSE}])")
+_PAIR = _OPEN + _CLOSE
 _MARKING: ContextVar[bool] = ContextVar("her_format_marking", default=False)
 
 
@@ -79,21 +82,31 @@ def _name(name: str) -> str:
 
 def _unmark(text: str) -> PromptText:
     """A marked rendering as the text engines see, with its literal ranges."""
+    pieces = _MARKS_RE.split(text)
+    marks = pieces[1::2]
+    if not marks:
+        return PromptText(text)
+    if "".join(marks) == _PAIR * (len(marks) // 2):
+        # Marks that open and close in turn, never nested (every prompt `render_prompt`
+        # makes): the ranges are where the pieces between them end, summed in C. A long
+        # game's prompt quotes hundreds of lines, and a loop over them costs a turn dearly.
+        ends = list(accumulate(map(len, pieces[::2])))
+        return PromptText("".join(pieces[::2]), zip(ends[:-1:2], ends[1::2], strict=True))
     out: list[str] = []
     ranges: list[tuple[int, int]] = []
     pos = depth = start = 0
-    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
-        if part == _OPEN:
+    for i, part in enumerate(pieces):
+        if i % 2 == 0:
+            out.append(part)
+            pos += len(part)
+        elif part == _OPEN:
             depth += 1
             if depth == 1:
                 start = pos
-        elif part == _CLOSE:
+        else:
             depth = max(0, depth - 1)
             if depth == 0:
                 ranges.append((start, pos))
-        else:
-            out.append(part)
-            pos += len(part)
     return PromptText("".join(out), ranges)
 
 
