@@ -373,3 +373,85 @@ def test_enrich_thoughts_repairs_actions_and_everyone_perceives_the_repair(tmp_p
     assert heard[-1].actions == ["leans forward, voice drops low"]  # Ysolde perceives it
     _, own, _ = decode_her(rows[("Brannoc", 2)])
     assert any(getattr(h, "actions", None) == ["leans forward, voice drops low"] for h in own)
+
+
+def test_validate_thoughts_lets_narration_leave_quoted_speech_only():
+    """HER step 2: "动作和台词要分开" (role_thinking_enhance_prompt.py, "actions and speech
+    apart": 'He turns to face her and says "Hello"' -> <role_action>turns to face her
+    </role_action>Hello). Only what stands outside the quote marks may move, into an action,
+    less its subject and the verb that introduced the words; spoken words never change."""
+    quoted = parse_turn('Mara: He turns to face her and says "Papers, now." Then waits.', "Mara")
+    unquoted = parse_turn("Mara: He turns to face her and says papers now.", "Mara")
+
+    def check(body: str, orig=quoted) -> str | None:
+        return validate_thoughts(parse_turn(f"Mara: {body}", "Mara"), orig, "Mara")
+
+    assert (
+        check(
+            "<role_action>turns to face her</role_action>Papers, now.<role_action>waits"
+            "</role_action>"
+        )
+        is None
+    )
+    assert (
+        check(
+            "<role_thinking>He lies</role_thinking><role_action>turns to face her and "
+            "says</role_action>Papers, now. Then waits."
+        )
+        is None
+    )  # less moved: fine
+    assert check('He turns to face her and says "Papers, now." Then waits.') is None
+    changed = "changed actions or speech"
+    assert (
+        check("<role_action>turns to face her</role_action>Papers.<role_action>waits</role_action>")
+        == changed
+    )  # a spoken word lost
+    assert (
+        check(
+            "<role_action>turns to face her, frowning</role_action>Papers, now."
+            "<role_action>waits</role_action>"
+        )
+        == changed
+    )  # a word added
+    assert (
+        check(
+            "<role_action>turns to face her says Papers</role_action>now."
+            "<role_action>waits</role_action>"
+        )
+        == changed
+    )  # spoken words made an action
+    assert check("<role_action>turns to face her</role_action>Papers, now. Then waits.") is None
+    assert check("turns to face her Papers, now. Then waits.") is None  # subject dropped only
+    # without quote marks, nothing tells narration from speech: the speech stays whole
+    assert check("<role_action>turns to face her</role_action>papers now.", unquoted) == changed
+
+
+def test_enrich_thoughts_moves_narration_out_of_speech_for_everyone(tmp_path):
+    record = json.loads((F / "coser_test.json").read_text())[0]
+    record["dialogues"] = [
+        {"character": "Brannoc", "message": 'He leans close and says "Listen to me."'},
+        {"character": "Ysolde", "message": "(taps the ledger) I am listening."},
+        {"character": "Brannoc", "message": "Then hear this."},
+    ]
+    (tmp_path / "t.json").write_text(json.dumps([record]))
+    data = tmp_path / "t.jsonl"
+    convert_file("coser", tmp_path / "t.json", data)
+
+    def teacher(prompt: str) -> str:
+        name, line = _next_turn(prompt)
+        if name == "Brannoc" and "leans close" in line:
+            return "<role_action>leans close</role_action>Listen to me."
+        return line
+
+    out = tmp_path / "e.jsonl"
+    rep = enrich_thoughts(data, out, MockBackend(teacher), retries=0)
+    assert rep.stats["actions_repaired"] == 1 and rep.stats["kept_original"] == 0
+    rows = {(r["character"], r["turn"]): r for r in read_jsonl(out)}
+    _, _, first = decode_her(rows[("Brannoc", 0)])
+    assert first.actions == ["leans close"] and first.speech == "Listen to me."
+    _, heard, _ = decode_her(rows[("Ysolde", 1)])
+    assert heard[-1].actions == ["leans close"] and heard[-1].speech == "Listen to me."
+    seen = "\n".join(m["content"] for m in rows[("Ysolde", 1)]["prompt"])
+    assert "Listen to me." in seen and "says" not in seen
+    _, own, _ = decode_her(rows[("Brannoc", 2)])
+    assert any(getattr(h, "speech", None) == "Listen to me." for h in own)

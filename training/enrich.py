@@ -10,10 +10,14 @@ thoughts (`<role_thinking>`, first person) made explicit where they add depth. E
 other characters perceive stays as written: speech must come back word for word, in order
 (`validate_thoughts`); actions too, but for the repairs HER's step 2 asks of them
 (role_thinking_enhance_prompt.py lines 85-131): no self-pronouns ("I lean forward" becomes
-"leans forward"), consecutive actions merged into one. An action is accepted as repaired when
-its words are the original's, in the same order, less the pronouns I/me/my/myself/his/her/
-their and with a verb's -s/-es added or dropped (`same_action_words`); every sample of the scene
-then perceives the repaired actions. Shapes are
+"leans forward"), consecutive actions merged into one, and narration taken out of speech
+('He turns to face her and says "Hello"' becomes <role_action>turns to face her</role_action>
+Hello). An action is accepted as repaired when its words are the original's, in the same order,
+less the pronouns I/me/my/myself/his/her/their and with a verb's -s/-es added or dropped
+(`same_action_words`); narration may move into actions only from a speech that quotes its
+spoken words (what is outside the quote marks), less its subject and the verb that introduced
+the quote, and spoken words never change (`validate_thoughts`). Every sample of the scene then
+perceives the repaired turn. Shapes are
 meant to vary (speech only, thought then speech, action-thought-speech, ...): the teacher is told
 the shapes of the character's last turns and a turn may keep no thought at all. A turn whose
 answers all fail validation keeps its original text (counted in the report). Every sample of
@@ -115,7 +119,10 @@ Rules:
 - Keep every spoken word exactly as given, in the same order, and every action's words in the \
 same order. Repair actions only this way: an action has no pronoun for the character itself \
 ("leans forward", not "I lean forward" or "leans forward, his voice lowering"), and two \
-actions in a row become one. Otherwise you may only add, rewrite or remove <role_thinking> \
+actions in a row become one. Narration inside speech (what stands outside the quote marks \
+of a speech that quotes its words, as in He turns to face her and says "Hello") becomes an \
+action, without its subject and the verb that introduces the words: <role_action>turns to \
+face her</role_action>Hello. Otherwise you may only add, rewrite or remove <role_thinking> \
 sections, before, between or after them.
 - A thought uses only what the character can know: what the others said and did, never what \
 they think.
@@ -136,27 +143,17 @@ def turn_shape(turn: Turn) -> str:
     return "->".join(shape) or "empty"
 
 
-def _public_stream(turn: Turn) -> list[str]:
-    """What others perceive, as a comparable sequence: speech words, and the words of each run
-    of consecutive actions as one item (merging two actions changes nothing here)."""
-    out: list[str] = []
-    acting = False
-    for s in turn.segments:
-        if s.channel == "action":
-            words = " ".join(_norm_words(s.text))
-            if acting:
-                out[-1] += " " + words
-            else:
-                out.append("\0" + words)
-            acting = True
-        elif s.channel == "speech":
-            out.extend(_norm_words(s.text))
-            acting = False
-    return out
-
-
 # Words an action may lose in repair (HER: an action names no pronoun for its character).
 _SELF_WORDS = frozenset({"i", "me", "my", "myself", "his", "her", "their"})
+# What narration in speech may lose when it becomes an action ("He turns to face her and says
+# "Hello"" -> <role_action>turns to face her</role_action>Hello): its subject and the verb that
+# introduced the quote.
+_NARRATION_WORDS = _SELF_WORDS | {
+    "he", "she", "they", "and", "then", "says", "said", "say", "asks", "asked", "ask",
+    "replies", "replied", "reply", "answers", "answered", "adds", "added", "continues",
+    "continued", "tells", "told",
+}  # fmt: skip
+_QUOTED = re.compile(r'"[^"]*"|\u201c[^\u201d]*\u201d')
 
 
 def _verb_match(a: str, b: str) -> bool:
@@ -171,14 +168,57 @@ def same_action_words(new: str, original: str) -> bool:
     return len(a) == len(b) and all(_verb_match(x, y) for x, y in zip(a, b, strict=True))
 
 
-def _same_public(new: Turn, original: Turn) -> bool:
-    a, b = _public_stream(new), _public_stream(original)
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x.startswith("\0") != y.startswith("\0"):
-            return False
-        if x != y and not (x.startswith("\0") and same_action_words(x[1:], y[1:])):
+def _public_words(turn: Turn, *, original: bool = False) -> list[tuple[str, str]]:
+    """What others perceive, word by word, as (word, kind): "action" or "speech"; for the
+    `original` turn, speech is "quoted" (inside quote marks, or all of it when it has none) or
+    "narration" (outside the quote marks of a speech that has some)."""
+    out: list[tuple[str, str]] = []
+    for s in turn.segments:
+        if s.channel == "action":
+            out += [(w, "action") for w in _norm_words(s.text)]
+        elif s.channel == "speech" and original and _QUOTED.search(s.text):
+            pos = 0
+            for m in _QUOTED.finditer(s.text):
+                out += [(w, "narration") for w in _norm_words(s.text[pos : m.start()])]
+                out += [(w, "quoted") for w in _norm_words(m.group())]
+                pos = m.end()
+            out += [(w, "narration") for w in _norm_words(s.text[pos:])]
+        elif s.channel == "speech":
+            out += [(w, "quoted" if original else "speech") for w in _norm_words(s.text)]
+    return out
+
+
+def _same_public(new: Turn, original: Turn, name: str = "") -> bool:
+    """Whether `new` shows others what `original` did, but for HER's repairs: spoken words
+    unchanged and in order; actions with the same words in the same order (less pronouns for
+    the character, a verb's -s/-es; two in a row merged); narration in the speech (outside the
+    quote marks of a speech that has them) moved into actions, less its subject and the verb
+    that introduced the quote. Nothing moves the other way: no action becomes speech."""
+    a = _public_words(original, original=True)
+    b = _public_words(new)
+    own_name = set(_norm_words(name))
+
+    def kept(word: str, kind: str, new_word: str, channel: str) -> bool:
+        if channel == "action":
+            return kind in ("action", "narration") and _verb_match(new_word, word)
+        return kind in ("quoted", "narration") and new_word == word
+
+    def dropped(word: str, kind: str) -> bool:
+        if kind == "action":
+            return word in _SELF_WORDS
+        return kind == "narration" and (word in _NARRATION_WORDS or word in own_name)
+
+    i = j = 0
+    while i < len(a) or j < len(b):
+        word, kind = a[i] if i < len(a) else ("", "")
+        new_word, channel = b[j] if j < len(b) else ("", "")
+        if i < len(a) and j < len(b) and kept(word, kind, new_word, channel):
+            i, j = i + 1, j + 1
+        elif dropped(word, kind):
+            i += 1
+        elif channel == "action" and new_word in _SELF_WORDS:
+            j += 1
+        else:
             return False
     return True
 
@@ -194,7 +234,7 @@ def validate_thoughts(
     ngram: int = 5,
 ) -> str | None:
     """Why the enriched turn `new` of `original` is unusable, or None when it passes."""
-    if not _same_public(new, original):
+    if not _same_public(new, original, name):
         return "changed actions or speech"
     speech = " ".join(_norm_words(new.speech))
     first = name.split()[0].lower()
@@ -266,15 +306,16 @@ def _heard_key(speaker: str, actions: Sequence[str], speech: str) -> tuple:
 
 
 def _replace_perceived(
-    history: Sequence[Heard | Turn], repaired: dict[tuple, list[str]]
+    history: Sequence[Heard | Turn], repaired: dict[tuple, Turn]
 ) -> list[Heard | Turn]:
-    """History with others' perceived turns carrying their repaired actions."""
+    """History with others' perceived turns as repaired (their actions, and their speech when
+    narration moved out of it)."""
     out: list[Heard | Turn] = []
     for h in history:
         if isinstance(h, Heard) and (
             new := repaired.get(_heard_key(h.speaker, h.actions, h.speech))
         ):
-            h = msgspec.structs.replace(h, actions=list(new))
+            h = msgspec.structs.replace(h, actions=list(new.actions), speech=new.speech)
         out.append(h)
     return out
 
@@ -309,7 +350,7 @@ def enrich_thoughts(
         shapes: dict[str, list[str]] = defaultdict(list)
         out = Outcome([], None)
         out.stats = {"enriched": 0, "unchanged": 0, "kept_original": 0, "actions_repaired": 0}
-        repaired: dict[tuple, list[str]] = {}  # (speaker, actions, speech) -> repaired actions
+        repaired: dict[tuple, Turn] = {}  # (speaker, actions, speech) -> the repaired turn
         new_targets: list[Turn] = []
         for row, (persona, history, target) in zip(samples, decoded, strict=True):
             name = persona.name
@@ -360,8 +401,12 @@ def enrich_thoughts(
             plans = [s for s in target.segments if s.channel == "plan"]
             new_target = Turn.from_segments([*plans, *new.segments])
             done[name][render_turn(target, name)] = new_target
-            if list(new.actions) != list(original.actions):  # repaired: the others see it so
-                repaired[_heard_key(name, original.actions, original.speech)] = list(new.actions)
+            if new.actions != original.actions or new.speech != original.speech:
+                # what the others perceive is what it did, as repaired
+                repaired[_heard_key(name, original.actions, original.speech)] = new
+            if new.actions != original.actions or _norm_words(new.speech) != _norm_words(
+                original.speech
+            ):  # actions repaired, or narration moved out of the speech
                 out.stats["actions_repaired"] += 1
             shapes[name].append(turn_shape(new))
             new_targets.append(new_target)
