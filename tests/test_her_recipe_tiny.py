@@ -65,7 +65,7 @@ def test_the_her_recipe_runs_end_to_end_on_a_cpu(tmp_path):
     from her_sdk.training.tiny import synthetic_samples
 
     d = tmp_path
-    _her("data", "convert", "coser", FIXTURE, "--out", d / "book.jsonl")
+    _her("data", "convert", "coser", FIXTURE, "--out", d / "book.jsonl", "--her-profile")
     # the book's two scenes and synthetic ones: enough scenes for every portion
     write_jsonl(d / "all.jsonl", read_jsonl(d / "book.jsonl") + synthetic_samples(40, seed=7))
     _her(
@@ -82,6 +82,9 @@ def test_the_her_recipe_runs_end_to_end_on_a_cpu(tmp_path):
     )  # fmt: skip
     planned = read_jsonl(d / "settings.jsonl")
     assert planned and all(len(decode_her(r)[2].plan) >= 400 for r in planned)
+    assert all(r.get("scenario_reasoning") for r in planned)  # every scene's scenario completed
+    book = [decode_her(r)[0].profile for r in planned if r.get("description")]
+    assert book and all(p.startswith("description: ") for p in book)  # HER's profile lines
     _her(
         "data", "split", d / "settings.jsonl", "--out", d / "parts", "--test", "0",
         "--sft", "1", "--rl", "1", "--rm-sft", "1", "--rm-rl", "1",

@@ -220,6 +220,16 @@ def test_cli_enrich_and_complete(data, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "kept 4" in res.output and len(read_jsonl(s)) == 9
+    assert "'scenarios_completed': 2" in res.output  # the fixture's two scenes
+    n = tmp_path / "n.jsonl"
+    res = runner.invoke(
+        app,
+        ["data", "complete-settings", str(t), "--out", str(n), "--teacher", "mock"]
+        + ["--no-scenario"],
+    )
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "n.scenarios.jsonl").exists()
+    assert all("scenario_reasoning" not in r for r in read_jsonl(n))
     res = runner.invoke(
         app,
         [
@@ -296,14 +306,15 @@ def test_complete_settings_adds_only_what_the_books_text_says(book_data, tmp_pat
 
     def liar(prompt: str) -> str:  # quotes what the book never says
         answer = json.loads("{" + mock_setting_teacher(prompt))
-        if "quotes" in answer:
+        if "quotes" in answer and "profile" in answer:
             answer["profile"] += " He once killed a guard."
             answer["quotes"] = {"profile": ["Brannoc once killed a guard at the bridge."]}
         return json.dumps(answer)
 
     def unquoted(prompt: str) -> str:  # completes without saying where it comes from
         answer = json.loads("{" + mock_setting_teacher(prompt))
-        answer.pop("quotes", None)
+        if "profile" in answer:
+            answer.pop("quotes", None)
         return json.dumps(answer)
 
     for bad, reason in ((liar, "a quote not in the book's text"), (unquoted, "no quote")):
@@ -455,3 +466,177 @@ def test_enrich_thoughts_moves_narration_out_of_speech_for_everyone(tmp_path):
     assert "Listen to me." in seen and "says" not in seen
     _, own, _ = decode_her(rows[("Brannoc", 2)])
     assert any(getattr(h, "speech", None) == "Listen to me." for h in own)
+
+
+# -- HER step 4 beyond the sheet: the scene's scenario, a character's description and experience
+
+
+def _book(tmp_path: Path, *, her_profile: bool = False, text: str = BOOK_TEXT) -> Path:
+    """The CoSER book fixture, its first plot with the book's text and HER's per-plot
+    description and experience of Brannoc (CoSER's `plot.key_characters`)."""
+    from her_sdk.training.data import ConvertOptions
+
+    book = json.loads((F / "coser_book.json").read_text())
+    plot = book["plots"][0]
+    plot["text"] = text
+    plot["key_characters"][0]["experience"] = "Brannoc stalls the collector with cider."
+    (tmp_path / "book.json").write_text(json.dumps(book))
+    path = tmp_path / ("her_book.jsonl" if her_profile else "book.jsonl")
+    convert_file("coser", tmp_path / "book.json", path, ConvertOptions(her_profile=her_profile))
+    return path
+
+
+def test_her_profile_renders_as_hers_step_4_3():
+    """HER's system prompt holds a character's description and experience in its Profile
+    section (step4_3_rebuild_system_prompt.py, build_system_prompt): the "her" prompt style
+    renders a persona whose profile `her_profile` made exactly as HER's code did (golden)."""
+    from her_sdk.training.data import her_profile, split_her_profile
+
+    from her_sdk import Persona
+    from her_sdk.format._her import build_her_messages
+
+    g = json.loads((F / "her_step4_3_golden.json").read_text())
+    c = g["char_data"]
+    profile = her_profile(
+        c["character_profile_enriched"], c["description_enriched"], c["experience"]
+    )
+    persona = Persona(
+        name=g["name"],
+        source=g["book"],
+        profile=profile,
+        background=c["background"],
+        scenario=c["scenario_enriched"],
+        goals=c["motivation"],
+        others=c["other_character_profiles"],
+    )
+    system = build_her_messages(persona, [], plan=True)[0].content
+    cut = "===Requirements===\n"
+    assert system.split(cut)[0] == g["system_prompt"].split(cut)[0]
+    assert split_her_profile(profile) == (
+        c["character_profile_enriched"],
+        c["description_enriched"],
+        c["experience"],
+    )
+    assert split_her_profile("Just a profile.") == ("Just a profile.", "", "")
+    assert her_profile("P", experience="E") == "P\nexperience: E"
+
+
+def test_convert_keeps_description_and_experience(tmp_path):
+    rows = read_jsonl(_book(tmp_path))
+    brannoc = [r for r in rows if r["character"] == "Brannoc"]
+    assert brannoc and all(r["description"] == "Innkeeper of the Salt Road Inn." for r in brannoc)
+    assert all(r["experience"] == "Brannoc stalls the collector with cider." for r in brannoc)
+    assert all("description:" not in decode_her(r)[0].profile for r in rows)
+    tobin = [r for r in rows if r["character"] == "Tobin"]
+    assert tobin and all("experience" not in r for r in tobin)  # its plot has none
+    composed = read_jsonl(_book(tmp_path, her_profile=True))
+    profile = decode_her(next(r for r in composed if r["character"] == "Brannoc"))[0].profile
+    assert profile == (
+        "description: Innkeeper of the Salt Road Inn.\nBrannoc keeps the Salt Road Inn.\n"
+        "experience: Brannoc stalls the collector with cider."
+    )
+
+
+def test_complete_settings_completes_the_scenario_once_per_scene(tmp_path):
+    """HER step 4 completes the scene's scenario ("scenario: Scene description (shared)",
+    step4_1_construct_setting_data.py, its output's "scenario_enriched"): one call per scene,
+    grounded in the book's text, and every character of the scene gets the same one."""
+    data = _book(tmp_path)
+    seen: list[str] = []
+
+    def teacher(prompt: str) -> str:
+        seen.append(prompt)
+        return mock_setting_teacher(prompt)
+
+    out = tmp_path / "s.jsonl"
+    rep = complete_settings(data, out, MockBackend(teacher))
+    scene_calls = [p for p in seen if "=== The scenario ===" in p]
+    scenes = {r["scene"] for r in read_jsonl(data)}
+    assert len(scene_calls) == len(scenes) == rep.stats["scenarios_completed"]
+    rows = read_jsonl(out)
+    inn = [r for r in rows if r.get("source_text")]
+    assert {r["character"] for r in inn} == {"Brannoc", "Ysolde"}
+    first = BOOK_TEXT.split(". ")[0] + "."
+    for r in inn:
+        persona = decode_her(r)[0]
+        assert persona.scenario == f"A rainy night at the inn. In the story: {first}"
+        assert r["setting_quotes"]["scenario"] == [first] and r["scenario_reasoning"]
+        assert persona.scenario in "\n".join(m["content"] for m in r["prompt"])
+        assert r["persona_original"]["scenario"] == "A rainy night at the inn."
+    # the character pass saw the completed scenario in the sheet
+    sheets = [p for p in seen if "=== Fields to complete ===" in p and "Salt Road" in p]
+    assert sheets and all("In the story: " + first in p.split("=== Fields")[0] for p in sheets)
+    # the scene's behaviour (every character's) is what the scenario pass was shown
+    inn_call = next(p for p in scene_calls if "A rainy night" in p)
+    assert "What Brannoc says" in inn_call and "What Ysolde says" in inn_call
+    again = complete_settings(data, out, MockBackend(teacher))
+    assert again.kept == 0 and len(seen) == len(scene_calls) + len(sheets) + 3  # nothing new
+
+
+def test_complete_settings_scenario_failures_keep_the_scene_whole(tmp_path):
+    data = _book(tmp_path)
+
+    def unquoted(prompt: str) -> str:  # the scenario's addition has no quote from the book
+        answer = json.loads("{" + mock_setting_teacher(prompt))
+        if "scenario" in answer:
+            answer.pop("quotes", None)
+        return json.dumps(answer)
+
+    out = tmp_path / "c.jsonl"
+    rep = complete_settings(data, out, MockBackend(unquoted), retries=0)
+    assert rep.stats["scenarios_failed"] == 1 and rep.stats["scenarios_completed"] == 2
+    inn = [r for r in read_jsonl(out) if r.get("source_text")]
+    assert inn and all(decode_her(r)[0].scenario == "A rainy night at the inn." for r in inn)
+    assert all("scenario" not in r["setting_quotes"] for r in inn)
+    rejected = read_jsonl(tmp_path / "c.scenarios.rejected.jsonl")
+    assert [r.get("reason") for r in rejected] == ["scenario: no quote from the book's text"]
+    # with a limit, a scene's characters wait for its scenario pass
+    lim = tmp_path / "l.jsonl"
+    complete_settings(data, lim, MockBackend(mock_setting_teacher), limit=1)
+    done = {r["id"] for r in read_jsonl(tmp_path / "l.scenarios.jsonl")}
+    assert len(done) == 1 and {r["scene"] for r in read_jsonl(lim)} <= done
+
+
+def test_complete_settings_completes_description_and_experience(tmp_path):
+    """HER's output has "description_enriched" and "experience_enriched" per character, and
+    step 4.3 rebuilds the profile from them: with HER's profile lines, the completed persona's
+    profile is `her_profile` of the completed parts; the samples carry the completed fields."""
+    from her_sdk.training.data import her_profile
+
+    data = _book(tmp_path, her_profile=True)
+    first = BOOK_TEXT.split(". ")[0] + "."
+    second = BOOK_TEXT.split(". ")[1] + "."
+
+    def teacher(prompt: str) -> str:
+        answer = json.loads("{" + mock_setting_teacher(prompt))
+        if answer.get("experience"):
+            answer["experience"] += f" {second}"
+            answer["quotes"]["experience"] = [second]
+        return json.dumps(answer)
+
+    out = tmp_path / "d.jsonl"
+    complete_settings(data, out, MockBackend(teacher), scenario=False)
+    rows = [r for r in read_jsonl(out) if r["character"] == "Brannoc"]
+    assert rows
+    for r in rows:
+        assert r["experience"] == f"Brannoc stalls the collector with cider. {second}"
+        assert r["description"] == "Innkeeper of the Salt Road Inn."
+        profile = decode_her(r)[0].profile
+        assert profile == her_profile(
+            f"Brannoc keeps the Salt Road Inn. In the story: {first}",
+            r["description"],
+            r["experience"],
+        )
+        assert r["setting_quotes"]["experience"] == [second]
+    assert not (tmp_path / "d.scenarios.jsonl").exists()
+
+    def dropper(prompt: str) -> str:  # loses what the experience said
+        answer = json.loads("{" + mock_setting_teacher(prompt))
+        if answer.get("experience"):
+            answer["experience"] = "Rests."
+        return json.dumps(answer)
+
+    rep = complete_settings(
+        data, tmp_path / "x.jsonl", MockBackend(dropper), scenario=False, retries=0
+    )
+    assert "experience: drops the original" in rep.dropped

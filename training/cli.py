@@ -77,6 +77,14 @@ def data_convert(
             "grounds its additions in).",
         ),
     ] = True,
+    her_profile: Annotated[
+        bool,
+        typer.Option(
+            "--her-profile",
+            help="CoSER: put each character's description and experience into its profile, "
+            "as HER's system prompt has them.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Convert CoSER / HER / ShareGPT records into one SFT sample per character turn."""
@@ -93,6 +101,7 @@ def data_convert(
         exclude=load_exclude(exclude or []),
         max_profile_chars=max_profile_chars,
         source_text=source_text,
+        her_profile=her_profile,
         seed=seed,
     )
     try:
@@ -490,12 +499,23 @@ def data_complete_settings(
     retries: Annotated[int, typer.Option("--retries")] = 2,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per teacher call.")] = 180.0,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.3,
+    scenario: Annotated[
+        bool,
+        typer.Option(
+            "--scenario/--no-scenario",
+            help="First complete each scene's scenario, one call per scene (OUT.scenarios.jsonl).",
+        ),
+    ] = True,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="At most this many (scene, character) groups.")
+        int | None,
+        typer.Option(
+            "--limit", help="At most this many scenes, then (scene, character) groups of them."
+        ),
     ] = None,
 ) -> None:
-    """HER data step 4: a teacher completes each character's sheet (profile, background,
-    motivation) so it explains the character's behaviour in the scene; originals are kept.
+    """HER data step 4: a teacher completes each scene's scenario, then each character's sheet
+    (profile, background, motivation, and its description and experience where the samples
+    carry them) so they explain the characters' behaviour in the scene; originals are kept.
     With the book's text on the samples (`her data convert coser` keeps it), additions must
     quote it."""
     from her_sdk.training.enrich import complete_settings, mock_setting_teacher
@@ -504,12 +524,13 @@ def data_complete_settings(
         backend = backend_from_spec(teacher, mock=mock_setting_teacher)
     except (HerError, OSError) as exc:
         _fail(exc)
-    _run_teacher_job(
+    r = _run_teacher_job(
         "sheets",
         lambda progress: complete_settings(
             input_path,
             out,
             backend,
+            scenario=scenario,
             concurrency=concurrency,
             retries=retries,
             timeout=timeout,
@@ -518,7 +539,7 @@ def data_complete_settings(
             progress=progress,
         ),
     )
-    console.print(f"-> {out}")
+    console.print(f"scenarios {r.get('stats', {})} -> {out}")
 
 
 def _train_stage(stage: str, ctx: typer.Context, config: Path, output_dir: str | None) -> None:

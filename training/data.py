@@ -56,12 +56,14 @@ __all__ = [
     "convert_file",
     "convert_records",
     "decode_her",
+    "her_profile",
     "load_records",
     "persona_from_system_prompt",
     "read_jsonl",
     "render_sample",
     "scene_samples",
     "split_file",
+    "split_her_profile",
     "split_portions",
     "trl_columns",
     "write_jsonl",
@@ -247,7 +249,10 @@ def scene_samples(
     meta: dict[str, Any],
     report: ConvertReport,
 ) -> Iterator[dict]:
-    """One sample per target line of a character that has a persona."""
+    """One sample per target line of a character that has a persona. A character's own
+    `meta["character_fields"]` (CoSER's description and experience) go on its samples."""
+    meta = dict(meta)
+    fields = meta.pop("character_fields", {})
     lines = merge_consecutive(entries)
     for i, entry in enumerate(lines):
         if not entry.target or entry.speaker == ENVIRONMENT or entry.speaker not in personas:
@@ -271,6 +276,7 @@ def scene_samples(
             "id": hashlib.sha1(key.encode()).hexdigest()[:16],
             **meta,
             "character": entry.speaker,
+            **fields.get(entry.speaker, {}),
             "turn": i,
             "plan": bool(target.plan),
             "prompt": prompt,
@@ -310,6 +316,48 @@ def _short(text: str, limit: int) -> str:
     return cut + " …"
 
 
+# HER's profile section (data_process_code/step4_setting_completion/
+# step4_3_rebuild_system_prompt.py, `build_system_prompt`): the one-line description first, the
+# profile, then what the character is about to do, one a line.
+_HER_FIELDS = ("description", "experience")
+
+
+def her_profile(profile: str, description: str = "", experience: str = "") -> str:
+    """A profile as HER's system prompt writes it: `description: …`, the profile (one line),
+    `experience: …`; empty parts left out."""
+    parts = [f"description: {description}" if description else "", profile]
+    parts.append(f"experience: {experience}" if experience else "")
+    return "\n".join(" ".join(p.split()) for p in parts if p.strip())
+
+
+def split_her_profile(text: str) -> tuple[str, str, str]:
+    """The inverse of `her_profile`: (profile, description, experience); a profile without
+    HER's lines comes back whole, with empty description and experience."""
+    lines = text.split("\n")
+    description = experience = ""
+    if lines and lines[0].startswith("description: "):
+        description = lines.pop(0)[len("description: ") :]
+    if lines and lines[-1].startswith("experience: "):
+        experience = lines.pop()[len("experience: ") :]
+    return "\n".join(lines), description, experience
+
+
+def _character_fields(plot: dict) -> dict[str, dict[str, str]]:
+    """CoSER's per-plot description and experience of each key character (those it has)."""
+    out: dict[str, dict[str, str]] = {}
+    for k in plot.get("key_characters") or []:
+        if isinstance(k, dict) and isinstance(k.get("name"), str):
+            got = {f: " ".join(_text(k.get(f)).split()) for f in _HER_FIELDS}
+            if any(got.values()):
+                out[k["name"]] = {f: v for f, v in got.items() if v}
+    return out
+
+
+def _profile(profile: str, fields: dict[str, str], opts: ConvertOptions) -> str:
+    profile = _short(profile, opts.max_profile_chars)
+    return her_profile(profile, **fields) if opts.her_profile else profile
+
+
 # ---------------------------------------------------------------------------------------------
 # CoSER: test-set records and per-book "final" files
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +380,10 @@ class ConvertOptions:
     # CoSER book files: keep each plot's book text (`plot.text`) on its samples as
     # `source_text`, what `her data complete-settings` grounds its additions in (HER step 4)
     source_text: bool = True
+    # CoSER: a character's one-line description and its "experience" in the plot (what it is
+    # about to do) go into its profile as HER's system prompt has them (`her_profile`); they
+    # are kept on the samples either way, for `her data complete-settings`.
+    her_profile: bool = False
     seed: int = 0
 
 
@@ -371,6 +423,7 @@ def _coser_test_record(
         for k in (plot.get("key_characters") or [])
         if isinstance(k, dict) and isinstance(k.get("name"), str)
     }
+    fields = _character_fields(plot)
     personas = {}
     for name in {e.speaker for e in entries if e.speaker != ENVIRONMENT}:
         others = {}
@@ -380,13 +433,16 @@ def _coser_test_record(
         personas[name] = _persona(
             name,
             source=book,
-            profile=_short(_text(profiles.get(name)), opts.max_profile_chars),
+            profile=_profile(_text(profiles.get(name)), fields.get(name, {}), opts),
             background=_short(_text(plot.get("summary")), opts.max_background_chars),
             scenario=_short(_text(rec.get("scenario")), opts.max_scenario_chars),
             goals=motivations.get(name, ""),
             others={k: v for k, v in others.items() if v},
         )
-    return {"source": source, "book": book, "scene": key}, entries, personas
+    meta = {"source": source, "book": book, "scene": key}
+    if fields:
+        meta["character_fields"] = fields
+    return meta, entries, personas
 
 
 def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iterator[tuple]:
@@ -405,6 +461,7 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
             for k in plot.get("key_characters") or []
             if isinstance(k, dict) and isinstance(k.get("name"), str)
         }
+        fields = _character_fields(plot)
         for ci, conv in enumerate(plot.get("conversation") or []):
             report.records += 1
             try:
@@ -424,7 +481,7 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
                     personas[name] = _persona(
                         name,
                         source=book,
-                        profile=_short(_text(prof.get("profile")), opts.max_profile_chars),
+                        profile=_profile(_text(prof.get("profile")), fields.get(name, {}), opts),
                         background=_short(_text(plot.get("summary")), opts.max_background_chars),
                         scenario=_short(_text(conv.get("scenario")), opts.max_scenario_chars),
                         goals=motivations.get(name, ""),
@@ -435,6 +492,8 @@ def _coser_book(data: dict, opts: ConvertOptions, report: ConvertReport) -> Iter
                         },
                     )
                 meta = {"source": "coser", "book": book or "unknown", "scene": key}
+                if fields:
+                    meta["character_fields"] = {n: f for n, f in fields.items() if n in names}
                 if opts.source_text and _text(plot.get("text")):
                     meta["source_text"] = _text(plot.get("text"))
                 yield meta, entries, personas

@@ -23,17 +23,24 @@ the shapes of the character's last turns and a turn may keep no thought at all. 
 answers all fail validation keeps its original text (counted in the report). Every sample of
 the scene is then re-rendered with the enriched turns (its own earlier turns in its history too).
 
-`complete_settings` (HER step 4, "setting completion"): per character and scene, the teacher
-sees the character sheet and what the character says, does, thinks and plans in the scene, and
-completes the sheet (profile, background, motivation) so that it explains that behaviour,
-keeping what the sheet said (`validate_setting`: original content kept, no dialogue copied, no
-markup, bounded growth). Where the samples carry the book's text of their part of the story
+`complete_settings` (HER step 4, "setting completion"), in two passes. First, per scene, the
+teacher sees the scene's scenario and what each of its characters says, does, thinks and plans,
+and completes the scenario (the situation before the first line, shared by every character of
+the scene, as HER's "scenario_enriched"); then, per character and scene, it sees the character
+sheet (with that scenario) and the character's behaviour, and completes the profile,
+background and motivation, and the one-line description and the "experience" (what the
+character is about to do) where the samples carry them (CoSER's `plot.key_characters`, kept
+by `her data convert coser`), so that the sheet explains that behaviour, keeping what it said
+(`validate_setting`: original content kept, no dialogue copied, no markup, bounded growth). A
+profile converted with HER's profile lines (`--her-profile`: description, profile,
+experience, one a line, as step4_3_rebuild_system_prompt.py builds it) is rebuilt from the
+completed parts. Where the samples carry the book's text of their part of the story
 (`source_text`, kept by `her data convert coser` from CoSER's `plot.text`), the teacher may only
 add what that text supports, as HER's step 4 (step4_1_construct_setting_data.py: "SUPPLEMENT FROM
 original_text ONLY", "Every addition needs TEXT source quote"): each completed field must come
 with quotes from the text, and each quote must be found there (`grounded`); they are kept in
-`setting_quotes`. Its reasoning is kept in `setting_reasoning`, the original sheet in
-`persona_original`.
+`setting_quotes`. Its reasoning is kept in `setting_reasoning` (the scenario's in
+`scenario_reasoning`), the original sheet in `persona_original`.
 
 Both run on any her_sdk Backend with the machinery of `her data synth-plans`
 (`plans.run_jobs`: threads, retries, timeout, resume by key, kept/dropped report); prompts are
@@ -65,8 +72,23 @@ from her_sdk.format import (
     render_turn,
 )
 
-from .data import decode_her, encode_her, read_jsonl, render_sample
-from .plans import JobReport, Outcome, _history_text, _shingles, ask_teacher, run_jobs
+from .data import (
+    decode_her,
+    encode_her,
+    her_profile,
+    read_jsonl,
+    render_sample,
+    split_her_profile,
+)
+from .plans import (
+    JobReport,
+    Outcome,
+    _history_text,
+    _shingles,
+    ask_teacher,
+    rejected_path,
+    run_jobs,
+)
 
 __all__ = [
     "complete_settings",
@@ -75,6 +97,7 @@ __all__ = [
     "mock_setting_teacher",
     "mock_thought_teacher",
     "same_action_words",
+    "scenarios_path",
     "turn_shape",
     "validate_setting",
     "validate_thoughts",
@@ -438,6 +461,16 @@ def enrich_thoughts(
 # ---------------------------------------------------------------------------------------------
 
 SETTING_FIELDS = ("profile", "background", "goals")
+# HER's two more fields of a character (CoSER's per-plot description and experience, kept on the
+# samples by `her data convert coser`), completed where a sample carries them.
+CHARACTER_FIELDS = ("description", "experience")
+_FIELD_HELP = {
+    "profile": "who they are, temperament, manner of speech",
+    "background": "history that shapes them, before this scene",
+    "goals": "the motivation: what they want as the scene begins",
+    "description": "one sentence: who they are in the story",
+    "experience": "what they are about to do in this part of the story",
+}
 
 SETTING_SYSTEM = """\
 You complete character sheets of a role-play dataset. You are shown a character's sheet and \
@@ -449,9 +482,7 @@ lines of the scene or tell what happens in it.
 
 Answer with one JSON object and nothing else:
 {"reasoning": "which behaviour needed explaining, and what you added for it",
- "profile": "the completed profile (who they are, temperament, manner of speech)",
- "background": "the completed background (history that shapes them)",
- "goals": "the completed motivation (what they want now)"}
+FIELDS}
 A field that needs nothing new is repeated unchanged."""
 
 # With the book's text (HER step 4): additions only from it, each with its source quoted.
@@ -460,9 +491,32 @@ SETTING_SOURCE_RULES = (
     "supports: for every field you complete, quote the sentences of the text each addition "
     'rests on, word for word, in "quotes" (a field you repeat unchanged needs none). What the '
     "behaviour needs but the text does not say is left out. The answer then also holds:\n"
-    ' "quotes": {"profile": ["a sentence of the text", ...], "background": [...], '
-    '"goals": [...]}'
+    ' "quotes": {QUOTES}'
 )
+
+# HER's step 4 completes the scene's scenario once, for all its characters ("scenario: Scene
+# description (shared)", step4_1_construct_setting_data.py): a pass of its own, per scene.
+SCENARIO_SYSTEM = """\
+You complete the scenarios of a role-play dataset. You are shown a scene's scenario (the \
+situation as the scene begins: where, when, who is there, what is at stake) and what each \
+character says, does, thinks and plans in the scene. Some of that behaviour may need the \
+situation to explain it. Complete the scenario so that it does, and only that: keep everything \
+it already says, invent nothing the scene does not support, and never copy lines of the scene or \
+tell what happens in it: the scenario is the state before the first line.
+
+Answer with one JSON object and nothing else:
+{"reasoning": "which behaviour needed the situation explained, and what you added for it",
+ "scenario": "the completed scenario"}
+A scenario that needs nothing new is repeated unchanged."""
+
+
+def _setting_system(fields: Sequence[str], source: bool) -> str:
+    lines = ",\n".join(f' "{f}": "the completed {f} ({_FIELD_HELP[f]})"' for f in fields)
+    system = SETTING_SYSTEM.replace("FIELDS", lines + "}")
+    if not source:
+        return system
+    quotes = "{" + ", ".join(f'"{f}": ["a sentence of the text", ...]' for f in fields) + "}"
+    return system + SETTING_SOURCE_RULES.replace("{QUOTES}", quotes)
 
 
 def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) -> str:
@@ -476,9 +530,13 @@ def _scene_behaviour(persona: Persona, turns: Sequence[Turn], max_turns: int) ->
 
 
 def _setting_prompt(
-    persona: Persona, behaviour: str, teacher: ChatModel, source_text: str = ""
+    persona: Persona,
+    current: dict[str, str],
+    behaviour: str,
+    teacher: ChatModel,
+    source_text: str = "",
 ) -> Rendered:
-    fields = "\n".join(f"{f}: {getattr(persona, f) or '(empty)'}" for f in SETTING_FIELDS)
+    fields = "\n".join(f"{f}: {v or '(empty)'}" for f, v in current.items())
     book = f"=== The book's text of this part of the story ===\n{source_text}\n\n"
     user = (
         f"=== {persona.name}'s sheet ===\n{_sheet(persona)}\n\n"
@@ -487,9 +545,26 @@ def _setting_prompt(
         + (book if source_text else "")
         + f"Complete {persona.name}'s sheet."
     )
-    system = SETTING_SYSTEM + (SETTING_SOURCE_RULES if source_text else "")
+    system = _setting_system(list(current), bool(source_text))
     messages = [Message("system", system), Message("user", user)]
     return render_messages(messages, teacher, prefill="{")
+
+
+def _scenario_prompt(
+    scenario: str, behaviours: dict[str, str], teacher: ChatModel, source_text: str = ""
+) -> Rendered:
+    parts = [f"=== The scenario ===\n{scenario or '(empty)'}"]
+    parts += [
+        f"=== What {name} says, does, thinks and plans in the scene ===\n{text}"
+        for name, text in behaviours.items()
+    ]
+    if source_text:
+        parts.append(f"=== The book's text of this part of the story ===\n{source_text}")
+    system = SCENARIO_SYSTEM
+    if source_text:
+        system += SETTING_SOURCE_RULES.replace("{QUOTES}", '["a sentence of the text", ...]')
+    user = "\n\n".join([*parts, "Complete the scenario."])
+    return render_messages([Message("system", system), Message("user", user)], teacher, prefill="{")
 
 
 def _squeeze(text: str) -> str:
@@ -514,27 +589,37 @@ def grounded(quotes: Any, source_text: str, *, min_chars: int = 12) -> str | Non
 
 
 def mock_setting_teacher(prompt: str) -> str:
-    """A deterministic stand-in teacher: each field kept, with one grounded sentence added (from
-    the book's text, quoted, when the prompt shows it)."""
+    """A deterministic stand-in teacher: each field (or the scenario) kept, with one sentence
+    added (from the book's text, quoted, when the prompt shows it)."""
+    book = re.search(
+        r"=== The book's text of this part of the story ===\n(.+?)(?:\n\n|$)", prompt, re.S
+    )
+    first = re.split(r"(?<=[.!?])\s+", book.group(1).strip())[0] if book else ""
+    if "=== The scenario ===" in prompt:
+        old = prompt.split("=== The scenario ===\n", 1)[1].split("\n\n", 1)[0]
+        old = "" if old == "(empty)" else old
+        added = f"In the story: {first}" if book else "Everyone in the room is on edge."
+        scene: dict[str, Any] = {
+            "reasoning": "The characters are wary; the scenario did not say why.",
+            "scenario": f"{old} {added}".strip(),
+        }
+        if book:
+            scene["quotes"] = [first]
+        return json.dumps(scene)[1:]  # the prompt already opened the object
     m = re.search(r"^=== (.+?)'s sheet ===", prompt, re.M)
     name = m.group(1) if m else "The character"
-    fields = dict(re.findall(r"^(profile|background|goals): (.*)$", prompt, re.M))
+    listed = prompt.split("=== Fields to complete ===\n", 1)[-1].split("\n\n", 1)[0]
+    fields = dict(re.findall(r"^(\w+): (.*)$", listed, re.M))
     keep = {f: "" if v == "(empty)" else v for f, v in fields.items()}
-    added = f"{name} is slow to trust strangers."
-    book = re.search(r"=== The book's text of this part of the story ===\n(.+?)\n\n", prompt, re.S)
-    quotes: dict[str, list[str]] = {}
-    if book:
-        first = re.split(r"(?<=[.!?])\s+", book.group(1).strip())[0]
-        added, quotes = f"In the story: {first}", {"profile": [first]}
+    added = f"In the story: {first}" if book else f"{name} is slow to trust strangers."
     answer: dict[str, Any] = {
         "reasoning": f"{name} acts guarded in the scene; the sheet did not say why.",
+        **keep,
         "profile": f"{keep.get('profile', '')} {added}".strip(),
-        "background": keep.get("background", ""),
-        "goals": keep.get("goals", ""),
     }
     if book:
-        answer["quotes"] = quotes
-    return json.dumps(answer)[1:]  # the prompt already opened the object
+        answer["quotes"] = {"profile": [first]}
+    return json.dumps(answer)[1:]
 
 
 def _json_answer(text: str) -> dict | None:
@@ -577,11 +662,33 @@ def validate_setting(
     return None
 
 
+def scenarios_path(out_path: str | Path) -> Path:
+    """Where `complete_settings` keeps its scenario pass (one record per scene, resumable)."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.scenarios.jsonl")
+
+
+def _scene_setting(samples: Sequence[dict], max_turns: int) -> tuple[dict[str, str], str]:
+    """(each character's behaviour in the scene, all that happens in it as text)."""
+    turns: dict[str, list[Turn]] = defaultdict(list)
+    personas: dict[str, Persona] = {}
+    last: tuple[Persona, list] | None = None
+    for row in samples:
+        persona, history, target = decode_her(row)
+        personas.setdefault(persona.name, persona)
+        turns[persona.name].append(target)
+        last = (persona, history)
+    behaviours = {n: _scene_behaviour(personas[n], t, max_turns) for n, t in turns.items()}
+    happened = [*behaviours.values(), *([_history_text(*last)] if last else [])]
+    return behaviours, "\n".join(happened)
+
+
 def complete_settings(
     input_path: str | Path,
     out_path: str | Path,
     teacher: Backend,
     *,
+    scenario: bool = True,
     concurrency: int = 4,
     retries: int = 2,
     timeout: float | None = 180.0,
@@ -593,11 +700,79 @@ def complete_settings(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobReport:
-    """Complete the sheet of each character of each scene of `input_path`; see the module
-    docstring. Resumable by scene and character; `limit` counts those groups. The book's text
-    is shown up to `max_source_chars` (a CoSER plot's text runs to about 15,000)."""
+    """Complete the scenario of each scene and the sheet of each of its characters in
+    `input_path`; see the module docstring.
+
+    Two passes, both resumable. With `scenario`, one teacher call per scene completes the
+    scene's scenario (kept in `scenarios_path(out_path)`: a scene the teacher finds nothing to
+    add to is kept unchanged, one it fails on keeps its scenario); then one call per (scene,
+    character) completes the character's profile, background and motivation, and its
+    description and experience where the samples carry them, with the completed scenario in
+    its sheet. A character's samples are written only once its scene's scenario pass is done,
+    so a scene never mixes scenarios. `limit` counts scenes in the first pass and groups in the
+    second. The book's text is shown up to `max_source_chars` (a CoSER plot's runs to about
+    15,000). The report is the second pass's, with the first's figures in `stats`.
+    """
+    rows = read_jsonl(input_path)
+    scenes = _by_scene(rows)
+    scenarios: dict[str, dict] = {}
+    first_pass: JobReport | None = None
+    if scenario:
+        side = scenarios_path(out_path)
+
+        def scenario_work(job: dict) -> Outcome:
+            samples = job["samples"]
+            old = decode_her(samples[0])[0].scenario
+            source = str(samples[0].get("source_text") or "")[:max_source_chars]
+            behaviours, scene_text = _scene_setting(samples, max_turns)
+
+            def check(text: str) -> tuple[Any, str | None]:
+                obj = _json_answer(text)
+                if obj is None:
+                    return None, "unreadable answer"
+                value = obj.get("scenario")
+                if not isinstance(value, str) or not value.strip():
+                    value = old
+                value = " ".join(value.split())
+                changed = value != " ".join(old.split())
+                bad = validate_setting(
+                    value, old, scene_text=scene_text, max_added_chars=max_added_chars
+                )
+                quotes = obj.get("quotes")
+                if bad is None and source and changed:
+                    bad = grounded(quotes, source)
+                if bad is not None:
+                    return None, f"scenario: {bad}"
+                done = {
+                    "id": job["id"],
+                    "original": old,
+                    "scenario": value,
+                    "changed": changed,
+                    "reasoning": str(obj.get("reasoning") or "").strip(),
+                }
+                if source and changed:
+                    done["quotes"] = [quotes] if isinstance(quotes, str) else list(quotes)
+                return done, None
+
+            return ask_teacher(
+                teacher,
+                _scenario_prompt(old, behaviours, teacher, source),
+                check,
+                key=job["id"],
+                retries=retries,
+                timeout=timeout,
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+
+        first_pass = run_jobs(scenes, side, scenario_work, concurrency=concurrency, limit=limit)
+        finished = {str(r.get("id")) for r in read_jsonl(rejected_path(side))}
+        scenarios = {str(r["id"]): r for r in read_jsonl(side)}
+        finished |= set(scenarios)
+        rows = [r for r in rows if str(r.get("scene") or r.get("id")) in finished]
+
     groups: dict[str, list[dict]] = defaultdict(list)
-    for r in read_jsonl(input_path):
+    for r in rows:
         key = f"{r.get('scene') or r.get('id')}|{r.get('character', '')}"
         groups[key].append(r)
     jobs = [
@@ -609,6 +784,22 @@ def complete_settings(
         samples = job["samples"]
         decoded = [decode_her(r) for r in samples]
         persona = decoded[0][0]
+        scene = scenarios.get(str(samples[0].get("scene") or samples[0].get("id")))
+        new_scenario = bool(
+            scene
+            and scene["changed"]
+            and " ".join(persona.scenario.split()) == " ".join(scene["original"].split())
+        )
+        if new_scenario:
+            assert scene is not None
+            persona = msgspec.structs.replace(persona, scenario=scene["scenario"])
+        base, description, experience = split_her_profile(persona.profile)
+        composed = bool(description or experience)  # converted with HER's profile lines
+        current = {"profile": base, "background": persona.background, "goals": persona.goals}
+        own = {"description": description, "experience": experience}
+        for f in CHARACTER_FIELDS:
+            if f in samples[0] or own[f]:
+                current[f] = str(samples[0].get(f) or own[f])
         turns = [d[2] for d in decoded]
         behaviour = _scene_behaviour(persona, turns, max_turns)
         source = str(samples[0].get("source_text") or "")[:max_source_chars]
@@ -621,9 +812,8 @@ def complete_settings(
             fields: dict[str, str] = {}
             quotes = obj.get("quotes") if isinstance(obj.get("quotes"), dict) else {}
             kept_quotes: dict[str, list[str]] = {}
-            for f in SETTING_FIELDS:
+            for f, old in current.items():
                 value = obj.get(f)
-                old = getattr(persona, f)
                 if value is None or not isinstance(value, str) or not value.strip():
                     value = old  # nothing to add
                 value = " ".join(value.split())
@@ -637,7 +827,8 @@ def complete_settings(
                 if bad is not None:
                     return None, f"{f}: {bad}"
                 fields[f] = value
-            if all(fields[f] == " ".join(getattr(persona, f).split()) for f in SETTING_FIELDS):
+            same = all(fields[f] == " ".join(old.split()) for f, old in current.items())
+            if same and not new_scenario:
                 return None, "nothing completed"
             reasoning = obj.get("reasoning")
             done: dict[str, Any] = {"fields": fields, "reasoning": str(reasoning or "").strip()}
@@ -647,7 +838,7 @@ def complete_settings(
 
         res = ask_teacher(
             teacher,
-            _setting_prompt(persona, behaviour, teacher, source),
+            _setting_prompt(persona, current, behaviour, teacher, source),
             check,
             key=job["id"],
             retries=retries,
@@ -658,18 +849,34 @@ def complete_settings(
         if not res.records:
             return res
         done = res.records[0]
-        completed = msgspec.structs.replace(persona, **done["fields"])
+        fields = done["fields"]
+        profile = fields["profile"]
+        if composed:  # HER's step 4.3 rebuilds the profile from its completed parts
+            extra = {f: fields.get(f, "") for f in CHARACTER_FIELDS}
+            profile = her_profile(profile, **extra)
+        completed = msgspec.structs.replace(
+            persona, profile=profile, background=fields["background"], goals=fields["goals"]
+        )
+        quotes = dict(done.get("quotes", {}))
+        extra_fields = {f: fields[f] for f in CHARACTER_FIELDS if f in fields}
+        if new_scenario:
+            assert scene is not None
+            extra_fields["scenario_reasoning"] = scene["reasoning"]
+            if "quotes" in scene:
+                quotes["scenario"] = scene["quotes"]
+        original = decoded[0][0]
         res.records = []
         for row, (_, history, target) in zip(samples, decoded, strict=True):
             prompt, completion = render_sample(completed, history, target)
             res.records.append(
                 {
                     **row,
+                    **extra_fields,
                     "setting": "completed",
                     "setting_source": getattr(teacher, "name", "teacher"),
                     "setting_reasoning": done["reasoning"],
-                    **({"setting_quotes": done["quotes"]} if "quotes" in done else {}),
-                    "persona_original": msgspec.to_builtins(persona),
+                    **({"setting_quotes": quotes} if source else {}),
+                    "persona_original": msgspec.to_builtins(original),
                     "prompt": prompt,
                     "completion": completion,
                     "her": encode_her(completed, history, target),
@@ -677,4 +884,12 @@ def complete_settings(
             )
         return res
 
-    return run_jobs(jobs, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
+    report = run_jobs(jobs, out_path, work, concurrency=concurrency, limit=limit, progress=progress)
+    if first_pass is not None:
+        changed = sum(1 for r in scenarios.values() if r.get("changed"))
+        report.stats.update(
+            scenarios_completed=changed,
+            scenarios_unchanged=len(scenarios) - changed,
+            scenarios_failed=sum(first_pass.dropped.values()),
+        )
+    return report
