@@ -100,6 +100,17 @@ def default_adapter_path() -> Path | None:
 EMBEDDED_DRY_MULTIPLIER = 0.8
 
 
+# What `load_model` passes on to each engine besides `turn_shape` (every backend has one).
+_ONNX_SETTINGS = frozenset({"n_ctx", "execution_provider", "prompt_style"})
+_LLAMA_ONLY = frozenset(
+    {
+        "n_batch", "max_sequences", "max_waiting", "n_threads", "n_threads_batch",
+        "n_gpu_layers", "use_extra_bufts", "cache_slots", "cache_any_prefix", "dry_multiplier",
+        "verbose",
+    }
+)  # fmt: skip
+
+
 def load_model(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -145,7 +156,21 @@ def load_model(
                     "(her export onnx --adapter)",
                     str(model_path),
                 )
-            return OnnxBackend(model_path, **kwargs)
+            shape = kwargs.pop("turn_shape", None)
+            if llama_only := sorted(set(kwargs) & _LLAMA_ONLY):
+                raise ConfigError(
+                    f"{', '.join(llama_only)}: llama.cpp settings, for GGUF models; "
+                    f"{model_path} is an ONNX model"
+                )
+            if unknown := sorted(set(kwargs) - _ONNX_SETTINGS):
+                raise ConfigError(
+                    f"unknown setting {', '.join(unknown)} for an ONNX model (it takes "
+                    f"{', '.join(sorted(_ONNX_SETTINGS))}, turn_shape)"
+                )
+            backend = OnnxBackend(model_path, **kwargs)
+            if shape is not None:
+                backend.turn_shape = shape
+            return backend
         raise InvalidModelError(
             f"{model_path} is a directory; pass the path of a .gguf file or an ONNX model "
             "folder (with genai_config.json)",

@@ -274,3 +274,21 @@ def test_export_writes_this_runtimes_format_version(tmp_path):
         info = read_gguf_info(path, kind=kind)
         assert info.metadata[FORMAT_VERSION_KEY] == HER_FORMAT_VERSION
         assert info.her_format_version == HER_FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"cache_any_prefix": True}, "cache_any_prefix: llama.cpp settings"),
+        ({"dry_multiplier": 0.8, "n_threads": 2}, "dry_multiplier, n_threads: llama.cpp"),
+        ({"n_cxt": 512}, "unknown setting n_cxt for an ONNX model"),
+    ],
+)
+def test_llama_settings_for_an_onnx_model_are_a_config_error(tmp_path, settings, named):
+    """An ONNX folder given llama.cpp's settings says so before loading anything (it once
+    failed with a TypeError from the backend's constructor)."""
+    from her_sdk import ConfigError, load_model
+
+    (tmp_path / "genai_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=named):
+        load_model(tmp_path, **settings)
