@@ -43,8 +43,8 @@ from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from itertools import compress, repeat
-from operator import ge
+from itertools import chain, compress, filterfalse, islice, repeat, tee
+from operator import eq, gt, not_
 from typing import Any, Literal
 
 import msgspec
@@ -453,12 +453,13 @@ class MemoryStore:
         now, decay, items = self.clock, self.decay, self._items
         wr, wi, wv = self.weights
         keys = list(relevance)
-        rec = _scaled([decay ** (now - items[i].last_recalled) for i in keys])
-        imp = _scaled([items[i].importance for i in keys])
+        held = [items[i] for i in keys]
+        rec = _scaled([decay ** (now - it.last_recalled) for it in held])
+        imp = _scaled([it.importance for it in held])
         rel = _scaled(list(relevance.values()))
         score = [wr * a + wi * b + wv * c for a, b, c in zip(rec, imp, rel, strict=True)]
-        top = heapq.nlargest(k, range(len(keys)), key=lambda j: (score[j], keys[j]))
-        return [keys[j] for j in top]
+        # best by (score, key): the newer memory wins a tie; tuples compare in C
+        return [key for _, key in heapq.nlargest(k, zip(score, keys, strict=True))]
 
     def _touch(self, keys: list[int]) -> None:
         now = self.clock
@@ -485,17 +486,18 @@ class MemoryStore:
         cost = self.recall_cost
 
         def walk(keys: Iterable[int], want: int, limit: int) -> None:
-            taken = walked = 0
-            for key in keys:
-                walked += 1
-                if key not in found and key not in excluded and not query.isdisjoint(docs[key]):
-                    found[key] = None
-                    taken += 1
-                    if taken >= want:
-                        break
-                if walked >= limit:
-                    break
-            cost["walked"] += walked
+            """Take the first `want` of the first `limit` `keys` not yet found, not excluded
+            and sharing a term with the query. The filters run in C: the recency walk passes
+            the whole working memory (excluded) before it finds anything."""
+            window = list(islice(keys, limit))
+            fresh = filterfalse(found.__contains__, filterfalse(excluded.__contains__, window))
+            keys_of, terms_of = tee(fresh)
+            shares = map(not_, map(query.isdisjoint, map(docs.__getitem__, terms_of)))
+            taken = list(islice(compress(keys_of, shares), want))
+            # what a loop over the keys would have looked at: up to the last taken, or all
+            full = len(taken) == want > 0
+            cost["walked"] += window.index(taken[-1]) + 1 if full else len(window)
+            found.update(dict.fromkeys(taken))
 
         # The rarest terms' memories, whole: the most relevant by BM25 hold rare terms.
         order = sorted(terms, key=index.df, reverse=True)  # stable: ties in query order
@@ -520,22 +522,21 @@ class MemoryStore:
                 enough, least = enough + docs_with_n, n
                 if enough >= want:
                     break
-            # Thousands of memories hold one of the terms: picked and sorted in C. By count,
-            # ties the most recent first (two stable sorts).
-            best = list(compress(hits, map(ge, hits.values(), repeat(least))))
+            # By count, ties the most recent first. Thousands of memories may hold `least`
+            # of the terms: they are picked in C and sorted by key alone.
+            best = list(compress(hits, map(gt, hits.values(), repeat(least))))
             best.sort(reverse=True)
-            best.sort(key=hits.__getitem__, reverse=True)
-            walk(best, want, budget)
+            best.sort(key=hits.__getitem__, reverse=True)  # stable: ties stay newest first
+            at_least = list(compress(hits, map(eq, hits.values(), repeat(least))))
+            at_least.sort(reverse=True)
+            walk(chain(best, at_least), want, budget)
         # The most recent, the most important, then the least of each (the scales' low ends).
         walk(reversed(self._recent), budget // 4, budget)
         levels = self._levels
-        walk(
-            (k for v in reversed(self._level_order) for k in reversed(levels[v])),
-            budget // 4,
-            budget,
-        )
+        by_level = map(levels.__getitem__, reversed(self._level_order))
+        walk(chain.from_iterable(map(reversed, by_level)), budget // 4, budget)
         walk(iter(self._recent), 1, budget // 4)
-        walk((k for v in self._level_order for k in levels[v]), 1, budget // 4)
+        walk(chain.from_iterable(map(levels.__getitem__, self._level_order)), 1, budget // 4)
         return list(found)
 
     def _relevance_by_meaning(self, query: str, excluded: set[int]) -> dict[int, float]:
