@@ -1,6 +1,6 @@
 """What makes an NPC line one a game can put on screen: heuristics on one parsed turn.
 
-    from her_sdk.evaluation.lines import TurnShape, narrates, nested_quotes, shape_score
+    from her_sdk.evaluation.lines import LineLimits, narrates, nested_quotes, shape_score
 
 A game shows a turn in a dialogue box: one or two sentences, perhaps one action, in the
 character's own voice, answering what was just said. A small model left free writes novel prose
@@ -29,8 +29,8 @@ from her_sdk import Turn, parse_turn
 from her_sdk.format import TAG
 
 __all__ = [
-    "GAME_SHAPE",
-    "TurnShape",
+    "GAME_LINE",
+    "LineLimits",
     "answer_overlap",
     "content_words",
     "copies",
@@ -64,9 +64,11 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
-class TurnShape:
-    """The most a turn may hold: segments (thoughts, actions and speech runs; the plan is not
-    counted), actions, and words and sentences of speech (all speech runs together)."""
+class LineLimits:
+    """The most a game line may hold, measured on a finished turn: segments (thoughts, actions
+    and speech runs; the plan is not counted), actions, and words and sentences of speech (all
+    speech runs together). Not the runtime's `her_sdk.TurnShape`, which bounds a turn while it
+    is generated (by grammar and stops); this one scores and trims turns afterwards."""
 
     max_segments: int = 3
     max_actions: int = 1
@@ -83,7 +85,21 @@ class TurnShape:
 
 
 # A dialogue box: one thought, one action, one speech of one to three sentences.
-GAME_SHAPE = TurnShape()
+GAME_LINE = LineLimits()
+_RENAMED = {"TurnShape": "LineLimits", "GAME_SHAPE": "GAME_LINE"}
+
+
+def __getattr__(name: str) -> object:
+    # The first names, which `her_sdk.TurnShape` (the runtime's) made ambiguous.
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"her_sdk.evaluation.lines.{name} is now {new}", DeprecationWarning, stacklevel=2
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def turn_segments(turn: Turn) -> int:
@@ -112,7 +128,7 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def shape_score(turn: Turn, shape: TurnShape = GAME_SHAPE) -> float:
+def shape_score(turn: Turn, shape: LineLimits = GAME_LINE) -> float:
     """0..1: 1 when the turn fits `shape`; for each limit exceeded, its share of the score falls
     with the overflow (twice the limit or more scores 0 on it). The mean over the four limits."""
 
@@ -133,7 +149,7 @@ def shape_score(turn: Turn, shape: TurnShape = GAME_SHAPE) -> float:
     return sum(parts) / len(parts)
 
 
-def within_shape(turn: Turn, shape: TurnShape = GAME_SHAPE) -> bool:
+def within_shape(turn: Turn, shape: LineLimits = GAME_LINE) -> bool:
     return shape_score(turn, shape) == 1.0
 
 

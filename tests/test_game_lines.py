@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from her_sdk.evaluation.lines import (
-    GAME_SHAPE,
-    TurnShape,
+    GAME_LINE,
+    LineLimits,
     answer_overlap,
     copies,
     forges_speaker,
@@ -134,10 +134,10 @@ def test_turn_shape_scores():
     assert 0 < shape_score(stacked) < 1
     long = parse_turn("Mara: " + "word " * 200, "Mara")
     assert shape_score(long) < shape_score(short)
-    assert shape_score(long, TurnShape(max_speech_words=500)) == 1.0
-    assert GAME_SHAPE.max_actions == 1
+    assert shape_score(long, LineLimits(max_speech_words=500)) == 1.0
+    assert GAME_LINE.max_actions == 1
     with pytest.raises(ConfigError, match="max_actions"):
-        TurnShape(max_actions=-1)
+        LineLimits(max_actions=-1)
 
 
 def test_forged_speakers():
@@ -180,3 +180,16 @@ def test_strict_valid():
     assert not strict_valid("Tomas: Hi.", "Tomas")
     assert strict_valid("Tomas: Hi.", "Tomas", plan=False)
     assert not strict_valid("Tomas: <role_action>yawns", "Tomas", plan=False)
+
+
+def test_the_first_names_still_work_with_a_warning():
+    """`TurnShape` here clashed with the runtime's `her_sdk.TurnShape`: it is `LineLimits` now,
+    and the first names still resolve (deprecated)."""
+    import her_sdk.evaluation.lines as lines
+
+    with pytest.warns(DeprecationWarning, match="LineLimits"):
+        assert lines.TurnShape is LineLimits
+    with pytest.warns(DeprecationWarning, match="GAME_LINE"):
+        assert lines.GAME_SHAPE is GAME_LINE
+    with pytest.raises(AttributeError):
+        lines.NoSuchName  # noqa: B018

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from her_sdk.evaluation.lines import TurnShape, narrates, nested_quotes
+from her_sdk.evaluation.lines import LineLimits, narrates, nested_quotes
 from her_sdk.training.data import decode_her, encode_her, read_jsonl, render_sample, write_jsonl
 from her_sdk.training.shaping import shape_samples, shape_turn, trim_turn
 
@@ -36,10 +36,10 @@ def test_stacked_actions_and_speech_runs_are_trimmed_in_order():
 
 def test_long_speech_keeps_its_first_whole_sentences():
     t = coser("(nods) One. Two words. Three small words. Four words here now.")
-    shaped, why = shape_turn(t, "Mara", shape=TurnShape(max_sentences=2))
+    shaped, why = shape_turn(t, "Mara", shape=LineLimits(max_sentences=2))
     assert why == "trimmed" and shaped.speech == "One. Two words."
     # Words are never changed, only cut at a sentence end; a word cap cuts earlier.
-    shaped, _ = shape_turn(t, "Mara", shape=TurnShape(max_speech_words=4))
+    shaped, _ = shape_turn(t, "Mara", shape=LineLimits(max_speech_words=4))
     assert shaped.speech == "One. Two words."
 
 
@@ -65,7 +65,7 @@ def test_prose_is_dropped(text, reason):
 
 def test_narration_after_the_kept_sentences_does_not_drop_the_turn():
     t = coser("Go. Now. Leave. He said so, his voice strained.")
-    shaped, why = shape_turn(t, "Mara", shape=TurnShape(max_sentences=3))
+    shaped, why = shape_turn(t, "Mara", shape=LineLimits(max_sentences=3))
     assert why == "trimmed" and shaped.speech == "Go. Now. Leave."
     assert not narrates(shaped.speech, "Mara") and not nested_quotes(shaped)
 
@@ -100,7 +100,7 @@ def test_samples_are_rerendered_with_own_history_trimmed():
         _sample(history, coser("Go home, she said.")),
         {"id": "no-her", "prompt": [], "completion": []},
     ]
-    out, report = shape_samples(rows, TurnShape(max_sentences=2))
+    out, report = shape_samples(rows, LineLimits(max_sentences=2))
     assert report.as_dict() == {
         "samples": 3,
         "kept": 0,

@@ -168,11 +168,11 @@ def data_shape(
 ) -> None:
     """Keep, trim or drop each target turn so that it reads as a game line (one speech, at most
     one action, no narration or quotations inside speech)."""
-    from her_sdk.evaluation.lines import TurnShape
+    from her_sdk.evaluation.lines import LineLimits
     from her_sdk.training.shaping import shape_file
 
     try:
-        shape = TurnShape(
+        shape = LineLimits(
             max_segments=2 + max_actions,
             max_actions=max_actions,
             max_speech_words=max_speech_words,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from her_sdk.evaluation.lines import (
-    TurnShape,
+    LineLimits,
     answer_overlap,
     narrates,
     nested_quotes,
@@ -500,13 +500,13 @@ def build_rewards(
     return funcs, weights
 
 
-def shape_from(config: dict[str, Any]) -> TurnShape:
-    """A `TurnShape` from a config's `turn_shape` mapping (missing keys: the game default)."""
-    fields = set(TurnShape.__dataclass_fields__)
+def shape_from(config: dict[str, Any]) -> LineLimits:
+    """The `LineLimits` of a config's `turn_shape` mapping (missing keys: the game default)."""
+    fields = set(LineLimits.__dataclass_fields__)
     unknown = set(config) - fields
     if unknown:
         raise ConfigError(
             f"turn_shape: unknown key(s) {', '.join(sorted(unknown))}; "
             f"use {', '.join(sorted(fields))}"
         )
-    return TurnShape(**config)
+    return LineLimits(**config)

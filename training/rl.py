@@ -165,7 +165,7 @@ class RLArguments:
     # the longest plan the `format` reward accepts: the runtime's short cap for the project's
     # own models; a HER-style model plans at length (HER's plans run 800-2,500 characters)
     max_plan_chars: int = MAX_PLAN_CHARS
-    # the turn shape the `shape` reward measures (`evaluation.lines.TurnShape`; missing keys:
+    # the turn shape the `shape` reward measures (`evaluation.lines.LineLimits`; missing keys:
     # the game default, one thought, one action, one speech of <= 3 sentences and <= 40 words)
     turn_shape: dict[str, int] = field(default_factory=dict)
     # a PEFT adapter folder (e.g. the SFT stage's output) whose LoRA this run trains further,

@@ -6,7 +6,7 @@ CoSER's turns come from novels: several actions, several speech runs, paragraphs
 narrate ("he said") or quote others. A model trained on them writes the same. A game shows one
 or two sentences and perhaps one action, so each target turn is kept, trimmed or dropped:
 
-- **trimmed** to the game's shape (`evaluation.lines.TurnShape`): the plan stays; the first
+- **trimmed** to the game's shape (`evaluation.lines.LineLimits`): the plan stays; the first
   thought, the first `max_actions` actions and the first speech run are kept, in their order,
   the rest of the turn is cut; the speech keeps its first sentences, as many as fit
   `max_sentences` and `max_speech_words`; a pair of quotation marks around the whole speech
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from her_sdk.evaluation.lines import (
-    GAME_SHAPE,
-    TurnShape,
+    GAME_LINE,
+    LineLimits,
     narrates,
     nested_quotes,
     sentences,
@@ -57,7 +57,7 @@ def _unquote(text: str) -> str:
     return t
 
 
-def _fit_speech(text: str, shape: TurnShape) -> str:
+def _fit_speech(text: str, shape: LineLimits) -> str:
     """The first sentences of `text` that fit both caps ("" when the first one alone does not)."""
     kept: list[str] = []
     for s in sentences(_unquote(text))[: max(1, shape.max_sentences)]:
@@ -67,7 +67,7 @@ def _fit_speech(text: str, shape: TurnShape) -> str:
     return " ".join(kept)
 
 
-def trim_turn(turn: Turn, shape: TurnShape = GAME_SHAPE) -> Turn:
+def trim_turn(turn: Turn, shape: LineLimits = GAME_LINE) -> Turn:
     """The turn cut to `shape`: its plan, first thought, first actions and first speech run (in
     their order), the speech cut to whole sentences within the caps."""
     out: list[Segment] = []
@@ -90,7 +90,7 @@ def trim_turn(turn: Turn, shape: TurnShape = GAME_SHAPE) -> Turn:
 
 
 def shape_turn(
-    turn: Turn, name: str, others: Iterable[str] = (), shape: TurnShape = GAME_SHAPE
+    turn: Turn, name: str, others: Iterable[str] = (), shape: LineLimits = GAME_LINE
 ) -> tuple[Turn | None, str]:
     """(the shaped turn, "kept" | "trimmed") or (None, why it was dropped)."""
     first_speech = next((s.text for s in turn.segments if s.channel == "speech"), "")
@@ -125,7 +125,7 @@ class ShapeReport:
         }
 
 
-def _history(history: Sequence[Heard | Turn], shape: TurnShape) -> list[Heard | Turn]:
+def _history(history: Sequence[Heard | Turn], shape: LineLimits) -> list[Heard | Turn]:
     out: list[Heard | Turn] = []
     for item in history:
         if isinstance(item, Turn):
@@ -138,7 +138,7 @@ def _history(history: Sequence[Heard | Turn], shape: TurnShape) -> list[Heard | 
 
 
 def shape_samples(
-    rows: Iterable[dict], shape: TurnShape = GAME_SHAPE
+    rows: Iterable[dict], shape: LineLimits = GAME_LINE
 ) -> tuple[list[dict], ShapeReport]:
     """Shaped samples (see the module doc) and what happened to each input row."""
     report = ShapeReport()
@@ -183,7 +183,7 @@ def _names(persona: Persona, history: Sequence[Heard | Turn]) -> list[str]:
 
 
 def shape_file(
-    input_path: str | Path, out: str | Path, shape: TurnShape = GAME_SHAPE
+    input_path: str | Path, out: str | Path, shape: LineLimits = GAME_LINE
 ) -> ShapeReport:
     rows = read_jsonl(input_path)
     if not rows:
