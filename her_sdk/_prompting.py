@@ -24,20 +24,20 @@ _TRIMMED = Heard(speaker=ENVIRONMENT, speech="(Earlier events are no longer reme
 def memory_text(item: Heard | Turn, name: str) -> tuple[str, bool]:
     """How `name` remembers `item` in long-term memory, and whether that holds its thoughts."""
     if isinstance(item, Heard):
-        return _heard_text(item.speaker, item.speech, tuple(item.actions)), False
-    return _turn_text(tuple(item.segments), name), bool(item.thoughts)
+        return _heard_memory(item.speaker, item.speech, tuple(item.actions)), False
+    return _turn_memory(tuple(item.segments), name), bool(item.thoughts)
 
 
 # Every recall leaves out the texts of the whole working memory (a few hundred items in a long
 # game), the same items turn after turn: each text is made once, keyed by the item's content.
 @lru_cache(maxsize=8192)
-def _heard_text(speaker: str, speech: str, actions: tuple[str, ...]) -> str:
+def _heard_memory(speaker: str, speech: str, actions: tuple[str, ...]) -> str:
     acts = " ".join(f"({a})" for a in actions if a.strip())
     return f"{speaker}: {' '.join(x for x in (acts, speech) if x)}"
 
 
 @lru_cache(maxsize=8192)
-def _turn_text(segments: tuple[Segment, ...], name: str) -> str:
+def _turn_memory(segments: tuple[Segment, ...], name: str) -> str:
     parts = []
     for seg in segments:
         if seg.channel == "action":
