@@ -765,7 +765,9 @@ def complete_settings(
                 max_tokens=max_tokens,
             )
 
-        first_pass = run_jobs(scenes, side, scenario_work, concurrency=concurrency, limit=limit)
+        first_pass = run_jobs(
+            scenes, side, scenario_work, concurrency=concurrency, limit=limit, progress=progress
+        )
         finished = {str(r.get("id")) for r in read_jsonl(rejected_path(side))}
         scenarios = {str(r["id"]): r for r in read_jsonl(side)}
         finished |= set(scenarios)
