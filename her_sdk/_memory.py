@@ -78,11 +78,12 @@ class MemoryItem(msgspec.Struct, kw_only=True):
     private: bool = False
 
     def __setattr__(self, name: str, value: Any) -> None:
+        held = _HELD.get(id(self)) if name in _FILED_BY else None
+        if held is not None and name == "text" and isinstance(value, str):
+            value = " ".join(value.split())  # as the store keeps every text it holds
         _struct_setattr(self, name, value)
-        if name in _FILED_BY:
-            held = _HELD.get(id(self))
-            if held is not None:  # a store holds it: tell the store to refile it
-                held[0].append(held[1])
+        if held is not None:  # a store holds it: tell the store to refile it
+            held[0].append(held[1])
 
 
 _struct_setattr = msgspec.Struct.__setattr__
@@ -200,7 +201,8 @@ class MemoryStore:
     embedder, every memory is compared with the query by meaning, whatever `candidates` says.
 
     The store keeps its own copies of the items given to it. Setting `importance`,
-    `last_recalled` or `text` on an item it holds refiles the item (`MemoryItem.__setattr__`).
+    `last_recalled` or `text` on an item it holds refiles the item (`MemoryItem.__setattr__`);
+    a text set so is kept with runs of whitespace as one space, as `add` keeps it.
     """
 
     def __init__(

@@ -397,7 +397,8 @@ def test_exclusion_follows_texts_edited_shared_and_forgotten():
         return {m.tick for m in store.recall("chalice", k=5, exclude=exclude, touch=False)}
 
     assert recalled({a.text}) == {c.tick}
-    store.items[2].text = "Jory sold the chalice"  # edited directly: refiled
+    store.items[2].text = "Jory  sold\nthe chalice"  # edited directly: kept squashed, refiled
+    assert store.items[2].text == "Jory sold the chalice"
     assert recalled({"Jory sold the chalice"}) == {a.tick, b.tick}
     assert recalled({"Jory hid the chalice"}) == {a.tick, b.tick, c.tick}
     store.add("filler about bread", importance=1)
