@@ -342,19 +342,25 @@ def test_same_action_words_allows_only_hers_repairs():
         assert not same_action_words(new, old), (new, old)
 
 
-def test_enrich_thoughts_repairs_actions_and_everyone_perceives_the_repair(tmp_path):
-    """HER step 2 repairs actions (role_thinking_enhance_prompt.py lines 85-131): no pronoun
-    for the character itself, consecutive actions merged. The repaired turn is what every later
-    sample of the scene perceives; speech never changes."""
+def _inn_scene(tmp_path: Path, first: str) -> Path:
+    """A three-line CoSER scene, converted: Brannoc says `first`, Ysolde answers, Brannoc."""
     record = json.loads((F / "coser_test.json").read_text())[0]
     record["dialogues"] = [
-        {"character": "Brannoc", "message": "(I lean forward) (my voice drops low) Listen."},
+        {"character": "Brannoc", "message": first},
         {"character": "Ysolde", "message": "(taps the ledger) I am listening."},
         {"character": "Brannoc", "message": "Then hear this."},
     ]
     (tmp_path / "t.json").write_text(json.dumps([record]))
     data = tmp_path / "t.jsonl"
     convert_file("coser", tmp_path / "t.json", data)
+    return data
+
+
+def test_enrich_thoughts_repairs_actions_and_everyone_perceives_the_repair(tmp_path):
+    """HER step 2 repairs actions (role_thinking_enhance_prompt.py lines 85-131): no pronoun
+    for the character itself, consecutive actions merged. The repaired turn is what every later
+    sample of the scene perceives; speech never changes."""
+    data = _inn_scene(tmp_path, "(I lean forward) (my voice drops low) Listen.")
 
     def teacher(prompt: str) -> str:
         name, line = _next_turn(prompt)
@@ -438,15 +444,7 @@ def test_validate_thoughts_lets_narration_leave_quoted_speech_only():
 
 
 def test_enrich_thoughts_moves_narration_out_of_speech_for_everyone(tmp_path):
-    record = json.loads((F / "coser_test.json").read_text())[0]
-    record["dialogues"] = [
-        {"character": "Brannoc", "message": 'He leans close and says "Listen to me."'},
-        {"character": "Ysolde", "message": "(taps the ledger) I am listening."},
-        {"character": "Brannoc", "message": "Then hear this."},
-    ]
-    (tmp_path / "t.json").write_text(json.dumps([record]))
-    data = tmp_path / "t.jsonl"
-    convert_file("coser", tmp_path / "t.json", data)
+    data = _inn_scene(tmp_path, 'He leans close and says "Listen to me."')
 
     def teacher(prompt: str) -> str:
         name, line = _next_turn(prompt)
