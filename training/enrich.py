@@ -53,6 +53,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -713,6 +714,14 @@ def complete_settings(
     second. The book's text is shown up to `max_source_chars` (a CoSER plot's runs to about
     15,000). The report is the second pass's, with the first's figures in `stats`.
     """
+    ask = partial(
+        ask_teacher,
+        teacher,
+        retries=retries,
+        timeout=timeout,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
     rows = read_jsonl(input_path)
     scenes = _by_scene(rows)
     scenarios: dict[str, dict] = {}
@@ -754,16 +763,7 @@ def complete_settings(
                     done["quotes"] = [quotes] if isinstance(quotes, str) else list(quotes)
                 return done, None
 
-            return ask_teacher(
-                teacher,
-                _scenario_prompt(old, behaviours, teacher, source),
-                check,
-                key=job["id"],
-                retries=retries,
-                timeout=timeout,
-                temperature=temperature,
-                max_tokens=max_tokens,
-            )
+            return ask(_scenario_prompt(old, behaviours, teacher, source), check, key=job["id"])
 
         first_pass = run_jobs(
             scenes, side, scenario_work, concurrency=concurrency, limit=limit, progress=progress
@@ -838,15 +838,8 @@ def complete_settings(
                 done["quotes"] = kept_quotes
             return done, None
 
-        res = ask_teacher(
-            teacher,
-            _setting_prompt(persona, current, behaviour, teacher, source),
-            check,
-            key=job["id"],
-            retries=retries,
-            timeout=timeout,
-            temperature=temperature,
-            max_tokens=max_tokens,
+        res = ask(
+            _setting_prompt(persona, current, behaviour, teacher, source), check, key=job["id"]
         )
         if not res.records:
             return res
