@@ -292,3 +292,16 @@ def test_llama_settings_for_an_onnx_model_are_a_config_error(tmp_path, settings,
     (tmp_path / "genai_config.json").write_text("{}")
     with pytest.raises(ConfigError, match=named):
         load_model(tmp_path, **settings)
+
+
+def test_her_serve_refuses_llama_settings_for_an_onnx_model(tmp_path):
+    """As it refuses them for a URL: an ONNX folder has no adapter, GPU layers, DRY sampler or
+    prompt-cache mode to set, so `her serve` says so instead of ignoring them."""
+    pytest.importorskip("pydantic")
+    from her_sdk.server._settings import ServerSettings
+
+    (tmp_path / "genai_config.json").write_text("{}")
+    for extra in ({"cache_any_prefix": True}, {"dry_multiplier": 0.8}, {"adapter": "a.gguf"}):
+        with pytest.raises(ValueError, match=f"{next(iter(extra))} apply to GGUF models"):
+            ServerSettings(model=str(tmp_path), **extra)
+    assert ServerSettings(model=str(tmp_path), n_ctx=512).n_ctx == 512

@@ -206,9 +206,26 @@ class ServerSettings(BaseModel):
         if self.http_port is not None and self.http_port == self.port != 0:
             raise ValueError("http_port must differ from port")
         try:
-            remote = parse_backend_spec(self.model).kind == "url"
+            spec = parse_backend_spec(self.model)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        remote = spec.kind == "url"
+        folder = Path(spec.target).expanduser() if spec.kind == "path" else None
+        if folder is not None and (folder / "genai_config.json").is_file():
+            given = [
+                name
+                for name, value in (
+                    ("adapter", self.adapter),
+                    ("n_gpu_layers", self.n_gpu_layers),
+                    ("dry_multiplier", self.dry_multiplier),
+                    ("cache_any_prefix", self.cache_any_prefix or None),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} apply to GGUF models (llama.cpp), not an ONNX model folder"
+                )
         if not remote and self.remote_api_key is not None:
             raise ValueError("remote_api_key needs a server model (http(s)://HOST/v1#MODEL)")
         if remote and (
