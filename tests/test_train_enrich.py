@@ -567,6 +567,9 @@ def test_complete_settings_completes_the_scenario_once_per_scene(tmp_path):
     # the scene's behaviour (every character's) is what the scenario pass was shown
     inn_call = next(p for p in scene_calls if "A rainy night" in p)
     assert "What Brannoc says" in inn_call and "What Ysolde says" in inn_call
+    assert "Collector! Sit, sit." in inn_call and "shakes rain from her cloak" in inn_call
+    # a scenario every character reads is never made from one character's private thoughts
+    assert "Tonight he pays" not in inn_call and "Not now" not in inn_call
     again = complete_settings(data, out, MockBackend(teacher))
     assert again.kept == 0 and len(seen) == len(scene_calls) + len(sheets) + 3  # nothing new
 

@@ -24,12 +24,14 @@ answers all fail validation keeps its original text (counted in the report). Eve
 the scene is then re-rendered with the enriched turns (its own earlier turns in its history too).
 
 `complete_settings` (HER step 4, "setting completion"), in two passes. First, per scene, the
-teacher sees the scene's scenario and what each of its characters says, does, thinks and plans,
-and completes the scenario (the situation before the first line, shared by every character of
-the scene, as HER's "scenario_enriched"); then, per character and scene, it sees the character
-sheet (with that scenario) and the character's behaviour, and completes the profile,
-background and motivation, and the one-line description and the "experience" (what the
-character is about to do) where the samples carry them (CoSER's `plot.key_characters`, kept
+teacher sees the scene's scenario and what each of its characters says and does, and completes
+the scenario (the situation before the first line, shared by every character of the scene, as
+HER's "scenario_enriched"; HER's teacher also sees their thoughts, but a scenario every
+character reads must not carry one character's private thoughts to the others); then, per
+character and scene, it sees the character sheet (with that scenario) and what the character
+says, does, thinks and plans, and completes the profile, background and motivation, and the
+one-line description and the "experience" (what the character is about to do) where the
+samples carry them (CoSER's `plot.key_characters`, kept
 by `her data convert coser`), so that the sheet explains that behaviour, keeping what it said
 (`validate_setting`: original content kept, no dialogue copied, no markup, bounded growth). A
 profile converted with HER's profile lines (`--her-profile`: description, profile,
@@ -500,10 +502,10 @@ SETTING_SOURCE_RULES = (
 SCENARIO_SYSTEM = """\
 You complete the scenarios of a role-play dataset. You are shown a scene's scenario (the \
 situation as the scene begins: where, when, who is there, what is at stake) and what each \
-character says, does, thinks and plans in the scene. Some of that behaviour may need the \
-situation to explain it. Complete the scenario so that it does, and only that: keep everything \
-it already says, invent nothing the scene does not support, and never copy lines of the scene or \
-tell what happens in it: the scenario is the state before the first line.
+character says and does in the scene. Some of that behaviour may need the situation to explain \
+it. Complete the scenario so that it does, and only that: keep everything it already says, \
+invent nothing the scene does not support, and never copy lines of the scene or tell what \
+happens in it: the scenario is the state before the first line, and every character knows it.
 
 Answer with one JSON object and nothing else:
 {"reasoning": "which behaviour needed the situation explained, and what you added for it",
@@ -556,7 +558,7 @@ def _scenario_prompt(
 ) -> Rendered:
     parts = [f"=== The scenario ===\n{scenario or '(empty)'}"]
     parts += [
-        f"=== What {name} says, does, thinks and plans in the scene ===\n{text}"
+        f"=== What {name} says and does in the scene ===\n{text}"
         for name, text in behaviours.items()
     ]
     if source_text:
@@ -670,7 +672,10 @@ def scenarios_path(out_path: str | Path) -> Path:
 
 
 def _scene_setting(samples: Sequence[dict], max_turns: int) -> tuple[dict[str, str], str]:
-    """(each character's behaviour in the scene, all that happens in it as text)."""
+    """(what each character says and does in the scene, all that happens in it as text).
+
+    Only public behaviour: the scenario is every character's, so what one of them thinks or
+    plans must not reach it (and through it the others' prompts)."""
     turns: dict[str, list[Turn]] = defaultdict(list)
     personas: dict[str, Persona] = {}
     last: tuple[Persona, list] | None = None
@@ -679,7 +684,9 @@ def _scene_setting(samples: Sequence[dict], max_turns: int) -> tuple[dict[str, s
         personas.setdefault(persona.name, persona)
         turns[persona.name].append(target)
         last = (persona, history)
-    behaviours = {n: _scene_behaviour(personas[n], t, max_turns) for n, t in turns.items()}
+    behaviours = {
+        n: "\n".join(render_turn(x.public(), n) for x in t[:max_turns]) for n, t in turns.items()
+    }
     happened = [*behaviours.values(), *([_history_text(*last)] if last else [])]
     return behaviours, "\n".join(happened)
 
