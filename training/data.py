@@ -47,6 +47,7 @@ from her_sdk.format import (
 )
 
 __all__ = [
+    "HER_PROFILE_FIELDS",
     "PORTIONS",
     "SOURCES",
     "TEST_SAMPLES",
@@ -319,7 +320,7 @@ def _short(text: str, limit: int) -> str:
 # HER's profile section (data_process_code/step4_setting_completion/
 # step4_3_rebuild_system_prompt.py, `build_system_prompt`): the one-line description first, the
 # profile, then what the character is about to do, one a line.
-_HER_FIELDS = ("description", "experience")
+HER_PROFILE_FIELDS = ("description", "experience")
 
 
 def her_profile(profile: str, description: str = "", experience: str = "") -> str:
@@ -347,7 +348,7 @@ def _character_fields(plot: dict) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for k in plot.get("key_characters") or []:
         if isinstance(k, dict) and isinstance(k.get("name"), str):
-            got = {f: " ".join(_text(k.get(f)).split()) for f in _HER_FIELDS}
+            got = {f: " ".join(_text(k.get(f)).split()) for f in HER_PROFILE_FIELDS}
             if any(got.values()):
                 out[k["name"]] = {f: v for f, v in got.items() if v}
     return out

@@ -31,9 +31,9 @@ character reads must not carry one character's private thoughts to the others); 
 character and scene, it sees the character sheet (with that scenario) and what the character
 says, does, thinks and plans, and completes the profile, background and motivation, and the
 one-line description and the "experience" (what the character is about to do) where the
-samples carry them (CoSER's `plot.key_characters`, kept
-by `her data convert coser`), so that the sheet explains that behaviour, keeping what it said
-(`validate_setting`: original content kept, no dialogue copied, no markup, bounded growth). A
+samples carry them (CoSER's `plot.key_characters`, kept by `her data convert coser`), so that
+the sheet explains that behaviour, keeping what it said (`validate_setting`: original content
+kept, no dialogue copied, no markup, bounded growth). A
 profile converted with HER's profile lines (`--her-profile`: description, profile,
 experience, one a line, as step4_3_rebuild_system_prompt.py builds it) is rebuilt from the
 completed parts. Where the samples carry the book's text of their part of the story
@@ -68,6 +68,7 @@ from her_sdk.format import (
     Heard,
     Message,
     Rendered,
+    Segment,
     Turn,
     parse_turn,
     render_messages,
@@ -76,6 +77,7 @@ from her_sdk.format import (
 )
 
 from .data import (
+    HER_PROFILE_FIELDS,
     decode_her,
     encode_her,
     her_profile,
@@ -189,9 +191,11 @@ def _verb_match(a: str, b: str) -> bool:
 def same_action_words(new: str, original: str) -> bool:
     """Whether `new` is `original` with only HER's repairs: the same words in the same order,
     less pronouns for the character, a verb's -s/-es added or dropped ("I lean" -> "leans")."""
-    a = [w for w in new.split() if w not in _SELF_WORDS]
-    b = [w for w in original.split() if w not in _SELF_WORDS]
-    return len(a) == len(b) and all(_verb_match(x, y) for x, y in zip(a, b, strict=True))
+
+    def action(text: str) -> Turn:
+        return Turn.from_segments([Segment("action", text)])
+
+    return _same_public(action(new), action(original))
 
 
 def _public_words(turn: Turn, *, original: bool = False) -> list[tuple[str, str]]:
@@ -463,10 +467,9 @@ def enrich_thoughts(
 # Step 4: setting completion
 # ---------------------------------------------------------------------------------------------
 
+# A sheet's fields; HER's description and experience (`HER_PROFILE_FIELDS`, kept on CoSER
+# samples by `her data convert coser`) are completed too where a sample carries them.
 SETTING_FIELDS = ("profile", "background", "goals")
-# HER's two more fields of a character (CoSER's per-plot description and experience, kept on the
-# samples by `her data convert coser`), completed where a sample carries them.
-CHARACTER_FIELDS = ("description", "experience")
 _FIELD_HELP = {
     "profile": "who they are, temperament, manner of speech",
     "background": "history that shapes them, before this scene",
@@ -804,9 +807,9 @@ def complete_settings(
             persona = msgspec.structs.replace(persona, scenario=scene["scenario"])
         base, description, experience = split_her_profile(persona.profile)
         composed = bool(description or experience)  # converted with HER's profile lines
-        current = {"profile": base, "background": persona.background, "goals": persona.goals}
+        current = {f: getattr(persona, f) for f in SETTING_FIELDS} | {"profile": base}
         own = {"description": description, "experience": experience}
-        for f in CHARACTER_FIELDS:
+        for f in HER_PROFILE_FIELDS:
             if f in samples[0] or own[f]:
                 current[f] = str(samples[0].get(f) or own[f])
         turns = [d[2] for d in decoded]
@@ -854,13 +857,13 @@ def complete_settings(
         fields = done["fields"]
         profile = fields["profile"]
         if composed:  # HER's step 4.3 rebuilds the profile from its completed parts
-            extra = {f: fields.get(f, "") for f in CHARACTER_FIELDS}
+            extra = {f: fields.get(f, "") for f in HER_PROFILE_FIELDS}
             profile = her_profile(profile, **extra)
         completed = msgspec.structs.replace(
             persona, profile=profile, background=fields["background"], goals=fields["goals"]
         )
         quotes = dict(done.get("quotes", {}))
-        extra_fields = {f: fields[f] for f in CHARACTER_FIELDS if f in fields}
+        extra_fields = {f: fields[f] for f in HER_PROFILE_FIELDS if f in fields}
         if new_scenario:
             assert scene is not None
             extra_fields["scenario_reasoning"] = scene["reasoning"]

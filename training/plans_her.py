@@ -43,6 +43,7 @@ from typing import Any
 
 from her_sdk import Backend, Persona
 from her_sdk.format import (
+    TAG,
     Heard,
     Message,
     Segment,
@@ -114,13 +115,12 @@ def extract_thinking(text: str) -> str:
             if thinking.startswith(opener):
                 thinking = thinking[len(opener) :].strip()
             return thinking
-    m = re.search(
-        r"\n([A-Z][a-zA-Z]+(?: [A-Z][a-zA-Z]+)*): (<role_thinking>|<role_action>|[^<\n])", text
-    )
+    thought, action = f"<{TAG['thought']}>", f"<{TAG['action']}>"
+    m = re.search(rf"\n([A-Z][a-zA-Z]+(?: [A-Z][a-zA-Z]+)*): ({thought}|{action}|[^<\n])", text)
     if m:
         return text[: m.start()].strip()
-    m = re.search(r"<role_thinking>", text)
-    return text[: m.start()].strip() if m else ""
+    at = text.find(thought)
+    return text[:at].strip() if at >= 0 else ""
 
 
 def mock_reasoning_teacher(prompt: str) -> str:
